@@ -1,0 +1,82 @@
+"""The workload registry: built-in nets, diagnostic ones, and user factories by import path."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from detcost.errors import UsageError
+from detcost.workloads import diagnostic, mobilenet, multiscale, resnet18, simple_cnn, unet
+from detcost.workloads.base import Batch, Factory, Size, Workload, WorkloadConfig
+
+__all__ = [
+    "BUILTIN",
+    "PROFILES",
+    "REGISTRY",
+    "Batch",
+    "Factory",
+    "Size",
+    "Workload",
+    "WorkloadConfig",
+    "WorkloadSpec",
+    "get_workload",
+    "parse_workloads",
+]
+
+PROFILES = ("gpu", "cpu", "quick")
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    name: str
+    factory: Factory
+    sizes: dict[str, Size]
+    description: str
+    diagnostic: bool = False
+
+    def size(self, profile: str) -> Size:
+        return self.sizes[profile]
+
+
+REGISTRY: dict[str, WorkloadSpec] = {
+    m.__name__.rsplit(".", 1)[1]: WorkloadSpec(m.__name__.rsplit(".", 1)[1], m.build, m.SIZES, m.DESCRIPTION)
+    for m in (simple_cnn, resnet18, mobilenet, unet, multiscale)
+}
+BUILTIN = tuple(REGISTRY)  # the default workloads of a sweep
+REGISTRY.update(
+    {
+        name: WorkloadSpec(name, factory, diagnostic.SIZES, description, diagnostic=True)
+        for name, (factory, description) in diagnostic.DIAGNOSTICS.items()
+    }
+)
+
+
+def _from_import_path(path: str) -> WorkloadSpec:
+    """`package.module:factory`: a user's factory; sizes from its SIZES (or its module's)."""
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        factory = getattr(module, attr)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"cannot load workload {path!r}: {exc}") from None
+    sizes = getattr(factory, "SIZES", None) or getattr(module, "SIZES", None) or simple_cnn.SIZES
+    missing = [p for p in PROFILES if p not in sizes]
+    if missing:
+        raise UsageError(f"workload {path!r}: SIZES lacks profiles {', '.join(missing)}")
+    doc = (factory.__doc__ or "").strip().splitlines()
+    return WorkloadSpec(path, factory, dict(sizes), doc[0] if doc else "user workload")
+
+
+def get_workload(name: str) -> WorkloadSpec:
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if ":" in name:
+        return _from_import_path(name)
+    raise UsageError(f"unknown workload {name!r}; valid workloads: {', '.join(REGISTRY)} (or package.module:factory)")
+
+
+def parse_workloads(text: str) -> list[WorkloadSpec]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UsageError(f"no workloads given; valid workloads: {', '.join(REGISTRY)}")
+    return [get_workload(n) for n in dict.fromkeys(names)]

@@ -1,0 +1,109 @@
+"""Diagnostic workloads: known faults, so users (and detcost's tests) can see the harness catch them.
+
+Each is `simple_cnn` with one thing wrong. None is in the default sweep; name them in
+`--workloads` to check that a machine's sweep records failures and detects noise.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+from torch import nn
+
+from detcost.workloads.base import Size, Workload, WorkloadConfig
+from detcost.workloads.common import classification
+from detcost.workloads.simple_cnn import SimpleCNN
+
+SIZES = {
+    "gpu": Size(batch=64, image=32, steps=20, warmup=3),
+    "cpu": Size(batch=8, image=16, steps=8, warmup=2),
+    "quick": Size(batch=8, image=16, steps=6, warmup=2),
+}
+FAIL_AT_STEP = 3
+
+
+class _FaultAt(nn.Module):
+    """Wraps a net and calls `fault()` on the forward pass number FAIL_AT_STEP."""
+
+    def __init__(self, net: nn.Module, fault):
+        super().__init__()
+        self.net, self.fault, self.calls = net, fault, 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.net(x)
+        return self.fault(out) if self.calls == FAIL_AT_STEP and self.training else out
+
+
+def _raise(out):
+    raise RuntimeError("diag_raise: injected failure in the forward pass")
+
+
+def _exit(out):
+    os._exit(3)  # the process vanishes without a word, as a segfault would
+
+
+def _hang(out):
+    time.sleep(10**6)
+
+
+def _nan(out):
+    return out * float("nan")
+
+
+class _Noise(nn.Module):
+    """Adds a tiny perturbation drawn from an unseeded source: run-to-run noise by design."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+
+    def forward(self, x):
+        out = self.net(x)
+        noise = torch.randn(out.shape, generator=self.gen) * 1e-4
+        return out + noise.to(out.device)
+
+
+class _Alert(nn.Module):
+    """Calls `put_` (accumulate=False), an op torch flags as nondeterministic even on the CPU."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        out = self.net(x)
+        mask = torch.zeros(out.numel(), device=out.device)
+        mask.put_(
+            torch.arange(0, out.numel(), 7, device=out.device),
+            torch.ones((), device=out.device).expand((out.numel() + 6) // 7),
+            accumulate=False,
+        )
+        return out + mask.view_as(out) * 0.0
+
+
+def _fault(fault):
+    def build(cfg: WorkloadConfig) -> Workload:
+        return classification(_FaultAt(SimpleCNN(width=8), fault), cfg)
+
+    return build
+
+
+def _wrapped(wrapper):
+    def build(cfg: WorkloadConfig) -> Workload:
+        return classification(wrapper(SimpleCNN(width=8)), cfg)
+
+    return build
+
+
+DIAGNOSTICS = {
+    "diag_raise": (_fault(_raise), "raises RuntimeError at step 3"),
+    "diag_exit": (_fault(_exit), "the process exits abruptly at step 3"),
+    "diag_hang": (_fault(_hang), "hangs at step 3 (hits the trial timeout)"),
+    "diag_nan": (_fault(_nan), "loss becomes NaN at step 3"),
+    "diag_noise": (_wrapped(_Noise), "adds unseeded noise to the logits: never reproducible"),
+    "diag_alert": (_wrapped(_Alert), "uses put_, which strict mode rejects even on the CPU"),
+}
