@@ -1,0 +1,113 @@
+"""The environment fingerprint: what a result depends on besides the code.
+
+The CUDA queries are in `_cuda_fingerprint`, called only when torch reports CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+
+import torch
+
+import detcost
+
+# Environment variables that change what a run computes or how fast.
+RELEVANT_ENV_PREFIXES = ("CUBLAS_", "CUDNN_", "CUDA_", "PYTORCH_", "TORCH_", "NVIDIA_TF32", "OMP_", "MKL_", "KMP_")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def relevant_env() -> dict[str, str]:
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(RELEVANT_ENV_PREFIXES)}
+
+
+def _nvidia_driver() -> str | None:
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cuda_fingerprint(device: str) -> dict:
+    index = torch.device(device).index or 0
+    props = torch.cuda.get_device_properties(index)
+    return {
+        "gpu": props.name,
+        "gpu_memory_bytes": int(props.total_memory),
+        "gpu_capability": f"{props.major}.{props.minor}",
+        "gpu_count": torch.cuda.device_count(),
+        "driver": _nvidia_driver(),
+    }
+
+
+def fingerprint(device: str = "cpu") -> dict:
+    """Versions, hardware and the environment variables that matter, as a flat dict."""
+    info = {
+        "detcost": detcost.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "numpy": _version("numpy"),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "hostname": socket.gethostname(),
+        "device": device,
+        "gpu": None,
+        "driver": None,
+        "env": relevant_env(),
+    }
+    if device.startswith("cuda"):
+        info.update(_cuda_fingerprint(device))
+    return info
+
+
+def _version(module: str) -> str | None:
+    mod = sys.modules.get(module)
+    if mod is None:
+        try:
+            mod = __import__(module)
+        except ImportError:
+            return None
+    return getattr(mod, "__version__", None)
+
+
+def cuda_available() -> bool:
+    """Whether CUDA can be used. Call it in the sweep's parent only: it initialises CUDA's
+    driver API, and trial processes are spawned or forked from a server that never did."""
+    return torch.cuda.is_available()
+
+
+def gpu_processes(device: str) -> str | None:
+    """Other processes on the GPU, as torch reports them (needs pynvml), or None."""
+    try:
+        text = torch.cuda.list_gpu_processes(device)
+    except Exception:  # pynvml missing or NVML unavailable: nothing to report
+        return None
+    lines = [ln for ln in text.splitlines()[1:] if ln.strip() and "no processes" not in ln]
+    return "\n".join(lines) or None

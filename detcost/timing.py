@@ -1,0 +1,228 @@
+"""Measuring: step timers (CUDA events or perf_counter), peak memory, a busy-machine guard,
+and the statistics of step times.
+
+All CUDA-only code of the measurement lives here, each piece behind an explicit
+`if self.cuda` / `if is_cuda(device)` so the CPU path is the same function.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# A trial's steps are "noisy" when their interquartile range exceeds this share of the
+# median (torch.utils.benchmark warns at the same 10%).
+IQR_WARN_THRESHOLD = 0.10
+# Other processes using more than this many cores' worth of CPU during a trial make it
+# "busy": on a 2-core machine one competing process slows CPU steps 10-30x.
+BUSY_CORES_THRESHOLD = 0.25
+
+
+def is_cuda(device: str | torch.device) -> bool:
+    return str(device).startswith("cuda")
+
+
+def synchronize(device: str) -> None:
+    if is_cuda(device):
+        torch.cuda.synchronize(device)
+
+
+class StepTimer:
+    """Per-step times of a timed region, with no synchronisation inside it.
+
+    CUDA: a pair of events per step, recorded on the current stream; `times()`
+    synchronises once, after the region. CPU: `time.perf_counter` around each step.
+    Start and end marks are separate, so work done between steps (snapshots) is in
+    neither step.
+    """
+
+    def __init__(self, device: str, n: int):
+        self.cuda = is_cuda(device)
+        if self.cuda:
+            self._starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+            self._ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        else:
+            self._starts = [0.0] * n
+            self._ends = [0.0] * n
+
+    def start(self, i: int) -> None:
+        if self.cuda:
+            self._starts[i].record()
+        else:
+            self._starts[i] = time.perf_counter()
+
+    def stop(self, i: int) -> None:
+        if self.cuda:
+            self._ends[i].record()
+        else:
+            self._ends[i] = time.perf_counter()
+
+    def times(self) -> list[float]:
+        """Seconds per step; on CUDA this is the one synchronisation of the region."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [s.elapsed_time(e) / 1e3 for s, e in zip(self._starts, self._ends)]
+        return [e - s for s, e in zip(self._starts, self._ends)]
+
+
+# ---- peak memory -------------------------------------------------------------------
+
+
+def reset_peak_memory(device: str) -> None:
+    """Start a new peak: CUDA's allocator statistics, or the process's peak RSS on Linux."""
+    if is_cuda(device):
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # "5" resets VmHWM, the peak resident set size (Linux >= 4.0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # peak_memory falls back to the lifetime peak
+
+
+def peak_memory(device: str) -> tuple[int, str]:
+    """(bytes, metric): CUDA max allocated, or the peak RSS of this process on the CPU."""
+    if is_cuda(device):
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024, "peak_rss"
+    except OSError:
+        pass
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "peak_rss_lifetime"
+
+
+# ---- busy-machine guard ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    wall: float
+    machine_busy_s: float | None  # CPU seconds all processes spent busy, from /proc/stat
+    own_s: float  # CPU seconds of this process (all its threads)
+    loadavg: float | None
+
+
+def cpu_sample() -> CpuSample:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    busy = None
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal: busy = all but idle and iowait
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = None
+    return CpuSample(time.monotonic(), busy, usage.ru_utime + usage.ru_stime, load)
+
+
+def busy_report(start: CpuSample, end: CpuSample) -> dict:
+    """How much CPU other processes used while this one ran (cores' worth), and a verdict.
+
+    Computed from /proc/stat busy time minus this process's own CPU time, not from the
+    load average, which counts this trial's own threads and decays slowly.
+    """
+    wall = max(end.wall - start.wall, 1e-9)
+    others = None
+    if start.machine_busy_s is not None and end.machine_busy_s is not None:
+        others = max(0.0, (end.machine_busy_s - start.machine_busy_s) - (end.own_s - start.own_s)) / wall
+    return {
+        "loadavg_start": start.loadavg,
+        "loadavg_end": end.loadavg,
+        "others_cpu_cores": None if others is None else round(others, 3),
+        "busy": bool(others is not None and others > BUSY_CORES_THRESHOLD),
+    }
+
+
+# ---- statistics --------------------------------------------------------------------
+
+
+def typical_step_time(times, strata=None) -> float:
+    """The median step time; with strata (input shapes that vary between steps), the
+    median within each stratum weighted by how often it occurs, so the statistic is
+    not the median of a mixture (whose value jumps between shapes)."""
+    times = np.asarray(times, dtype=float)
+    if strata is None:
+        return float(np.median(times))
+    strata = np.asarray(strata)
+    return float(sum(np.median(times[strata == k]) * np.mean(strata == k) for k in np.unique(strata)))
+
+
+def summarize(step_times: list[float], batch: int, strata: list[int] | None = None) -> dict:
+    """Typical step time and its IQR, samples/s and its IQR (from the step quartiles).
+
+    With strata the quartiles are those of the steps' ratio to their stratum's median.
+    """
+    t = np.asarray(step_times, dtype=float)
+    med = typical_step_time(t, strata)
+    if strata is None:
+        q25, q75 = np.percentile(t, [25, 75])
+    else:
+        st = np.asarray(strata)
+        rel = np.concatenate([t[st == k] / np.median(t[st == k]) for k in np.unique(st)])
+        q25, q75 = np.percentile(rel, [25, 75]) * med
+    return {
+        "step_time_median_s": med,
+        "step_time_iqr_s": float(q75 - q25),
+        "samples_per_s": float(batch / med),
+        "samples_per_s_iqr": float(batch / q25 - batch / q75),
+        "noisy_steps": bool((q75 - q25) / med > IQR_WARN_THRESHOLD),
+    }
+
+
+def _bootstrap_typical(trials: list[list[float]], strata: list[int] | None, n: int, rng) -> np.ndarray:
+    """`n` bootstrap replicates of the typical step time of a group of trials.
+
+    Each replicate resamples the trials (fresh processes), then the steps within each
+    trial and stratum, so both the spread between processes and within one enter.
+    """
+    length = min(len(t) for t in trials)
+    times = np.asarray([t[:length] for t in trials], dtype=float)  # (trials, steps)
+    strata_arr = np.zeros(length, int) if strata is None else np.asarray(strata[:length])
+    r = len(trials)
+    out = np.zeros(n)
+    for k in np.unique(strata_arr):
+        cols = np.flatnonzero(strata_arr == k)
+        picked_trials = rng.integers(0, r, (n, r))  # (n, r)
+        picked_steps = cols[rng.integers(0, len(cols), (n, r, len(cols)))]  # (n, r, m)
+        sample = times[picked_trials[:, :, None], picked_steps].reshape(n, -1)
+        out += np.median(sample, axis=1) * (len(cols) / length)
+    return out
+
+
+def bootstrap_ratio(
+    a: list[list[float]],
+    b: list[list[float]],
+    *,
+    strata: list[int] | None = None,
+    n: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """Ratio of typical step times a/b with a bootstrap interval over trials and steps.
+
+    `a` and `b` are lists of trials, each a list of step times (and, for workloads whose
+    input shape varies, `strata`: the shape index of each step, the same in all trials).
+    """
+    rng = np.random.default_rng(seed)
+    point = typical_step_time(np.concatenate(a), _tile(strata, a)) / typical_step_time(
+        np.concatenate(b), _tile(strata, b)
+    )
+    ratios = _bootstrap_typical(a, strata, n, rng) / _bootstrap_typical(b, strata, n, rng)
+    lo, hi = np.percentile(ratios, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return float(point), float(lo), float(hi)
+
+
+def _tile(strata: list[int] | None, trials: list[list[float]]):
+    return None if strata is None else np.concatenate([np.asarray(strata[: len(t)]) for t in trials])

@@ -1,0 +1,111 @@
+"""Trials in fresh processes: same seed -> same bits; forkserver == spawn."""
+
+import pytest
+
+from detcost.sweep import run_isolated
+from detcost.trial import TrialSpec, checkpoint_steps, run_trial
+
+
+def spec(**kw) -> TrialSpec:
+    base = dict(
+        run_id="t",
+        kind="timed",
+        workload="simple_cnn",
+        setting="default",
+        repeat=0,
+        seed=0,
+        device="cpu",
+        threads=2,
+        steps=3,
+        warmup=1,
+        batch=8,
+        image=16,
+    )
+    return TrialSpec(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def forked_pair():
+    return [run_isolated(spec(repeat=r), method="forkserver") for r in (0, 1)]
+
+
+def test_two_repeats_in_fresh_processes_give_the_same_parameter_hash(forked_pair):
+    a, b = forked_pair
+    assert a["status"] == b["status"] == "ok"
+    assert a["params_sha256"] == b["params_sha256"]
+    assert a["logits_sha256"] == b["logits_sha256"]
+    assert a["final_loss"] == b["final_loss"]
+
+
+def test_a_different_seed_gives_a_different_hash(forked_pair):
+    other = run_isolated(spec(seed=1), method="forkserver")
+    assert other["params_sha256"] != forked_pair[0]["params_sha256"]
+
+
+def test_forkserver_trials_match_spawned_interpreters(forked_pair):
+    """The forkserver is a fresh process in the sense that matters: same bits, same flags."""
+    spawned = run_isolated(spec(setting="strict"), method="spawn")
+    forked = run_isolated(spec(setting="strict"), method="forkserver")
+    assert spawned["status"] == forked["status"] == "ok"
+    assert spawned["params_sha256"] == forked["params_sha256"]
+    assert (
+        spawned["flags"]
+        == forked["flags"]
+        == {
+            "cudnn_enabled": True,
+            "cudnn_benchmark": False,
+            "cudnn_deterministic": True,
+            "deterministic_algorithms": True,
+            "fill_uninitialized_memory": True,
+            "cublas_workspace_config": ":4096:8",
+        }
+    )
+    # strict changes which kernels run, not what a CPU conv net computes
+    assert forked["params_sha256"] == forked_pair[0]["params_sha256"]
+
+
+def test_the_record_has_the_fields_other_tools_rely_on(forked_pair):
+    record = forked_pair[0]
+    for field in (
+        "schema_version",
+        "run_id",
+        "trial_id",
+        "workload",
+        "setting",
+        "repeat",
+        "seed",
+        "device",
+        "status",
+        "error",
+        "samples_per_s",
+        "params_sha256",
+        "logits_sha256",
+        "final_loss",
+        "flags",
+        "step_times_s",
+        "step_time_median_s",
+        "step_time_iqr_s",
+        "cold_start_s",
+        "peak_memory_bytes",
+        "flops_per_step",
+        "achieved_flops",
+        "env",
+        "busy",
+    ):
+        assert field in record, field
+    assert len(record["step_times_s"]) >= 1 and all(t > 0 for t in record["step_times_s"])
+    assert record["flops_per_step"] > 0 and record["peak_memory_bytes"] > 0
+    assert record["env"]["torch"] and record["env"]["cpu"]
+
+
+def test_checkpoints_double_and_end_at_the_last_step():
+    assert checkpoint_steps(10) == [1, 2, 4, 8, 10]
+    assert checkpoint_steps(8) == [1, 2, 4, 8]
+    assert checkpoint_steps(1) == [1]
+
+
+def test_a_raising_workload_becomes_an_error_record_in_process():
+    record = run_trial(spec(workload="diag_raise", steps=4))
+    assert record["status"] == "error"
+    assert "injected failure" in record["error"]
+    assert "\n" not in record["error"]
