@@ -1,0 +1,136 @@
+"""Results: one append-only JSONL file per sweep, loaded into one tidy pandas table.
+
+Every record is written and flushed (and fsynced) as soon as its trial ends, so a sweep
+that is interrupted loses nothing that finished.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pandas as pd
+
+from detcost.errors import UsageError
+from detcost.trial import SCHEMA_VERSION
+
+REQUIRED_FIELDS = ("schema_version", "trial_id", "kind", "workload", "setting", "status")
+
+
+def iter_records(path: str | Path) -> Iterator[dict]:
+    """Yield the records of a results file; a file that is not detcost's JSONL is a UsageError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"results file {path} does not exist")
+    n = 1
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                yield _check(json.loads(line), path, n)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UsageError(f"{path} is not a detcost results file (line {n} is not JSON)") from None
+
+
+def _check(record: object, path: Path, n: int) -> dict:
+    if not isinstance(record, dict) or any(k not in record for k in REQUIRED_FIELDS):
+        raise UsageError(f"{path} is not a detcost results file (line {n} lacks detcost's fields)")
+    if record["schema_version"] > SCHEMA_VERSION:
+        raise UsageError(
+            f"{path} has schema version {record['schema_version']}; this detcost reads up to "
+            f"{SCHEMA_VERSION}: upgrade detcost"
+        )
+    return record
+
+
+def read_records(paths: str | Path | Iterable[str | Path]) -> list[dict]:
+    """All records of one or more files, the newer record of a trial superseding the older."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    latest: dict[tuple, dict] = {}
+    for path in paths:
+        for record in iter_records(path):
+            record.setdefault("results_path", str(path))
+            latest[(record.get("run_id"), record["trial_id"])] = record
+    return list(latest.values())
+
+
+def load(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
+    """One call: results file(s) -> a DataFrame, one row per trial (latest record wins).
+
+    Nested fields are flattened with dots (`flags.cudnn_benchmark`, `env.gpu`,
+    `busy.others_cpu_cores`); `step_times_s` stays a list per row.
+    """
+    records = read_records(paths)
+    if not records:
+        return pd.DataFrame(columns=list(REQUIRED_FIELDS))
+    return pd.json_normalize(records, max_level=1)
+
+
+class ResultsWriter:
+    """Appends records to a JSONL file, flushing and syncing each one."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self._file.write(json.dumps(_finite(record), default=_jsonable, allow_nan=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> ResultsWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _finite(value: object) -> object:
+    """Non-finite floats become null: the file stays strict JSON for every reader
+    (a NaN loss is already said by the record's status)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _jsonable(value: object) -> object:
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in a record")
+
+
+def open_for_sweep(path: str | Path, resume: bool) -> list[dict]:
+    """Check that a sweep may write `path`; return the records already there (resume).
+
+    An existing, non-empty results file is never overwritten: without `resume` it is a
+    UsageError. The file's directory is created; an unwritable path is a UsageError.
+    """
+    path = Path(path)
+    existing: list[dict] = []
+    if path.exists() and path.stat().st_size > 0:
+        if not resume:
+            raise UsageError(
+                f"results file {path} already exists; pass --resume to continue it, or choose another --results"
+            )
+        existing = list(iter_records(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write results file {path}: {exc.strerror or exc}") from None
+    return existing

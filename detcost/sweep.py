@@ -1,0 +1,267 @@
+"""A sweep: plan every trial, run each in a fresh process, append each record as it ends.
+
+Fresh processes are the point: cuDNN picks algorithms once per process and shape, so
+repeats inside one process would hide the variance detcost measures. On the CPU the
+trials are forked from a forkserver that has imported torch (and `torch._dynamo`) but
+run no op and never touched CUDA: a trial then starts in ~10 ms instead of ~2 s, with
+the same results as a spawned interpreter (tested). On CUDA, trials are spawned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import multiprocessing as mp
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from detcost import env as envmod
+from detcost.results import ResultsWriter, open_for_sweep
+from detcost.timing import is_cuda
+from detcost.trial import TrialSpec, child_main, failure_record, trial_environ
+from detcost.workloads import get_workload
+
+# Imported once by the forkserver; each trial forks from it. None of these may call
+# torch.cuda at import time (a process that has used CUDA cannot fork usable children).
+FORKSERVER_PRELOAD = ["torch", "torch._dynamo", "torch.utils.flop_counter", "numpy", "detcost.trial", "detcost.audit"]
+JOIN_GRACE_S = 10.0  # how long a trial process may take to exit after sending its record
+# Rough seconds per trial, measured on a 2-core CPU and guessed for a GPU, for --dry-run.
+ESTIMATED_TRIAL_S = {"cpu": 2.5, "quick": 1.0, "gpu": 15.0}
+
+
+@dataclass
+class SweepOptions:
+    workloads: list[str]
+    settings: list[str]
+    repeats: int
+    seed: int
+    device: str
+    threads: list[int]
+    profile: str
+    results: Path
+    run_id: str
+    steps: int | None = None
+    warmup: int | None = None
+    timeout: float = 600.0
+    seeds: int = 3
+    aa: bool = True
+    audit: bool = True
+    vary: str = "impl"
+    keep_params: bool = False
+    memory_formats: list[str] = field(default_factory=lambda: ["contiguous"])
+    start_method: str = "auto"
+    max_time: float | None = None
+
+    @property
+    def reference_setting(self) -> str:
+        """The setting of the A/A control and the seed yardstick: `default` when swept."""
+        return "default" if "default" in self.settings else self.settings[0]
+
+
+@dataclass
+class SweepOutcome:
+    planned: list[TrialSpec]
+    records: list[dict]  # latest record of every trial in the file (this run)
+    ran: int
+    skipped: int
+    stopped_early: bool
+    results: Path
+
+
+def new_run_id() -> str:
+    return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _spec(
+    opts: SweepOptions, kind: str, workload: str, setting: str, repeat: int, seed: int, threads: int, memory_format: str
+) -> TrialSpec:
+    size = get_workload(workload).size(opts.profile)
+    spec = TrialSpec(
+        run_id=opts.run_id,
+        kind=kind,
+        workload=workload,
+        setting=setting,
+        repeat=repeat,
+        seed=seed,
+        device=opts.device,
+        threads=threads,
+        steps=opts.steps or size.steps,
+        warmup=size.warmup if opts.warmup is None else opts.warmup,
+        batch=size.batch,
+        image=size.image,
+        vary=opts.vary,
+        memory_format=memory_format,
+        keep_params=opts.keep_params,
+    )
+    if kind == "audit":
+        return spec
+    safe = spec.trial_id.replace("/", "__").replace(":", "-")
+    return replace(spec, sidecar=f"{opts.results.stem}/{safe}.npz")
+
+
+def plan(opts: SweepOptions) -> list[TrialSpec]:
+    """Every trial of the sweep, in the order they run.
+
+    Repeat-major, and within each repeat the settings (and the A/A label) are rotated by
+    the repeat index, so each setting runs early in one repeat and late in another and
+    slow drift of the machine spreads evenly over settings.
+    """
+    ref = opts.reference_setting
+    specs: list[TrialSpec] = []
+    if opts.audit:
+        specs += [
+            _spec(opts, "audit", w, "strict", 0, opts.seed, opts.threads[0], "contiguous") for w in opts.workloads
+        ]
+    labels = [("timed", s) for s in opts.settings] + ([("aa", ref)] if opts.aa else [])
+    for r in range(opts.repeats):
+        rotated = labels[r % len(labels) :] + labels[: r % len(labels)]
+        for w in opts.workloads:
+            for t in opts.threads:
+                for mf in opts.memory_formats:
+                    specs += [_spec(opts, kind, w, s, r, opts.seed, t, mf) for kind, s in rotated]
+    for k in range(opts.seeds):
+        specs += [
+            _spec(opts, "seed", w, ref, 0, opts.seed + 1 + k, opts.threads[0], opts.memory_formats[0])
+            for w in opts.workloads
+        ]
+    return specs
+
+
+def estimate_seconds(specs: list[TrialSpec], profile: str) -> float:
+    return len(specs) * ESTIMATED_TRIAL_S[profile]
+
+
+def start_method(method: str, device: str) -> str:
+    if method == "auto":
+        method = "spawn" if is_cuda(device) else "forkserver"
+    if method not in mp.get_all_start_methods():
+        method = "spawn"
+    return method
+
+
+def _context(method: str):
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
+    return ctx
+
+
+def _exit_reason(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "the trial process did not exit"
+    if exitcode < 0:
+        name = signal.Signals(-exitcode).name if -exitcode in signal.valid_signals() else str(-exitcode)
+        hint = " (often the kernel's out-of-memory killer)" if name == "SIGKILL" else ""
+        return f"the trial process was killed by {name}{hint} before reporting"
+    return f"the trial process exited with code {exitcode} before reporting"
+
+
+def run_isolated(
+    spec: TrialSpec,
+    *,
+    method: str = "forkserver",
+    timeout: float = 600.0,
+    results_dir: Path | None = None,
+    environment: dict | None = None,
+) -> dict:
+    """Run one trial in a fresh process and return its record, whatever happens to it.
+
+    A trial that hangs past `timeout` is killed and recorded as `timeout`; one whose
+    process dies without sending a record is recorded as `crash`.
+    """
+    ctx = _context(method)
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(
+        target=child_main,
+        args=(spec.to_dict(), trial_environ(spec), str(results_dir) if results_dir else None, sender),
+        name=f"detcost-trial {spec.trial_id}",
+        daemon=True,
+    )
+    proc.start()
+    sender.close()  # the child holds the only writer: EOF now means the child is gone
+    record, timed_out = None, False
+    try:
+        if receiver.poll(timeout):
+            with contextlib.suppress(EOFError):  # EOF: the process died before sending
+                record = receiver.recv()
+        else:
+            timed_out = True
+            proc.kill()
+    finally:
+        receiver.close()
+        proc.join(JOIN_GRACE_S)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    if record is not None:
+        return record
+    if timed_out:
+        return failure_record(
+            spec, "timeout", f"no result after {timeout:g} s; the trial process was killed", environment
+        )
+    return failure_record(spec, "crash", _exit_reason(proc.exitcode), environment)
+
+
+def latest_by_trial(records: list[dict]) -> dict[str, dict]:
+    latest: dict[str, dict] = {}
+    for r in records:
+        latest[r["trial_id"]] = r
+    return latest
+
+
+def run_sweep(
+    opts: SweepOptions,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_record: Callable[[dict], None] | None = None,
+) -> SweepOutcome:
+    """Run the planned trials not already `ok` in the results file; append each record."""
+    existing = open_for_sweep(opts.results, resume)
+    if existing:
+        opts = replace(opts, run_id=existing[0]["run_id"])
+    done = {tid for tid, r in latest_by_trial(existing).items() if r["status"] == "ok"}
+    planned = plan(opts)
+    todo = [s for s in planned if s.trial_id not in done]
+    method = start_method(opts.start_method, opts.device)
+    environment = envmod.fingerprint(opts.device)
+    new: list[dict] = []
+    stopped = False
+    t0 = time.monotonic()
+    bar = _progress(len(todo), progress)
+    try:
+        with ResultsWriter(opts.results) as writer:
+            for spec in todo:
+                if opts.max_time is not None and time.monotonic() - t0 > opts.max_time:
+                    stopped = True
+                    break
+                bar.set_postfix_str(spec.trial_id, refresh=True)
+                record = run_isolated(
+                    spec, method=method, timeout=opts.timeout, results_dir=opts.results.parent, environment=environment
+                )
+                writer.write(record)
+                new.append(record)
+                if on_record:
+                    on_record(record)
+                bar.update(1)
+    finally:
+        bar.close()
+    planned_ids = {s.trial_id for s in planned}
+    latest = latest_by_trial(existing + new)
+    return SweepOutcome(
+        planned=planned,
+        records=[r for tid, r in latest.items() if tid in planned_ids],
+        ran=len(new),
+        skipped=len(planned) - len(todo),
+        stopped_early=stopped,
+        results=opts.results,
+    )
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="trial", desc="detcost", disable=not enabled, dynamic_ncols=True)

@@ -1,0 +1,52 @@
+"""Shared fixtures: one small real sweep per test session, reused by many tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from detcost import results
+from detcost.cli import main
+
+QUICK = ["--quick", "--steps", "4", "--warmup", "1", "-q"]
+
+
+def run_cli(*args: str) -> int:
+    return main(["run", *QUICK, *args])
+
+
+@pytest.fixture(scope="session")
+def small_sweep(tmp_path_factory):
+    """simple_cnn and resnet18 under the six settings, 2 repeats, A/A, audit, 2 seeds."""
+    path = tmp_path_factory.mktemp("sweep") / "r.jsonl"
+    code = run_cli("--workloads", "simple_cnn,resnet18", "--repeats", "2", "--seeds", "2", "--results", str(path))
+    assert code == 0
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_sweep_df(small_sweep):
+    return results.load(small_sweep)
+
+
+@pytest.fixture(scope="session")
+def failing_sweep(tmp_path_factory):
+    """One trial of each fault next to one healthy workload, in a single sweep."""
+    path = tmp_path_factory.mktemp("failing") / "f.jsonl"
+    code = run_cli(
+        "--workloads",
+        "diag_raise,diag_exit,diag_nan,diag_hang,simple_cnn",
+        "--settings",
+        "default",
+        "--repeats",
+        "1",
+        "--seeds",
+        "0",
+        "--no-aa",
+        "--no-audit",
+        "--timeout",
+        "8",
+        "--results",
+        str(path),
+    )
+    assert code == 0
+    return path
