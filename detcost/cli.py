@@ -1,0 +1,349 @@
+"""The `detcost` command: run | env | audit | variance (more arrive with their issues).
+
+Bad input ends in one line on stderr and exit code 2; an internal error in exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from detcost.errors import UsageError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump) and exit code 2."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+# ---- argument types -----------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
+    values = [_positive_int(t.strip()) for t in text.split(",") if t.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one value")
+    return list(dict.fromkeys(values))
+
+
+# ---- device -------------------------------------------------------------------------
+
+
+def _cuda_build(torch) -> str:
+    return f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
+
+
+def resolve_device(requested: str) -> str:
+    """auto -> cuda:0 when CUDA is usable, else cpu; cuda[:N] must exist."""
+    from detcost.env import cuda_available
+
+    if requested == "cpu":
+        return "cpu"
+    if requested == "auto":
+        return "cuda:0" if cuda_available() else "cpu"
+    if requested == "cuda" or requested.startswith("cuda:"):
+        import torch
+
+        if not cuda_available():
+            raise UsageError(
+                f"--device {requested}: CUDA is not available (torch {torch.__version__}, {_cuda_build(torch)})"
+            )
+        index = 0 if requested == "cuda" else requested.split(":", 1)[1]
+        if not str(index).isdigit() or int(index) >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {requested}: no such GPU; this machine has cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
+        return f"cuda:{int(index)}"
+    raise UsageError(f"--device {requested!r}: use auto, cpu, cuda or cuda:N")
+
+
+# ---- commands -----------------------------------------------------------------------
+
+
+def _add_run(sub) -> None:
+    from detcost.trial import VARY_MODES
+    from detcost.workloads import BUILTIN
+
+    p = sub.add_parser("run", help="run a sweep: workloads x settings x repeats, each trial in a fresh process")
+    p.add_argument(
+        "--workloads",
+        default=",".join(BUILTIN),
+        help="comma list of workloads (default: the built-in %(default)s); also package.module:factory",
+    )
+    p.add_argument("--settings", default=None, help="comma list of settings (default: the canonical six)")
+    p.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=None,
+        help="repeats per workload x setting (default: 3 on CUDA, 2 on CPU)",
+    )
+    p.add_argument(
+        "--steps", type=_positive_int, default=None, help="timed steps per trial (default: per workload and device)"
+    )
+    p.add_argument(
+        "--warmup", type=_non_negative_int, default=None, help="warm-up steps before timing (default: per workload)"
+    )
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="trial seed (default: %(default)s)")
+    p.add_argument(
+        "--seeds",
+        type=_non_negative_int,
+        default=3,
+        help="seed yardstick: trials of the reference setting with this many other seeds "
+        "(default: %(default)s; 0 skips)",
+    )
+    p.add_argument(
+        "--vary",
+        choices=VARY_MODES,
+        default="impl",
+        help="what differs between repeats: impl (nothing but the kernels; default), init, data, all",
+    )
+    p.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument(
+        "--threads", type=_int_list, default=None, help="CPU thread counts, comma list (default: torch's default)"
+    )
+    p.add_argument("--quick", action="store_true", help="small sizes and few steps: a smoke run")
+    p.add_argument("--results", type=Path, default=None, help="results JSONL (default: results/<run-id>.jsonl)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue a results file: run only trials without an ok record"
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=600.0,
+        help="seconds per trial before it is killed (default: %(default)g)",
+    )
+    p.add_argument(
+        "--max-time",
+        type=_positive_float,
+        default=None,
+        help="stop starting trials after this many seconds (--resume continues)",
+    )
+    p.add_argument("--keep-params", action="store_true", help="keep the full final parameters of every trial (large)")
+    p.add_argument("--no-aa", action="store_true", help="skip the A/A control (default is to run it)")
+    p.add_argument("--no-audit", action="store_true", help="skip the per-workload audit of nondeterministic ops")
+    p.add_argument(
+        "--start-method",
+        choices=("auto", "forkserver", "spawn"),
+        default="auto",
+        help="how trial processes start (default: forkserver on CPU, spawn on CUDA)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="list the planned trials and an estimated time, run nothing")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+
+def _sweep_options(args):
+    import torch
+
+    from detcost.settings import CANONICAL, parse_settings
+    from detcost.sweep import SweepOptions, new_run_id
+    from detcost.timing import is_cuda
+    from detcost.workloads import parse_workloads
+
+    workloads = [w.name for w in parse_workloads(args.workloads)]
+    settings = [s.name for s in parse_settings(args.settings or ",".join(CANONICAL))]
+    device = resolve_device(args.device)
+    cuda = is_cuda(device)
+    profile = "quick" if args.quick else ("gpu" if cuda else "cpu")
+    run_id = new_run_id()
+    results = args.results or Path("results") / f"{run_id}.jsonl"
+    if results.exists() and results.is_dir():
+        raise UsageError(f"--results {results} is a directory; give a file path")
+    return SweepOptions(
+        workloads=workloads,
+        settings=settings,
+        repeats=args.repeats or (3 if cuda else 2),
+        seed=args.seed,
+        device=device,
+        threads=args.threads or [torch.get_num_threads()],
+        profile=profile,
+        results=results,
+        run_id=run_id,
+        steps=args.steps,
+        warmup=args.warmup,
+        timeout=args.timeout,
+        seeds=args.seeds,
+        aa=not args.no_aa,
+        audit=not args.no_audit,
+        vary=args.vary,
+        keep_params=args.keep_params,
+        start_method=args.start_method,
+        max_time=args.max_time,
+    )
+
+
+def cmd_run(args) -> int:
+    from detcost import results as results_mod
+    from detcost.sweep import estimate_seconds, plan, run_sweep
+
+    opts = _sweep_options(args)
+    if args.dry_run:
+        return _print_plan(plan(opts), estimate_seconds(plan(opts), opts.profile), args.json)
+    _warn_other_gpu_users(opts.device)
+    t0 = time.monotonic()
+    outcome = run_sweep(opts, resume=args.resume, progress=not args.quiet)
+    wall = time.monotonic() - t0
+    df = results_mod.load(outcome.results)
+    df = df[df["trial_id"].isin({s.trial_id for s in outcome.planned})]
+    _print_summary(df, outcome, wall, args.json)
+    return EXIT_OK
+
+
+def _print_plan(specs, seconds: float, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps({"trials": [s.trial_id for s in specs], "estimated_s": seconds}, indent=2))
+        return EXIT_OK
+    for s in specs:
+        print(s.trial_id)
+    print(f"{len(specs)} trials planned; rough estimate {seconds / 60:.1f} min")
+    return EXIT_OK
+
+
+def _warn_other_gpu_users(device: str) -> None:
+    from detcost.env import gpu_processes
+    from detcost.timing import is_cuda
+
+    if is_cuda(device):
+        others = gpu_processes(device)
+        if others:
+            print(f"warning: other processes are using {device}; timings may be disturbed:\n{others}", file=sys.stderr)
+
+
+def _print_summary(df, outcome, wall: float, as_json: bool) -> None:
+    from detcost.report.tables import AA_LABEL, CPU_NOTE, failures, is_cpu, speed_pivot, speed_table
+
+    table = speed_table(df)
+    failed = failures(df)
+    timed = df[df["kind"] == "timed"] if not df.empty else df
+    ok = int((timed["status"] == "ok").sum()) if not timed.empty else 0
+    busy = int(df["busy.busy"].fillna(False).astype(bool).sum()) if "busy.busy" in df else 0
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "results": str(outcome.results),
+                    "wall_s": wall,
+                    "ran": outcome.ran,
+                    "skipped": outcome.skipped,
+                    "stopped_early": outcome.stopped_early,
+                    "timed_ok": ok,
+                    "busy_trials": busy,
+                    "speed": table.to_dict(orient="records"),
+                    "failures": failed.to_dict(orient="records"),
+                },
+                indent=2,
+                default=str,
+            )
+        )
+        return
+    print()
+    if not table.empty:
+        print("samples/s, median over repeats (ratio to default):")
+        print(speed_pivot(table).to_string())
+        aa = table[table["setting"] == AA_LABEL]
+        for _, r in aa.iterrows():
+            print(
+                f"noise floor ({r.workload}): default vs itself {r.price:.3f}x [{r.price_lo:.3f}, {r.price_hi:.3f}] "
+                f"- differences inside this are noise"
+            )
+    if is_cpu(df):
+        print("\nnote: " + CPU_NOTE)
+    if not failed.empty:
+        print(f"\n{len(failed)} trial(s) did not finish (findings, not crashes of detcost):")
+        print(failed.to_string(index=False, max_colwidth=90))
+    if busy:
+        print(
+            f"\nwarning: {busy} trial(s) ran while other processes used the CPU; "
+            "their times are suspect (busy.busy in the results)"
+        )
+    if outcome.stopped_early:
+        print(f"\nstopped by --max-time; rerun with --resume --results {outcome.results} to finish")
+    print(f"\n{ok} timed trial(s) ok, {outcome.ran} run now, {outcome.skipped} already done; {wall:.0f} s")
+    print(f"results: {outcome.results}")
+
+
+def _add_env(sub) -> None:
+    p = sub.add_parser("env", help="print the environment fingerprint stored with every result")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_env)
+
+
+def cmd_env(args) -> int:
+    from detcost.env import fingerprint
+
+    info = fingerprint(resolve_device(args.device))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    for key, value in info.items():
+        if key == "env":
+            print("env:" + ("" if value else " (none of the relevant variables set)"))
+            for k, v in value.items():
+                print(f"  {k}={v}")
+        else:
+            print(f"{key}: {value}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import detcost
+
+    parser = _Parser(prog="detcost", description="What determinism costs in PyTorch training, and what it buys.")
+    parser.add_argument("--version", action="version", version=f"detcost {detcost.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_run(sub)
+    _add_env(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UsageError as exc:
+        print(f"detcost: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("detcost: interrupted; finished trials are kept (rerun with --resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Presentation: tables, figures, HTML and Markdown built from results (never re-measures)."""

@@ -1,0 +1,145 @@
+"""Derived tables of a sweep: the price of each setting, the noise floor, the failures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from detcost.settings import SETTINGS
+from detcost.timing import bootstrap_ratio
+
+AA_LABEL = "A/A control"
+CPU_NOTE = (
+    "On the CPU the cuDNN flags do nothing: default, benchmark, deterministic, "
+    "benchmark_deterministic and no_cudnn run the same kernels, so differences between "
+    "them are noise (an A/A group). strict differs for real: use_deterministic_algorithms "
+    "NaN-fills every uninitialised allocation."
+)
+
+
+def setting_order(names) -> list[str]:
+    """Settings in the matrix's order (then any others), the same order everywhere."""
+    known = [s for s in SETTINGS if s in set(names)]
+    return known + sorted(set(names) - set(known))
+
+
+def ok_trials(df: pd.DataFrame, kinds=("timed",)) -> pd.DataFrame:
+    if df.empty:
+        return df
+    return df[df["kind"].isin(kinds) & (df["status"] == "ok")]
+
+
+def is_cpu(df: pd.DataFrame) -> bool:
+    return not df.empty and df["device"].astype(str).str.startswith("cpu").all()
+
+
+def _group_keys(df: pd.DataFrame) -> list[str]:
+    keys = ["workload"]
+    for axis in ("threads", "memory_format", "vary"):
+        if axis in df and df[axis].nunique() > 1:
+            keys.append(axis)
+    return keys
+
+
+def speed_table(df: pd.DataFrame, *, bootstrap: int = 2000) -> pd.DataFrame:
+    """One row per workload x setting (x axes): samples/s, price vs the fastest with a
+    bootstrap interval, ratio to `default`, cold start, memory, FLOP/s.
+
+    The A/A control (`kind == "aa"`) appears as its own label: its price against
+    `default` is the noise floor of the machine.
+    """
+    trials = ok_trials(df, ("timed", "aa")).copy()
+    if trials.empty:
+        return pd.DataFrame()
+    trials["label"] = np.where(trials["kind"] == "aa", AA_LABEL, trials["setting"])
+    keys = _group_keys(trials)
+    rows = []
+    for key, group in trials.groupby(keys, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        per_label = {label: g for label, g in group.groupby("label", sort=False)}
+        timed = {k: v for k, v in per_label.items() if k != AA_LABEL}
+        if not timed:
+            continue
+        fastest = min(timed, key=lambda s: timed[s]["step_time_median_s"].median())
+        for label, g in per_label.items():
+            steps = list(g["step_times_s"])
+            ref_label = "default" if label == AA_LABEL and "default" in timed else fastest
+            if label == fastest:
+                price, lo, hi = 1.0, 1.0, 1.0
+            else:
+                price, lo, hi = bootstrap_ratio(
+                    steps, list(per_label[ref_label]["step_times_s"]), strata=_strata(g), n=bootstrap
+                )
+            sps = g["samples_per_s"]
+            rows.append(
+                {
+                    **dict(zip(keys, key)),
+                    "setting": label,
+                    "n": len(g),
+                    "samples_per_s": float(sps.median()),
+                    "samples_per_s_cv": float(sps.std(ddof=1) / sps.mean()) if len(g) > 1 else np.nan,
+                    "price": price,
+                    "price_lo": lo,
+                    "price_hi": hi,
+                    "price_vs": ref_label,
+                    "within_noise": bool(lo <= 1.0 <= hi),
+                    "cold_start_s": _median(g, "cold_start_s"),
+                    "peak_memory_bytes": _median(g, "peak_memory_bytes"),
+                    "achieved_flops": _median(g, "achieved_flops"),
+                    "busy_trials": int(g["busy.busy"].fillna(False).astype(bool).sum()) if "busy.busy" in g else 0,
+                }
+            )
+    table = pd.DataFrame(rows)
+    table["vs_default"] = table.apply(lambda r: _vs_default(table, r, keys), axis=1)
+    order = {s: i for i, s in enumerate(setting_order(table["setting"]) + [AA_LABEL])}
+    table["_o"] = table["setting"].map(lambda s: order.get(s, len(order)))
+    return table.sort_values(keys + ["_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
+
+
+def _strata(g: pd.DataFrame) -> list[int] | None:
+    if "step_strata" not in g:
+        return None
+    first = g["step_strata"].iloc[0]
+    return list(first) if isinstance(first, list) else None
+
+
+def _median(g: pd.DataFrame, col: str) -> float:
+    return float(g[col].median()) if col in g and g[col].notna().any() else np.nan
+
+
+def _vs_default(table: pd.DataFrame, row: pd.Series, keys: list[str]) -> float:
+    """samples/s relative to `default` in the same group (>1 means faster than default)."""
+    mask = table["setting"] == "default"
+    for k in keys:
+        mask &= table[k] == row[k]
+    ref = table.loc[mask, "samples_per_s"]
+    return float(row["samples_per_s"] / ref.iloc[0]) if len(ref) else np.nan
+
+
+def speed_pivot(table: pd.DataFrame) -> pd.DataFrame:
+    """Workloads down, settings across: 'samples/s (ratio to default)'."""
+    if table.empty:
+        return table
+    keys = [c for c in ("workload", "threads", "memory_format", "vary") if c in table]
+    cells = table.assign(
+        cell=table.apply(
+            lambda r: (
+                f"{r.samples_per_s:,.1f} ({r.vs_default:.2f}x)"
+                if np.isfinite(r.vs_default)
+                else f"{r.samples_per_s:,.1f}"
+            ),
+            axis=1,
+        )
+    )
+    pivot = cells.pivot_table(index=keys, columns="setting", values="cell", aggfunc="first")
+    cols = setting_order([c for c in pivot.columns if c != AA_LABEL]) + ([AA_LABEL] if AA_LABEL in pivot else [])
+    return pivot[cols].fillna("-")
+
+
+def failures(df: pd.DataFrame) -> pd.DataFrame:
+    """Every trial that did not finish, with its reason (strict-mode errors are findings)."""
+    if df.empty:
+        return df
+    failed = df[df["status"] != "ok"]
+    cols = [c for c in ("kind", "workload", "setting", "repeat", "seed", "threads", "status", "error") if c in failed]
+    return failed[cols].reset_index(drop=True)

@@ -1,0 +1,86 @@
+"""Bad input: one line on stderr, exit code 2, nothing lost."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from detcost.cli import main
+
+
+def one_line_error(capsys, argv) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("detcost: error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["run", "--settings", "nope"], "valid settings: default, benchmark, deterministic"),
+        (["run", "--workloads", "resnet19"], "valid workloads: simple_cnn, resnet18"),
+        (["run", "--repeats", "0"], "must be at least 1"),
+        (["run", "--steps", "0"], "must be at least 1"),
+        (["run", "--threads", "0"], "must be at least 1"),
+        (["run", "--timeout", "-3"], "must be positive"),
+        (["run", "--device", "tpu"], "use auto, cpu, cuda or cuda:N"),
+        (["run", "--seed", "-1"], "at least 0"),
+        (["run", "--frobnicate"], "unrecognized arguments"),
+        (["run", "--workloads", "nosuchpackage.mod:factory"], "cannot load workload"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(capsys, argv, expected):
+    assert expected in one_line_error(capsys, argv)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_a_usage_error(capsys):
+    assert "CUDA is not available" in one_line_error(capsys, ["run", "--device", "cuda"])
+
+
+def test_unwritable_results_path_is_a_usage_error(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    err = one_line_error(capsys, ["run", "--quick", "--results", str(blocker / "r.jsonl")])
+    assert "cannot write results file" in err
+
+
+def test_an_existing_results_file_is_never_overwritten(capsys, tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"kept": true}\n')
+    assert "--resume" in one_line_error(capsys, ["run", "--quick", "--results", str(path)])
+    assert path.read_text() == '{"kept": true}\n'
+
+
+def test_a_results_file_that_is_not_detcosts_is_refused(capsys, tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text("hello, world\n")
+    err = one_line_error(capsys, ["run", "--quick", "--resume", "--results", str(path)])
+    assert "not a detcost results file" in err
+    assert path.read_text() == "hello, world\n"
+
+
+def test_the_installed_command_exits_2_on_an_unknown_setting():
+    proc = subprocess.run(
+        [sys.executable, "-m", "detcost.cli", "run", "--settings", "nope"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "valid settings" in proc.stderr
+
+
+def test_dry_run_lists_the_plan_and_runs_nothing(capsys, tmp_path):
+    path = tmp_path / "r.jsonl"
+    assert main(["run", "--quick", "--workloads", "simple_cnn", "--dry-run", "--results", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "timed/simple_cnn/strict/r1/s0" in out and "trials planned" in out
+    assert not path.exists()
+
+
+def test_env_prints_the_fingerprint(capsys):
+    assert main(["env", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert f"torch: {torch.__version__}" in out and "cpu:" in out
