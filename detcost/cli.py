@@ -61,6 +61,16 @@ def _int_list(text: str) -> list[int]:
     return list(dict.fromkeys(values))
 
 
+def _vary_list(text: str) -> list[str]:
+    from detcost.trial import VARY_MODES
+
+    modes = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [m for m in modes if m not in VARY_MODES]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"unknown mode {', '.join(bad) or text!r}; valid: {', '.join(VARY_MODES)}")
+    return list(dict.fromkeys(modes))
+
+
 # ---- device -------------------------------------------------------------------------
 
 
@@ -96,7 +106,6 @@ def resolve_device(requested: str) -> str:
 
 
 def _add_run(sub) -> None:
-    from detcost.trial import VARY_MODES
     from detcost.workloads import BUILTIN
 
     p = sub.add_parser("run", help="run a sweep: workloads x settings x repeats, each trial in a fresh process")
@@ -128,9 +137,10 @@ def _add_run(sub) -> None:
     )
     p.add_argument(
         "--vary",
-        choices=VARY_MODES,
-        default="impl",
-        help="what differs between repeats: impl (nothing but the kernels; default), init, data, all",
+        type=_vary_list,
+        default=["impl"],
+        help="what differs between repeats, comma list: impl (only the kernels: same seed, fresh "
+        "processes; default), init (initialisation), data (data order and samples), all",
     )
     p.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:N")
     p.add_argument(
@@ -322,6 +332,116 @@ def cmd_env(args) -> int:
     return EXIT_OK
 
 
+def _add_variance(sub) -> None:
+    p = sub.add_parser("variance", help="what each setting buys: spread across repeats and seeds, from a results file")
+    p.add_argument("results", type=Path, nargs="+", help="results JSONL file(s)")
+    p.add_argument("--curves", action="store_true", help="also print the divergence over checkpoints")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_variance)
+
+
+def cmd_variance(args) -> int:
+    from detcost import results as results_mod
+    from detcost import variance
+
+    df = results_mod.load(args.results)
+    table = variance.variance_table(df)
+    curves = variance.divergence_curves(df) if args.curves or args.json else None
+    if args.json:
+        print(
+            json.dumps(
+                {"variance": table.to_dict(orient="records"), "divergence": curves.to_dict(orient="records")},
+                indent=2,
+                default=str,
+            )
+        )
+        return EXIT_OK
+    if table.empty:
+        print("no ok timed or seed trials in these results: nothing to compare")
+        return EXIT_OK
+    print("spread across repeats (same seed, fresh processes) and across seeds (the yardstick):")
+    print(variance.display(table).to_string(index=False))
+    print(
+        "\nidentical: repeats whose final parameters are bitwise equal; rel L2: ||dθ|| / ||θ|| on the "
+        "parameter sample; rel L2 / seeds: that spread as a fraction of the seed yardstick's."
+    )
+    if curves is not None and not curves.empty:
+        print("\ndivergence between repeats at each checkpoint (rel L2):")
+        keys = [c for c in curves.columns if c not in ("step", "rel_l2", "max_abs_dtheta")]
+        keys = [c for c in keys if c in ("workload", "setting") or curves[c].nunique() > 1]
+        print(curves.pivot_table(index=keys, columns="step", values="rel_l2").to_string(float_format="{:.1e}".format))
+    return EXIT_OK
+
+
+def _add_audit(sub) -> None:
+    from detcost.workloads import BUILTIN
+
+    p = sub.add_parser("audit", help="list the ops with no deterministic implementation that a workload hits")
+    p.add_argument("--workloads", "--workload", default=",".join(BUILTIN), help="comma list (default: the built-in)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--quick", action="store_true", help="small sizes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit)
+
+
+def cmd_audit(args) -> int:
+    import torch
+
+    from detcost.sweep import SweepOptions, _spec, run_isolated, start_method
+    from detcost.timing import is_cuda
+    from detcost.workloads import parse_workloads
+
+    workloads = [w.name for w in parse_workloads(args.workloads)]
+    device = resolve_device(args.device)
+    profile = "quick" if args.quick else ("gpu" if is_cuda(device) else "cpu")
+    opts = SweepOptions(
+        workloads=workloads,
+        settings=["strict"],
+        repeats=1,
+        seed=0,
+        device=device,
+        threads=[torch.get_num_threads()],
+        profile=profile,
+        results=Path("audit.jsonl"),
+        run_id="audit",
+    )
+    method = start_method("auto", device)
+    records = [
+        run_isolated(_spec(opts, "audit", w, "strict", 0, 0, opts.threads[0], "contiguous"), method=method)
+        for w in workloads
+    ]
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {"workload": r["workload"], "status": r["status"], "error": r["error"], **(r.get("audit") or {})}
+                    for r in records
+                ],
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    print_audit(records)
+    return EXIT_OK
+
+
+def print_audit(records: list[dict]) -> None:
+    for r in records:
+        audit = r.get("audit")
+        if r["status"] != "ok" or not audit:
+            print(f"{r['workload']}: the audit itself failed: {r['error']}")
+            continue
+        alerts = audit["alerts"]
+        found = f"{len(alerts)} op(s) without a deterministic implementation" if alerts else "no alerts"
+        print(f"{r['workload']} on {r['device']}: {found} in {audit['steps']} training steps")
+        for a in alerts:
+            print(f"  {a['op']}: {a['count']} call(s), in {', '.join(a['modules'])}")
+        verdict = f"strict fails: {audit['strict_error']}" if audit["strict_fails"] else "strict runs"
+        print(f"  {verdict}")
+        if not alerts and r["device"] == "cpu":
+            print("  (on the CPU torch raises few such alerts; the CUDA kernels are where most live)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     import detcost
 
@@ -330,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run(sub)
     _add_env(sub)
+    _add_variance(sub)
+    _add_audit(sub)
     return parser
 
 

@@ -49,7 +49,7 @@ class SweepOptions:
     seeds: int = 3
     aa: bool = True
     audit: bool = True
-    vary: str = "impl"
+    vary: list[str] = field(default_factory=lambda: ["impl"])
     keep_params: bool = False
     memory_formats: list[str] = field(default_factory=lambda: ["contiguous"])
     start_method: str = "auto"
@@ -76,7 +76,15 @@ def new_run_id() -> str:
 
 
 def _spec(
-    opts: SweepOptions, kind: str, workload: str, setting: str, repeat: int, seed: int, threads: int, memory_format: str
+    opts: SweepOptions,
+    kind: str,
+    workload: str,
+    setting: str,
+    repeat: int,
+    seed: int,
+    threads: int,
+    memory_format: str,
+    vary: str = "impl",
 ) -> TrialSpec:
     size = get_workload(workload).size(opts.profile)
     spec = TrialSpec(
@@ -92,7 +100,7 @@ def _spec(
         warmup=size.warmup if opts.warmup is None else opts.warmup,
         batch=size.batch,
         image=size.image,
-        vary=opts.vary,
+        vary=vary,
         memory_format=memory_format,
         keep_params=opts.keep_params,
     )
@@ -121,7 +129,8 @@ def plan(opts: SweepOptions) -> list[TrialSpec]:
         for w in opts.workloads:
             for t in opts.threads:
                 for mf in opts.memory_formats:
-                    specs += [_spec(opts, kind, w, s, r, opts.seed, t, mf) for kind, s in rotated]
+                    for v in opts.vary:
+                        specs += [_spec(opts, kind, w, s, r, opts.seed, t, mf, v) for kind, s in rotated]
     for k in range(opts.seeds):
         specs += [
             _spec(opts, "seed", w, ref, 0, opts.seed + 1 + k, opts.threads[0], opts.memory_formats[0])

@@ -134,14 +134,17 @@ def busy_report(start: CpuSample, end: CpuSample) -> dict:
     load average, which counts this trial's own threads and decays slowly.
     """
     wall = max(end.wall - start.wall, 1e-9)
-    others = None
+    others_s = None
     if start.machine_busy_s is not None and end.machine_busy_s is not None:
-        others = max(0.0, (end.machine_busy_s - start.machine_busy_s) - (end.own_s - start.own_s)) / wall
+        others_s = max(0.0, (end.machine_busy_s - start.machine_busy_s) - (end.own_s - start.own_s))
+    # /proc/stat counts in clock ticks per CPU: allow for that rounding at both ends, so a
+    # short trial is not called busy on a tick or two.
+    slack_s = 2 * (os.cpu_count() or 1) / os.sysconf("SC_CLK_TCK")
     return {
         "loadavg_start": start.loadavg,
         "loadavg_end": end.loadavg,
-        "others_cpu_cores": None if others is None else round(others, 3),
-        "busy": bool(others is not None and others > BUSY_CORES_THRESHOLD),
+        "others_cpu_cores": None if others_s is None else round(others_s / wall, 3),
+        "busy": bool(others_s is not None and others_s > BUSY_CORES_THRESHOLD * wall + slack_s),
     }
 
 

@@ -166,7 +166,10 @@ def flops_per_step(model: torch.nn.Module, loss_fn, batches) -> float | None:
 
 def one_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
-    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".strip()
+    first = lines[0] if lines else ""
+    # strict mode's message goes on with advice every user has seen; the op is the finding
+    first = first.split(", but you set 'torch.use_deterministic_algorithms(True)'")[0]
+    text = f"{type(exc).__name__}: {first}".strip()
     return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 3] + "..."
 
 

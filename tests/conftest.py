@@ -50,3 +50,27 @@ def failing_sweep(tmp_path_factory):
     )
     assert code == 0
     return path
+
+
+@pytest.fixture(scope="session")
+def variance_sweep(tmp_path_factory):
+    """Injected noise next to simple_cnn, at 1 and 2 threads, with a seed yardstick."""
+    path = tmp_path_factory.mktemp("variance") / "v.jsonl"
+    code = run_cli(
+        "--workloads",
+        "diag_noise,simple_cnn",
+        "--settings",
+        "default,strict",
+        "--threads",
+        "1,2",
+        "--repeats",
+        "3",
+        "--seeds",
+        "2",
+        "--no-aa",
+        "--no-audit",
+        "--results",
+        str(path),
+    )
+    assert code == 0
+    return path

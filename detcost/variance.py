@@ -1,0 +1,192 @@
+"""Variance: what a setting buys. Compares repeats (same seed, fresh processes) and the
+seed yardstick (different seeds) from what each trial stored; never re-runs training.
+
+Distances use the fixed sample of parameter coordinates every trial keeps at checkpoints
+1, 2, 4, ... (the same coordinates in every repeat), or the full final parameters when
+the sweep ran with --keep-params.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from detcost.report.tables import ok_trials, setting_order
+
+SEED_LABEL = "seed yardstick"
+# Ratios to the seed yardstick are only shown when the yardstick itself moved.
+MIN_SEED_SPREAD = 1e-12
+
+
+def load_sidecar(record: pd.Series | dict) -> dict[str, np.ndarray] | None:
+    """The arrays a trial stored beside the results file, or None if it stored none."""
+    rel = record.get("sidecar")
+    if not isinstance(rel, str) or not rel:
+        return None
+    path = Path(record.get("results_path", ".")).parent / rel
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _final_params(side: dict) -> np.ndarray:
+    return side["params"] if "params" in side else side["param_samples"][-1]
+
+
+def _rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    denom = float(np.linalg.norm(a.astype(np.float64)))
+    return float(np.linalg.norm(a.astype(np.float64) - b.astype(np.float64)) / denom) if denom else 0.0
+
+
+def _first_difference(a: dict, b: dict) -> int | None:
+    """The first checkpoint step at which two trials' parameters differ, bitwise."""
+    for k, step in enumerate(a["checkpoints"]):
+        if not (
+            np.array_equal(a["param_samples"][k], b["param_samples"][k])
+            and np.array_equal(a["param_norms"][k], b["param_norms"][k])
+        ):
+            return int(step)
+    return None
+
+
+def compare(group: pd.DataFrame) -> dict:
+    """Spread across the trials of one group (repeats, or seeds): the variance metrics."""
+    r = len(group)
+    hashes = group["params_sha256"].value_counts()
+    losses = group["final_loss"].astype(float)
+    row = {
+        "R": r,
+        "n_identical": int(hashes.iloc[0]) if r else 0,
+        "bitwise_identical": bool(r > 1 and len(hashes) == 1),
+        "loss_std": float(losses.std(ddof=1)) if r > 1 else np.nan,
+        "loss_range": float(losses.max() - losses.min()) if r else np.nan,
+        "accuracy_std": float(group["eval_accuracy"].std(ddof=1)) if r > 1 and "eval_accuracy" in group else np.nan,
+    }
+    sides = [load_sidecar(rec) for _, rec in group.iterrows()]
+    pairs = [(a, b) for a, b in combinations(sides, 2) if a is not None and b is not None]
+    if not pairs:
+        return {
+            **row,
+            "max_abs_dtheta": np.nan,
+            "rel_l2": np.nan,
+            "disagreement": np.nan,
+            "max_abs_dlogits": np.nan,
+            "first_diff_step": None,
+        }
+    firsts = [s for s in (_first_difference(a, b) for a, b in pairs) if s is not None]
+    return {
+        **row,
+        "max_abs_dtheta": max(float(np.max(np.abs(_final_params(a) - _final_params(b)))) for a, b in pairs),
+        "rel_l2": float(np.mean([_rel_l2(_final_params(a), _final_params(b)) for a, b in pairs])),
+        "disagreement": float(np.mean([np.mean(a["eval_preds"] != b["eval_preds"]) for a, b in pairs])),
+        "max_abs_dlogits": max(float(np.max(np.abs(a["eval_logits"] - b["eval_logits"]))) for a, b in pairs),
+        "first_diff_step": min(firsts) if firsts else None,
+    }
+
+
+def _axes(df: pd.DataFrame) -> list[str]:
+    return [a for a in ("threads", "vary", "memory_format") if a in df]
+
+
+def variance_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per workload x setting (x threads, vary, memory format): spread across repeats,
+    the seed yardstick as its own row, and each setting's spread as a fraction of it."""
+    timed = ok_trials(df, ("timed",))
+    seeds = ok_trials(df, ("seed",))
+    if timed.empty and seeds.empty:
+        return pd.DataFrame()
+    axes = _axes(df)
+    rows = []
+    for key, group in timed.groupby(["workload", "setting", *axes], sort=False):
+        rows.append({**dict(zip(["workload", "setting", *axes], key)), **compare(group)})
+    for workload, group in seeds.groupby("workload", sort=False):
+        rows.append(
+            {"workload": workload, "setting": SEED_LABEL, **{a: group[a].iloc[0] for a in axes}, **compare(group)}
+        )
+    for (workload, setting), group in timed.groupby(["workload", "setting"], sort=False):
+        if "threads" in group and group["threads"].nunique() > 1:
+            rows.append(_cross_threads(workload, setting, group, axes))
+    table = pd.DataFrame(rows)
+    table = _relative_to_seeds(table)
+    order = {s: i for i, s in enumerate([*setting_order(table["setting"].unique()), SEED_LABEL])}
+    table["_o"] = table["setting"].map(lambda s: order.get(s, len(order)))
+    sort = ["workload", "_o", *[a for a in axes if a != "threads"]]
+    return table.sort_values(sort, kind="stable").drop(columns="_o").reset_index(drop=True)
+
+
+def _cross_threads(workload: str, setting: str, group: pd.DataFrame, axes: list[str]) -> dict:
+    """The same seed at different thread counts: one trial per thread count (repeat 0)."""
+    first = group.sort_values("repeat").groupby("threads", sort=True).head(1)
+    counts = sorted(first["threads"].tolist())
+    row = {"workload": workload, "setting": setting, **{a: group[a].iloc[0] for a in axes}, **compare(first)}
+    row["threads"] = " vs ".join(str(t) for t in counts)
+    return row
+
+
+def _relative_to_seeds(table: pd.DataFrame) -> pd.DataFrame:
+    """Each row's spread as a fraction of the seed yardstick's (same workload)."""
+    seeds = table[table["setting"] == SEED_LABEL].set_index("workload")
+    for metric in ("rel_l2", "loss_std", "disagreement"):
+        ref = table["workload"].map(seeds[metric]) if metric in seeds else np.nan
+        ref = ref.where(ref > MIN_SEED_SPREAD) if isinstance(ref, pd.Series) else ref
+        table[f"{metric}_vs_seeds"] = table[metric] / ref
+    return table
+
+
+def divergence_curves(df: pd.DataFrame) -> pd.DataFrame:
+    """Distance between repeats at each checkpoint (mean over pairs): data for a log-log
+    plot of how one rounding difference grows. One row per group x checkpoint."""
+    timed = ok_trials(df, ("timed",))
+    axes = _axes(df)
+    rows = []
+    for key, group in timed.groupby(["workload", "setting", *axes], sort=False):
+        sides = [s for s in (load_sidecar(rec) for _, rec in group.iterrows()) if s is not None]
+        pairs = list(combinations(sides, 2))
+        if not pairs:
+            continue
+        for k, step in enumerate(sides[0]["checkpoints"]):
+            rel = [_rel_l2(a["param_samples"][k], b["param_samples"][k]) for a, b in pairs]
+            mx = [float(np.max(np.abs(a["param_samples"][k] - b["param_samples"][k]))) for a, b in pairs]
+            rows.append(
+                {
+                    **dict(zip(["workload", "setting", *axes], key)),
+                    "step": int(step),
+                    "rel_l2": float(np.mean(rel)),
+                    "max_abs_dtheta": max(mx),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+DISPLAY_COLUMNS = {
+    "identical": "identical",
+    "max_abs_dtheta": "max|dθ|",
+    "rel_l2": "rel L2",
+    "loss_std": "loss std",
+    "disagreement": "pred. disagree",
+    "max_abs_dlogits": "max|dlogits|",
+    "first_diff_step": "first diff step",
+    "rel_l2_vs_seeds": "rel L2 / seeds",
+}
+
+
+def display(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as a person reads it: `identical` as n/R, numbers compact."""
+    if table.empty:
+        return table
+    out = table.copy()
+    out["identical"] = out.apply(lambda r: f"{r.n_identical}/{r.R}", axis=1)
+    keys = ["workload", "setting"] + [a for a in ("threads", "vary") if a in out and out[a].nunique() > 1]
+    cols = keys + [c for c in DISPLAY_COLUMNS if c in out]
+    out = out[cols].rename(columns=DISPLAY_COLUMNS)
+    for col in ("max|dθ|", "rel L2", "loss std", "max|dlogits|", "rel L2 / seeds"):
+        out[col] = out[col].map(lambda v: "-" if pd.isna(v) else ("0" if v == 0 else f"{v:.2e}"))
+    out["pred. disagree"] = out["pred. disagree"].map(lambda v: "-" if pd.isna(v) else f"{v:.1%}")
+    out["first diff step"] = [
+        "-" if r < 2 else ("never" if pd.isna(v) else str(int(v))) for v, r in zip(out["first diff step"], table["R"])
+    ]
+    return out
