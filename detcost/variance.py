@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from detcost.report import tables
 from detcost.report.tables import ok_trials, setting_order
 
 SEED_LABEL = "seed yardstick"
@@ -88,10 +89,6 @@ def compare(group: pd.DataFrame) -> dict:
     }
 
 
-def _axes(df: pd.DataFrame) -> list[str]:
-    return [a for a in ("threads", "vary", "memory_format") if a in df]
-
-
 def variance_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per workload x setting (x threads, vary, memory format): spread across repeats,
     the seed yardstick as its own row, and each setting's spread as a fraction of it."""
@@ -99,17 +96,19 @@ def variance_table(df: pd.DataFrame) -> pd.DataFrame:
     seeds = ok_trials(df, ("seed",))
     if timed.empty and seeds.empty:
         return pd.DataFrame()
-    axes = _axes(df)
+    axes = tables.axes(df)
+    sizes = [a for a in axes if a in tables.SIZE_AXES]
     rows = []
     for key, group in timed.groupby(["workload", "setting", *axes], sort=False):
         rows.append({**dict(zip(["workload", "setting", *axes], key)), **compare(group)})
-    for workload, group in seeds.groupby("workload", sort=False):
-        rows.append(
-            {"workload": workload, "setting": SEED_LABEL, **{a: group[a].iloc[0] for a in axes}, **compare(group)}
-        )
-    for (workload, setting), group in timed.groupby(["workload", "setting"], sort=False):
-        if "threads" in group and group["threads"].nunique() > 1:
-            rows.append(_cross_threads(workload, setting, group, axes))
+    for key, group in seeds.groupby(["workload", *sizes], sort=False):
+        fixed = {a: group[a].iloc[0] for a in axes if a not in sizes}
+        rows.append({**dict(zip(["workload", *sizes], key)), "setting": SEED_LABEL, **fixed, **compare(group)})
+    if "threads" in axes:
+        others = [a for a in axes if a != "threads"]
+        for key, group in timed.groupby(["workload", "setting", *others], sort=False):
+            if group["threads"].nunique() > 1:
+                rows.append({**dict(zip(["workload", "setting", *others], key)), **_cross_threads(group)})
     table = pd.DataFrame(rows)
     table = _relative_to_seeds(table)
     order = {s: i for i, s in enumerate([*setting_order(table["setting"].unique()), SEED_LABEL])}
@@ -118,22 +117,21 @@ def variance_table(df: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(sort, kind="stable").drop(columns="_o").reset_index(drop=True)
 
 
-def _cross_threads(workload: str, setting: str, group: pd.DataFrame, axes: list[str]) -> dict:
+def _cross_threads(group: pd.DataFrame) -> dict:
     """The same seed at different thread counts: one trial per thread count (repeat 0)."""
     first = group.sort_values("repeat").groupby("threads", sort=True).head(1)
-    counts = sorted(first["threads"].tolist())
-    row = {"workload": workload, "setting": setting, **{a: group[a].iloc[0] for a in axes}, **compare(first)}
-    row["threads"] = " vs ".join(str(t) for t in counts)
-    return row
+    return {**compare(first), "threads": " vs ".join(str(t) for t in sorted(first["threads"]))}
 
 
 def _relative_to_seeds(table: pd.DataFrame) -> pd.DataFrame:
-    """Each row's spread as a fraction of the seed yardstick's (same workload)."""
-    seeds = table[table["setting"] == SEED_LABEL].set_index("workload")
-    for metric in ("rel_l2", "loss_std", "disagreement"):
-        ref = table["workload"].map(seeds[metric]) if metric in seeds else np.nan
-        ref = ref.where(ref > MIN_SEED_SPREAD) if isinstance(ref, pd.Series) else ref
-        table[f"{metric}_vs_seeds"] = table[metric] / ref
+    """Each row's spread as a fraction of the seed yardstick's (same workload and sizes)."""
+    keys = ["workload", *[a for a in tables.SIZE_AXES if a in table]]
+    seeds = table[table["setting"] == SEED_LABEL]
+    metrics = ("rel_l2", "loss_std", "disagreement")
+    ref = table[keys].merge(seeds[keys + list(metrics)], on=keys, how="left")
+    for metric in metrics:
+        scale = ref[metric].where(ref[metric] > MIN_SEED_SPREAD).to_numpy()
+        table[f"{metric}_vs_seeds"] = table[metric].to_numpy() / scale
     return table
 
 
@@ -141,7 +139,7 @@ def divergence_curves(df: pd.DataFrame) -> pd.DataFrame:
     """Distance between repeats at each checkpoint (mean over pairs): data for a log-log
     plot of how one rounding difference grows. One row per group x checkpoint."""
     timed = ok_trials(df, ("timed",))
-    axes = _axes(df)
+    axes = tables.axes(df)
     rows = []
     for key, group in timed.groupby(["workload", "setting", *axes], sort=False):
         sides = [s for s in (load_sidecar(rec) for _, rec in group.iterrows()) if s is not None]
@@ -180,7 +178,7 @@ def display(table: pd.DataFrame) -> pd.DataFrame:
         return table
     out = table.copy()
     out["identical"] = out.apply(lambda r: f"{r.n_identical}/{r.R}", axis=1)
-    keys = ["workload", "setting"] + [a for a in ("threads", "vary") if a in out and out[a].nunique() > 1]
+    keys = ["workload", "setting"] + [a for a in tables.AXES if a in out]
     cols = keys + [c for c in DISPLAY_COLUMNS if c in out]
     out = out[cols].rename(columns=DISPLAY_COLUMNS)
     for col in ("max|dθ|", "rel L2", "loss std", "max|dlogits|", "rel L2 / seeds"):

@@ -33,12 +33,22 @@ def is_cpu(df: pd.DataFrame) -> bool:
     return not df.empty and df["device"].astype(str).str.startswith("cpu").all()
 
 
+# Columns that split a workload into separate groups when they vary within the results:
+# the orthogonal axes, and sizes (two runs of one workload at different sizes do not compare).
+AXES = ("threads", "memory_format", "vary", "batch_size", "image_size", "steps")
+SIZE_AXES = ("batch_size", "image_size", "steps")
+
+
+def axes(df: pd.DataFrame) -> list[str]:
+    """The axes that vary within a workload in these results (constant ones would only
+    clutter a table; sizes differ between workloads by design)."""
+    if df.empty:
+        return []
+    return [a for a in AXES if a in df and df.groupby("workload")[a].nunique().max() > 1]
+
+
 def _group_keys(df: pd.DataFrame) -> list[str]:
-    keys = ["workload"]
-    for axis in ("threads", "memory_format", "vary"):
-        if axis in df and df[axis].nunique() > 1:
-            keys.append(axis)
-    return keys
+    return ["workload", *axes(df)]
 
 
 def speed_table(df: pd.DataFrame, *, bootstrap: int = 2000) -> pd.DataFrame:
@@ -120,7 +130,7 @@ def speed_pivot(table: pd.DataFrame) -> pd.DataFrame:
     """Workloads down, settings across: 'samples/s (ratio to default)'."""
     if table.empty:
         return table
-    keys = [c for c in ("workload", "threads", "memory_format", "vary") if c in table]
+    keys = [c for c in ("workload", *AXES) if c in table]
     cells = table.assign(
         cell=table.apply(
             lambda r: (
