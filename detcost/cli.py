@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -172,6 +173,14 @@ def _add_run(sub) -> None:
         default="auto",
         help="how trial processes start (default: forkserver on CPU, spawn on CUDA)",
     )
+    p.add_argument("--report", type=Path, default=None, help="report folder (default: reports/<run-id>)")
+    p.add_argument("--no-report", action="store_true", help="do not write the HTML and Markdown report at the end")
+    p.add_argument(
+        "--max-slowdown",
+        type=_fraction,
+        default=0.10,
+        help="speed budget of the recommendation, relative to the fastest setting (default: 0.10)",
+    )
     p.add_argument("--dry-run", action="store_true", help="list the planned trials and an estimated time, run nothing")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -231,7 +240,12 @@ def cmd_run(args) -> int:
     wall = time.monotonic() - t0
     df = results_mod.load(outcome.results)
     df = df[df["trial_id"].isin({s.trial_id for s in outcome.planned})]
-    _print_summary(df, outcome, wall, args.json)
+    paths = None
+    if not args.no_report and not df.empty:
+        from detcost.report.build import build_report
+
+        paths = build_report([outcome.results], args.report, max_slowdown=args.max_slowdown)
+    _print_summary(df, outcome, wall, args.json, paths)
     return EXIT_OK
 
 
@@ -255,7 +269,7 @@ def _warn_other_gpu_users(device: str) -> None:
             print(f"warning: other processes are using {device}; timings may be disturbed:\n{others}", file=sys.stderr)
 
 
-def _print_summary(df, outcome, wall: float, as_json: bool) -> None:
+def _print_summary(df, outcome, wall: float, as_json: bool, report=None) -> None:
     from detcost.report.tables import AA_LABEL, CPU_NOTE, failures, is_cpu, speed_pivot, speed_table
 
     table = speed_table(df)
@@ -276,6 +290,7 @@ def _print_summary(df, outcome, wall: float, as_json: bool) -> None:
                     "busy_trials": busy,
                     "speed": table.to_dict(orient="records"),
                     "failures": failed.to_dict(orient="records"),
+                    "report": {"html": str(report.html), "markdown": str(report.markdown)} if report else None,
                 },
                 indent=2,
                 default=str,
@@ -306,6 +321,8 @@ def _print_summary(df, outcome, wall: float, as_json: bool) -> None:
         print(f"\nstopped by --max-time; rerun with --resume --results {outcome.results} to finish")
     print(f"\n{ok} timed trial(s) ok, {outcome.ran} run now, {outcome.skipped} already done; {wall:.0f} s")
     print(f"results: {outcome.results}")
+    if report:
+        print(f"report:  {report.html}\n         {report.markdown}")
 
 
 def _add_env(sub) -> None:
@@ -370,6 +387,68 @@ def cmd_variance(args) -> int:
         keys = [c for c in curves.columns if c not in ("step", "rel_l2", "max_abs_dtheta")]
         keys = [c for c in keys if c in ("workload", "setting") or curves[c].nunique() > 1]
         print(curves.pivot_table(index=keys, columns="step", values="rel_l2").to_string(float_format="{:.1e}".format))
+    return EXIT_OK
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 0.1 or 10%)") from None
+    if not 0 <= value <= 10:
+        raise argparse.ArgumentTypeError(f"{text} is out of range; give a fraction such as 0.1 (10%)")
+    return value
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="write the HTML report and Markdown summary of results file(s)")
+    p.add_argument("results", type=Path, nargs="+", help="results JSONL file(s); several machines are grouped")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<run-id>)")
+    p.add_argument(
+        "--max-slowdown",
+        type=_fraction,
+        default=0.10,
+        help="speed budget of the recommendation, relative to the fastest setting (default: 0.10)",
+    )
+    p.add_argument("--json", action="store_true", help="print the recommendation and paths as JSON")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    from detcost.report.build import build_report
+
+    paths = build_report(args.results, args.out, args.max_slowdown)
+    if args.json:
+        print(json.dumps({"html": str(paths.html), "markdown": str(paths.markdown)}))
+    else:
+        print(f"report:  {paths.html}\n         {paths.markdown}")
+    return EXIT_OK
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="the price table of two runs side by side (two GPUs, torch versions, commits)")
+    p.add_argument("a", type=Path, help="results JSONL of run A")
+    p.add_argument("b", type=Path, help="results JSONL of run B")
+    p.add_argument("--out", type=Path, default=None, help="also write the comparison as HTML to this file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args) -> int:
+    from detcost.report import compare
+
+    table, missing = compare.compare_runs(args.a, args.b)
+    if args.json:
+        print(json.dumps({"comparison": table.to_dict(orient="records"), "missing": missing}, indent=2))
+        return EXIT_OK
+    header, rows = compare.display_rows(table)
+    import pandas as pd
+
+    print(pd.DataFrame(rows, columns=header).to_string(index=False) if rows else "no workload x setting in both runs")
+    if missing:
+        print(f"only in one run: {', '.join(missing)}")
+    if args.out:
+        print(f"html: {compare.write_html(table, missing, args.a, args.b, args.out)}")
     return EXIT_OK
 
 
@@ -452,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_env(sub)
     _add_variance(sub)
     _add_audit(sub)
+    _add_report(sub)
+    _add_compare(sub)
     return parser
 
 
@@ -462,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"detcost: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # output piped into `head`: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
         print("detcost: interrupted; finished trials are kept (rerun with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED

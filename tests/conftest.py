@@ -11,14 +11,28 @@ QUICK = ["--quick", "--steps", "4", "--warmup", "1", "-q"]
 
 
 def run_cli(*args: str) -> int:
-    return main(["run", *QUICK, *args])
+    """`detcost run` on quick sizes; no report unless the test names a --report folder."""
+    report = [] if "--report" in args else ["--no-report"]
+    return main(["run", *QUICK, *report, *args])
 
 
 @pytest.fixture(scope="session")
 def small_sweep(tmp_path_factory):
     """simple_cnn and resnet18 under the six settings, 2 repeats, A/A, audit, 2 seeds."""
-    path = tmp_path_factory.mktemp("sweep") / "r.jsonl"
-    code = run_cli("--workloads", "simple_cnn,resnet18", "--repeats", "2", "--seeds", "2", "--results", str(path))
+    folder = tmp_path_factory.mktemp("sweep")
+    path = folder / "r.jsonl"
+    code = run_cli(
+        "--workloads",
+        "simple_cnn,resnet18",
+        "--repeats",
+        "2",
+        "--seeds",
+        "2",
+        "--results",
+        str(path),
+        "--report",
+        str(folder / "report"),
+    )
     assert code == 0
     return path
 

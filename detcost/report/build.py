@@ -1,0 +1,287 @@
+"""Build the report from results files: `index.html` (self-contained: figures embedded as
+PNG data, no scripts, fonts or CDNs) and `summary.md`. Never re-runs training."""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.colors as mcolors
+import numpy as np
+import pandas as pd
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from detcost import results, variance
+from detcost.report import figures
+from detcost.report.recommend import DEFAULT_MAX_SLOWDOWN, Recommendation, recommend
+from detcost.report.tables import AA_LABEL, CPU_NOTE, failures, is_cpu, speed_table
+
+ENV_FIELDS = (
+    "torch",
+    "cuda",
+    "cudnn",
+    "gpu",
+    "driver",
+    "cpu",
+    "cpu_count",
+    "threads",
+    "python",
+    "platform",
+    "hostname",
+    "detcost",
+)
+
+
+@dataclass
+class ReportPaths:
+    html: Path
+    markdown: Path
+
+
+def machine_name(row: pd.Series) -> str:
+    gpu = row.get("env.gpu")
+    hw = gpu if isinstance(gpu, str) and gpu else row.get("env.cpu", "?")
+    return f"{row.get('env.hostname', '?')} ({hw})"
+
+
+def _fmt(v, spec: str = ".2f", none: str = "-") -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return none
+    return format(v, spec)
+
+
+def _si(v, unit: str) -> str:
+    if v is None or not np.isfinite(v):
+        return "-"
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= scale:
+            return f"{v / scale:.2f} {prefix}{unit}"
+    return f"{v:.0f} {unit}"
+
+
+def _price_cell(r) -> str:
+    if r.setting != AA_LABEL and r.price == 1.0 and r.price_lo == r.price_hi:
+        return "1.00 (fastest)"
+    label = "within noise" if r.within_noise else "real"
+    return f"{r.price:.2f} [{r.price_lo:.2f}, {r.price_hi:.2f}] {label}"
+
+
+def _price_rows(speed: pd.DataFrame, cpu: bool) -> tuple[list[str], list[dict], int]:
+    keys = [c for c in ("workload", "threads", "memory_format", "vary") if c in speed]
+    header = [
+        *keys,
+        "setting",
+        "samples/s",
+        "price vs fastest [95% CI]",
+        "vs default",
+        "cold start",
+        "peak memory",
+        "achieved FLOP/s",
+    ]
+    from detcost.settings import SETTINGS
+
+    rows = []
+    for r in speed.itertuples():
+        price = _price_cell(r)
+        if cpu and r.setting in SETTINGS and SETTINGS[r.setting].cudnn_only:
+            price += " (no effect on CPU)"
+        rows.append(
+            {
+                "cls": "aa" if r.setting == AA_LABEL else "",
+                "cells": [
+                    *(str(getattr(r, k)) for k in keys),
+                    r.setting,
+                    f"{r.samples_per_s:,.1f}",
+                    price,
+                    _fmt(r.vs_default, ".2f") + "x",
+                    _fmt(r.cold_start_s, ".3f") + " s",
+                    _si(r.peak_memory_bytes, "B"),
+                    _si(r.achieved_flops, "FLOP/s"),
+                ],
+            }
+        )
+    return header, rows, len(keys) + 1
+
+
+def _candidates(rec: Recommendation) -> list[dict]:
+    return [
+        {
+            "setting": c.setting,
+            "color": mcolors.to_hex(figures.color(c.setting)),
+            "runs": "yes" if c.runs_everywhere else f"no ({c.failures})",
+            "price": _fmt(c.max_price) + "x",
+            "bitwise": f"{c.bitwise_workloads}/{c.groups}",
+            "spread": "0" if c.spread == 0 else _fmt(c.spread, ".2e"),
+            "changes": str(c.changes),
+        }
+        for c in rec.candidates.itertuples()
+    ]
+
+
+def _pareto(points: pd.DataFrame) -> pd.Series:
+    def dominated(p) -> bool:
+        others = points.drop(p.name)
+        better = (others["price"] <= p["price"]) & (others["rel_l2"] <= p["rel_l2"])
+        strictly = (others["price"] < p["price"]) | (others["rel_l2"] < p["rel_l2"])
+        return bool((better & strictly).any())
+
+    return points.apply(lambda p: not dominated(p), axis=1)
+
+
+def _tradeoff_points(speed: pd.DataFrame, var: pd.DataFrame) -> pd.DataFrame:
+    timed = speed[speed["setting"] != AA_LABEL]
+    price = timed.groupby("setting")["price"].mean()
+    rows = var[(var["setting"] != variance.SEED_LABEL)]
+    if "threads" in rows:
+        rows = rows[~rows["threads"].astype(str).str.contains(" vs ")]
+    spread = rows.groupby("setting")["rel_l2"].mean() if not rows.empty else pd.Series(dtype=float)
+    points = pd.DataFrame({"price": price, "rel_l2": spread.reindex(price.index).fillna(0)}).reset_index()
+    points = points.rename(columns={"index": "setting"})
+    points["pareto"] = _pareto(points.set_index("setting")).values if len(points) else []
+    return points
+
+
+def _figures(speed: pd.DataFrame, var: pd.DataFrame, curves: pd.DataFrame) -> list[dict]:
+    figs = [
+        (
+            "price",
+            figures.price_bars(speed),
+            "Price per setting for each workload, with 95% intervals; "
+            "the hatched bar is the A/A control (the noise floor).",
+        ),
+        (
+            "tradeoff",
+            figures.variance_vs_price(_tradeoff_points(speed, var)),
+            "Variance against price: one point per setting; points on the dotted Pareto front are not beaten on both.",
+        ),
+        (
+            "divergence",
+            figures.divergence(
+                curves if not curves.empty else pd.DataFrame(columns=["workload", "setting", "step", "rel_l2"])
+            ),
+            "How far repeats drift apart as training goes on (log-log); identical settings have no line.",
+        ),
+        ("cold start", figures.cold_start(speed), "Wall time of the warm-up steps, where cuDNN autotunes."),
+    ]
+    return [{"alt": alt, "png": base64.b64encode(png).decode(), "caption": caption} for alt, png, caption in figs]
+
+
+def _audit_rows(df: pd.DataFrame) -> list[dict]:
+    audits = df[(df["kind"] == "audit") & (df["status"] == "ok")]
+    out = []
+    for r in audits.to_dict(orient="records"):
+        alerts = r.get("audit.alerts") or []
+        text = "; ".join(f"{a['op']} x{a['count']} in {', '.join(a['modules'])}" for a in alerts) or "none found"
+        strict = f"fails: {r.get('audit.strict_error')}" if r.get("audit.strict_fails") else "runs"
+        out.append({"workload": r["workload"], "alerts": text, "strict": strict})
+    return out
+
+
+def _env_rows(df: pd.DataFrame) -> list[tuple[str, str]]:
+    # a `default` trial's view: other settings add their own variables (CUBLAS_WORKSPACE_CONFIG)
+    plain = df[(df["setting"] == "default") & df["env.torch"].notna()] if "env.torch" in df else df
+    first = (plain if len(plain) else df).iloc[0]
+    rows = [(k, str(first.get(f"env.{k}"))) for k in ENV_FIELDS if f"env.{k}" in df]
+    env_vars = first.get("env.env")
+    if isinstance(env_vars, dict) and env_vars:
+        rows.append(("env vars", ", ".join(f"{k}={v}" for k, v in env_vars.items())))
+    return rows
+
+
+def machine_section(df: pd.DataFrame, name: str, max_slowdown: float) -> dict:
+    speed = speed_table(df)
+    var = variance.variance_table(df)
+    curves = variance.divergence_curves(df)
+    rec = (
+        recommend(df, speed, var, max_slowdown)
+        if not speed.empty
+        else Recommendation(None, "no timed trial finished", "", max_slowdown, pd.DataFrame())
+    )
+    cpu = is_cpu(df)
+    header, rows, nkeys = _price_rows(speed, cpu) if not speed.empty else ([], [], 0)
+    shown = variance.display(var) if not var.empty else pd.DataFrame()
+    failed = failures(df)
+    busy = int(df["busy.busy"].fillna(False).astype(bool).sum()) if "busy.busy" in df else 0
+    return {
+        "name": name,
+        "cpu": cpu,
+        "rec": rec,
+        "candidates": _candidates(rec) if not rec.candidates.empty else [],
+        "speed": speed,
+        "variance": var,
+        "curves": curves,
+        "price_header": header,
+        "price_rows": rows,
+        "price_keys": nkeys,
+        "variance_header": list(shown.columns),
+        "variance_rows": shown.astype(str).values.tolist(),
+        "figures": _figures(speed, var, curves) if not speed.empty else [],
+        "failure_header": list(failed.columns),
+        "failures": failed.astype(str).values.tolist(),
+        "audit": _audit_rows(df),
+        "busy": f"{busy} trial(s) ran while other processes used the CPU; their times are suspect." if busy else "",
+        "env": _env_rows(df),
+    }
+
+
+def build_report(
+    paths: list[Path], out_dir: Path | None = None, max_slowdown: float = DEFAULT_MAX_SLOWDOWN
+) -> ReportPaths:
+    df = results.load(paths)
+    run_ids = list(dict.fromkeys(df["run_id"].astype(str)))
+    out_dir = Path(out_dir) if out_dir else Path("reports") / run_ids[0]
+    df = df.assign(machine=df.apply(machine_name, axis=1))
+    machines = [machine_section(g, name, max_slowdown) for name, g in df.groupby("machine", sort=False)]
+    context = {
+        "title": ", ".join(run_ids),
+        "n_records": len(df),
+        "sources": [str(p) for p in paths],
+        "generated": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "machines": machines,
+        "cpu_note": CPU_NOTE,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html = out_dir / "index.html"
+    html.write_text(_template().render(**context), encoding="utf-8")
+    md = out_dir / "summary.md"
+    md.write_text(markdown_summary(context), encoding="utf-8")
+    return ReportPaths(html, md)
+
+
+def template_env() -> Environment:
+    # autoescape: every string from results (workload names, errors, a user model's name) is escaped
+    return Environment(loader=PackageLoader("detcost.report", "templates"), autoescape=select_autoescape(["j2"]))
+
+
+def _template():
+    return template_env().get_template("report.html.j2")
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    esc = [[str(c).replace("|", "\\|") for c in row] for row in [header, *rows]]
+    lines = ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in esc[1:]])
+
+
+def markdown_summary(context: dict) -> str:
+    parts = [f"# detcost summary: {context['title']}", ""]
+    for m in context["machines"]:
+        if len(context["machines"]) > 1:
+            parts += [f"## Machine: {m['name']}", ""]
+        rec = m["rec"]
+        parts += ["## Recommendation", ""]
+        if rec.setting:
+            parts += [f"**Use `{rec.setting}`**: {rec.reason}.", "", "```python", rec.snippet, "```", ""]
+        else:
+            parts += [f"No recommendation: {rec.reason}.", ""]
+        parts += [f"> {n}" for n in rec.notes] + [""]
+        if m["price_rows"]:
+            parts += ["## Price", "", _md_table(m["price_header"], [r["cells"] for r in m["price_rows"]]), ""]
+        if m["variance_rows"]:
+            parts += ["## Variance", "", _md_table(m["variance_header"], m["variance_rows"]), ""]
+        if m["failures"]:
+            parts += ["## Failures", "", _md_table(m["failure_header"], m["failures"]), ""]
+        parts += ["## Environment", "", _md_table(["", ""], [list(r) for r in m["env"]]), ""]
+    return "\n".join(parts)

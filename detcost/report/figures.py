@@ -1,0 +1,202 @@
+"""The report's figures (matplotlib, Agg): each function takes derived tables and returns
+PNG bytes. Settings keep one colour and one order in every figure."""
+
+from __future__ import annotations
+
+import io
+import textwrap
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
+
+from detcost.report.tables import AA_LABEL, AXES, setting_order  # noqa: E402
+from detcost.settings import SETTINGS  # noqa: E402
+
+_PALETTE = plt.get_cmap("tab10").colors
+COLORS = {name: _PALETTE[i % 10] for i, name in enumerate(SETTINGS)}
+COLORS[AA_LABEL] = (0.6, 0.6, 0.6)
+DPI = 110
+FLOOR = 1e-12  # where bitwise-identical settings sit on a log axis of distances
+
+
+def color(setting: str):
+    return COLORS.get(setting, (0.3, 0.3, 0.3))
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _grid(n: int, width: float = 4.2, height: float = 3.2):
+    cols = min(max(n, 1), 3)
+    rows = (max(n, 1) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _panels(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """One panel per workload and value of any axis in the table (threads, sizes, ...)."""
+    keys = ["workload", *[a for a in AXES if a in table]]
+    panels = []
+    for key, rows in table.groupby(keys, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        extra = ", ".join(f"{k}={v}" for k, v in zip(keys[1:], key[1:]))
+        panels.append((f"{key[0]} ({extra})" if extra else str(key[0]), rows))
+    return panels
+
+
+def _log_steps(ax, steps) -> None:
+    """Log x axis of training steps, labelled with the checkpoint steps themselves."""
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(set(int(s) for s in steps)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def price_bars(speed: pd.DataFrame) -> bytes:
+    """Price of each setting per workload (median step time / fastest), 95% interval whiskers."""
+    panels = _panels(speed)
+    fig, axes = _grid(len(panels))
+    for ax, (title, rows) in zip(axes, panels):
+        present = set(rows["setting"])
+        labels = [*setting_order(present - {AA_LABEL}), *([AA_LABEL] if AA_LABEL in present else [])]
+        rows = rows.set_index("setting").loc[labels]
+        x = np.arange(len(labels))
+        err = np.vstack([rows["price"] - rows["price_lo"], rows["price_hi"] - rows["price"]]).clip(min=0)
+        ax.bar(
+            x,
+            rows["price"],
+            yerr=err,
+            capsize=3,
+            color=[color(s) for s in labels],
+            hatch=["//" if s == AA_LABEL else "" for s in labels],
+            edgecolor="white",
+        )
+        ax.axhline(1.0, color="black", lw=0.8, ls="--")
+        ax.set_xticks(x, labels, rotation=40, ha="right", fontsize=8)
+        ax.set_ylabel("price (step time / fastest)")
+        ax.set_title(title, fontsize=9)
+        ax.set_ylim(bottom=min(0.9, float(np.nanmin(rows["price_lo"])) - 0.05))
+    fig.suptitle("Price per setting (bars: median; whiskers: 95% bootstrap interval)", fontsize=10, y=1.0)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def variance_vs_price(points: pd.DataFrame) -> bytes:
+    """One point per setting: mean price across workloads against mean spread between
+    repeats (relative L2 of parameters); bitwise-identical settings sit on the floor line.
+    Points on the Pareto front (nothing both cheaper and more reproducible) are ringed."""
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    pts = points.assign(y=points["rel_l2"].fillna(0).clip(lower=FLOOR)).sort_values(["y", "price"])
+    for i, (_, p) in enumerate(pts.iterrows()):
+        ax.scatter(
+            p["price"],
+            p["y"],
+            s=70,
+            color=color(p["setting"]),
+            edgecolor="black",
+            linewidth=1.8 if p["pareto"] else 0.3,
+            zorder=3,
+        )
+        # stagger labels so settings at the same spread do not print over each other
+        ax.annotate(
+            p["setting"], (p["price"], p["y"]), textcoords="offset points", xytext=(5, 5 + 10 * (i % 4)), fontsize=8
+        )
+    front = pts[pts["pareto"]].sort_values("price")
+    ax.step(front["price"], front["y"], where="post", color="black", lw=1, ls=":", zorder=2)
+    ax.set_yscale("log")
+    ax.set_ylim(FLOOR / 10, max(float(pts["y"].max()) * 100, 1e-9))
+    ax.axhline(FLOOR, color="grey", lw=0.6)
+    ax.annotate(
+        "bitwise identical",
+        (0.01, FLOOR),
+        xycoords=("axes fraction", "data"),
+        xytext=(0, -11),
+        textcoords="offset points",
+        fontsize=8,
+        color="grey",
+    )
+    ax.margins(x=0.2)
+    ax.set_xlabel("mean price across workloads (step time / fastest)")
+    ax.set_ylabel("spread between repeats (rel. L2 of θ)")
+    ax.set_title("What each setting buys against what it costs (ringed: Pareto front)", fontsize=10)
+    return _png(fig)
+
+
+def divergence(curves: pd.DataFrame) -> bytes:
+    """Distance between repeats at each checkpoint, log-log, one panel per workload."""
+    panels = (
+        _panels(
+            curves.drop(columns=["step", "rel_l2", "max_abs_dtheta"], errors="ignore").join(curves[["step", "rel_l2"]])
+        )
+        if not curves.empty
+        else []
+    )
+    fig, axes = _grid(len(panels))
+    for ax, (title, rows) in zip(axes, panels):
+        ax.set_title(title, fontsize=9)
+        drawn = rows[rows["rel_l2"] > 0]
+        identical = sorted(set(rows["setting"]) - set(drawn["setting"]))
+        if drawn.empty:
+            ax.text(
+                0.5,
+                0.5,
+                "every setting's repeats are\nbitwise identical at every checkpoint",
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="grey",
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
+        for s in setting_order(drawn["setting"]):
+            line = drawn[drawn["setting"] == s].groupby("step")["rel_l2"].mean()
+            ax.plot(line.index, line.values, marker="o", ms=3, color=color(s), label=s)
+        _log_steps(ax, rows["step"])
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("rel. L2 between repeats")
+        if identical:
+            ax.text(
+                0.02,
+                0.98,
+                "identical, not drawn:\n" + textwrap.fill(", ".join(identical), 40),
+                transform=ax.transAxes,
+                fontsize=7,
+                color="grey",
+                va="top",
+            )
+    fig.suptitle("Divergence between repeats over training (log-log)", fontsize=10, y=1.0)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def cold_start(speed: pd.DataFrame) -> bytes:
+    """Wall time of the warm-up steps (where cuDNN autotunes), per setting and workload."""
+    rows = speed[speed["setting"] != AA_LABEL]
+    panels = [title for title, _ in _panels(rows)]
+    groups = [g for _, g in _panels(rows)]
+    settings = setting_order(rows["setting"])
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.4 * len(panels) + 2), 3.8))
+    width = 0.8 / max(len(settings), 1)
+    for i, s in enumerate(settings):
+        vals = [g[g["setting"] == s]["cold_start_s"].mean() for g in groups]
+        ax.bar(np.arange(len(panels)) + i * width, vals, width, color=color(s), label=s)
+    ax.set_xticks(np.arange(len(panels)) + width * (len(settings) - 1) / 2, panels, fontsize=8)
+    ax.set_ylabel("warm-up wall time (s)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("Cold start per setting: the first steps, where cuDNN autotunes", fontsize=10)
+    return _png(fig)

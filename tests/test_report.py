@@ -1,0 +1,202 @@
+"""The report: what a team lead opens. Built from a real small sweep's results file."""
+
+import json
+import os
+import shutil
+
+import pandas as pd
+import pytest
+
+from detcost.cli import main
+from detcost.report.recommend import recommend
+from detcost.report.tables import AA_LABEL
+from detcost.variance import SEED_LABEL
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def report(small_sweep):
+    """The report `detcost run` wrote at the end of the small sweep."""
+    folder = small_sweep.parent / "report"
+    return folder / "index.html", folder / "summary.md"
+
+
+def test_run_writes_the_html_report_and_markdown_summary(report):
+    html, md = report
+    text = html.read_text()
+    for section in (
+        'id="recommendation"',
+        'id="price"',
+        'id="variance"',
+        'id="figures"',
+        'id="failures"',
+        'id="environment"',
+        'id="method"',
+    ):
+        assert section in text
+    assert text.count('<img src="data:image/png;base64,') == 4
+    assert "cuDNN flags do nothing" in text  # a CPU run says so
+    assert AA_LABEL in text and SEED_LABEL in text
+    assert "## Recommendation" in md.read_text() and "torch.set_num_threads(" in md.read_text()
+
+
+def test_the_report_is_self_contained(report):
+    text = report[0].read_text()
+    assert "<script" not in text and "http://" not in text.replace("http://www.w3.org", "")
+    assert "https://" not in text and "@import" not in text and "<link" not in text
+
+
+def test_the_cpu_recommendation_is_default_with_a_fixed_thread_count(report):
+    md = report[1].read_text()
+    assert "**Use `default`**" in md
+    assert "bitwise reproducible on 2 of 2 workload groups" in md
+
+
+def test_report_command_rebuilds_from_a_results_file(tmp_path, small_sweep, capsys):
+    assert main(["report", str(small_sweep), "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "index.html").is_file() and (tmp_path / "rep" / "summary.md").is_file()
+    assert "index.html" in capsys.readouterr().out
+
+
+def test_every_string_from_results_is_html_escaped(tmp_path, small_sweep):
+    lines = small_sweep.read_text().splitlines()
+    evil = json.loads(next(x for x in lines if '"kind": "timed"' in x))
+    evil.update(
+        trial_id="timed/evil",
+        workload="<script>alert(1)</script>",
+        status="error",
+        error='RuntimeError: <img src=x onerror="alert(2)">',
+    )
+    path = tmp_path / "evil.jsonl"
+    path.write_text("\n".join([*lines, json.dumps(evil)]) + "\n")
+    assert main(["report", str(path), "--out", str(tmp_path / "rep")]) == 0
+    html = (tmp_path / "rep" / "index.html").read_text()
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<img src=x onerror" not in html
+
+
+def test_results_from_two_machines_are_grouped_by_machine(tmp_path, small_sweep):
+    other = tmp_path / "other.jsonl"
+    records = [json.loads(x) for x in small_sweep.read_text().splitlines()]
+    for r in records:
+        r["run_id"] = "other-run"
+        if r.get("env"):
+            r["env"]["hostname"] = "gpu-box-2"
+    other.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    assert main(["report", str(small_sweep), str(other), "--out", str(tmp_path / "rep")]) == 0
+    html = (tmp_path / "rep" / "index.html").read_text()
+    assert html.count("Machine: ") == 2 and "gpu-box-2" in html
+
+
+def test_compare_prints_and_writes_the_tables_side_by_side(tmp_path, small_sweep, capsys):
+    out = tmp_path / "cmp.html"
+    assert main(["compare", str(small_sweep), str(small_sweep), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "B vs A" in printed and "1.00x" in printed and "within noise" in printed
+    assert "<table>" in out.read_text()
+
+
+# ---- recommendation logic on hand-made tables -----------------------------------------
+
+
+def _tables(prices: dict, identical: dict, rel_l2: dict | None = None, statuses: dict | None = None):
+    df = pd.DataFrame(
+        [
+            {
+                "kind": "timed",
+                "workload": "w",
+                "setting": s,
+                "status": (statuses or {}).get(s, "ok"),
+                "device": "cuda:0",
+                "threads": 1,
+            }
+            for s in prices
+        ]
+    )
+    speed = pd.DataFrame(
+        [
+            {"workload": "w", "setting": s, "price": p, "price_lo": p - 0.01, "price_hi": p + 0.01}
+            for s, p in prices.items()
+        ]
+        + [{"workload": "w", "setting": AA_LABEL, "price": 1.0, "price_lo": 0.99, "price_hi": 1.01}]
+    )
+    var = pd.DataFrame(
+        [
+            {
+                "workload": "w",
+                "setting": s,
+                "R": 3,
+                "n_identical": 3 if identical[s] else 1,
+                "rel_l2": 0.0 if identical[s] else (rel_l2 or {}).get(s, 1e-6),
+            }
+            for s in prices
+        ]
+    )
+    return df, speed, var
+
+
+def test_the_most_reproducible_setting_within_budget_wins():
+    df, speed, var = _tables(
+        {"default": 1.0, "benchmark": 1.0, "deterministic": 1.05, "strict": 1.3},
+        {"default": False, "benchmark": False, "deterministic": True, "strict": True},
+    )
+    rec = recommend(df, speed, var, max_slowdown=0.10)
+    assert rec.setting == "deterministic"  # strict is as reproducible but over budget
+    assert "torch.backends.cudnn.deterministic = True" in rec.snippet
+    assert recommend(df, speed, var, max_slowdown=0.5).setting == "deterministic"  # cheaper than strict
+
+
+def test_ties_within_noise_go_to_the_fewest_changes_from_default():
+    df, speed, var = _tables({"default": 1.005, "benchmark": 1.0}, {"default": True, "benchmark": True})
+    assert recommend(df, speed, var).setting == "default"
+
+
+def test_a_setting_that_fails_on_a_workload_is_not_recommended():
+    df, speed, var = _tables(
+        {"default": 1.0, "strict": 1.0}, {"default": False, "strict": True}, statuses={"strict": "unsupported"}
+    )
+    rec = recommend(df, speed, var)
+    assert rec.setting == "default"
+    assert any("strict did not finish everywhere" in n for n in rec.notes)
+    assert any("No setting was bitwise reproducible on every workload" in n for n in rec.notes)
+
+
+# ---- in a real browser -------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    not CHROMIUM and os.environ.get("CI") != "true",
+    reason="Debian's chromium is not installed (apt-get install chromium); CI installs it",
+)
+def test_the_report_opens_in_headless_chromium_without_errors(report):
+    sync_api = (
+        pytest.importorskip("playwright.sync_api")
+        if os.environ.get("CI") != "true"
+        else __import__("playwright.sync_api", fromlist=["sync_playwright"])
+    )
+    assert CHROMIUM, "CI=true but Chromium is missing: .ci/run installs Debian's chromium"
+    errors = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(report[0].resolve().as_uri())
+        page.wait_for_load_state("load")
+        images = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete && i.naturalWidth > 0)")
+        heading = page.inner_text("#recommendation")
+        recommendation = page.inner_text(".rec")
+        browser.close()
+    assert errors == []
+    assert images == [True] * 4
+    assert heading == "Recommendation" and "Use default" in recommendation
