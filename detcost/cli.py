@@ -452,6 +452,37 @@ def cmd_compare(args) -> int:
     return EXIT_OK
 
 
+def _add_selfcheck(sub) -> None:
+    p = sub.add_parser("selfcheck", help="measure detcost's own timing: overhead, agreement, repeatability, efficiency")
+    p.add_argument(
+        "--workloads", "--workload", default="simple_cnn", help="the workload to time (default: %(default)s)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--quick", action="store_true", help="small sizes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_selfcheck)
+
+
+def cmd_selfcheck(args) -> int:
+    from dataclasses import asdict
+
+    from detcost import selfcheck
+    from detcost.workloads import parse_workloads
+
+    workload = parse_workloads(args.workloads)[0].name
+    device = resolve_device(args.device)
+    checks = selfcheck.run_all(device, workload, "quick" if args.quick else None)
+    if args.json:
+        print(json.dumps([asdict(c) for c in checks], indent=2))
+        return EXIT_OK
+    print(f"detcost selfcheck on {device}, workload {workload}:")
+    for c in checks:
+        verdict = {True: "ok", False: "MISSED", None: "-"}[c.ok]
+        value = f"{c.value:+.1%}" if "agreement" in c.name else (f"{c.value:.1%}" if c.ok is None else f"{c.value:.3f}")
+        print(f"  {c.name}: {value}  (target {c.target}: {verdict})\n      {c.detail}")
+    return EXIT_OK
+
+
 def _add_audit(sub) -> None:
     from detcost.workloads import BUILTIN
 
@@ -533,6 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_audit(sub)
     _add_report(sub)
     _add_compare(sub)
+    _add_selfcheck(sub)
     return parser
 
 

@@ -189,6 +189,7 @@ def run_isolated(
         name=f"detcost-trial {spec.trial_id}",
         daemon=True,
     )
+    started = time.perf_counter()
     proc.start()
     sender.close()  # the child holds the only writer: EOF now means the child is gone
     record, timed_out = None, False
@@ -205,13 +206,31 @@ def run_isolated(
         if proc.is_alive():
             proc.kill()
             proc.join()
-    if record is not None:
-        return record
-    if timed_out:
-        return failure_record(
+    if record is None and timed_out:
+        record = failure_record(
             spec, "timeout", f"no result after {timeout:g} s; the trial process was killed", environment
         )
-    return failure_record(spec, "crash", _exit_reason(proc.exitcode), environment)
+    elif record is None:
+        record = failure_record(spec, "crash", _exit_reason(proc.exitcode), environment)
+    # seen from the parent: process start, the trial, sending the record and exiting
+    record["process_wall_s"] = time.perf_counter() - started
+    return record
+
+
+def _flops_key(spec: TrialSpec) -> tuple:
+    """FLOPs per step depend on the workload, its sizes and layout, not on the setting."""
+    return (spec.workload, spec.batch, spec.image, spec.total_steps, spec.memory_format, spec.device)
+
+
+def _record_flops_key(r: dict) -> tuple:
+    return (
+        r["workload"],
+        r["batch_size"],
+        r["image_size"],
+        r["warmup"] + r["steps"],
+        r.get("memory_format", "contiguous"),
+        r["device"],
+    )
 
 
 def latest_by_trial(records: list[dict]) -> dict[str, dict]:
@@ -238,6 +257,7 @@ def run_sweep(
     method = start_method(opts.start_method, opts.device)
     environment = envmod.fingerprint(opts.device)
     new: list[dict] = []
+    flops = {_record_flops_key(r): r["flops_per_step"] for r in existing if r.get("flops_per_step")}
     stopped = False
     t0 = time.monotonic()
     bar = _progress(len(todo), progress)
@@ -248,9 +268,12 @@ def run_sweep(
                     stopped = True
                     break
                 bar.set_postfix_str(spec.trial_id, refresh=True)
+                spec = replace(spec, known_flops=flops.get(_flops_key(spec)))
                 record = run_isolated(
                     spec, method=method, timeout=opts.timeout, results_dir=opts.results.parent, environment=environment
                 )
+                if record.get("flops_per_step"):
+                    flops[_flops_key(spec)] = record["flops_per_step"]
                 writer.write(record)
                 new.append(record)
                 if on_record:

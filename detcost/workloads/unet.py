@@ -19,7 +19,7 @@ DESCRIPTION = "encoder-decoder, bilinear upsampling, per-pixel cross-entropy"
 SEG_CLASSES = 4
 SIZES = {
     "gpu": Size(batch=32, image=128, steps=40, warmup=8),
-    "cpu": Size(batch=4, image=32, steps=50, warmup=5),
+    "cpu": Size(batch=4, image=32, steps=50, warmup=3),
     "quick": Size(batch=2, image=32, steps=6, warmup=2),
 }
 

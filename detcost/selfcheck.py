@@ -1,0 +1,222 @@
+"""Is detcost's own timing sound? Four measurements of the measuring instrument:
+
+- harness overhead: detcost's per-step time against a bare hand-written loop of the same
+  workload in the same process (targets: <= 1.02 on GPU, <= 1.05 on CPU);
+- agreement with `torch.utils.benchmark.Timer.blocked_autorange` on the same step (3%);
+- repeatability: coefficient of variation of samples/s over trials in fresh processes;
+- sweep efficiency: the share of a sweep's wall time spent in timed steps, and where the
+  rest goes (process start, build, warm-up, after the timed region).
+
+`detcost selfcheck` prints them; the asv suite tracks them (benchmarks/measurement.py).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detcost.settings import applied, get_setting
+from detcost.timing import is_cuda, synchronize
+from detcost.trial import TrialSpec, _build, _train_step, timed_steps
+
+OVERHEAD_TARGET = {"cuda": 1.02, "cpu": 1.05}
+AGREEMENT_TARGET = 0.03
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    value: float
+    target: str
+    ok: bool | None
+    detail: str
+    command: str = "detcost selfcheck"
+
+
+def _spec(workload: str, device: str, steps: int, warmup: int, threads: int, profile: str) -> TrialSpec:
+    from detcost.workloads import get_workload
+
+    size = get_workload(workload).size(profile)
+    return TrialSpec(
+        run_id="selfcheck",
+        kind="timed",
+        workload=workload,
+        setting="default",
+        repeat=0,
+        seed=0,
+        device=device,
+        threads=threads,
+        steps=steps,
+        warmup=warmup,
+        batch=size.batch,
+        image=size.image,
+    )
+
+
+def _warm(spec: TrialSpec):
+    """A built, warmed-up workload: both sides of a comparison run on the same one, so
+    memory layout and process state cannot masquerade as overhead."""
+    wl = _build(spec)
+    wl.model.train()
+    for x, y in wl.batches[: spec.warmup]:
+        _train_step(wl, x, y)
+    synchronize(spec.device)
+    return wl, wl.batches[spec.warmup : spec.total_steps]
+
+
+def _bare_loop(wl, batches, device: str) -> float:
+    """Mean step time of the loop a user would write: no per-step marks, one sync at the end."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    for x, y in batches:
+        _train_step(wl, x, y)
+    synchronize(device)
+    return (time.perf_counter() - t0) / len(batches)
+
+
+def _detcost_loop(wl, batches, device: str) -> list[float]:
+    """detcost's timed region as a trial runs it, loss kept on the device after each step."""
+    losses = torch.zeros(len(batches), device=device)
+
+    def keep(j, loss):
+        losses[j] = loss.detach()
+
+    synchronize(device)
+    return timed_steps(wl, batches, device, keep)
+
+
+def harness_overhead(spec: TrialSpec, rounds: int = 7) -> Check:
+    """detcost's mean timed step / the bare loop's, alternated on one workload (median of rounds)."""
+    ratios = []
+    with applied(get_setting(spec.setting)):
+        wl, batches = _warm(spec)
+        for _ in range(rounds):
+            bare = _bare_loop(wl, batches, spec.device)
+            ratios.append(float(np.mean(_detcost_loop(wl, batches, spec.device))) / bare)
+    ratio = statistics.median(ratios)
+    target = OVERHEAD_TARGET["cuda" if is_cuda(spec.device) else "cpu"]
+    return Check(
+        "harness overhead",
+        ratio,
+        f"<= {target}",
+        ratio <= target,
+        f"detcost step time / bare loop, median of {rounds} alternating rounds "
+        f"of {len(batches)} steps (min {min(ratios):.3f}, max {max(ratios):.3f})",
+    )
+
+
+def timer_agreement(spec: TrialSpec, rounds: int = 5, min_run_time: float = 0.5) -> Check:
+    """detcost's median step time against torch.utils.benchmark's on the same step,
+    alternated on one workload (median of per-round ratios)."""
+    from torch.utils.benchmark import Timer
+
+    with applied(get_setting(spec.setting)):
+        wl, batches = _warm(spec)
+        state = {"i": 0}
+
+        def step():
+            x, y = batches[state["i"] % len(batches)]
+            state["i"] += 1
+            _train_step(wl, x, y)
+            synchronize(spec.device)  # asv and torch's Timer need the step finished
+
+        # Timer defaults to one thread: give it the trial's thread count.
+        timer = Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads())
+        ratios, ours, theirs = [], [], []
+        for _ in range(rounds):
+            ours.append(float(np.median(_detcost_loop(wl, batches, spec.device))))
+            theirs.append(timer.blocked_autorange(min_run_time=min_run_time).median)
+            ratios.append(ours[-1] / theirs[-1])
+    diff = statistics.median(ratios) - 1
+    return Check(
+        "agreement with torch.utils.benchmark",
+        diff,
+        f"within ±{AGREEMENT_TARGET:.0%}",
+        abs(diff) <= AGREEMENT_TARGET,
+        f"median of {rounds} alternating rounds; detcost {statistics.median(ours) * 1e3:.2f} ms, "
+        f"Timer.blocked_autorange {statistics.median(theirs) * 1e3:.2f} ms per step",
+    )
+
+
+def repeatability(spec: TrialSpec, trials: int = 5) -> Check:
+    """CV of samples/s over trials of one setting, each in a fresh process."""
+    from detcost.sweep import run_isolated, start_method
+
+    method = start_method("auto", spec.device)
+    sps = [run_isolated(replace(spec, repeat=r), method=method)["samples_per_s"] for r in range(trials)]
+    cv = float(np.std(sps, ddof=1) / np.mean(sps))
+    return Check(
+        "repeatability (CV of samples/s)",
+        cv,
+        "reported: the noise floor",
+        None,
+        f"{trials} fresh-process trials: " + ", ".join(f"{v:,.0f}" for v in sps) + " samples/s",
+    )
+
+
+def sweep_efficiency(workloads: list[str], device: str, profile: str, threads: int) -> tuple[Check, dict]:
+    """Share of a sweep's wall time in timed steps, and where the rest goes."""
+    from detcost.sweep import SweepOptions, run_sweep
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = SweepOptions(
+            workloads=workloads,
+            settings=["default", "strict"],
+            repeats=2,
+            seed=0,
+            device=device,
+            threads=[threads],
+            profile=profile,
+            results=Path(tmp) / "e.jsonl",
+            run_id="efficiency",
+            seeds=0,
+            aa=False,
+            audit=False,
+        )
+        t0 = time.perf_counter()
+        records = run_sweep(opts, progress=False).records
+        wall = time.perf_counter() - t0
+    ok = [r for r in records if r["status"] == "ok"]
+    parts = {
+        "timed steps": sum(r["region_s"] for r in ok),
+        "warm-up": sum(r["cold_start_s"] or 0 for r in ok),
+        "build": sum(r["build_s"] for r in ok),
+        "after the timed region": sum(
+            r["wall_s"] - r["build_s"] - (r["cold_start_s"] or 0) - r["region_s"] for r in ok
+        ),
+        "process start and hand-over": sum(r["process_wall_s"] - r["wall_s"] for r in ok),
+    }
+    parts["sweep bookkeeping"] = wall - sum(parts.values())
+    share = parts["timed steps"] / wall
+    detail = ", ".join(f"{k} {v:.2f} s ({v / wall:.0%})" for k, v in parts.items())
+    return Check(
+        "sweep efficiency (share of wall time in timed steps)",
+        share,
+        "reported",
+        None,
+        f"{len(ok)} trials in {wall:.1f} s: {detail}",
+    ), parts
+
+
+def run_all(
+    device: str = "cpu", workload: str = "simple_cnn", profile: str | None = None, threads: int | None = None
+) -> list[Check]:
+    profile = profile or ("gpu" if is_cuda(device) else "cpu")
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    from detcost.workloads import get_workload
+
+    size = get_workload(workload).size(profile)
+    spec = _spec(workload, device, size.steps, size.warmup, threads, profile)
+    return [
+        harness_overhead(spec),
+        timer_agreement(spec),
+        repeatability(spec),
+        sweep_efficiency([workload], device, profile, threads)[0],
+    ]
