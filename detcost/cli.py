@@ -329,6 +329,11 @@ def _add_env(sub) -> None:
     p = sub.add_parser("env", help="print the environment fingerprint stored with every result")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--asv-machine",
+        action="store_true",
+        help="print a machine name for `asv machine --machine` that names the GPU (asv has no GPU field)",
+    )
     p.set_defaults(func=cmd_env)
 
 
@@ -336,6 +341,11 @@ def cmd_env(args) -> int:
     from detcost.env import fingerprint
 
     info = fingerprint(resolve_device(args.device))
+    if args.asv_machine:
+        hardware = info["gpu"] or info["cpu"]
+        words = [("".join(c if c.isalnum() else " " for c in part)).split() for part in (info["hostname"], hardware)]
+        print("-".join(w for part in words for w in part))
+        return EXIT_OK
     if args.json:
         print(json.dumps(info, indent=2))
         return EXIT_OK

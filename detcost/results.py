@@ -71,6 +71,52 @@ def load(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     return pd.json_normalize(records, max_level=1)
 
 
+def load_benchmark_json(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
+    """pytest-benchmark `--benchmark-json` file(s) -> the same table shape as `load()`.
+
+    One row per micro-benchmark: `kind` "microbench", the layer as `workload`, the
+    setting the run applied, its read-back `flags.*`, step time statistics and samples/s;
+    `step_times_s` holds the raw rounds when pytest-benchmark saved them
+    (`--benchmark-save-data`).
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    rows = []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            benchmarks = data["benchmarks"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UsageError(f"{path} is not a pytest-benchmark JSON file") from None
+        for b in benchmarks:
+            info, stats = b.get("extra_info", {}), b["stats"]
+            batch = info.get("batch") or 1
+            rows.append(
+                {
+                    "schema_version": SCHEMA_VERSION,
+                    "run_id": data.get("datetime", str(path)),
+                    "trial_id": f"microbench/{info.get('layer', b['name'])}/{info.get('setting')}",
+                    "kind": "microbench",
+                    "workload": info.get("layer", b["name"]),
+                    "setting": info.get("setting"),
+                    "repeat": 0,
+                    "device": info.get("device"),
+                    "threads": info.get("threads"),
+                    "status": "ok",
+                    "error": None,
+                    "batch_size": batch,
+                    "flags": info.get("flags", {}),
+                    "step_times_s": stats.get("data"),
+                    "step_time_median_s": stats["median"],
+                    "step_time_iqr_s": stats["iqr"],
+                    "samples_per_s": batch / stats["median"],
+                    "rounds": stats["rounds"],
+                    "results_path": str(path),
+                }
+            )
+    return pd.json_normalize(rows, max_level=1) if rows else pd.DataFrame(columns=list(REQUIRED_FIELDS))
+
+
 class ResultsWriter:
     """Appends records to a JSONL file, flushing and syncing each one."""
 

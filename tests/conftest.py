@@ -6,6 +6,7 @@ import pytest
 
 from detcost import results
 from detcost.cli import main
+from detcost.settings import SETTINGS, applied, get_setting
 
 QUICK = ["--quick", "--steps", "4", "--warmup", "1", "-q"]
 
@@ -88,3 +89,35 @@ def variance_sweep(tmp_path_factory):
     )
     assert code == 0
     return path
+
+
+# ---- micro-benchmarks: one setting per pytest process -------------------------------
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--setting",
+        default="default",
+        choices=list(SETTINGS),
+        help="detcost setting applied while micro-benchmarks run (one per process)",
+    )
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "microbench: layer micro-benchmarks, run with pytest --benchmark-only")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("benchmark_only", default=False):
+        return
+    skip = pytest.mark.skip(reason="micro-benchmark: run with pytest --benchmark-only [--setting NAME]")
+    for item in items:
+        if "microbench" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def detcost_setting(request):
+    name = request.config.getoption("setting")
+    with applied(get_setting(name)):
+        yield name

@@ -1,0 +1,35 @@
+"""What the asv suite measures, by profile. The logic lives in detcost; these files
+only declare parameters and read figures.
+
+DETCOST_ASV_PROFILE picks the profile: `smoke` (CI: one workload, two settings, tiny
+sizes), `cpu` (two workloads, every setting), `gpu` (every built-in workload and
+setting at GPU sizes). Default: `gpu` where torch sees CUDA, else `cpu`.
+"""
+
+import os
+
+# Ask NVML, not the CUDA driver, whether a GPU is there: this process must stay able to
+# start CUDA-using children (a CUDA call in a parent "poisons fork").
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+
+import torch  # noqa: E402
+
+from detcost.settings import CANONICAL  # noqa: E402
+from detcost.workloads import BUILTIN  # noqa: E402
+
+PROFILES = {
+    "smoke": {
+        "workloads": ("simple_cnn",),
+        "settings": ("default", "strict"),
+        "repeats": 2,
+        "size": "quick",
+        "steps": 4,
+    },
+    "cpu": {"workloads": ("simple_cnn", "resnet18"), "settings": CANONICAL, "repeats": 2, "size": "cpu", "steps": None},
+    "gpu": {"workloads": BUILTIN, "settings": CANONICAL, "repeats": 3, "size": "gpu", "steps": None},
+}
+DEVICE = "cuda:0" if torch.cuda.is_available() else "cpu"
+PROFILE_NAME = os.environ.get("DETCOST_ASV_PROFILE") or ("gpu" if DEVICE != "cpu" else "cpu")
+PROFILE = PROFILES[PROFILE_NAME]
+PARAMS = (list(PROFILE["workloads"]), list(PROFILE["settings"]))
+PARAM_NAMES = ("workload", "setting")

@@ -1,0 +1,105 @@
+"""Figures for trackers (asv): one sweep's numbers per workload x setting, and a single
+training step a timer can call. Keeps the asv files in benchmarks/ declarative."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detcost import results, variance
+from detcost.report.tables import speed_table
+from detcost.settings import applied, get_setting
+from detcost.sweep import SweepOptions, run_sweep
+from detcost.timing import synchronize
+from detcost.trial import TrialSpec, _build, _train_step
+from detcost.workloads import get_workload
+
+
+def sweep_figures(workloads, settings, repeats: int, profile: str, device: str, steps: int | None = None) -> dict:
+    """Run a sweep (fresh process per trial) and return {(workload, setting): figures}."""
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = SweepOptions(
+            workloads=list(workloads),
+            settings=list(settings),
+            repeats=repeats,
+            seed=0,
+            device=device,
+            threads=[torch.get_num_threads()],
+            profile=profile,
+            results=Path(tmp) / "asv.jsonl",
+            run_id="asv",
+            steps=steps,
+            seeds=0,
+            aa=False,
+            audit=False,
+        )
+        run_sweep(opts, progress=False)
+        df = results.load(opts.results)
+        speed = speed_table(df, bootstrap=200)
+        var = variance.variance_table(df)
+    figures = {}
+    for w in workloads:
+        default = speed[(speed["workload"] == w) & (speed["setting"] == "default")]["samples_per_s"]
+        for s in settings:
+            trials = df[(df["workload"] == w) & (df["setting"] == s)]
+            row = speed[(speed["workload"] == w) & (speed["setting"] == s)]
+            v = var[(var["workload"] == w) & (var["setting"] == s)] if not var.empty else var
+            if row.empty:
+                failed = trials[trials["status"] != "ok"]["status"]
+                figures[(w, s)] = {"status": failed.iloc[0] if len(failed) else "missing"}
+                continue
+            r = row.iloc[0]
+            figures[(w, s)] = {
+                "status": "ok",
+                "samples_per_s": float(r["samples_per_s"]),
+                "step_time_s": float(trials["step_time_median_s"].median()),
+                "cold_start_s": float(r["cold_start_s"]),
+                "peak_memory_bytes": float(r["peak_memory_bytes"]),
+                "achieved_flops": float(r["achieved_flops"]),
+                "slowdown_vs_default": float(default.iloc[0] / r["samples_per_s"]) if len(default) else np.nan,
+                "divergence": float(v["rel_l2"].iloc[0]) if len(v) else np.nan,
+                "identical_fraction": float(v["n_identical"].iloc[0] / v["R"].iloc[0]) if len(v) else np.nan,
+            }
+    return figures
+
+
+class TrainStep:
+    """One training step of a workload under a setting, for an external timer. The
+    setting stays applied until `close()`; each call synchronises on CUDA."""
+
+    def __init__(self, workload: str, setting: str, device: str, profile: str):
+        size = get_workload(workload).size(profile)
+        spec = TrialSpec(
+            run_id="step",
+            kind="timed",
+            workload=workload,
+            setting=setting,
+            repeat=0,
+            seed=0,
+            device=device,
+            threads=torch.get_num_threads(),
+            steps=size.steps,
+            warmup=size.warmup,
+            batch=size.batch,
+            image=size.image,
+        )
+        self._setting = applied(get_setting(setting))
+        self._setting.__enter__()
+        self.device = device
+        self.wl = _build(spec)
+        self.wl.model.train()
+        self.i = 0
+        for _ in range(size.warmup):
+            self()
+
+    def __call__(self) -> None:
+        x, y = self.wl.batches[self.i % len(self.wl.batches)]
+        self.i += 1
+        _train_step(self.wl, x, y)
+        synchronize(self.device)
+
+    def close(self) -> None:
+        self._setting.__exit__(None, None, None)
