@@ -19,6 +19,17 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from detcost.settings import applied, get_setting
 
 AUDIT_STEPS = 2
+# Known ways around ops that strict mode rejects on CUDA, keyed by the op's base name.
+WORKAROUNDS = {
+    "nll_loss2d": "compute F.cross_entropy(logits, target, reduction='none').mean(): no atomic reduction, so "
+    "strict accepts it (workload unet_lossfix)",
+    "upsample_bilinear2d": "turn strict on before the forward pass (bilinear interpolate is then decomposed into "
+    "deterministic ops), or upsample with mode='nearest'",
+    "adaptive_avg_pool2d": "pool to output size 1, or use avg_pool2d with a fixed kernel",
+    "index_add": "accumulate with index_put_(..., accumulate=True), which has a sort-based deterministic path",
+    "scatter_add": "accumulate with index_put_(..., accumulate=True), which has a sort-based deterministic path",
+    "put": "write with index_put_ or an out-of-place torch.where instead of put_",
+}
 ALERT_MARK = "does not have a deterministic implementation"
 OUTSIDE = "(outside the model: loss or training loop)"
 # Words that name a kernel variant rather than the op ("upsample_bilinear2d_backward_out_cuda").
@@ -118,3 +129,11 @@ def audit_workload(spec, steps: int = AUDIT_STEPS) -> dict:
 def run_audit(spec) -> dict:
     """The audit as a trial kind (`kind == "audit"`), run in its own fresh process."""
     return audit_workload(spec)
+
+
+def workaround(message: str | None) -> str | None:
+    """A known way around the op a strict-mode error names, if there is one."""
+    if not message or ALERT_MARK not in message:
+        return None
+    op = op_base(_alert_op(message.split(": ", 1)[-1]))
+    return next((fix for name, fix in WORKAROUNDS.items() if op == name or op.startswith(name)), None)

@@ -62,6 +62,15 @@ def _int_list(text: str) -> list[int]:
     return list(dict.fromkeys(values))
 
 
+def _memory_formats(text: str) -> list[str]:
+    valid = ("contiguous", "channels_last")
+    formats = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [f for f in formats if f not in valid]
+    if bad or not formats:
+        raise argparse.ArgumentTypeError(f"unknown memory format {', '.join(bad) or text!r}; valid: {', '.join(valid)}")
+    return list(dict.fromkeys(formats))
+
+
 def _vary_list(text: str) -> list[str]:
     from detcost.trial import VARY_MODES
 
@@ -115,7 +124,7 @@ def _add_run(sub) -> None:
         default=",".join(BUILTIN),
         help="comma list of workloads (default: the built-in %(default)s); also package.module:factory",
     )
-    p.add_argument("--settings", default=None, help="comma list of settings (default: the canonical six)")
+    p.add_argument("--settings", default=None, help="comma list of settings (default: all seven)")
     p.add_argument(
         "--repeats",
         type=_positive_int,
@@ -168,6 +177,17 @@ def _add_run(sub) -> None:
     p.add_argument("--no-aa", action="store_true", help="skip the A/A control (default is to run it)")
     p.add_argument("--no-audit", action="store_true", help="skip the per-workload audit of nondeterministic ops")
     p.add_argument(
+        "--no-explain",
+        action="store_true",
+        help="skip the profiled trials that explain the price (one per workload x setting)",
+    )
+    p.add_argument(
+        "--memory-format",
+        type=_memory_formats,
+        default=["contiguous"],
+        help="comma list of contiguous, channels_last: each trial runs in each (default: contiguous)",
+    )
+    p.add_argument(
         "--start-method",
         choices=("auto", "forkserver", "spawn"),
         default="auto",
@@ -190,13 +210,13 @@ def _add_run(sub) -> None:
 def _sweep_options(args):
     import torch
 
-    from detcost.settings import CANONICAL, parse_settings
+    from detcost.settings import DEFAULT_SETTINGS, parse_settings
     from detcost.sweep import SweepOptions, new_run_id
     from detcost.timing import is_cuda
     from detcost.workloads import parse_workloads
 
     workloads = [w.name for w in parse_workloads(args.workloads)]
-    settings = [s.name for s in parse_settings(args.settings or ",".join(CANONICAL))]
+    settings = [s.name for s in parse_settings(args.settings or ",".join(DEFAULT_SETTINGS))]
     device = resolve_device(args.device)
     cuda = is_cuda(device)
     profile = "quick" if args.quick else ("gpu" if cuda else "cpu")
@@ -220,6 +240,8 @@ def _sweep_options(args):
         seeds=args.seeds,
         aa=not args.no_aa,
         audit=not args.no_audit,
+        explain=not args.no_explain,
+        memory_formats=args.memory_format,
         vary=args.vary,
         keep_params=args.keep_params,
         start_method=args.start_method,
@@ -493,6 +515,44 @@ def cmd_selfcheck(args) -> int:
     return EXIT_OK
 
 
+def _add_explain(sub) -> None:
+    p = sub.add_parser("explain", help="which ops got slower: the profiled trials of a results file, diffed")
+    p.add_argument("results", type=Path, nargs="+", help="results JSONL file(s)")
+    p.add_argument("--workloads", default=None, help="comma list (default: all in the results)")
+    p.add_argument("--top", type=_positive_int, default=8, help="ops per workload x setting (default: %(default)s)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_explain)
+
+
+def cmd_explain(args) -> int:
+    import pandas as pd
+
+    from detcost import explain
+    from detcost import results as results_mod
+    from detcost.report.tables import is_cpu, speed_table
+
+    df = results_mod.load(args.results)
+    if args.workloads:
+        df = df[df["workload"].isin([w.strip() for w in args.workloads.split(",")])]
+    table = explain.attribution(df, speed_table(df, bootstrap=200), top=args.top)
+    if args.json:
+        print(json.dumps(table.to_dict(orient="records"), indent=2))
+        return EXIT_OK
+    if table.empty:
+        print("no profiled trials in these results (the sweep ran with --no-explain?): nothing to explain")
+        return EXIT_OK
+    cpu = is_cpu(df)
+    if cpu:
+        print("note: " + explain.CPU_RANKING_NOTE + "\n")
+    for _, rows in table.groupby(["workload", "setting"], sort=False):
+        print(explain.headline(rows, cuda=not cpu))
+        shown = rows.dropna(subset=["op"])[["op", "kind", "delta_calls", "delta_self_cpu_ms", "delta_self_device_ms"]]
+        if len(shown):
+            print(pd.DataFrame(shown).to_string(index=False, float_format="{:+.3f}".format))
+        print()
+    return EXIT_OK
+
+
 def _add_audit(sub) -> None:
     from detcost.workloads import BUILTIN
 
@@ -575,6 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_compare(sub)
     _add_selfcheck(sub)
+    _add_explain(sub)
     return parser
 
 

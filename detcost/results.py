@@ -117,6 +117,14 @@ def load_benchmark_json(paths: str | Path | Iterable[str | Path]) -> pd.DataFram
     return pd.json_normalize(rows, max_level=1) if rows else pd.DataFrame(columns=list(REQUIRED_FIELDS))
 
 
+def sidecar_path(record) -> Path | None:
+    """Where a record's sidecar file is: stored relative to its results file's folder."""
+    rel = record.get("sidecar")
+    if not isinstance(rel, str) or not rel:
+        return None
+    return Path(record.get("results_path", ".")).parent / rel
+
+
 class ResultsWriter:
     """Appends records to a JSONL file, flushing and syncing each one."""
 

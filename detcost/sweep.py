@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from detcost import env as envmod
+from detcost.explain import PROFILE_STEPS
 from detcost.results import ResultsWriter, open_for_sweep
 from detcost.timing import is_cuda
 from detcost.trial import TrialSpec, child_main, failure_record, trial_environ
@@ -26,7 +27,16 @@ from detcost.workloads import get_workload
 
 # Imported once by the forkserver; each trial forks from it. None of these may call
 # torch.cuda at import time (a process that has used CUDA cannot fork usable children).
-FORKSERVER_PRELOAD = ["torch", "torch._dynamo", "torch.utils.flop_counter", "numpy", "detcost.trial", "detcost.audit"]
+FORKSERVER_PRELOAD = [
+    "torch",
+    "torch._dynamo",
+    "torch.utils.flop_counter",
+    "torch.profiler",
+    "numpy",
+    "detcost.trial",
+    "detcost.audit",
+    "detcost.explain",
+]
 JOIN_GRACE_S = 10.0  # how long a trial process may take to exit after sending its record
 # Rough seconds per trial, measured on a 2-core CPU and guessed for a GPU, for --dry-run.
 ESTIMATED_TRIAL_S = {"cpu": 2.5, "quick": 1.0, "gpu": 15.0}
@@ -49,6 +59,7 @@ class SweepOptions:
     seeds: int = 3
     aa: bool = True
     audit: bool = True
+    explain: bool = True
     vary: list[str] = field(default_factory=lambda: ["impl"])
     keep_params: bool = False
     memory_formats: list[str] = field(default_factory=lambda: ["contiguous"])
@@ -106,8 +117,10 @@ def _spec(
     )
     if kind == "audit":
         return spec
+    if kind == "profiled":
+        spec = replace(spec, steps=PROFILE_STEPS)
     safe = spec.trial_id.replace("/", "__").replace(":", "-")
-    return replace(spec, sidecar=f"{opts.results.stem}/{safe}.npz")
+    return replace(spec, sidecar=f"{opts.results.stem}/{safe}.{'json' if kind == 'profiled' else 'npz'}")
 
 
 def plan(opts: SweepOptions) -> list[TrialSpec]:
@@ -131,6 +144,12 @@ def plan(opts: SweepOptions) -> list[TrialSpec]:
                 for mf in opts.memory_formats:
                     for v in opts.vary:
                         specs += [_spec(opts, kind, w, s, r, opts.seed, t, mf, v) for kind, s in rotated]
+    if opts.explain:  # after the timed trials, so profiling never disturbs them
+        specs += [
+            _spec(opts, "profiled", w, s, 0, opts.seed, opts.threads[0], opts.memory_formats[0])
+            for w in opts.workloads
+            for s in opts.settings
+        ]
     for k in range(opts.seeds):
         specs += [
             _spec(opts, "seed", w, ref, 0, opts.seed + 1 + k, opts.threads[0], opts.memory_formats[0])
@@ -185,7 +204,7 @@ def run_isolated(
     receiver, sender = ctx.Pipe(duplex=False)
     proc = ctx.Process(
         target=child_main,
-        args=(spec.to_dict(), trial_environ(spec), str(results_dir) if results_dir else None, sender),
+        args=(spec.to_dict(), trial_environ(spec, results_dir), str(results_dir) if results_dir else None, sender),
         name=f"detcost-trial {spec.trial_id}",
         daemon=True,
     )

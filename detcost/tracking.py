@@ -35,6 +35,7 @@ def sweep_figures(workloads, settings, repeats: int, profile: str, device: str, 
             seeds=0,
             aa=False,
             audit=False,
+            explain=False,
         )
         run_sweep(opts, progress=False)
         df = results.load(opts.results)

@@ -405,7 +405,13 @@ def _audit(spec: TrialSpec, results_dir: Path | None) -> dict:
     return audit.run_audit(spec)
 
 
-_RUNNERS = {"timed": _measure, "aa": _measure, "seed": _measure, "audit": _audit}
+def _profiled(spec: TrialSpec, results_dir: Path | None) -> dict:
+    from detcost import explain
+
+    return explain.run_profiled(spec, results_dir)
+
+
+_RUNNERS = {"timed": _measure, "aa": _measure, "seed": _measure, "audit": _audit, "profiled": _profiled}
 
 
 def child_main(spec_dict: dict, environ: dict, results_dir: str | None, conn) -> None:
@@ -422,9 +428,12 @@ def child_main(spec_dict: dict, environ: dict, results_dir: str | None, conn) ->
     conn.close()
 
 
-def trial_environ(spec: TrialSpec) -> dict:
-    """The environment variables the parent sets for this trial's process."""
-    return dict(get_setting(spec.setting).env)
+def trial_environ(spec: TrialSpec, results_dir: Path | None = None) -> dict:
+    """The environment variables the parent sets for this trial's process: the setting's
+    (CUBLAS_WORKSPACE_CONFIG) and, for a profiled trial on CUDA, the cuDNN log's."""
+    from detcost.explain import cudnn_log_environ
+
+    return {**dict(get_setting(spec.setting).env), **cudnn_log_environ(spec, results_dir)}
 
 
 __all__ = [

@@ -9,13 +9,13 @@ the sweep ran with --keep-params.
 from __future__ import annotations
 
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from detcost.report import tables
 from detcost.report.tables import ok_trials, setting_order
+from detcost.results import sidecar_path
 
 SEED_LABEL = "seed yardstick"
 # Ratios to the seed yardstick are only shown when the yardstick itself moved.
@@ -24,11 +24,8 @@ MIN_SEED_SPREAD = 1e-12
 
 def load_sidecar(record: pd.Series | dict) -> dict[str, np.ndarray] | None:
     """The arrays a trial stored beside the results file, or None if it stored none."""
-    rel = record.get("sidecar")
-    if not isinstance(rel, str) or not rel:
-        return None
-    path = Path(record.get("results_path", ".")).parent / rel
-    if not path.is_file():
+    path = sidecar_path(record)
+    if path is None or not path.is_file():
         return None
     with np.load(path) as data:
         return {k: data[k] for k in data.files}

@@ -57,6 +57,7 @@ def failing_sweep(tmp_path_factory):
         "--seeds",
         "0",
         "--no-aa",
+        "--no-explain",
         "--no-audit",
         "--timeout",
         "8",
@@ -83,6 +84,7 @@ def variance_sweep(tmp_path_factory):
         "--seeds",
         "2",
         "--no-aa",
+        "--no-explain",
         "--no-audit",
         "--results",
         str(path),
@@ -121,3 +123,25 @@ def detcost_setting(request):
     name = request.config.getoption("setting")
     with applied(get_setting(name)):
         yield name
+
+
+@pytest.fixture(scope="session")
+def explain_sweep(tmp_path_factory):
+    """simple_cnn under default, strict and strict_nofill, with its profiled trials."""
+    path = tmp_path_factory.mktemp("explain") / "x.jsonl"
+    code = run_cli(
+        "--workloads",
+        "simple_cnn",
+        "--settings",
+        "default,strict,strict_nofill",
+        "--repeats",
+        "2",
+        "--seeds",
+        "0",
+        "--no-aa",
+        "--no-audit",
+        "--results",
+        str(path),
+    )
+    assert code == 0
+    return path

@@ -3,16 +3,16 @@
 import json
 
 from detcost import results
-from detcost.settings import CANONICAL, get_setting
+from detcost.settings import CANONICAL, DEFAULT_SETTINGS, get_setting
 from detcost.sweep import SweepOptions, plan
 from tests.conftest import run_cli
 
 
 def test_the_small_sweep_has_one_ok_record_per_workload_setting_repeat(small_sweep_df):
     timed = small_sweep_df[small_sweep_df["kind"] == "timed"]
-    assert len(timed) == 2 * 6 * 2
+    assert len(timed) == 2 * 7 * 2  # all seven settings by default
     assert (timed["status"] == "ok").all()
-    assert set(timed["setting"]) == set(CANONICAL)
+    assert set(timed["setting"]) == set(DEFAULT_SETTINGS)
     assert not timed.duplicated(["workload", "setting", "repeat"]).any()
 
 
@@ -30,7 +30,7 @@ def test_repeats_of_each_cpu_trial_are_bitwise_identical(small_sweep_df):
 
 def test_the_aa_control_and_seed_yardstick_are_in_the_sweep(small_sweep_df):
     kinds = small_sweep_df["kind"].value_counts().to_dict()
-    assert kinds == {"timed": 24, "aa": 4, "seed": 4, "audit": 2}
+    assert kinds == {"timed": 28, "aa": 4, "seed": 4, "audit": 2, "profiled": 14}
     seeds = small_sweep_df[small_sweep_df["kind"] == "seed"]
     assert seeds.groupby("workload")["params_sha256"].nunique().eq(2).all()
 
@@ -104,6 +104,7 @@ def test_max_time_stops_cleanly_and_resume_finishes(tmp_path):
         "--seeds",
         "0",
         "--no-aa",
+        "--no-explain",
         "--no-audit",
         "--results",
         str(path),

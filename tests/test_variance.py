@@ -82,6 +82,7 @@ def test_vary_init_makes_repeats_differ_from_the_first_step(tmp_path):
             "--seeds",
             "0",
             "--no-aa",
+            "--no-explain",
             "--no-audit",
             "--vary",
             "impl,init",

@@ -13,10 +13,12 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from detcost import results, variance
+from detcost import explain, results, variance
+from detcost.audit import workaround
 from detcost.report import figures
 from detcost.report.recommend import DEFAULT_MAX_SLOWDOWN, Recommendation, recommend
 from detcost.report.tables import AA_LABEL, CPU_NOTE, failures, is_cpu, speed_table
+from detcost.settings import SETTINGS
 
 ENV_FIELDS = (
     "torch",
@@ -80,8 +82,6 @@ def _price_rows(speed: pd.DataFrame, cpu: bool) -> tuple[list[str], list[dict], 
         "peak memory",
         "achieved FLOP/s",
     ]
-    from detcost.settings import SETTINGS
-
     rows = []
     for r in speed.itertuples():
         price = _price_cell(r)
@@ -93,7 +93,7 @@ def _price_rows(speed: pd.DataFrame, cpu: bool) -> tuple[list[str], list[dict], 
                 "cells": [
                     *(str(getattr(r, k)) for k in keys),
                     r.setting,
-                    f"{r.samples_per_s:,.1f}",
+                    f"{r.samples_per_s:,.1f}" + (f" (busy machine: {r.busy_trials} trial(s))" if r.busy_trials else ""),
                     price,
                     _fmt(r.vs_default, ".2f") + "x",
                     _fmt(r.cold_start_s, ".3f") + " s",
@@ -168,6 +168,58 @@ def _figures(speed: pd.DataFrame, var: pd.DataFrame, curves: pd.DataFrame) -> li
     return [{"alt": alt, "png": base64.b64encode(png).decode(), "caption": caption} for alt, png, caption in figs]
 
 
+def _explain_section(df: pd.DataFrame, speed: pd.DataFrame, cpu: bool) -> dict | None:
+    """Ranked op changes per workload x setting, a bar chart, and the cuDNN plans."""
+    attr = explain.attribution(df, speed)
+    if attr.empty:
+        return None
+    groups = []
+    for _, rows in attr.groupby(["workload", "setting"], sort=False):
+        shown = rows.dropna(subset=["op"])
+        groups.append(
+            {
+                "headline": explain.headline(rows, cuda=not cpu),
+                "rows": [
+                    [
+                        r.op,
+                        r.kind,
+                        f"{r.delta_calls:+.1f}",
+                        f"{r.delta_self_cpu_ms:+.3f}",
+                        f"{r.delta_self_device_ms:+.3f}",
+                        _si(r.delta_cpu_memory_bytes, "B"),
+                    ]
+                    for r in shown.itertuples()
+                ],
+            }
+        )
+    png = figures.explain_bars(attr, cuda=not cpu) if attr["op"].notna().any() else None
+    return {
+        "note": explain.CPU_RANKING_NOTE if cpu else "Ops and kernels ranked by the change in self device time.",
+        "groups": groups,
+        "figure": base64.b64encode(png).decode() if png else None,
+        "plans": _cudnn_rows(df),
+    }
+
+
+def _cudnn_rows(df: pd.DataFrame) -> list[list[str]]:
+    """Per workload x setting: the cuDNN engines the profiled trial's log names; one line
+    when every trial skipped the log for the same reason (the CPU)."""
+    trials = df[(df["kind"] == "profiled") & (df["status"] == "ok")]
+    if trials.empty or "cudnn_plans.status" not in trials:
+        return []
+    if (trials["cudnn_plans.status"] == "skipped").all() and trials["cudnn_plans.reason"].nunique() == 1:
+        return [["all", "all", f"skipped: {trials['cudnn_plans.reason'].iloc[0]}"]]
+    rows = []
+    for r in trials.to_dict(orient="records"):
+        engines = r.get("cudnn_plans.engines")
+        if r.get("cudnn_plans.status") == "ok":
+            text = ", ".join(f"{k} x{v}" for k, v in (engines or {}).items()) or "the log names no engine"
+        else:
+            text = f"{r.get('cudnn_plans.status')}: {r.get('cudnn_plans.reason')}"
+        rows.append([r["workload"], r["setting"], text])
+    return rows
+
+
 def _audit_rows(df: pd.DataFrame) -> list[dict]:
     audits = df[(df["kind"] == "audit") & (df["status"] == "ok")]
     out = []
@@ -203,6 +255,8 @@ def machine_section(df: pd.DataFrame, name: str, max_slowdown: float) -> dict:
     header, rows, nkeys = _price_rows(speed, cpu) if not speed.empty else ([], [], 0)
     shown = variance.display(var) if not var.empty else pd.DataFrame()
     failed = failures(df)
+    if not failed.empty:
+        failed = failed.assign(workaround=[workaround(e) or "" for e in failed["error"]])
     busy = int(df["busy.busy"].fillna(False).astype(bool).sum()) if "busy.busy" in df else 0
     return {
         "name": name,
@@ -221,6 +275,7 @@ def machine_section(df: pd.DataFrame, name: str, max_slowdown: float) -> dict:
         "failure_header": list(failed.columns),
         "failures": failed.astype(str).values.tolist(),
         "audit": _audit_rows(df),
+        "explain": _explain_section(df, speed, cpu),
         "busy": f"{busy} trial(s) ran while other processes used the CPU; their times are suspect." if busy else "",
         "env": _env_rows(df),
     }

@@ -200,3 +200,34 @@ def cold_start(speed: pd.DataFrame) -> bytes:
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("Cold start per setting: the first steps, where cuDNN autotunes", fontsize=10)
     return _png(fig)
+
+
+def explain_bars(attr: pd.DataFrame, cuda: bool) -> bytes:
+    """Per workload: the ops that changed most against the reference, one bar per setting."""
+    metric, label = (
+        ("delta_self_device_ms", "change in self device time (ms/step)")
+        if cuda
+        else ("delta_calls", "change in calls per step")
+    )
+    attr = attr.dropna(subset=["op"])
+    workloads = list(dict.fromkeys(attr["workload"]))
+    fig, axes = _grid(len(workloads), width=5.0, height=3.4)
+    for ax, w in zip(axes, workloads):
+        rows = attr[attr["workload"] == w]
+        ops = list(rows.groupby("op")[metric].apply(lambda v: v.abs().max()).sort_values(ascending=False).index[:6])
+        settings = setting_order(rows["setting"])
+        height = 0.8 / max(len(settings), 1)
+        for i, s in enumerate(settings):
+            vals = [rows[(rows["setting"] == s) & (rows["op"] == op)][metric].sum() for op in ops]
+            ax.barh(np.arange(len(ops)) + i * height, vals, height, color=color(s), label=s)
+        ax.set_yticks(
+            np.arange(len(ops)) + height * (len(settings) - 1) / 2, [textwrap.shorten(op, 38) for op in ops], fontsize=7
+        )
+        ax.invert_yaxis()
+        ax.axvline(0, color="black", lw=0.6)
+        ax.set_xlabel(label, fontsize=8)
+        ax.set_title(f"{w} (vs {rows['reference'].iloc[0]})", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle("What changed: ops against the reference setting", fontsize=10, y=1.0)
+    fig.tight_layout()
+    return _png(fig)

@@ -6,7 +6,17 @@ import importlib
 from dataclasses import dataclass
 
 from detcost.errors import UsageError
-from detcost.workloads import diagnostic, mobilenet, multiscale, resnet18, simple_cnn, unet
+from detcost.workloads import (
+    diagnostic,
+    dilated,
+    mobilenet,
+    multiscale,
+    resnet18,
+    scatter,
+    simple_cnn,
+    transposed,
+    unet,
+)
 from detcost.workloads.base import Batch, Factory, Size, Workload, WorkloadConfig
 
 __all__ = [
@@ -39,8 +49,23 @@ class WorkloadSpec:
 
 
 REGISTRY: dict[str, WorkloadSpec] = {
-    m.__name__.rsplit(".", 1)[1]: WorkloadSpec(m.__name__.rsplit(".", 1)[1], m.build, m.SIZES, m.DESCRIPTION)
-    for m in (simple_cnn, resnet18, mobilenet, unet, multiscale)
+    spec.name: spec
+    for spec in (
+        WorkloadSpec("simple_cnn", simple_cnn.build, simple_cnn.SIZES, simple_cnn.DESCRIPTION),
+        WorkloadSpec("resnet18", resnet18.build, resnet18.SIZES, resnet18.DESCRIPTION),
+        WorkloadSpec("mobilenet", mobilenet.build, mobilenet.SIZES, mobilenet.DESCRIPTION),
+        WorkloadSpec("unet", unet.build, unet.SIZES, unet.DESCRIPTION),
+        WorkloadSpec(
+            "unet_lossfix",
+            unet.build_lossfix,
+            unet.SIZES,
+            "unet with cross_entropy(reduction='none').mean(), the strict-mode workaround",
+        ),
+        WorkloadSpec("multiscale", multiscale.build, multiscale.SIZES, multiscale.DESCRIPTION),
+        WorkloadSpec("dilated", dilated.build, dilated.SIZES, dilated.DESCRIPTION),
+        WorkloadSpec("transposed", transposed.build, transposed.SIZES, transposed.DESCRIPTION),
+        WorkloadSpec("scatter", scatter.build, scatter.SIZES, scatter.DESCRIPTION),
+    )
 }
 BUILTIN = tuple(REGISTRY)  # the default workloads of a sweep
 REGISTRY.update(

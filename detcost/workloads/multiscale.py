@@ -11,7 +11,7 @@ from detcost.workloads.simple_cnn import SimpleCNN
 DESCRIPTION = "simple_cnn on input sizes that change every step (fixed seeded schedule)"
 SIZES = {
     "gpu": Size(batch=128, image=64, steps=60, warmup=6),
-    "cpu": Size(batch=16, image=32, steps=80, warmup=3),
+    "cpu": Size(batch=16, image=32, steps=56, warmup=3),
     "quick": Size(batch=8, image=32, steps=9, warmup=2),
 }
 SCHEDULE_SEED = 7  # fixed: every trial sees the same sequence of shapes

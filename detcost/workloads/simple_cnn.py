@@ -10,7 +10,7 @@ from detcost.workloads.common import CHANNELS, CLASSES, classification, conv_bn_
 DESCRIPTION = "conv-bn-relu-pool classifier, 3 conv layers"
 SIZES = {
     "gpu": Size(batch=256, image=32, steps=100, warmup=10),
-    "cpu": Size(batch=32, image=32, steps=60, warmup=3),
+    "cpu": Size(batch=32, image=32, steps=40, warmup=3),
     "quick": Size(batch=16, image=32, steps=10, warmup=2),
 }
 

@@ -1,0 +1,137 @@
+"""Explain the price: the NaN fill found by profiling, strict_nofill, the costly-op
+workloads, the memory layout axis and the busy-machine guard."""
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from detcost import explain, results, variance
+from detcost.cli import main
+from detcost.settings import DEFAULT_SETTINGS
+from detcost.trial import TrialSpec, run_trial
+from tests.conftest import run_cli
+
+
+def test_profiling_attributes_strict_to_the_nan_fill_and_not_strict_nofill(explain_sweep):
+    attr = explain.attribution(results.load(explain_sweep))
+    strict = attr[attr["setting"] == "strict"].set_index("op")
+    assert (attr["reference"] == "default").all()
+    assert strict.loc["aten::fill_", "delta_calls"] > 10  # hundreds of NaN fills per step
+    assert strict.index[0] == "aten::fill_"  # ranked first by the change in calls
+    nofill = attr[attr["setting"] == "strict_nofill"]
+    assert "aten::fill_" not in set(nofill["op"].dropna())
+
+
+def test_explain_command_prints_the_attribution(explain_sweep, capsys):
+    assert main(["explain", str(explain_sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "strict vs default on simple_cnn:" in out and "aten::fill_ calls/step" in out
+    assert "self times of single ops are unreliable" in out
+
+
+def test_strict_nofill_reads_back_no_fill_and_its_repeats_are_bitwise_identical(explain_sweep):
+    df = results.load(explain_sweep)
+    nofill = df[(df["kind"] == "timed") & (df["setting"] == "strict_nofill")]
+    assert len(nofill) == 2
+    assert not nofill["flags.fill_uninitialized_memory"].any() and nofill["flags.deterministic_algorithms"].all()
+    assert nofill["params_sha256"].nunique() == 1
+    row = variance.variance_table(df).set_index("setting").loc["strict_nofill"]
+    assert row["n_identical"] == 2 and row["rel_l2"] == 0
+
+
+def test_the_cudnn_plan_record_is_skipped_with_a_reason_on_cpu(explain_sweep):
+    profiled = [r for r in results.read_records(explain_sweep) if r["kind"] == "profiled"]
+    assert len(profiled) == 3
+    for r in profiled:
+        assert r["cudnn_plans"]["status"] == "skipped" and "CUDA only" in r["cudnn_plans"]["reason"]
+
+
+def test_the_report_has_an_explanation_section(explain_sweep, tmp_path):
+    assert main(["report", str(explain_sweep), "--out", str(tmp_path)]) == 0
+    html = (tmp_path / "index.html").read_text()
+    assert 'id="explanation"' in html and "aten::fill_" in html and "strict_nofill vs default" in html
+
+
+@pytest.fixture(scope="module")
+def new_workloads(tmp_path_factory):
+    path = tmp_path_factory.mktemp("new") / "n.jsonl"
+    assert (
+        run_cli(
+            "--workloads",
+            "dilated,transposed,scatter,unet_lossfix",
+            "--repeats",
+            "1",
+            "--seeds",
+            "0",
+            "--no-aa",
+            "--no-audit",
+            "--no-explain",
+            "--results",
+            str(path),
+        )
+        == 0
+    )
+    return results.load(path)
+
+
+def test_each_new_workload_trains_under_every_setting(new_workloads):
+    assert len(new_workloads) == 4 * len(DEFAULT_SETTINGS)
+    assert (new_workloads["status"] == "ok").all(), new_workloads[["trial_id", "error"]]
+    assert np.isfinite(new_workloads["final_loss"]).all()
+
+
+def test_channels_last_is_applied_and_read_back():
+    spec = TrialSpec(
+        run_id="m",
+        kind="timed",
+        workload="simple_cnn",
+        setting="default",
+        repeat=0,
+        seed=0,
+        device="cpu",
+        threads=1,
+        steps=2,
+        warmup=1,
+        batch=4,
+        image=16,
+        memory_format="channels_last",
+    )
+    record = run_trial(spec)
+    assert record["status"] == "ok" and record["memory_format_read_back"] == "channels_last"
+    assert record["trial_id"].endswith("/channels_last")
+
+
+def _busy_trial() -> dict:
+    spec = TrialSpec(
+        run_id="b",
+        kind="timed",
+        workload="simple_cnn",
+        setting="default",
+        repeat=0,
+        seed=0,
+        device="cpu",
+        threads=2,
+        steps=40,
+        warmup=1,
+        batch=32,
+        image=32,
+    )
+    return run_trial(spec)
+
+
+def test_the_busy_flag_is_set_when_another_process_competes_for_the_cpu():
+    quiet = _busy_trial()
+    burn = "import time\nt = time.time()\nwhile time.time() - t < 20: pass"
+    hogs = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(2)]
+    try:
+        time.sleep(0.3)
+        busy = _busy_trial()
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert not quiet["busy"]["busy"], quiet["busy"]
+    assert busy["busy"]["busy"] and busy["busy"]["others_cpu_cores"] > 0.5, busy["busy"]
