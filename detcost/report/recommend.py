@@ -123,7 +123,16 @@ def recommend(
         if best_bitwise
         else "not bitwise reproducible on any workload; the smallest spread between repeats"
     )
-    reason = f"{repro}, at most {pick['max_price']:.2f}x the fastest setting (budget {1 + max_slowdown:.2f}x)"
+    budget = 1 + max_slowdown
+    over = pick["max_price"] > budget
+    reason = (
+        f"{repro}; worst price {pick['max_price']:.2f}x the fastest setting "
+        f"[{pick['max_price_lo']:.2f}, {pick['max_price_hi']:.2f}], "
+        + ("not clearly over" if over else "within")
+        + f" the {budget:.2f}x budget"
+    )
+    if cpu and SETTINGS.get(pick["setting"]) and SETTINGS[pick["setting"]].cudnn_only:
+        reason += " (the five cuDNN-only settings share one pooled price on the CPU)"
     if len(tied) > 1:
         others = ", ".join(t for t in tied["setting"] if t != pick["setting"])
         change = "changes no flag" if pick["changes"] == 0 else f"changes {pick['changes']} flag(s) from default"

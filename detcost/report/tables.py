@@ -37,11 +37,14 @@ def is_cpu(df: pd.DataFrame) -> bool:
 # the orthogonal axes, and sizes (two runs of one workload at different sizes do not compare).
 AXES = ("threads", "memory_format", "vary", "batch_size", "image_size", "steps")
 SIZE_AXES = ("batch_size", "image_size", "steps")
+MEASURED_KINDS = ("timed", "aa", "seed")
 
 
 def axes(df: pd.DataFrame) -> list[str]:
     """The axes that vary within a workload in these results (constant ones would only
     clutter a table; sizes differ between workloads by design)."""
+    if "kind" in df:  # audit and profiled trials run other step counts by design
+        df = df[df["kind"].isin(MEASURED_KINDS)]
     if df.empty:
         return []
     return [a for a in AXES if a in df and df.groupby("workload")[a].nunique().max() > 1]
