@@ -30,7 +30,8 @@ TOP_OPS = 8
 CUDNN_LOG_ENV = "CUDNN_FRONTEND_LOG_FILE"
 CPU_RANKING_NOTE = (
     "On the CPU, self times of single ops are unreliable (first-touch page faults move between ops): ops are "
-    "ranked by the change in call count, and the time column is the change in the whole step's median."
+    "ranked by the change in call count, and 'whole step' is the change in the timed trials' median step; an op "
+    "whose calls did not change is listed only when its self time moved by more than 3% of the step, as a hint."
 )
 
 # ---- the profiled trial (runs in the trial process) ----------------------------------
@@ -192,6 +193,26 @@ def _step_ms(df: pd.DataFrame, workload: str, setting: str) -> float:
     return float(timed["step_time_median_s"].median() * 1e3) if len(timed) else float("nan")
 
 
+MIN_CALL_CHANGE = 0.5  # calls per step; smaller changes are the profiler's edges
+# On the CPU an op whose call count did not change is shown only if its self time moved
+# by at least this share of the reference step (or 0.1 ms): below that it is noise.
+CPU_TIME_SHARE = 0.03
+
+
+def _ranked(diff: pd.DataFrame, cuda: bool, ref_step_ms: float) -> pd.DataFrame:
+    """The ops worth showing, most telling first. CUDA: by the change in self device time.
+    CPU: ops whose call count changed, by that change; then ops whose self time moved by
+    more than the noise allows, by that (indicative only, see CPU_RANKING_NOTE)."""
+    calls = diff["calls"].abs()
+    if cuda:
+        keep = (diff["self_device_ms"].abs() > 0) | (calls >= MIN_CALL_CHANGE)
+        return diff[keep].assign(_k=diff["self_device_ms"].abs()).sort_values("_k", ascending=False).drop(columns="_k")
+    floor = max(0.1, CPU_TIME_SHARE * ref_step_ms) if ref_step_ms == ref_step_ms else 0.1
+    keep = (calls >= MIN_CALL_CHANGE) | (diff["self_cpu_ms"].abs() >= floor)
+    order = diff.assign(_c=(calls >= MIN_CALL_CHANGE), _n=calls, _t=diff["self_cpu_ms"].abs())[keep]
+    return order.sort_values(["_c", "_n", "_t"], ascending=False).drop(columns=["_c", "_n", "_t"])
+
+
 def attribution(df: pd.DataFrame, speed: pd.DataFrame | None = None, top: int = TOP_OPS) -> pd.DataFrame:
     """Per workload x setting: the ops whose per-step calls or self time changed most
     against the reference setting, with the change in the whole step's median time."""
@@ -210,9 +231,7 @@ def attribution(df: pd.DataFrame, speed: pd.DataFrame | None = None, top: int = 
             cols = ["calls", "self_cpu_ms", "self_device_ms", "cpu_memory_bytes"]
             both = other[cols].join(base[cols].add_suffix("_ref"), how="outer").fillna(0)
             diff = pd.DataFrame({c: both[c] - both[f"{c}_ref"] for c in cols})
-            rank = diff["self_device_ms"].abs() if cuda else diff["calls"].abs()
-            diff = diff.assign(_rank=rank).sort_values("_rank", ascending=False).head(top)
-            diff = diff[diff["_rank"] > 0]
+            diff = _ranked(diff, cuda, _step_ms(df, workload, ref)).head(top)
             common = {
                 "workload": workload,
                 "setting": setting,
@@ -256,5 +275,9 @@ def headline(rows: pd.DataFrame, cuda: bool) -> str:
     parts = []
     for r in rows.head(3).itertuples():
         ms = r.delta_self_device_ms if cuda else r.delta_self_cpu_ms
-        parts.append(f"{r.delta_calls:+.0f} {r.op} calls/step ({ms:+.2f} ms self {'device' if cuda else 'CPU'})")
+        where = "device" if cuda else "CPU"
+        if abs(r.delta_calls) >= MIN_CALL_CHANGE:
+            parts.append(f"{r.delta_calls:+.0f} {r.op} calls/step ({ms:+.2f} ms self {where})")
+        else:
+            parts.append(f"{r.op} {ms:+.2f} ms self {where}" + ("" if cuda else " (same calls; indicative)"))
     return lead + ", ".join(parts) + step

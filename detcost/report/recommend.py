@@ -131,8 +131,9 @@ def recommend(
         + ("not clearly over" if over else "within")
         + f" the {budget:.2f}x budget"
     )
-    if cpu and SETTINGS.get(pick["setting"]) and SETTINGS[pick["setting"]].cudnn_only:
-        reason += " (the five cuDNN-only settings share one pooled price on the CPU)"
+    pooled = [c for c in cands["setting"] if c in SETTINGS and SETTINGS[c].cudnn_only]
+    if cpu and pick["setting"] in pooled and len(pooled) > 1:
+        reason += f" (on the CPU the cuDNN-only settings {', '.join(pooled)} share one pooled price)"
     if len(tied) > 1:
         others = ", ".join(t for t in tied["setting"] if t != pick["setting"])
         change = "changes no flag" if pick["changes"] == 0 else f"changes {pick['changes']} flag(s) from default"
