@@ -195,12 +195,7 @@ def _add_run(sub) -> None:
     )
     p.add_argument("--report", type=Path, default=None, help="report folder (default: reports/<run-id>)")
     p.add_argument("--no-report", action="store_true", help="do not write the HTML and Markdown report at the end")
-    p.add_argument(
-        "--max-slowdown",
-        type=_fraction,
-        default=0.10,
-        help="speed budget of the recommendation, relative to the fastest setting (default: 0.10)",
-    )
+    _add_max_slowdown(p)
     p.add_argument("--dry-run", action="store_true", help="list the planned trials and an estimated time, run nothing")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -432,16 +427,22 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _add_max_slowdown(p) -> None:
+    from detcost.report.recommend import DEFAULT_MAX_SLOWDOWN
+
+    p.add_argument(
+        "--max-slowdown",
+        type=_fraction,
+        default=DEFAULT_MAX_SLOWDOWN,
+        help="speed budget of the recommendation, relative to the fastest setting (default: %(default)s)",
+    )
+
+
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="write the HTML report and Markdown summary of results file(s)")
     p.add_argument("results", type=Path, nargs="+", help="results JSONL file(s); several machines are grouped")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<run-id>)")
-    p.add_argument(
-        "--max-slowdown",
-        type=_fraction,
-        default=0.10,
-        help="speed budget of the recommendation, relative to the fastest setting (default: 0.10)",
-    )
+    _add_max_slowdown(p)
     p.add_argument("--json", action="store_true", help="print the recommendation and paths as JSON")
     p.set_defaults(func=cmd_report)
 

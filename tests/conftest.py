@@ -7,8 +7,28 @@ import pytest
 from detcost import results
 from detcost.cli import main
 from detcost.settings import SETTINGS, applied, get_setting
+from detcost.trial import TrialSpec
 
 QUICK = ["--quick", "--steps", "4", "--warmup", "1", "-q"]
+
+
+def make_spec(**overrides) -> TrialSpec:
+    """A small CPU trial of simple_cnn under default; tests override what they vary."""
+    base = {
+        "run_id": "t",
+        "kind": "timed",
+        "workload": "simple_cnn",
+        "setting": "default",
+        "repeat": 0,
+        "seed": 0,
+        "device": "cpu",
+        "threads": 2,
+        "steps": 3,
+        "warmup": 1,
+        "batch": 8,
+        "image": 16,
+    }
+    return TrialSpec(**{**base, **overrides})
 
 
 def run_cli(*args: str) -> int:

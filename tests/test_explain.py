@@ -11,8 +11,8 @@ import pytest
 from detcost import explain, results, variance
 from detcost.cli import main
 from detcost.settings import DEFAULT_SETTINGS
-from detcost.trial import TrialSpec, run_trial
-from tests.conftest import run_cli
+from detcost.trial import run_trial
+from tests.conftest import make_spec, run_cli
 
 
 def test_profiling_attributes_strict_to_the_nan_fill_and_not_strict_nofill(explain_sweep):
@@ -84,41 +84,14 @@ def test_each_new_workload_trains_under_every_setting(new_workloads):
 
 
 def test_channels_last_is_applied_and_read_back():
-    spec = TrialSpec(
-        run_id="m",
-        kind="timed",
-        workload="simple_cnn",
-        setting="default",
-        repeat=0,
-        seed=0,
-        device="cpu",
-        threads=1,
-        steps=2,
-        warmup=1,
-        batch=4,
-        image=16,
-        memory_format="channels_last",
-    )
+    spec = make_spec(run_id="m", threads=1, steps=2, batch=4, memory_format="channels_last")
     record = run_trial(spec)
     assert record["status"] == "ok" and record["memory_format_read_back"] == "channels_last"
     assert record["trial_id"].endswith("/channels_last")
 
 
 def _busy_trial() -> dict:
-    spec = TrialSpec(
-        run_id="b",
-        kind="timed",
-        workload="simple_cnn",
-        setting="default",
-        repeat=0,
-        seed=0,
-        device="cpu",
-        threads=2,
-        steps=40,
-        warmup=1,
-        batch=32,
-        image=32,
-    )
+    spec = make_spec(run_id="b", steps=40, batch=32, image=32)
     return run_trial(spec)
 
 

@@ -3,25 +3,10 @@
 import pytest
 
 from detcost.sweep import run_isolated
-from detcost.trial import TrialSpec, checkpoint_steps, run_trial
+from detcost.trial import checkpoint_steps, run_trial
+from tests.conftest import make_spec
 
-
-def spec(**kw) -> TrialSpec:
-    base = dict(
-        run_id="t",
-        kind="timed",
-        workload="simple_cnn",
-        setting="default",
-        repeat=0,
-        seed=0,
-        device="cpu",
-        threads=2,
-        steps=3,
-        warmup=1,
-        batch=8,
-        image=16,
-    )
-    return TrialSpec(**{**base, **kw})
+spec = make_spec
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import pytest
 from detcost import results, variance
 from detcost.audit import op_base
 from detcost.cli import main
-from detcost.trial import TrialSpec, run_trial
-from tests.conftest import run_cli
+from detcost.trial import run_trial
+from tests.conftest import make_spec, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -97,21 +97,7 @@ def test_vary_init_makes_repeats_differ_from_the_first_step(tmp_path):
 
 
 def test_keep_params_gives_exact_distances_from_the_full_parameters(tmp_path):
-    spec = TrialSpec(
-        run_id="k",
-        kind="timed",
-        workload="diag_noise",
-        setting="default",
-        repeat=0,
-        seed=0,
-        device="cpu",
-        threads=1,
-        steps=3,
-        warmup=1,
-        batch=8,
-        image=16,
-        keep_params=True,
-    )
+    spec = make_spec(run_id="k", workload="diag_noise", threads=1, keep_params=True)
     records = [
         run_trial(spec.__class__(**{**spec.to_dict(), "repeat": r, "sidecar": f"s/{r}.npz"}), tmp_path)
         for r in range(2)
@@ -125,19 +111,8 @@ def test_keep_params_gives_exact_distances_from_the_full_parameters(tmp_path):
 
 
 def test_the_audit_lists_an_alert_with_the_module_it_came_from():
-    spec = TrialSpec(
-        run_id="a",
-        kind="audit",
-        workload="diag_alert",
-        setting="strict",
-        repeat=0,
-        seed=0,
-        device="cpu",
-        threads=1,
-        steps=2,
-        warmup=0,
-        batch=4,
-        image=16,
+    spec = make_spec(
+        run_id="a", kind="audit", workload="diag_alert", setting="strict", threads=1, steps=2, warmup=0, batch=4
     )
     audit = run_trial(spec)["audit"]
     assert audit["alerts"] == [{"op": "put_", "count": 2, "modules": ["model (_Alert)"]}]
