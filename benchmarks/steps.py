@@ -11,7 +11,7 @@ class TrainStep:
     timeout = 300
 
     def setup(self, workload, setting):
-        self.step = tracking.TrainStep(workload, setting, DEVICE, PROFILE["size"])
+        self.step = tracking.train_step(workload, setting, DEVICE, PROFILE["size"])
 
     def teardown(self, workload, setting):
         self.step.close()

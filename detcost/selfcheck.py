@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detcost.settings import applied, get_setting
 from detcost.timing import is_cuda, synchronize
-from detcost.trial import TrialSpec, _build, _train_step, timed_steps
+from detcost.trial import TrainStep, TrialSpec, _train_step, timed_steps
 
 OVERHEAD_TARGET = {"cuda": 1.02, "cpu": 1.05}
 AGREEMENT_TARGET = 0.03
@@ -59,17 +58,6 @@ def _spec(workload: str, device: str, steps: int, warmup: int, threads: int, pro
     )
 
 
-def _warm(spec: TrialSpec):
-    """A built, warmed-up workload: both sides of a comparison run on the same one, so
-    memory layout and process state cannot masquerade as overhead."""
-    wl = _build(spec)
-    wl.model.train()
-    for x, y in wl.batches[: spec.warmup]:
-        _train_step(wl, x, y)
-    synchronize(spec.device)
-    return wl, wl.batches[spec.warmup : spec.total_steps]
-
-
 def _bare_loop(wl, batches, device: str) -> float:
     """Mean step time of the loop a user would write: no per-step marks, one sync at the end."""
     synchronize(device)
@@ -94,11 +82,10 @@ def _detcost_loop(wl, batches, device: str) -> list[float]:
 def harness_overhead(spec: TrialSpec, rounds: int = 7) -> Check:
     """detcost's mean timed step / the bare loop's, alternated on one workload (median of rounds)."""
     ratios = []
-    with applied(get_setting(spec.setting)):
-        wl, batches = _warm(spec)
+    with TrainStep(spec) as step:
         for _ in range(rounds):
-            bare = _bare_loop(wl, batches, spec.device)
-            ratios.append(float(np.mean(_detcost_loop(wl, batches, spec.device))) / bare)
+            bare = _bare_loop(step.wl, step.batches, spec.device)
+            ratios.append(float(np.mean(_detcost_loop(step.wl, step.batches, spec.device))) / bare)
     ratio = statistics.median(ratios)
     target = OVERHEAD_TARGET["cuda" if is_cuda(spec.device) else "cpu"]
     return Check(
@@ -107,7 +94,7 @@ def harness_overhead(spec: TrialSpec, rounds: int = 7) -> Check:
         f"<= {target}",
         ratio <= target,
         f"detcost step time / bare loop, median of {rounds} alternating rounds "
-        f"of {len(batches)} steps (min {min(ratios):.3f}, max {max(ratios):.3f})",
+        f"of {spec.steps} steps (min {min(ratios):.3f}, max {max(ratios):.3f})",
     )
 
 
@@ -116,21 +103,12 @@ def timer_agreement(spec: TrialSpec, rounds: int = 5, min_run_time: float = 0.5)
     alternated on one workload (median of per-round ratios)."""
     from torch.utils.benchmark import Timer
 
-    with applied(get_setting(spec.setting)):
-        wl, batches = _warm(spec)
-        state = {"i": 0}
-
-        def step():
-            x, y = batches[state["i"] % len(batches)]
-            state["i"] += 1
-            _train_step(wl, x, y)
-            synchronize(spec.device)  # asv and torch's Timer need the step finished
-
+    with TrainStep(spec) as step:
         # Timer defaults to one thread: give it the trial's thread count.
         timer = Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads())
         ratios, ours, theirs = [], [], []
         for _ in range(rounds):
-            ours.append(float(np.median(_detcost_loop(wl, batches, spec.device))))
+            ours.append(float(np.median(_detcost_loop(step.wl, step.batches, spec.device))))
             theirs.append(timer.blocked_autorange(min_run_time=min_run_time).median)
             ratios.append(ours[-1] / theirs[-1])
     diff = statistics.median(ratios) - 1

@@ -11,10 +11,8 @@ import torch
 
 from detcost import results, variance
 from detcost.report.tables import speed_table
-from detcost.settings import applied, get_setting
 from detcost.sweep import SweepOptions, run_sweep
-from detcost.timing import synchronize
-from detcost.trial import TrialSpec, _build, _train_step
+from detcost.trial import TrainStep, TrialSpec
 from detcost.workloads import get_workload
 
 
@@ -67,13 +65,11 @@ def sweep_figures(workloads, settings, repeats: int, profile: str, device: str, 
     return figures
 
 
-class TrainStep:
-    """One training step of a workload under a setting, for an external timer. The
-    setting stays applied until `close()`; each call synchronises on CUDA."""
-
-    def __init__(self, workload: str, setting: str, device: str, profile: str):
-        size = get_workload(workload).size(profile)
-        spec = TrialSpec(
+def train_step(workload: str, setting: str, device: str, profile: str) -> TrainStep:
+    """One training step of a workload under a setting, at a profile's sizes, for asv's timer."""
+    size = get_workload(workload).size(profile)
+    return TrainStep(
+        TrialSpec(
             run_id="step",
             kind="timed",
             workload=workload,
@@ -87,20 +83,4 @@ class TrainStep:
             batch=size.batch,
             image=size.image,
         )
-        self._setting = applied(get_setting(setting))
-        self._setting.__enter__()
-        self.device = device
-        self.wl = _build(spec)
-        self.wl.model.train()
-        self.i = 0
-        for _ in range(size.warmup):
-            self()
-
-    def __call__(self) -> None:
-        x, y = self.wl.batches[self.i % len(self.wl.batches)]
-        self.i += 1
-        _train_step(self.wl, x, y)
-        synchronize(self.device)
-
-    def close(self) -> None:
-        self._setting.__exit__(None, None, None)
+    )

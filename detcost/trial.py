@@ -243,6 +243,39 @@ def timed_steps(wl: Workload, batches, device: str, after_step=None) -> list[flo
     return timer.times()
 
 
+class TrainStep:
+    """A built, warmed-up workload under its setting, for timers outside a trial (asv's
+    time_* benchmark, the selfcheck). The setting stays applied until `close()`; each
+    call runs one training step and synchronises on CUDA, as an external timer needs."""
+
+    def __init__(self, spec: TrialSpec):
+        self.spec = spec
+        self._setting = applied(get_setting(spec.setting))
+        self._setting.__enter__()
+        self.wl = _build(spec)
+        self.wl.model.train()
+        self.batches = self.wl.batches[spec.warmup : spec.total_steps]  # the steps a trial would time
+        self.i = 0
+        for x, y in self.wl.batches[: spec.warmup]:
+            _train_step(self.wl, x, y)
+        synchronize(spec.device)
+
+    def __call__(self) -> None:
+        x, y = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        _train_step(self.wl, x, y)
+        synchronize(self.spec.device)
+
+    def close(self) -> None:
+        self._setting.__exit__(None, None, None)
+
+    def __enter__(self) -> TrainStep:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def _build(spec: TrialSpec) -> Workload:
     seed_everything(spec.init_seed)  # module initialisers draw from the global generators
     wl = get_workload(spec.workload).factory(
