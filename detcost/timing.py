@@ -32,6 +32,18 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
+def cuda_device(device: str) -> torch.device:
+    """`cuda` or `cuda:N` as an indexed device (`cuda` means `cuda:0`)."""
+    d = torch.device(device)
+    return torch.device("cuda", d.index or 0)
+
+
+def use_device(device: str) -> None:
+    """Make `device` the current CUDA device, so events and streams are on it (no-op on CPU)."""
+    if is_cuda(device):
+        torch.cuda.set_device(cuda_device(device))
+
+
 class StepTimer:
     """Per-step times of a timed region, with no synchronisation inside it.
 
@@ -43,6 +55,7 @@ class StepTimer:
 
     def __init__(self, device: str, n: int):
         self.cuda = is_cuda(device)
+        self.device = device
         if self.cuda:
             self._starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
             self._ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
@@ -52,20 +65,20 @@ class StepTimer:
 
     def start(self, i: int) -> None:
         if self.cuda:
-            self._starts[i].record()
+            self._starts[i].record(torch.cuda.current_stream(self.device))
         else:
             self._starts[i] = time.perf_counter()
 
     def stop(self, i: int) -> None:
         if self.cuda:
-            self._ends[i].record()
+            self._ends[i].record(torch.cuda.current_stream(self.device))
         else:
             self._ends[i] = time.perf_counter()
 
     def times(self) -> list[float]:
         """Seconds per step; on CUDA this is the one synchronisation of the region."""
         if self.cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.device)
             return [s.elapsed_time(e) / 1e3 for s, e in zip(self._starts, self._ends)]
         return [e - s for s, e in zip(self._starts, self._ends)]
 

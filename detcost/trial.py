@@ -22,16 +22,16 @@ import torch
 
 from detcost import env as envmod
 from detcost.seeding import derive_seed, seed_everything
-from detcost.settings import applied, get_setting, read_flags
+from detcost.settings import applied, apply_env, get_setting, read_flags
 from detcost.timing import (
     StepTimer,
     busy_report,
     cpu_sample,
-    is_cuda,
     peak_memory,
     reset_peak_memory,
     summarize,
     synchronize,
+    use_device,
 )
 from detcost.workloads import Workload, WorkloadConfig, get_workload
 
@@ -250,15 +250,25 @@ class TrainStep:
 
     def __init__(self, spec: TrialSpec):
         self.spec = spec
-        self._setting = applied(get_setting(spec.setting))
+        setting = get_setting(spec.setting)
+        # The setting's environment (CUBLAS_WORKSPACE_CONFIG) must be in place before the
+        # first cuBLAS call of this process: a trial process gets it from the parent.
+        self._saved_env = {key: os.environ.get(key) for key, _ in setting.env}
+        apply_env(setting)
+        use_device(spec.device)
+        self._setting = applied(setting)
         self._setting.__enter__()
-        self.wl = _build(spec)
-        self.wl.model.train()
-        self.batches = self.wl.batches[spec.warmup : spec.total_steps]  # the steps a trial would time
-        self.i = 0
-        for x, y in self.wl.batches[: spec.warmup]:
-            _train_step(self.wl, x, y)
-        synchronize(spec.device)
+        try:
+            self.wl = _build(spec)
+            self.wl.model.train()
+            self.batches = self.wl.batches[spec.warmup : spec.total_steps]  # the steps a trial would time
+            self.i = 0
+            for x, y in self.wl.batches[: spec.warmup]:
+                _train_step(self.wl, x, y)
+            synchronize(spec.device)
+        except BaseException:
+            self.close()
+            raise
 
     def __call__(self) -> None:
         x, y = self.batches[self.i % len(self.batches)]
@@ -268,6 +278,11 @@ class TrainStep:
 
     def close(self) -> None:
         self._setting.__exit__(None, None, None)
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
     def __enter__(self) -> TrainStep:
         return self
@@ -407,10 +422,9 @@ def run_trial(spec: TrialSpec, results_dir: Path | str | None = None) -> dict:
     results_dir = Path(results_dir) if results_dir is not None else None
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    if is_cuda(spec.device):
-        torch.cuda.set_device(torch.device(spec.device))
     setting = get_setting(spec.setting)
     try:
+        use_device(spec.device)
         with applied(setting):
             record["flags"] = read_flags()
             record.update(_RUNNERS[spec.kind](spec, results_dir))

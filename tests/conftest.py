@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
+import os
 
-from detcost import results
-from detcost.cli import main
-from detcost.settings import SETTINGS, applied, get_setting
-from detcost.trial import TrialSpec
+# Ask NVML, not the CUDA driver, whether a GPU is there: the test process must stay able
+# to fork trial processes (a CUDA call in a parent "poisons fork").
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+
+import pytest  # noqa: E402
+
+from detcost import results  # noqa: E402
+from detcost.cli import main  # noqa: E402
+from detcost.settings import SETTINGS, applied, get_setting  # noqa: E402
+from detcost.trial import TrialSpec  # noqa: E402
 
 QUICK = ["--quick", "--steps", "4", "--warmup", "1", "-q"]
 
@@ -140,9 +146,19 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def detcost_setting(request):
+    """The --setting of this pytest process, applied as a trial process gets it: its
+    environment first (CUBLAS_WORKSPACE_CONFIG, before any cuBLAS call), then its flags."""
     name = request.config.getoption("setting")
-    with applied(get_setting(name)):
+    setting = get_setting(name)
+    mp = pytest.MonkeyPatch()
+    for key, value in setting.env:
+        if value is None:
+            mp.delenv(key, raising=False)
+        else:
+            mp.setenv(key, value)
+    with applied(setting):
         yield name
+    mp.undo()
 
 
 @pytest.fixture(scope="session")

@@ -31,11 +31,23 @@ class ScatterAggregate(nn.Module):
     """Mean of each node's pixel features (index_add_ + scatter_add_ counts), sent back
     to its pixels and mixed in."""
 
+    def __init__(self):
+        super().__init__()
+        # The index of each input shape, built once (in warm-up) and kept on the device:
+        # building it per step would copy host to device, a sync inside the timed loop.
+        self._index: dict[tuple, torch.Tensor] = {}
+
+    def index(self, n: int, pixels: int, device: torch.device) -> torch.Tensor:
+        key = (n, pixels, str(device))
+        if key not in self._index:
+            local = node_index(pixels).repeat(n)
+            self._index[key] = (torch.arange(n).repeat_interleave(pixels) * NODES + local).to(device)
+        return self._index[key]
+
     def forward(self, x):
         n, c, h, w = x.shape
         pixels = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
-        local = node_index(h * w).to(x.device)
-        index = (torch.arange(n, device=x.device).repeat_interleave(h * w) * NODES) + local.repeat(n)
+        index = self.index(n, h * w, x.device)
         sums = torch.zeros(n * NODES, c, device=x.device, dtype=x.dtype).index_add_(0, index, pixels)
         counts = torch.zeros(n * NODES, device=x.device, dtype=x.dtype).scatter_add_(
             0, index, torch.ones_like(index, dtype=x.dtype)
