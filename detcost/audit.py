@@ -51,7 +51,10 @@ class _OpOwners(TorchDispatchMode):
         self.owners: dict[str, set[str]] = defaultdict(set)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.owners[op_base(str(func))].add(self.stack[-1] if self.stack else OUTSIDE)
+        if self.stack:
+            self.owners[op_base(str(func))].add(self.stack[-1])
+        elif torch._C._current_graph_task_id() == -1:  # outside the model, and not in backward:
+            self.owners[op_base(str(func))].add(OUTSIDE)  # the loss or the training loop
         return func(*args, **(kwargs or {}))
 
 

@@ -249,6 +249,10 @@ def cmd_run(args) -> int:
     from detcost.sweep import estimate_seconds, plan, run_sweep
 
     opts = _sweep_options(args)
+    if opts.added_default:
+        print(
+            "note: default added to the settings: the A/A control and the seed yardstick run under it", file=sys.stderr
+        )
     if args.dry_run:
         return _print_plan(plan(opts), estimate_seconds(plan(opts), opts.profile), args.json)
     _warn_other_gpu_users(opts.device)
@@ -320,9 +324,11 @@ def _print_summary(df, outcome, wall: float, as_json: bool, report=None) -> None
         print(speed_pivot(table).to_string())
         aa = table[table["setting"] == AA_LABEL]
         for _, r in aa.iterrows():
+            cv = table[(table["workload"] == r.workload) & (table["setting"] == "default")]["samples_per_s_cv"]
+            cv_text = f"; CV of samples/s across repeats {cv.iloc[0]:.1%}" if len(cv) and cv.notna().iloc[0] else ""
             print(
-                f"noise floor ({r.workload}): default vs itself {r.price:.3f}x [{r.price_lo:.3f}, {r.price_hi:.3f}] "
-                f"- differences inside this are noise"
+                f"noise floor ({r.workload}): default vs itself {r.price:.3f}x [{r.price_lo:.3f}, {r.price_hi:.3f}]"
+                f"{cv_text} - differences inside this are noise"
             )
     if is_cpu(df):
         print("\nnote: " + CPU_NOTE)

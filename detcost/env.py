@@ -104,10 +104,39 @@ def cuda_available() -> bool:
 
 
 def gpu_processes(device: str) -> str | None:
-    """Other processes on the GPU, as torch reports them (needs pynvml), or None."""
+    """Other processes on this GPU, one line each, or None: from torch (which needs
+    pynvml), else from `nvidia-smi --query-compute-apps`. Our own process is left out."""
+    index = torch.device(device).index or 0
+    own = str(os.getpid())
     try:
-        text = torch.cuda.list_gpu_processes(device)
-    except Exception:  # pynvml missing or NVML unavailable: nothing to report
+        text = torch.cuda.list_gpu_processes(index)
+    except Exception:  # NVML unavailable: try nvidia-smi below
+        text = ""
+    if text and "pynvml" not in text and "not found" not in text:
+        lines = [ln.strip() for ln in text.splitlines()[1:] if ln.strip() and "no processes" not in ln]
+        lines = [ln for ln in lines if own not in ln.split()]
+        return "\n".join(lines) or None
+    return _nvidia_smi_processes(index, own)
+
+
+def _nvidia_smi_processes(index: int, own: str) -> str | None:
+    exe = shutil.which("nvidia-smi")
+    if not exe:
         return None
-    lines = [ln for ln in text.splitlines()[1:] if ln.strip() and "no processes" not in ln]
+    try:
+        uuid = str(torch.cuda.get_device_properties(index).uuid).lower().removeprefix("gpu-")
+        out = subprocess.run(
+            [exe, "--query-compute-apps=pid,used_memory,gpu_uuid", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError, RuntimeError, AttributeError):
+        return None
+    lines = []
+    for row in out.stdout.splitlines():
+        parts = [p.strip() for p in row.split(",")]
+        if len(parts) == 3 and parts[0] != own and parts[2].lower().removeprefix("gpu-") == uuid:
+            lines.append(f"process {parts[0]} uses {parts[1]}")
     return "\n".join(lines) or None

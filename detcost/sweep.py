@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from detcost import env as envmod
+from detcost.errors import UsageError
 from detcost.explain import PROFILE_STEPS
 from detcost.results import ResultsWriter, open_for_sweep
 from detcost.timing import is_cuda
@@ -67,10 +68,14 @@ class SweepOptions:
     start_method: str = "auto"
     max_time: float | None = None
 
-    @property
-    def reference_setting(self) -> str:
-        """The setting of the A/A control and the seed yardstick: `default` when swept."""
-        return "default" if "default" in self.settings else self.settings[0]
+    def __post_init__(self) -> None:
+        # The A/A control is `default` run under a second label, and the seed yardstick
+        # runs under `default` (contract): both need `default` in the sweep.
+        if (self.aa or self.seeds) and "default" not in self.settings:
+            self.settings = ["default", *self.settings]
+            self.added_default = True
+
+    added_default: bool = field(default=False, init=False)
 
 
 @dataclass
@@ -127,11 +132,12 @@ def _spec(
 def plan(opts: SweepOptions) -> list[TrialSpec]:
     """Every trial of the sweep, in the order they run.
 
-    Repeat-major, and within each repeat the settings (and the A/A label) are rotated by
-    the repeat index, so each setting runs early in one repeat and late in another and
-    slow drift of the machine spreads evenly over settings.
+    Repeat-major; within repeat r the settings (and the A/A label) are rotated by
+    r * n / R places, so each setting's position moves by a fair share of the order
+    between repeats (half of it with two repeats) and slow drift of the machine spreads
+    evenly over settings.
     """
-    ref = opts.reference_setting
+    ref = "default"
     specs: list[TrialSpec] = []
     if opts.audit:
         specs += [
@@ -139,7 +145,8 @@ def plan(opts: SweepOptions) -> list[TrialSpec]:
         ]
     labels = [("timed", s) for s in opts.settings] + ([("aa", ref)] if opts.aa else [])
     for r in range(opts.repeats):
-        rotated = labels[r % len(labels) :] + labels[: r % len(labels)]
+        shift = (r * len(labels)) // opts.repeats
+        rotated = labels[shift:] + labels[:shift]
         for w in opts.workloads:
             for t in opts.threads:
                 for mf in opts.memory_formats:
@@ -253,6 +260,24 @@ def _record_flops_key(r: dict) -> tuple:
     )
 
 
+def _check_same_options(existing: list[dict], planned: list[TrialSpec], path: Path) -> None:
+    """--resume continues the same sweep: a trial already in the file must have been run
+    with the device and sizes planned now, or the table would mix two configurations."""
+    by_id = {s.trial_id: s for s in planned}
+    for r in existing:
+        spec = by_id.get(r["trial_id"])
+        if spec is None:
+            continue
+        then = (r["device"], r["steps"], r["warmup"], r["batch_size"], r["image_size"])
+        now = (spec.device, spec.steps, spec.warmup, spec.batch, spec.image)
+        if then != now:
+            raise UsageError(
+                f"{path} was made with other options ({r['trial_id']}: device, steps, warmup, batch, image "
+                f"{then}, now {now}); resume with the same options (--quick, --steps, --warmup, --device) "
+                "or choose another --results"
+            )
+
+
 def latest_by_trial(records: list[dict]) -> dict[str, dict]:
     latest: dict[str, dict] = {}
     for r in records:
@@ -273,6 +298,7 @@ def run_sweep(
         opts = replace(opts, run_id=existing[0]["run_id"])
     done = {tid for tid, r in latest_by_trial(existing).items() if r["status"] == "ok"}
     planned = plan(opts)
+    _check_same_options(existing, planned, opts.results)
     todo = [s for s in planned if s.trial_id not in done]
     method = start_method(opts.start_method, opts.device)
     environment = envmod.fingerprint(opts.device)

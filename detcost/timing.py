@@ -18,8 +18,9 @@ import torch
 # A trial's steps are "noisy" when their interquartile range exceeds this share of the
 # median (torch.utils.benchmark warns at the same 10%).
 IQR_WARN_THRESHOLD = 0.10
-# Other processes using more than this many cores' worth of CPU during a trial make it
-# "busy": on a 2-core machine one competing process slows CPU steps 10-30x.
+# Other processes using more than this many cores' worth of CPU (or more than the cores a
+# trial leaves free, if that is more) make it "busy": on a 2-core machine one competing
+# process slows CPU steps 10-30x.
 BUSY_CORES_THRESHOLD = 0.25
 
 
@@ -118,21 +119,35 @@ def peak_memory(device: str) -> tuple[int, str]:
 @dataclass(frozen=True)
 class CpuSample:
     wall: float
-    machine_busy_s: float | None  # CPU seconds all processes spent busy, from /proc/stat
+    busy_s: float | None  # CPU seconds spent busy on the CPUs this process may use (/proc/stat)
     own_s: float  # CPU seconds of this process (all its threads)
     loadavg: float | None
 
 
+def usable_cpus() -> set[int]:
+    """The CPUs this process may run on (its affinity: a container's cpuset included)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return set(range(os.cpu_count() or 1))
+
+
 def cpu_sample() -> CpuSample:
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    busy = None
+    cpus, busy = usable_cpus(), None
     try:
+        busy = 0.0
         with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-        # user nice system idle iowait irq softirq steal: busy = all but idle and iowait
-        busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+            for line in f:
+                name, *values = line.split()
+                if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus):
+                    continue
+                fields = [int(v) for v in values]
+                # user nice system idle iowait irq softirq steal: busy = all but idle and iowait
+                busy += sum(fields[:8]) - fields[3] - fields[4]
+        busy /= os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
-        pass
+        busy = None
     try:
         load = os.getloadavg()[0]
     except OSError:
@@ -140,24 +155,31 @@ def cpu_sample() -> CpuSample:
     return CpuSample(time.monotonic(), busy, usage.ru_utime + usage.ru_stime, load)
 
 
-def busy_report(start: CpuSample, end: CpuSample) -> dict:
-    """How much CPU other processes used while this one ran (cores' worth), and a verdict.
+def busy_report(start: CpuSample, end: CpuSample, threads: int = 1) -> dict:
+    """How much CPU other processes used, on the CPUs this trial may use, while it ran
+    (cores' worth), and whether that competed with the trial's own threads.
 
     Computed from /proc/stat busy time minus this process's own CPU time, not from the
-    load average, which counts this trial's own threads and decays slowly.
+    load average, which counts this trial's own threads and decays slowly. Others are
+    competing when they use more than the cores the trial leaves free (at least
+    BUSY_CORES_THRESHOLD), so background work on a large machine does not flag every trial.
     """
     wall = max(end.wall - start.wall, 1e-9)
+    n = len(usable_cpus())
     others_s = None
-    if start.machine_busy_s is not None and end.machine_busy_s is not None:
-        others_s = max(0.0, (end.machine_busy_s - start.machine_busy_s) - (end.own_s - start.own_s))
+    if start.busy_s is not None and end.busy_s is not None:
+        others_s = max(0.0, (end.busy_s - start.busy_s) - (end.own_s - start.own_s))
+    free_cores = max(BUSY_CORES_THRESHOLD, n - threads - 0.5)
     # /proc/stat counts in clock ticks per CPU: allow for that rounding at both ends, so a
     # short trial is not called busy on a tick or two.
-    slack_s = 2 * (os.cpu_count() or 1) / os.sysconf("SC_CLK_TCK")
+    slack_s = 2 * n / os.sysconf("SC_CLK_TCK")
     return {
         "loadavg_start": start.loadavg,
         "loadavg_end": end.loadavg,
         "others_cpu_cores": None if others_s is None else round(others_s / wall, 3),
-        "busy": bool(others_s is not None and others_s > BUSY_CORES_THRESHOLD * wall + slack_s),
+        "usable_cpus": n,
+        "busy_above_cores": round(free_cores, 2),
+        "busy": bool(others_s is not None and others_s > free_cores * wall + slack_s),
     }
 
 
@@ -175,7 +197,21 @@ def typical_step_time(times, strata=None) -> float:
     return float(sum(np.median(times[strata == k]) * np.mean(strata == k) for k in np.unique(strata)))
 
 
-def summarize(step_times: list[float], batch: int, strata: list[int] | None = None) -> dict:
+def kept_steps(record) -> tuple[list[float], list[int] | None]:
+    """The step times (and strata) that statistics use: a record's raw `step_times_s`
+    without its `excluded_steps` (the steps that took a parameter snapshot)."""
+    times = list(record.get("step_times_s") or [])
+    strata = record.get("step_strata")
+    strata = list(strata) if isinstance(strata, (list, tuple, np.ndarray)) else None
+    excluded = record.get("excluded_steps")
+    if not isinstance(excluded, (list, tuple, np.ndarray)) or not len(excluded):
+        return times, strata  # nothing excluded (or an older record that stored only kept steps)
+    drop = set(int(j) for j in excluded)
+    keep = [j for j in range(len(times)) if j not in drop]
+    return [times[j] for j in keep], ([strata[j] for j in keep] if strata else None)
+
+
+def summarize(step_times: list[float], strata: list[int] | None = None, *, batch: int) -> dict:
     """Typical step time and its IQR, samples/s and its IQR (from the step quartiles).
 
     With strata the quartiles are those of the steps' ratio to their stratum's median.
@@ -217,6 +253,11 @@ def _bootstrap_typical(trials: list[list[float]], strata: list[int] | None, n: i
     return out
 
 
+def pooled_typical(trials: list[list[float]], strata: list[int] | None = None) -> float:
+    """The typical step time of a group of trials, their steps pooled (the price's statistic)."""
+    return typical_step_time(np.concatenate(trials), _tile(strata, trials))
+
+
 def bootstrap_ratio(
     a: list[list[float]],
     b: list[list[float]],
@@ -232,9 +273,7 @@ def bootstrap_ratio(
     input shape varies, `strata`: the shape index of each step, the same in all trials).
     """
     rng = np.random.default_rng(seed)
-    point = typical_step_time(np.concatenate(a), _tile(strata, a)) / typical_step_time(
-        np.concatenate(b), _tile(strata, b)
-    )
+    point = pooled_typical(a, strata) / pooled_typical(b, strata)
     ratios = _bootstrap_typical(a, strata, n, rng) / _bootstrap_typical(b, strata, n, rng)
     lo, hi = np.percentile(ratios, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
     return float(point), float(lo), float(hi)

@@ -27,6 +27,7 @@ from detcost.timing import (
     StepTimer,
     busy_report,
     cpu_sample,
+    kept_steps,
     peak_memory,
     reset_peak_memory,
     summarize,
@@ -315,9 +316,9 @@ def _memory_format_of(model: torch.nn.Module) -> str:
     return "contiguous"
 
 
-def _strata(wl: Workload, spec: TrialSpec, snapped: set[int]) -> list[int] | None:
-    """Index of the input shape of each kept timed step, when shapes vary (else None)."""
-    shapes = [tuple(wl.batches[spec.warmup + j][0].shape) for j in range(spec.steps) if j not in snapped]
+def _strata(wl: Workload, spec: TrialSpec) -> list[int] | None:
+    """Index of the input shape of each timed step, when shapes vary (else None)."""
+    shapes = [tuple(wl.batches[spec.warmup + j][0].shape) for j in range(spec.steps)]
     if len(set(shapes)) < 2:
         return None
     index = {s: k for k, s in enumerate(sorted(set(shapes)))}
@@ -365,15 +366,15 @@ def _measure(spec: TrialSpec, results_dir: Path | None) -> dict:
     times = timed_steps(wl, wl.batches[spec.warmup : spec.total_steps], device, after_step)
     out["region_s"] = time.perf_counter() - t0
     out["peak_memory_bytes"], out["memory_metric"] = peak_memory(device)
-    out["busy"] = busy_report(cpu_start, cpu_sample())
+    out["busy"] = busy_report(cpu_start, cpu_sample(), torch.get_num_threads())
 
-    # Steps that took a snapshot are left out of the statistics.
-    snapped = {j for j in range(spec.steps) if spec.warmup + j + 1 in snap_at}
-    kept = [t for j, t in enumerate(times) if j not in snapped] or times
-    out["step_times_s"] = kept
-    out["excluded_steps"] = len(times) - len(kept)
-    out["step_strata"] = _strata(wl, spec, snapped)
-    out.update(summarize(kept, spec.batch, out["step_strata"]))
+    # All step times are kept raw; steps that took a snapshot are left out of the
+    # statistics (unless every timed step took one, as in a run of a step or two).
+    snapped = [j for j in range(spec.steps) if spec.warmup + j + 1 in snap_at]
+    out["step_times_s"] = times
+    out["excluded_steps"] = snapped if len(snapped) < len(times) else []
+    out["step_strata"] = _strata(wl, spec)
+    out.update(summarize(*kept_steps(out), batch=spec.batch))
 
     losses_cpu = losses.cpu()
     out["final_loss"] = float(losses_cpu[-1])

@@ -1,7 +1,9 @@
 """Bad input: one line on stderr, exit code 2, nothing lost."""
 
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -64,9 +66,8 @@ def test_a_results_file_that_is_not_detcosts_is_refused(capsys, tmp_path):
 
 
 def test_the_installed_command_exits_2_on_an_unknown_setting():
-    proc = subprocess.run(
-        [sys.executable, "-m", "detcost.cli", "run", "--settings", "nope"], capture_output=True, text=True, timeout=120
-    )
+    exe = shutil.which("detcost") or str(Path(sys.executable).parent / "detcost")
+    proc = subprocess.run([exe, "run", "--settings", "nope"], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "valid settings" in proc.stderr
@@ -84,3 +85,32 @@ def test_env_prints_the_fingerprint(capsys):
     assert main(["env", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert f"torch: {torch.__version__}" in out and "cpu:" in out
+
+
+def test_resume_with_other_options_is_refused_and_the_file_kept(capsys, tmp_path):
+    path = tmp_path / "r.jsonl"
+    args = [
+        "run",
+        "--quick",
+        "--workloads",
+        "simple_cnn",
+        "--settings",
+        "default",
+        "--repeats",
+        "1",
+        "--seeds",
+        "0",
+        "--no-aa",
+        "--no-audit",
+        "--no-explain",
+        "--no-report",
+        "-q",
+        "--results",
+        str(path),
+    ]
+    assert main([*args, "--steps", "3"]) == 0
+    before = path.read_text()
+    capsys.readouterr()
+    err = one_line_error(capsys, [*args, "--steps", "5", "--resume"])
+    assert "made with other options" in err
+    assert path.read_text() == before

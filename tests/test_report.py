@@ -101,11 +101,22 @@ def test_results_from_two_machines_are_grouped_by_machine(tmp_path, small_sweep)
 
 
 def test_compare_prints_and_writes_the_tables_side_by_side(tmp_path, small_sweep, capsys):
+    faster = tmp_path / "faster.jsonl"
+    records = [json.loads(x) for x in small_sweep.read_text().splitlines()]
+    for r in records:  # run B: every step twice as fast
+        r["run_id"] = "faster"
+        if r.get("step_times_s"):
+            r["step_times_s"] = [t / 2 for t in r["step_times_s"]]
+            r["samples_per_s"] *= 2
+    faster.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     out = tmp_path / "cmp.html"
-    assert main(["compare", str(small_sweep), str(small_sweep), "--out", str(out)]) == 0
+    assert main(["compare", str(small_sweep), str(faster), "--out", str(out), "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)["comparison"]
+    assert table and all(r["b_vs_a"] == pytest.approx(2.0) and not r["within_noise"] for r in table)
+    assert main(["compare", str(small_sweep), str(small_sweep)]) == 0
     printed = capsys.readouterr().out
     assert "B vs A" in printed and "1.00x" in printed and "within noise" in printed
-    assert "<table>" in out.read_text()
+    assert "<table>" in (tmp_path / "cmp.html").read_text()
 
 
 # ---- recommendation logic on hand-made tables -----------------------------------------

@@ -31,15 +31,24 @@ def test_derived_seeds_are_stable_and_distinct_per_purpose():
     assert len({derive_seed(0, "init"), derive_seed(0, "data"), derive_seed(1, "init"), derive_seed(0, "init", 1)}) == 4
 
 
-def test_dataloader_order_repeats_with_the_seeded_generator_and_worker_init():
-    data = torch.utils.data.TensorDataset(torch.arange(32.0))
+class _Augmenting(torch.utils.data.Dataset):
+    """Each item draws from Python's random and NumPy, as augmentations do, in a worker."""
 
-    def order():
-        loader = torch.utils.data.DataLoader(
-            data, batch_size=4, shuffle=True, generator=data_generator(7), worker_init_fn=worker_init_fn
-        )
-        return [b[0].tolist() for b in loader]
+    def __len__(self):
+        return 16
 
-    assert order() == order()
-    other = torch.utils.data.DataLoader(data, batch_size=4, shuffle=True, generator=data_generator(8))
-    assert [b[0].tolist() for b in other] != order()
+    def __getitem__(self, i):
+        return torch.tensor([float(i), random.random(), float(np.random.rand())])
+
+
+def _epoch(seed: int, init=worker_init_fn) -> list[list[float]]:
+    loader = torch.utils.data.DataLoader(
+        _Augmenting(), batch_size=4, shuffle=True, num_workers=2, generator=data_generator(seed), worker_init_fn=init
+    )
+    return [b.tolist() for b in loader]
+
+
+def test_dataloader_order_and_worker_randomness_repeat_with_the_helpers():
+    first = _epoch(7)
+    assert _epoch(7) == first  # same order, same augmentation draws in every worker
+    assert _epoch(8) != first

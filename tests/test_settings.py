@@ -79,3 +79,11 @@ def test_snippet_is_python_that_applies_the_setting(monkeypatch):
     assert {k: after[k] for k in before if k != "cublas_workspace_config"} == {
         k: before[k] for k in before if k != "cublas_workspace_config"
     }
+
+
+def test_nested_settings_restore_the_enclosing_setting_not_the_defaults():
+    with applied(get_setting("strict")):
+        with applied(get_setting("benchmark")):
+            assert read_flags()["cudnn_benchmark"] and not read_flags()["deterministic_algorithms"]
+        flags = read_flags()
+    assert flags["deterministic_algorithms"] and flags["cudnn_deterministic"] and not flags["cudnn_benchmark"]

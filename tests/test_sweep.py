@@ -1,6 +1,7 @@
 """A sweep: one ok record per planned trial, flags as the table says, failures recorded."""
 
 import json
+from pathlib import Path
 
 from detcost import results
 from detcost.settings import CANONICAL, DEFAULT_SETTINGS, get_setting
@@ -35,7 +36,7 @@ def test_the_aa_control_and_seed_yardstick_are_in_the_sweep(small_sweep_df):
     assert seeds.groupby("workload")["params_sha256"].nunique().eq(2).all()
 
 
-def test_settings_are_interleaved_within_each_repeat():
+def test_settings_are_interleaved_and_move_by_half_the_order_between_two_repeats():
     opts = SweepOptions(
         workloads=["simple_cnn"],
         settings=list(CANONICAL),
@@ -44,15 +45,35 @@ def test_settings_are_interleaved_within_each_repeat():
         device="cpu",
         threads=[2],
         profile="quick",
-        results=__import__("pathlib").Path("x.jsonl"),
+        results=Path("x.jsonl"),
         run_id="x",
         audit=False,
         seeds=0,
+        explain=False,
     )
-    order = [s.setting for s in plan(opts) if s.kind == "timed"]
-    first, second = order[:6], order[6:]
-    assert set(first) == set(second) == set(CANONICAL)
-    assert first != second  # rotated: each setting runs at a different position per repeat
+    order = [(s.kind, s.setting) for s in plan(opts)]
+    first, second = order[:7], order[7:]  # six settings and the A/A label per repeat
+    assert sorted(first) == sorted(second) and ("aa", "default") in first
+    assert all(abs(first.index(label) - second.index(label)) >= 3 for label in first)
+
+
+def test_the_aa_control_and_seed_yardstick_bring_default_into_the_sweep():
+    opts = SweepOptions(
+        workloads=["simple_cnn"],
+        settings=["strict"],
+        repeats=1,
+        seed=0,
+        device="cpu",
+        threads=[2],
+        profile="quick",
+        results=Path("x.jsonl"),
+        run_id="x",
+        audit=False,
+        seeds=2,
+        explain=False,
+    )
+    kinds = {(s.kind, s.setting) for s in plan(opts)}
+    assert kinds == {("timed", "default"), ("timed", "strict"), ("aa", "default"), ("seed", "default")}
 
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(failing_sweep):

@@ -17,7 +17,7 @@ from detcost import explain, results, variance
 from detcost.audit import workaround
 from detcost.report import figures
 from detcost.report.recommend import DEFAULT_MAX_SLOWDOWN, Recommendation, recommend
-from detcost.report.tables import AA_LABEL, CPU_NOTE, failures, is_cpu, speed_table
+from detcost.report.tables import AA_LABEL, AXES, CPU_NOTE, failures, is_cpu, speed_table
 from detcost.settings import SETTINGS
 
 ENV_FIELDS = (
@@ -63,19 +63,22 @@ def _si(v, unit: str) -> str:
     return f"{v:.0f} {unit}"
 
 
-def _price_cell(r) -> str:
+def _price_cell(r, cpu: bool) -> str:
     if r.setting != AA_LABEL and r.price == 1.0 and r.price_lo == r.price_hi:
         return "1.00 (fastest)"
-    label = "within noise" if r.within_noise else "real"
-    return f"{r.price:.2f} [{r.price_lo:.2f}, {r.price_hi:.2f}] {label}"
+    interval = f"{r.price:.2f} [{r.price_lo:.2f}, {r.price_hi:.2f}]"
+    if cpu and r.setting in SETTINGS and SETTINGS[r.setting].cudnn_only:
+        return f"{interval} noise: the same kernels as default on the CPU"
+    return f"{interval} {'within noise' if r.within_noise else 'real'}"
 
 
 def _price_rows(speed: pd.DataFrame, cpu: bool) -> tuple[list[str], list[dict], int]:
-    keys = [c for c in ("workload", "threads", "memory_format", "vary") if c in speed]
+    keys = [c for c in ("workload", *AXES) if c in speed]
     header = [
         *keys,
         "setting",
         "samples/s",
+        "CV across repeats",
         "price vs fastest [95% CI]",
         "vs default",
         "cold start",
@@ -84,17 +87,16 @@ def _price_rows(speed: pd.DataFrame, cpu: bool) -> tuple[list[str], list[dict], 
     ]
     rows = []
     for r in speed.itertuples():
-        price = _price_cell(r)
-        if cpu and r.setting in SETTINGS and SETTINGS[r.setting].cudnn_only:
-            price += " (no effect on CPU)"
+        busy = f" (busy machine: {r.busy_trials} trial(s))" if r.busy_trials else ""
         rows.append(
             {
                 "cls": "aa" if r.setting == AA_LABEL else "",
                 "cells": [
                     *(str(getattr(r, k)) for k in keys),
                     r.setting,
-                    f"{r.samples_per_s:,.1f}" + (f" (busy machine: {r.busy_trials} trial(s))" if r.busy_trials else ""),
-                    price,
+                    f"{r.samples_per_s:,.1f}{busy}",
+                    _fmt(r.samples_per_s_cv, ".1%"),
+                    _price_cell(r, cpu),
                     _fmt(r.vs_default, ".2f") + "x",
                     _fmt(r.cold_start_s, ".3f") + " s",
                     _si(r.peak_memory_bytes, "B"),

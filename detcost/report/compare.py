@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from detcost import results
-from detcost.report.tables import ok_trials, speed_table
+from detcost.report.tables import kept_trials, ok_trials, speed_table
 from detcost.timing import bootstrap_ratio
 
 # What must match for two runs' trials to be compared (steps may differ; sizes may not).
@@ -28,7 +28,8 @@ def compare_runs(a_path: Path, b_path: Path) -> tuple[pd.DataFrame, list[str]]:
             missing.append("/".join(str(k) for k in key[:3]))
             continue
         a, b = a_groups[key], b_groups[key]
-        ratio, lo, hi = bootstrap_ratio(list(a["step_times_s"]), list(b["step_times_s"]))
+        (a_steps, strata), (b_steps, _) = kept_trials(a), kept_trials(b)
+        ratio, lo, hi = bootstrap_ratio(a_steps, b_steps, strata=strata)
         rows.append(
             {
                 **dict(zip(MATCH, key)),

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from detcost.settings import SETTINGS
-from detcost.timing import bootstrap_ratio
+from detcost.timing import bootstrap_ratio, kept_steps, pooled_typical
 
 AA_LABEL = "A/A control"
 CPU_NOTE = (
@@ -73,16 +73,16 @@ def speed_table(df: pd.DataFrame, *, bootstrap: int = 2000) -> pd.DataFrame:
         timed = {k: v for k, v in per_label.items() if k != AA_LABEL}
         if not timed:
             continue
-        fastest = min(timed, key=lambda s: timed[s]["step_time_median_s"].median())
+        steps = {label: kept_trials(g) for label, g in per_label.items()}
+        strata = steps[next(iter(steps))][1]
+        # the fastest by the same statistic the price uses, so the best price is 1.00
+        fastest = min(timed, key=lambda s: pooled_typical(steps[s][0], strata))
         for label, g in per_label.items():
-            steps = list(g["step_times_s"])
             ref_label = "default" if label == AA_LABEL and "default" in timed else fastest
             if label == fastest:
                 price, lo, hi = 1.0, 1.0, 1.0
             else:
-                price, lo, hi = bootstrap_ratio(
-                    steps, list(per_label[ref_label]["step_times_s"]), strata=_strata(g), n=bootstrap
-                )
+                price, lo, hi = bootstrap_ratio(steps[label][0], steps[ref_label][0], strata=strata, n=bootstrap)
             sps = g["samples_per_s"]
             rows.append(
                 {
@@ -109,11 +109,10 @@ def speed_table(df: pd.DataFrame, *, bootstrap: int = 2000) -> pd.DataFrame:
     return table.sort_values(keys + ["_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
 
 
-def _strata(g: pd.DataFrame) -> list[int] | None:
-    if "step_strata" not in g:
-        return None
-    first = g["step_strata"].iloc[0]
-    return list(first) if isinstance(first, list) else None
+def kept_trials(g: pd.DataFrame) -> tuple[list[list[float]], list[int] | None]:
+    """Each trial's step times without its snapshot steps, and the shared strata."""
+    kept = [kept_steps(row) for row in g.to_dict(orient="records")]
+    return [t for t, _ in kept], kept[0][1]
 
 
 def _median(g: pd.DataFrame, col: str) -> float:
