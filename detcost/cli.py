@@ -14,7 +14,18 @@ from pathlib import Path
 
 from detcost.errors import UsageError
 
-EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _print_json(value) -> None:
+    """Standard JSON on stdout: NaN and infinities become null (strict parsers reject them)."""
+    from detcost.results import finite
+
+    print(json.dumps(finite(value), indent=2, default=str, allow_nan=False))
+
+
+def _records(df) -> list[dict]:
+    return df.astype(object).where(df.notna(), None).to_dict(orient="records") if len(df) else []
 
 
 class _Parser(argparse.ArgumentParser):
@@ -267,7 +278,7 @@ def cmd_run(args) -> int:
 
         paths = build_report([outcome.results], args.report, max_slowdown=args.max_slowdown)
     _print_summary(df, outcome, wall, args.json, paths)
-    return EXIT_OK
+    return EXIT_STOPPED if outcome.stopped_early else EXIT_OK
 
 
 def _print_plan(specs, seconds: float, as_json: bool) -> int:
@@ -299,23 +310,19 @@ def _print_summary(df, outcome, wall: float, as_json: bool, report=None) -> None
     ok = int((timed["status"] == "ok").sum()) if not timed.empty else 0
     busy = int(df["busy.busy"].fillna(False).astype(bool).sum()) if "busy.busy" in df else 0
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "results": str(outcome.results),
-                    "wall_s": wall,
-                    "ran": outcome.ran,
-                    "skipped": outcome.skipped,
-                    "stopped_early": outcome.stopped_early,
-                    "timed_ok": ok,
-                    "busy_trials": busy,
-                    "speed": table.to_dict(orient="records"),
-                    "failures": failed.to_dict(orient="records"),
-                    "report": {"html": str(report.html), "markdown": str(report.markdown)} if report else None,
-                },
-                indent=2,
-                default=str,
-            )
+        _print_json(
+            {
+                "results": str(outcome.results),
+                "wall_s": wall,
+                "ran": outcome.ran,
+                "skipped": outcome.skipped,
+                "stopped_early": outcome.stopped_early,
+                "timed_ok": ok,
+                "busy_trials": busy,
+                "speed": _records(table),
+                "failures": _records(failed),
+                "report": {"html": str(report.html), "markdown": str(report.markdown)} if report else None,
+            }
         )
         return
     print()
@@ -330,6 +337,11 @@ def _print_summary(df, outcome, wall: float, as_json: bool, report=None) -> None
                 f"noise floor ({r.workload}): default vs itself {r.price:.3f}x [{r.price_lo:.3f}, {r.price_hi:.3f}]"
                 f"{cv_text} - differences inside this are noise"
             )
+            if not r.price_lo <= 1.0 <= r.price_hi:
+                print(
+                    f"  warning: on {r.workload} default differed from itself beyond its interval: the machine "
+                    "was not steady during the sweep; read every price there as suspect"
+                )
     if is_cpu(df):
         print("\nnote: " + CPU_NOTE)
     if not failed.empty:
@@ -398,13 +410,7 @@ def cmd_variance(args) -> int:
     table = variance.variance_table(df)
     curves = variance.divergence_curves(df) if args.curves or args.json else None
     if args.json:
-        print(
-            json.dumps(
-                {"variance": table.to_dict(orient="records"), "divergence": curves.to_dict(orient="records")},
-                indent=2,
-                default=str,
-            )
-        )
+        _print_json({"variance": _records(table), "divergence": _records(curves)})
         return EXIT_OK
     if table.empty:
         print("no ok timed or seed trials in these results: nothing to compare")
@@ -416,10 +422,12 @@ def cmd_variance(args) -> int:
         "parameter sample; rel L2 / seeds: that spread as a fraction of the seed yardstick's."
     )
     if curves is not None and not curves.empty:
-        print("\ndivergence between repeats at each checkpoint (rel L2):")
-        keys = [c for c in curves.columns if c not in ("step", "rel_l2", "max_abs_dtheta")]
-        keys = [c for c in keys if c in ("workload", "setting") or curves[c].nunique() > 1]
-        print(curves.pivot_table(index=keys, columns="step", values="rel_l2").to_string(float_format="{:.1e}".format))
+        print("\ndivergence between repeats at each checkpoint step (rel L2; 0: bitwise identical):")
+        keys = [c for c in curves.columns if c not in ("step", "rel_l2", "max_abs_dtheta", "workload")]
+        keys = [c for c in keys if c == "setting" or curves[c].nunique() > 1]
+        for workload, rows in curves.groupby("workload", sort=False):  # each has its own checkpoints
+            table = rows.pivot_table(index=keys, columns="step", values="rel_l2")
+            print(f"{workload}:\n" + table.to_string(float_format="{:.1e}".format))
     return EXIT_OK
 
 
@@ -466,28 +474,32 @@ def cmd_report(args) -> int:
 
 def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="the price table of two runs side by side (two GPUs, torch versions, commits)")
-    p.add_argument("a", type=Path, help="results JSONL of run A")
-    p.add_argument("b", type=Path, help="results JSONL of run B")
+    p.add_argument("a", type=Path, metavar="A.jsonl", help="results JSONL of run A")
+    p.add_argument("b", type=Path, metavar="B.jsonl", help="results JSONL of run B")
     p.add_argument("--out", type=Path, default=None, help="also write the comparison as HTML to this file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare)
 
 
 def cmd_compare(args) -> int:
+    import pandas as pd
+
     from detcost.report import compare
 
     table, missing = compare.compare_runs(args.a, args.b)
+    html = compare.write_html(table, missing, args.a, args.b, args.out) if args.out else None
     if args.json:
-        print(json.dumps({"comparison": table.to_dict(orient="records"), "missing": missing}, indent=2))
+        _print_json({"comparison": _records(table), "missing": missing, "html": str(html) if html else None})
         return EXIT_OK
     header, rows = compare.display_rows(table)
-    import pandas as pd
-
-    print(pd.DataFrame(rows, columns=header).to_string(index=False) if rows else "no workload x setting in both runs")
+    if rows:
+        print(pd.DataFrame(rows, columns=header).to_string(index=False))
+    else:
+        print("no workload x setting ran in both runs at the same threads and sizes (batch, image): nothing to compare")
     if missing:
-        print(f"only in one run: {', '.join(missing)}")
-    if args.out:
-        print(f"html: {compare.write_html(table, missing, args.a, args.b, args.out)}")
+        print("only in one run:\n  " + "\n  ".join(missing))
+    if html:
+        print(f"html: {html}")
     return EXIT_OK
 
 
@@ -512,7 +524,7 @@ def cmd_selfcheck(args) -> int:
     device = resolve_device(args.device)
     checks = selfcheck.run_all(device, workload, "quick" if args.quick else None)
     if args.json:
-        print(json.dumps([asdict(c) for c in checks], indent=2))
+        _print_json([asdict(c) for c in checks])
         return EXIT_OK
     print(f"detcost selfcheck on {device}, workload {workload}:")
     for c in checks:
@@ -532,7 +544,6 @@ def _add_explain(sub) -> None:
 
 
 def cmd_explain(args) -> int:
-    import pandas as pd
 
     from detcost import explain
     from detcost import results as results_mod
@@ -543,7 +554,7 @@ def cmd_explain(args) -> int:
         df = df[df["workload"].isin([w.strip() for w in args.workloads.split(",")])]
     table = explain.attribution(df, speed_table(df, bootstrap=200), top=args.top)
     if args.json:
-        print(json.dumps(table.to_dict(orient="records"), indent=2))
+        _print_json(_records(table))
         return EXIT_OK
     if table.empty:
         print("no profiled trials in these results (the sweep ran with --no-explain?): nothing to explain")
@@ -553,9 +564,11 @@ def cmd_explain(args) -> int:
         print("note: " + explain.CPU_RANKING_NOTE + "\n")
     for _, rows in table.groupby(["workload", "setting"], sort=False):
         print(explain.headline(rows, cuda=not cpu))
-        shown = rows.dropna(subset=["op"])[["op", "kind", "delta_calls", "delta_self_cpu_ms", "delta_self_device_ms"]]
+        cols = ["op", "kind", "delta_calls", "delta_self_cpu_ms"] + ([] if cpu else ["delta_self_device_ms"])
+        shown = rows.dropna(subset=["op"])[cols].copy()
         if len(shown):
-            print(pd.DataFrame(shown).to_string(index=False, float_format="{:+.3f}".format))
+            shown["delta_calls"] = shown["delta_calls"].map(lambda v: f"{v:+.0f}" if v == round(v) else f"{v:+.2f}")
+            print(shown.to_string(index=False, float_format="{:+.3f}".format))
         print()
     return EXIT_OK
 
@@ -598,14 +611,11 @@ def cmd_audit(args) -> int:
         for w in workloads
     ]
     if args.json:
-        print(
-            json.dumps(
-                [
-                    {"workload": r["workload"], "status": r["status"], "error": r["error"], **(r.get("audit") or {})}
-                    for r in records
-                ],
-                indent=2,
-            )
+        _print_json(
+            [
+                {"workload": r["workload"], "status": r["status"], "error": r["error"], **(r.get("audit") or {})}
+                for r in records
+            ]
         )
         return EXIT_OK
     print_audit(records)

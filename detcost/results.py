@@ -133,7 +133,7 @@ class ResultsWriter:
         self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
-        self._file.write(json.dumps(_finite(record), default=_jsonable, allow_nan=False) + "\n")
+        self._file.write(json.dumps(finite(record), default=_jsonable, allow_nan=False) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
 
@@ -147,15 +147,15 @@ class ResultsWriter:
         self.close()
 
 
-def _finite(value: object) -> object:
+def finite(value: object) -> object:
     """Non-finite floats become null: the file stays strict JSON for every reader
     (a NaN loss is already said by the record's status)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 

@@ -306,7 +306,7 @@ def run_sweep(
     flops = {_record_flops_key(r): r["flops_per_step"] for r in existing if r.get("flops_per_step")}
     stopped = False
     t0 = time.monotonic()
-    bar = _progress(len(todo), progress)
+    bar = _progress(len(todo), progress and bool(todo))
     try:
         with ResultsWriter(opts.results) as writer:
             for spec in todo:

@@ -174,7 +174,9 @@ def display(table: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return table
     out = table.copy()
-    out["identical"] = out.apply(lambda r: f"{r.n_identical}/{r.R}", axis=1)
+    out["identical"] = [
+        f"{r.R} seeds" if r.setting == SEED_LABEL else f"{r.n_identical}/{r.R}" for r in out.itertuples()
+    ]
     keys = ["workload", "setting"] + [a for a in tables.AXES if a in out]
     cols = keys + [c for c in DISPLAY_COLUMNS if c in out]
     out = out[cols].rename(columns=DISPLAY_COLUMNS)

@@ -25,7 +25,12 @@ def compare_runs(a_path: Path, b_path: Path) -> tuple[pd.DataFrame, list[str]]:
     rows, missing = [], []
     for key in sorted(set(a_groups) | set(b_groups), key=str):
         if key not in a_groups or key not in b_groups:
-            missing.append("/".join(str(k) for k in key[:3]))
+            k = dict(zip(MATCH, key))
+            side = "A" if key in a_groups else "B"
+            missing.append(
+                f"{k['workload']}/{k['setting']} at {k['threads']} threads, batch {k['batch_size']}, "
+                f"image {k['image_size']} (only in {side})"
+            )
             continue
         a, b = a_groups[key], b_groups[key]
         (a_steps, strata), (b_steps, _) = kept_trials(a), kept_trials(b)

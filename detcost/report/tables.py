@@ -70,6 +70,8 @@ def speed_table(df: pd.DataFrame, *, bootstrap: int = 2000) -> pd.DataFrame:
     for key, group in trials.groupby(keys, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         per_label = {label: g for label, g in group.groupby("label", sort=False)}
+        busy = {label: _busy_count(g) for label, g in per_label.items()}
+        per_label = {label: _without_busy(g) for label, g in per_label.items()}
         timed = {k: v for k, v in per_label.items() if k != AA_LABEL}
         if not timed:
             continue
@@ -99,14 +101,44 @@ def speed_table(df: pd.DataFrame, *, bootstrap: int = 2000) -> pd.DataFrame:
                     "cold_start_s": _median(g, "cold_start_s"),
                     "peak_memory_bytes": _median(g, "peak_memory_bytes"),
                     "achieved_flops": _median(g, "achieved_flops"),
-                    "busy_trials": int(g["busy.busy"].fillna(False).astype(bool).sum()) if "busy.busy" in g else 0,
+                    "busy_trials": busy[label],
+                    "busy_trials_priced": _busy_count(g),
                 }
             )
     table = pd.DataFrame(rows)
     table["vs_default"] = table.apply(lambda r: _vs_default(table, r, keys), axis=1)
+    table["within_noise"] = _within_aa_noise(table, keys)
     order = {s: i for i, s in enumerate(setting_order(table["setting"]) + [AA_LABEL])}
     table["_o"] = table["setting"].map(lambda s: order.get(s, len(order)))
     return table.sort_values(keys + ["_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
+
+
+def _busy_count(g: pd.DataFrame) -> int:
+    return int(g["busy.busy"].fillna(False).astype(bool).sum()) if "busy.busy" in g else 0
+
+
+def _without_busy(g: pd.DataFrame) -> pd.DataFrame:
+    """Trials run while other processes took the CPU are left out of prices (they stay in
+    the results and are counted), unless no other trial of the label is left."""
+    if "busy.busy" not in g:
+        return g
+    quiet = g[~g["busy.busy"].fillna(False).astype(bool)]
+    return quiet if len(quiet) else g
+
+
+def _within_aa_noise(table: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """A price is within noise when its interval includes 1.00, or when it is no further
+    from 1.00 than the A/A control of the same group strayed (default against itself:
+    with few repeats the interval understates the spread between processes)."""
+    aa = table[table["setting"] == AA_LABEL]
+    band = pd.Series(0.0, index=table.index)
+    for _, r in aa.iterrows():
+        same = pd.Series(True, index=table.index)
+        for k in keys:
+            same &= table[k] == r[k]
+        band[same] = max(abs(r["price"] - 1), r["price_hi"] - 1, 1 - r["price_lo"])
+    inside = (table["price_lo"] <= 1.0) & (table["price_hi"] >= 1.0)
+    return inside | ((table["price"] - 1).abs() <= band)
 
 
 def kept_trials(g: pd.DataFrame) -> tuple[list[list[float]], list[int] | None]:
