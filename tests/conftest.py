@@ -16,6 +16,8 @@ from detcost.settings import SETTINGS, applied, get_setting  # noqa: E402
 from detcost.trial import TrialSpec  # noqa: E402
 
 QUICK = ["--quick", "--steps", "4", "--warmup", "1", "-q"]
+# Only the timed trials: no seed yardstick, A/A control, audit or profiled trials.
+TIMED_ONLY = ["--seeds", "0", "--no-aa", "--no-audit", "--no-explain"]
 
 
 def make_spec(**overrides) -> TrialSpec:
@@ -80,11 +82,7 @@ def failing_sweep(tmp_path_factory):
         "default",
         "--repeats",
         "1",
-        "--seeds",
-        "0",
-        "--no-aa",
-        "--no-explain",
-        "--no-audit",
+        *TIMED_ONLY,
         "--timeout",
         "8",
         "--results",

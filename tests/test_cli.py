@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from detcost.cli import main
+from tests.conftest import TIMED_ONLY
 
 
 def one_line_error(capsys, argv) -> str:
@@ -98,11 +99,7 @@ def test_resume_with_other_options_is_refused_and_the_file_kept(capsys, tmp_path
         "default",
         "--repeats",
         "1",
-        "--seeds",
-        "0",
-        "--no-aa",
-        "--no-audit",
-        "--no-explain",
+        *TIMED_ONLY,
         "--no-report",
         "-q",
         "--results",

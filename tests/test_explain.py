@@ -12,7 +12,7 @@ from detcost import explain, results, variance
 from detcost.cli import main
 from detcost.settings import DEFAULT_SETTINGS
 from detcost.trial import run_trial
-from tests.conftest import make_spec, run_cli
+from tests.conftest import TIMED_ONLY, make_spec, run_cli
 
 
 def test_profiling_attributes_strict_to_the_nan_fill_and_not_strict_nofill(explain_sweep):
@@ -64,11 +64,7 @@ def new_workloads(tmp_path_factory):
             "dilated,transposed,scatter,unet_lossfix",
             "--repeats",
             "1",
-            "--seeds",
-            "0",
-            "--no-aa",
-            "--no-audit",
-            "--no-explain",
+            *TIMED_ONLY,
             "--results",
             str(path),
         )

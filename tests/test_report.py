@@ -49,7 +49,8 @@ def test_run_writes_the_html_report_and_markdown_summary(report):
     assert text.count('<img src="data:image/png;base64,') == 5  # four figures and the explanation's chart
     assert "cuDNN flags do nothing" in text  # a CPU run says so
     assert AA_LABEL in text and SEED_LABEL in text
-    assert "## Recommendation" in md.read_text() and "torch.set_num_threads(" in md.read_text()
+    summary = md.read_text()  # what is recommended depends on this sweep's noisy timings; that it is said does not
+    assert "## Recommendation" in summary and ("torch.set_num_threads(" in summary or "No recommendation" in summary)
 
 
 def test_the_report_is_self_contained(report):
@@ -58,10 +59,22 @@ def test_the_report_is_self_contained(report):
     assert "https://" not in text and "@import" not in text and "<link" not in text
 
 
-def test_the_cpu_recommendation_is_default_with_a_fixed_thread_count(report):
-    md = report[1].read_text()
+def test_the_cpu_recommendation_is_default_with_a_fixed_thread_count(tmp_path, small_sweep):
+    """With every setting bitwise reproducible and no speed difference, the recommendation
+    is the setting that changes nothing. The small sweep's 4-step timings are noise, so
+    its records get identical step times here; everything else is as measured."""
+    records = [json.loads(x) for x in small_sweep.read_text().splitlines()]
+    for r in records:
+        if r.get("step_times_s"):
+            r["step_times_s"] = [0.010 + 0.001 * (j % 3) for j in range(len(r["step_times_s"]))]
+            r["samples_per_s"] = r["batch_size"] / 0.011
+    flat = tmp_path / "flat.jsonl"
+    flat.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    assert main(["report", str(flat), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "summary.md").read_text()
     assert "**Use `default`**" in md
     assert "bitwise reproducible on 2 of 2 workload groups" in md
+    assert "torch.set_num_threads(2)" in md
 
 
 def test_report_command_rebuilds_from_a_results_file(tmp_path, small_sweep, capsys):
@@ -212,4 +225,4 @@ def test_the_report_opens_in_headless_chromium_without_errors(report):
         browser.close()
     assert errors == []
     assert len(images) == 5 and all(images)
-    assert heading == "Recommendation" and "Use default" in recommendation
+    assert heading == "Recommendation" and recommendation.startswith(("Use ", "No recommendation"))

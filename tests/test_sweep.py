@@ -6,7 +6,7 @@ from pathlib import Path
 from detcost import results
 from detcost.settings import CANONICAL, DEFAULT_SETTINGS, get_setting
 from detcost.sweep import SweepOptions, plan
-from tests.conftest import run_cli
+from tests.conftest import TIMED_ONLY, run_cli
 
 
 def test_the_small_sweep_has_one_ok_record_per_workload_setting_repeat(small_sweep_df):
@@ -36,43 +36,33 @@ def test_the_aa_control_and_seed_yardstick_are_in_the_sweep(small_sweep_df):
     assert seeds.groupby("workload")["params_sha256"].nunique().eq(2).all()
 
 
+def _plan(**overrides):
+    base = {
+        "workloads": ["simple_cnn"],
+        "settings": list(CANONICAL),
+        "repeats": 2,
+        "seed": 0,
+        "device": "cpu",
+        "threads": [2],
+        "profile": "quick",
+        "results": Path("x.jsonl"),
+        "run_id": "x",
+        "audit": False,
+        "seeds": 0,
+        "explain": False,
+    }
+    return plan(SweepOptions(**{**base, **overrides}))
+
+
 def test_settings_are_interleaved_and_move_by_half_the_order_between_two_repeats():
-    opts = SweepOptions(
-        workloads=["simple_cnn"],
-        settings=list(CANONICAL),
-        repeats=2,
-        seed=0,
-        device="cpu",
-        threads=[2],
-        profile="quick",
-        results=Path("x.jsonl"),
-        run_id="x",
-        audit=False,
-        seeds=0,
-        explain=False,
-    )
-    order = [(s.kind, s.setting) for s in plan(opts)]
+    order = [(s.kind, s.setting) for s in _plan()]
     first, second = order[:7], order[7:]  # six settings and the A/A label per repeat
     assert sorted(first) == sorted(second) and ("aa", "default") in first
     assert all(abs(first.index(label) - second.index(label)) >= 3 for label in first)
 
 
 def test_the_aa_control_and_seed_yardstick_bring_default_into_the_sweep():
-    opts = SweepOptions(
-        workloads=["simple_cnn"],
-        settings=["strict"],
-        repeats=1,
-        seed=0,
-        device="cpu",
-        threads=[2],
-        profile="quick",
-        results=Path("x.jsonl"),
-        run_id="x",
-        audit=False,
-        seeds=2,
-        explain=False,
-    )
-    kinds = {(s.kind, s.setting) for s in plan(opts)}
+    kinds = {(s.kind, s.setting) for s in _plan(settings=["strict"], repeats=1, seeds=2)}
     assert kinds == {("timed", "default"), ("timed", "strict"), ("aa", "default"), ("seed", "default")}
 
 
@@ -122,11 +112,7 @@ def test_max_time_stops_cleanly_and_resume_finishes(tmp_path):
         "default,strict",
         "--repeats",
         "1",
-        "--seeds",
-        "0",
-        "--no-aa",
-        "--no-explain",
-        "--no-audit",
+        *TIMED_ONLY,
         "--results",
         str(path),
     ]

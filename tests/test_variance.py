@@ -8,7 +8,7 @@ from detcost import results, variance
 from detcost.audit import op_base
 from detcost.cli import main
 from detcost.trial import run_trial
-from tests.conftest import make_spec, run_cli
+from tests.conftest import TIMED_ONLY, make_spec, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +79,7 @@ def test_vary_init_makes_repeats_differ_from_the_first_step(tmp_path):
             "default",
             "--repeats",
             "2",
-            "--seeds",
-            "0",
-            "--no-aa",
-            "--no-explain",
-            "--no-audit",
+            *TIMED_ONLY,
             "--vary",
             "impl,init",
             "--results",
