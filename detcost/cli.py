@@ -1,4 +1,4 @@
-"""The `detcost` command: run | env | audit | variance (more arrive with their issues).
+"""The `detcost` command: run | report | compare | variance | explain | audit | selfcheck | env.
 
 Bad input ends in one line on stderr and exit code 2; an internal error in exit code 1.
 """
@@ -73,23 +73,17 @@ def _int_list(text: str) -> list[int]:
     return list(dict.fromkeys(values))
 
 
-def _memory_formats(text: str) -> list[str]:
-    valid = ("contiguous", "channels_last")
-    formats = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [f for f in formats if f not in valid]
-    if bad or not formats:
-        raise argparse.ArgumentTypeError(f"unknown memory format {', '.join(bad) or text!r}; valid: {', '.join(valid)}")
-    return list(dict.fromkeys(formats))
+def _choice_list(valid: tuple[str, ...], what: str):
+    """An argparse type: a comma list of names from `valid`, order kept, duplicates dropped."""
 
+    def parse(text: str) -> list[str]:
+        names = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [n for n in names if n not in valid]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(bad) or text!r}; valid: {', '.join(valid)}")
+        return list(dict.fromkeys(names))
 
-def _vary_list(text: str) -> list[str]:
-    from detcost.trial import VARY_MODES
-
-    modes = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [m for m in modes if m not in VARY_MODES]
-    if bad or not modes:
-        raise argparse.ArgumentTypeError(f"unknown mode {', '.join(bad) or text!r}; valid: {', '.join(VARY_MODES)}")
-    return list(dict.fromkeys(modes))
+    return parse
 
 
 # ---- device -------------------------------------------------------------------------
@@ -127,6 +121,7 @@ def resolve_device(requested: str) -> str:
 
 
 def _add_run(sub) -> None:
+    from detcost.trial import MEMORY_FORMATS, VARY_MODES
     from detcost.workloads import BUILTIN
 
     p = sub.add_parser("run", help="run a sweep: workloads x settings x repeats, each trial in a fresh process")
@@ -158,7 +153,7 @@ def _add_run(sub) -> None:
     )
     p.add_argument(
         "--vary",
-        type=_vary_list,
+        type=_choice_list(VARY_MODES, "mode"),
         default=["impl"],
         help="what differs between repeats, comma list: impl (only the kernels: same seed, fresh "
         "processes; default), init (initialisation), data (data order and samples), all",
@@ -194,7 +189,7 @@ def _add_run(sub) -> None:
     )
     p.add_argument(
         "--memory-format",
-        type=_memory_formats,
+        type=_choice_list(MEMORY_FORMATS, "memory format"),
         default=["contiguous"],
         help="comma list of contiguous, channels_last: each trial runs in each (default: contiguous)",
     )

@@ -39,6 +39,7 @@ from detcost.workloads import Workload, WorkloadConfig, get_workload
 SCHEMA_VERSION = 1
 KINDS = ("timed", "aa", "seed", "audit", "profiled")
 VARY_MODES = ("impl", "init", "data", "all")
+MEMORY_FORMATS = ("contiguous", "channels_last")
 SAMPLE_SIZE = 4096  # parameter coordinates kept at each checkpoint
 SAMPLE_SEED = 20240601  # fixed: the same coordinates in every trial of a workload
 ERROR_CHARS = 300
