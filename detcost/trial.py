@@ -326,92 +326,112 @@ def _strata(wl: Workload, spec: TrialSpec) -> list[int] | None:
     return [index[s] for s in shapes]
 
 
-def _measure(spec: TrialSpec, results_dir: Path | None) -> dict:
-    """Build, warm up, time, capture. Runs inside `applied(setting)`."""
-    device, out = spec.device, {}
-    t_build = time.perf_counter()
-    wl = _build(spec)
-    synchronize(device)
-    out["build_s"] = time.perf_counter() - t_build
-    out["memory_format_read_back"] = _memory_format_of(wl.model)
+class _StepLog:
+    """Each step's loss and the parameter snapshots at checkpoints 1, 2, 4, ..., kept on
+    the device (no sync, no host copy) until the trial reads them after timing."""
 
-    ckpts = checkpoint_steps(spec.total_steps)
-    snap_at = {step: k for k, step in enumerate(ckpts)}
-    sampler = ParamSampler(wl.model, len(ckpts))
-    losses = torch.zeros(spec.total_steps, device=device)
-    wl.model.train()
-    cpu_start = cpu_sample()
+    def __init__(self, model: torch.nn.Module, total_steps: int, device: str):
+        self.checkpoints = checkpoint_steps(total_steps)
+        self.snap_at = {step: k for k, step in enumerate(self.checkpoints)}
+        self.sampler = ParamSampler(model, len(self.checkpoints))
+        self.losses = torch.zeros(total_steps, device=device)
 
-    # Cold start: the first steps, where cuDNN autotunes (synchronising here is outside
-    # the timed region).
-    t0 = time.perf_counter()
+    def record(self, i: int, loss: torch.Tensor) -> None:
+        """After step i (0-based): keep its loss, and snapshot if step i + 1 is a checkpoint."""
+        self.losses[i] = loss.detach()
+        if i + 1 in self.snap_at:
+            self.sampler.take(self.snap_at[i + 1])
+
+
+def _warm_up(spec: TrialSpec, wl: Workload, log: _StepLog) -> dict:
+    """The cold start: the first steps, where cuDNN autotunes (synchronising here is
+    outside the timed region)."""
+    out, t0 = {}, time.perf_counter()
     for i in range(spec.warmup):
         x, y = wl.batches[i]
-        losses[i] = _train_step(wl, x, y).detach()
+        log.record(i, _train_step(wl, x, y))
         if i == 0:
-            synchronize(device)
+            synchronize(spec.device)
             out["first_step_s"] = time.perf_counter() - t0
-        if i + 1 in snap_at:
-            sampler.take(snap_at[i + 1])
-    synchronize(device)
+    synchronize(spec.device)
     out["cold_start_s"] = time.perf_counter() - t0 if spec.warmup else None
+    return out
 
-    def after_step(j: int, loss: torch.Tensor) -> None:  # device work only: no sync, no host copy
-        i = spec.warmup + j
-        losses[i] = loss.detach()
-        if i + 1 in snap_at:
-            sampler.take(snap_at[i + 1])
 
-    reset_peak_memory(device)
+def _timing(spec: TrialSpec, wl: Workload, log: _StepLog) -> dict:
+    """The timed region and its statistics; peak memory and the busy guard around it."""
+    out, cpu_start = {}, cpu_sample()
+    reset_peak_memory(spec.device)
     t0 = time.perf_counter()
-    times = timed_steps(wl, wl.batches[spec.warmup : spec.total_steps], device, after_step)
+    times = timed_steps(
+        wl, wl.batches[spec.warmup : spec.total_steps], spec.device, lambda j, loss: log.record(spec.warmup + j, loss)
+    )
     out["region_s"] = time.perf_counter() - t0
-    out["peak_memory_bytes"], out["memory_metric"] = peak_memory(device)
+    out["peak_memory_bytes"], out["memory_metric"] = peak_memory(spec.device)
     out["busy"] = busy_report(cpu_start, cpu_sample(), torch.get_num_threads())
-
     # All step times are kept raw; steps that took a snapshot are left out of the
     # statistics (unless every timed step took one, as in a run of a step or two).
-    snapped = [j for j in range(spec.steps) if spec.warmup + j + 1 in snap_at]
+    snapped = [j for j in range(spec.steps) if spec.warmup + j + 1 in log.snap_at]
     out["step_times_s"] = times
     out["excluded_steps"] = snapped if len(snapped) < len(times) else []
     out["step_strata"] = _strata(wl, spec)
     out.update(summarize(*kept_steps(out), batch=spec.batch))
+    return out
 
-    losses_cpu = losses.cpu()
-    out["final_loss"] = float(losses_cpu[-1])
-    bad = (~torch.isfinite(losses_cpu)).nonzero()
-    out["first_nonfinite_step"] = int(bad[0]) + 1 if len(bad) else None
 
+def _outcome(wl: Workload, log: _StepLog) -> tuple[dict, dict]:
+    """The fingerprints of what training produced, and the arrays for the sidecar."""
+    losses = log.losses.cpu()
+    bad = (~torch.isfinite(losses)).nonzero()
     wl.model.eval()
     with torch.no_grad():
         ex, ey = wl.eval_batch
         logits = wl.model(ex)
     preds = logits.argmax(1)
-    out["eval_accuracy"] = float((preds == ey).float().mean())
-    out["params_sha256"] = tensors_sha256(sampler.params)
-    out["logits_sha256"] = tensors_sha256([logits])
+    out = {
+        "final_loss": float(losses[-1]),
+        "first_nonfinite_step": int(bad[0]) + 1 if len(bad) else None,
+        "eval_accuracy": float((preds == ey).float().mean()),
+        "params_sha256": tensors_sha256(log.sampler.params),
+        "logits_sha256": tensors_sha256([logits]),
+    }
+    arrays = {
+        "checkpoints": np.asarray(log.checkpoints),
+        "param_samples": log.sampler.samples.cpu().numpy(),
+        "param_norms": log.sampler.norms.cpu().numpy(),
+        "losses": losses.numpy(),
+        "eval_logits": logits.float().cpu().numpy(),
+        "eval_preds": preds.cpu().numpy(),
+    }
+    return out, arrays
 
+
+def _flops(spec: TrialSpec, wl: Workload, median_step_s: float) -> dict:
     if spec.known_flops:
-        out["flops_per_step"], out["flops_source"] = spec.known_flops, "earlier trial"
+        flops, source = spec.known_flops, "earlier trial"
     else:
-        out["flops_per_step"] = flops_per_step(wl.model, wl.loss_fn, wl.batches[: spec.total_steps])
-        out["flops_source"] = "counted"
-    median = out["step_time_median_s"]
-    out["achieved_flops"] = out["flops_per_step"] / median if out["flops_per_step"] else None
+        flops, source = flops_per_step(wl.model, wl.loss_fn, wl.batches[: spec.total_steps]), "counted"
+    return {"flops_per_step": flops, "flops_source": source, "achieved_flops": flops / median_step_s if flops else None}
 
+
+def _measure(spec: TrialSpec, results_dir: Path | None) -> dict:
+    """Build, warm up, time, capture. Runs inside `applied(setting)`."""
+    t_build = time.perf_counter()
+    wl = _build(spec)
+    synchronize(spec.device)
+    out = {"build_s": time.perf_counter() - t_build, "memory_format_read_back": _memory_format_of(wl.model)}
+    log = _StepLog(wl.model, spec.total_steps, spec.device)
+    wl.model.train()
+    out.update(_warm_up(spec, wl, log))
+    out.update(_timing(spec, wl, log))
+    outcome, arrays = _outcome(wl, log)
+    out.update(outcome)
+    out.update(_flops(spec, wl, out["step_time_median_s"]))
     if spec.sidecar and results_dir is not None:
+        if spec.keep_params:
+            arrays["params"] = torch.cat([p.detach().float().reshape(-1) for p in log.sampler.params]).cpu().numpy()
         path = results_dir / spec.sidecar
         path.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {
-            "checkpoints": np.asarray(ckpts),
-            "param_samples": sampler.samples.cpu().numpy(),
-            "param_norms": sampler.norms.cpu().numpy(),
-            "losses": losses_cpu.numpy(),
-            "eval_logits": logits.float().cpu().numpy(),
-            "eval_preds": preds.cpu().numpy(),
-        }
-        if spec.keep_params:
-            arrays["params"] = torch.cat([p.detach().float().reshape(-1) for p in sampler.params]).cpu().numpy()
         np.savez(path, **arrays)
         out["sidecar"] = spec.sidecar
     return out
