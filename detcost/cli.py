@@ -297,13 +297,13 @@ def _warn_other_gpu_users(device: str) -> None:
 
 
 def _print_summary(df, outcome, wall: float, as_json: bool, report=None) -> None:
-    from detcost.report.tables import AA_LABEL, CPU_NOTE, failures, is_cpu, speed_pivot, speed_table
+    from detcost.report.tables import AA_LABEL, CPU_NOTE, busy_count, failures, is_cpu, speed_pivot, speed_table
 
     table = speed_table(df)
     failed = failures(df)
     timed = df[df["kind"] == "timed"] if not df.empty else df
     ok = int((timed["status"] == "ok").sum()) if not timed.empty else 0
-    busy = int(df["busy.busy"].fillna(False).astype(bool).sum()) if "busy.busy" in df else 0
+    busy = busy_count(df)
     if as_json:
         _print_json(
             {
@@ -580,29 +580,17 @@ def _add_audit(sub) -> None:
 
 
 def cmd_audit(args) -> int:
-    import torch
-
-    from detcost.sweep import SweepOptions, _spec, run_isolated, start_method
+    from detcost.sweep import run_isolated, start_method
     from detcost.timing import is_cuda
+    from detcost.trial import TrialSpec
     from detcost.workloads import parse_workloads
 
     workloads = [w.name for w in parse_workloads(args.workloads)]
     device = resolve_device(args.device)
     profile = "quick" if args.quick else ("gpu" if is_cuda(device) else "cpu")
-    opts = SweepOptions(
-        workloads=workloads,
-        settings=["strict"],
-        repeats=1,
-        seed=0,
-        device=device,
-        threads=[torch.get_num_threads()],
-        profile=profile,
-        results=Path("audit.jsonl"),
-        run_id="audit",
-    )
     method = start_method("auto", device)
     records = [
-        run_isolated(_spec(opts, "audit", w, "strict", 0, 0, opts.threads[0], "contiguous"), method=method)
+        run_isolated(TrialSpec.at_profile(w, "strict", device, profile, run_id="audit", kind="audit"), method=method)
         for w in workloads
     ]
     if args.json:

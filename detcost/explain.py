@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from detcost.report.tables import is_cpu
 from detcost.timing import is_cuda, synchronize
 
 PROFILE_STEPS = 3
@@ -179,8 +180,7 @@ def load_profiles(df: pd.DataFrame) -> pd.DataFrame:
 def reference_setting(df: pd.DataFrame, workload: str, speed: pd.DataFrame | None) -> str:
     """`default` on the CPU (where the fastest cuDNN-only setting is picked by noise);
     the fastest timed setting elsewhere."""
-    cpu = df["device"].astype(str).str.startswith("cpu").all()
-    if cpu or speed is None or speed.empty:
+    if is_cpu(df) or speed is None or speed.empty:
         return "default"
     rows = speed[(speed["workload"] == workload) & (speed["price"] == 1.0)]
     return str(rows["setting"].iloc[0]) if len(rows) else "default"
@@ -219,7 +219,7 @@ def attribution(df: pd.DataFrame, speed: pd.DataFrame | None = None, top: int = 
     profiles = load_profiles(df)
     if profiles.empty:
         return pd.DataFrame()
-    cuda = not df["device"].astype(str).str.startswith("cpu").all()
+    cuda = not is_cpu(df)
     rows = []
     for workload, ops in profiles.groupby("workload", sort=False):
         ref = reference_setting(df, workload, speed)

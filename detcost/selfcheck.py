@@ -38,26 +38,6 @@ class Check:
     command: str = "detcost selfcheck"
 
 
-def _spec(workload: str, device: str, steps: int, warmup: int, threads: int, profile: str) -> TrialSpec:
-    from detcost.workloads import get_workload
-
-    size = get_workload(workload).size(profile)
-    return TrialSpec(
-        run_id="selfcheck",
-        kind="timed",
-        workload=workload,
-        setting="default",
-        repeat=0,
-        seed=0,
-        device=device,
-        threads=threads,
-        steps=steps,
-        warmup=warmup,
-        batch=size.batch,
-        image=size.image,
-    )
-
-
 def _bare_loop(wl, batches, device: str) -> float:
     """Mean step time of the loop a user would write: no per-step marks, one sync at the end."""
     synchronize(device)
@@ -189,10 +169,7 @@ def run_all(
     profile = profile or ("gpu" if is_cuda(device) else "cpu")
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    from detcost.workloads import get_workload
-
-    size = get_workload(workload).size(profile)
-    spec = _spec(workload, device, size.steps, size.warmup, threads, profile)
+    spec = TrialSpec.at_profile(workload, "default", device, profile, run_id="selfcheck", threads=threads)
     return [
         harness_overhead(spec),
         timer_agreement(spec),

@@ -167,14 +167,19 @@ def applied(setting: Setting, *, warn_only: bool = False) -> Iterator[Setting]:
         _set_torch_state(*saved)
 
 
-def apply_env(setting: Setting, environ: dict | None = None) -> None:
-    """Put the setting's environment into `environ` (the trial process's os.environ)."""
+def set_environ(pairs, environ: dict | None = None) -> None:
+    """Set each (key, value) in `environ` (default os.environ); a None value unsets the key."""
     environ = os.environ if environ is None else environ
-    for key, value in setting.env:
+    for key, value in pairs:
         if value is None:
             environ.pop(key, None)
         else:
             environ[key] = value
+
+
+def apply_env(setting: Setting, environ: dict | None = None) -> None:
+    """Put the setting's environment into `environ` (the trial process's os.environ)."""
+    set_environ(setting.env, environ)
 
 
 def snippet(setting: Setting, seed: int = 0) -> str:

@@ -104,19 +104,18 @@ def _spec(
     vary: str = "impl",
 ) -> TrialSpec:
     size = get_workload(workload).size(opts.profile)
-    spec = TrialSpec(
+    spec = TrialSpec.at_profile(
+        workload,
+        setting,
+        opts.device,
+        opts.profile,
         run_id=opts.run_id,
         kind=kind,
-        workload=workload,
-        setting=setting,
         repeat=repeat,
         seed=seed,
-        device=opts.device,
         threads=threads,
         steps=opts.steps or size.steps,
         warmup=size.warmup if opts.warmup is None else opts.warmup,
-        batch=size.batch,
-        image=size.image,
         vary=vary,
         memory_format=memory_format,
         keep_params=opts.keep_params,

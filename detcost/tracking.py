@@ -13,7 +13,6 @@ from detcost import results, variance
 from detcost.report.tables import speed_table
 from detcost.sweep import SweepOptions, run_sweep
 from detcost.trial import TrainStep, TrialSpec
-from detcost.workloads import get_workload
 
 
 def sweep_figures(workloads, settings, repeats: int, profile: str, device: str, steps: int | None = None) -> dict:
@@ -67,20 +66,4 @@ def sweep_figures(workloads, settings, repeats: int, profile: str, device: str, 
 
 def train_step(workload: str, setting: str, device: str, profile: str) -> TrainStep:
     """One training step of a workload under a setting, at a profile's sizes, for asv's timer."""
-    size = get_workload(workload).size(profile)
-    return TrainStep(
-        TrialSpec(
-            run_id="step",
-            kind="timed",
-            workload=workload,
-            setting=setting,
-            repeat=0,
-            seed=0,
-            device=device,
-            threads=torch.get_num_threads(),
-            steps=size.steps,
-            warmup=size.warmup,
-            batch=size.batch,
-            image=size.image,
-        )
-    )
+    return TrainStep(TrialSpec.at_profile(workload, setting, device, profile, run_id="step"))

@@ -22,7 +22,7 @@ import torch
 
 from detcost import env as envmod
 from detcost.seeding import derive_seed, seed_everything
-from detcost.settings import applied, apply_env, get_setting, read_flags
+from detcost.settings import applied, apply_env, get_setting, read_flags, set_environ
 from detcost.timing import (
     StepTimer,
     busy_report,
@@ -94,6 +94,24 @@ class TrialSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def at_profile(cls, workload: str, setting: str, device: str, profile: str, **fields) -> TrialSpec:
+        """A trial of `workload` under `setting` at the sizes its `profile` declares; other
+        fields (kind, repeat, seed, threads, steps, ...) default to one timed trial."""
+        size = get_workload(workload).size(profile)
+        base = {
+            "run_id": "adhoc",
+            "kind": "timed",
+            "repeat": 0,
+            "seed": 0,
+            "threads": torch.get_num_threads(),
+            "steps": size.steps,
+            "warmup": size.warmup,
+            "batch": size.batch,
+            "image": size.image,
+        }
+        return cls(workload=workload, setting=setting, device=device, **{**base, **fields})
 
     @classmethod
     def from_dict(cls, d: dict) -> TrialSpec:
@@ -280,11 +298,7 @@ class TrainStep:
 
     def close(self) -> None:
         self._setting.__exit__(None, None, None)
-        for key, value in self._saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        set_environ(self._saved_env.items())
 
     def __enter__(self) -> TrainStep:
         return self
@@ -486,11 +500,7 @@ _RUNNERS = {"timed": _measure, "aa": _measure, "seed": _measure, "audit": _audit
 def child_main(spec_dict: dict, environ: dict, results_dir: str | None, conn) -> None:
     """Entry point of a trial process: set the environment the parent chose (before
     anything touches CUDA), run the trial, send the record back."""
-    for key, value in environ.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    set_environ(environ.items())
     spec = TrialSpec.from_dict(spec_dict)
     record = run_trial(spec, results_dir)
     conn.send(record)

@@ -17,7 +17,7 @@ from detcost import explain, results, variance
 from detcost.audit import workaround
 from detcost.report import figures
 from detcost.report.recommend import DEFAULT_MAX_SLOWDOWN, Recommendation, recommend
-from detcost.report.tables import AA_LABEL, AXES, CPU_NOTE, failures, is_cpu, speed_table
+from detcost.report.tables import AA_LABEL, AXES, CPU_NOTE, busy_count, failures, is_cpu, speed_table
 from detcost.settings import SETTINGS
 
 ENV_FIELDS = (
@@ -259,7 +259,7 @@ def machine_section(df: pd.DataFrame, name: str, max_slowdown: float) -> dict:
     failed = failures(df)
     if not failed.empty:
         failed = failed.assign(workaround=[workaround(e) or "" for e in failed["error"]])
-    busy = int(df["busy.busy"].fillna(False).astype(bool).sum()) if "busy.busy" in df else 0
+    busy = busy_count(df)
     return {
         "name": name,
         "cpu": cpu,

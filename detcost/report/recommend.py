@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import pandas as pd
 
-from detcost.report.tables import AA_LABEL, ok_trials, setting_order, speed_table
+from detcost.report.tables import AA_LABEL, is_cpu, ok_trials, setting_order, speed_table
 from detcost.settings import SETTINGS, get_setting, snippet
 from detcost.variance import SEED_LABEL
 
@@ -106,7 +106,7 @@ def _cpu_pooled_prices(df: pd.DataFrame) -> tuple[pd.DataFrame, callable, list[s
 def recommend(
     df: pd.DataFrame, speed: pd.DataFrame, var: pd.DataFrame, max_slowdown: float = DEFAULT_MAX_SLOWDOWN
 ) -> Recommendation:
-    cpu = not df.empty and df["device"].astype(str).str.startswith("cpu").all()
+    cpu = is_cpu(df)
     pooled: list[str] = []
     if cpu:
         speed, price_label, pooled = _cpu_pooled_prices(df)

@@ -70,7 +70,7 @@ def speed_table(df: pd.DataFrame, *, bootstrap: int = 2000) -> pd.DataFrame:
     for key, group in trials.groupby(keys, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         per_label = {label: g for label, g in group.groupby("label", sort=False)}
-        busy = {label: _busy_count(g) for label, g in per_label.items()}
+        busy = {label: busy_count(g) for label, g in per_label.items()}
         per_label = {label: _without_busy(g) for label, g in per_label.items()}
         timed = {k: v for k, v in per_label.items() if k != AA_LABEL}
         if not timed:
@@ -102,7 +102,7 @@ def speed_table(df: pd.DataFrame, *, bootstrap: int = 2000) -> pd.DataFrame:
                     "peak_memory_bytes": _median(g, "peak_memory_bytes"),
                     "achieved_flops": _median(g, "achieved_flops"),
                     "busy_trials": busy[label],
-                    "busy_trials_priced": _busy_count(g),
+                    "busy_trials_priced": busy_count(g),
                 }
             )
     table = pd.DataFrame(rows)
@@ -113,7 +113,8 @@ def speed_table(df: pd.DataFrame, *, bootstrap: int = 2000) -> pd.DataFrame:
     return table.sort_values(keys + ["_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
 
 
-def _busy_count(g: pd.DataFrame) -> int:
+def busy_count(g: pd.DataFrame) -> int:
+    """How many trials the busy-machine guard flagged."""
     return int(g["busy.busy"].fillna(False).astype(bool).sum()) if "busy.busy" in g else 0
 
 
