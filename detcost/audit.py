@@ -9,37 +9,19 @@ steps run under `strict` proper, to say whether `strict` fails here and with wha
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections import Counter, defaultdict
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from detcost.ops import ALERT_MARK, alert_op, op_base
+from detcost.record import TrialParts, TrialSpec, one_line
 from detcost.settings import applied, get_setting
+from detcost.train import build, read_back, run_steps
 
 AUDIT_STEPS = 2
-# Known ways around ops that strict mode rejects on CUDA, keyed by the op's base name.
-WORKAROUNDS = {
-    "nll_loss2d": "compute F.cross_entropy(logits, target, reduction='none').mean(): no atomic reduction, so "
-    "strict accepts it (workload unet_lossfix)",
-    "upsample_bilinear2d": "turn strict on before the forward pass (bilinear interpolate is then decomposed into "
-    "deterministic ops), or upsample with mode='nearest'",
-    "adaptive_avg_pool2d": "pool to output size 1, or use avg_pool2d with a fixed kernel",
-    "index_add": "accumulate with index_put_(..., accumulate=True), which has a sort-based deterministic path",
-    "scatter_add": "accumulate with index_put_(..., accumulate=True), which has a sort-based deterministic path",
-    "put": "write with index_put_ or an out-of-place torch.where instead of put_",
-}
-ALERT_MARK = "does not have a deterministic implementation"
 OUTSIDE = "(outside the model: loss or training loop)"
-# Words that name a kernel variant rather than the op ("upsample_bilinear2d_backward_out_cuda").
-_VARIANT_WORDS = {"backward", "forward", "out", "cuda", "cpu", "template", "kernel", "mps"}
-
-
-def op_base(name: str) -> str:
-    """`upsample_bilinear2d_backward_out_cuda` and `aten.upsample_bilinear2d.vec` -> `upsample_bilinear2d`."""
-    name = name.split("aten.", 1)[-1].split(".", 1)[0].strip("_").lower()
-    return "_".join(w for w in name.split("_") if w and w not in _VARIANT_WORDS)
 
 
 class _OpOwners(TorchDispatchMode):
@@ -75,68 +57,42 @@ def _pop(stack: list[str]) -> None:
     stack.pop()
 
 
-def _alert_op(message: str) -> str:
-    match = re.match(r"\s*([\w.:<>]+)\s+" + ALERT_MARK, message)
-    return match.group(1) if match else message.split(" ", 1)[0]
-
-
-def _steps(spec, wl, n: int) -> None:
-    from detcost.trial import _train_step
-
-    wl.model.train()
-    for x, y in wl.batches[:n]:
-        _train_step(wl, x, y)
-
-
-def audit_workload(spec, steps: int = AUDIT_STEPS) -> dict:
-    """Alerts of `steps` training steps with module attribution, and strict's verdict."""
-    from detcost.trial import _build, one_line
-
-    strict = get_setting("strict")
+def _alerts(spec: TrialSpec, steps: int) -> tuple[list[dict], dict]:
+    """The alerts of `steps` training steps under warn-only strict, each with the modules
+    whose ops raised it; and the workload's read-back."""
     stack: list[str] = []
-    with applied(strict, warn_only=True):
-        wl = _build(spec)
+    with applied(get_setting("strict"), warn_only=True):
+        wl = build(spec)
         handles = _module_stack_hooks(wl.model, stack)
         owners = _OpOwners(stack)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with owners:
-                _steps(spec, wl, steps)
+                run_steps(wl, wl.batches[:steps])
         for h in handles:
             h.remove()
-    alerts: Counter = Counter(_alert_op(str(w.message)) for w in caught if ALERT_MARK in str(w.message))
+    alerts: Counter = Counter(alert_op(str(w.message)) for w in caught if ALERT_MARK in str(w.message))
     found = [
-        {
-            "op": op,
-            "count": count,
-            "modules": sorted(owners.owners.get(op_base(op), set())) or ["(not traced)"],
-        }
+        {"op": op, "count": count, "modules": sorted(owners.owners.get(op_base(op), set())) or ["(not traced)"]}
         for op, count in alerts.most_common()
     ]
-    strict_error = None
+    return found, read_back(wl)
+
+
+def _strict_error(spec: TrialSpec, steps: int) -> str | None:
+    """What `strict` proper says about the same steps: None when it runs."""
     try:
-        with applied(strict):
-            _steps(spec, _build(spec), steps)
+        with applied(get_setting("strict")):
+            wl = build(spec)
+            run_steps(wl, wl.batches[:steps])
     except Exception as exc:
-        strict_error = one_line(exc)
-    return {
-        "audit": {
-            "steps": steps,
-            "alerts": found,
-            "strict_fails": strict_error is not None,
-            "strict_error": strict_error,
-        }
-    }
+        return one_line(exc)
+    return None
 
 
-def run_audit(spec) -> dict:
-    """The audit as a trial kind (`kind == "audit"`), run in its own fresh process."""
-    return audit_workload(spec)
-
-
-def workaround(message: str | None) -> str | None:
-    """A known way around the op a strict-mode error names, if there is one."""
-    if not message or ALERT_MARK not in message:
-        return None
-    op = op_base(_alert_op(message.split(": ", 1)[-1]))
-    return next((fix for name, fix in WORKAROUNDS.items() if op == name or op.startswith(name)), None)
+def run(spec: TrialSpec, results_dir=None, steps: int = AUDIT_STEPS) -> TrialParts:
+    """The audit as a trial kind: alerts with module attribution, and strict's verdict."""
+    found, back = _alerts(spec, steps)
+    error = _strict_error(spec, steps)
+    audit = {"steps": steps, "alerts": found, "strict_fails": error is not None, "strict_error": error}
+    return TrialParts(payload={"audit": audit}, read_back=back)

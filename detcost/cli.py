@@ -24,10 +24,6 @@ def _print_json(value) -> None:
     print(json.dumps(finite(value), indent=2, default=str, allow_nan=False))
 
 
-def _records(df) -> list[dict]:
-    return df.astype(object).where(df.notna(), None).to_dict(orient="records") if len(df) else []
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (no usage dump) and exit code 2."""
 
@@ -66,62 +62,28 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _int_list(text: str) -> list[int]:
-    values = [_positive_int(t.strip()) for t in text.split(",") if t.strip()]
-    if not values:
-        raise argparse.ArgumentTypeError("give at least one value")
-    return list(dict.fromkeys(values))
+# ---- commands -----------------------------------------------------------------------
 
 
-def _choice_list(valid: tuple[str, ...], what: str):
-    """An argparse type: a comma list of names from `valid`, order kept, duplicates dropped."""
+def _add_axes(p) -> None:
+    """One option per registered axis (`--threads`, `--vary`, `--memory-format`, ...)."""
+    from detcost import axes
 
-    def parse(text: str) -> list[str]:
-        names = [t.strip() for t in text.split(",") if t.strip()]
-        bad = [n for n in names if n not in valid]
-        if bad or not names:
-            raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(bad) or text!r}; valid: {', '.join(valid)}")
-        return list(dict.fromkeys(names))
+    for axis, _ in axes.each({}):
+        p.add_argument(axis.flag, dest=f"axis_{axis.name}", type=_axis_values(axis), default=None, help=axis.help)
+
+
+def _axis_values(axis):
+    def parse(text: str) -> list:
+        try:
+            return axis.parse_list(text)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{axis.flag}: ")) from None
 
     return parse
 
 
-# ---- device -------------------------------------------------------------------------
-
-
-def _cuda_build(torch) -> str:
-    return f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
-
-
-def resolve_device(requested: str) -> str:
-    """auto -> cuda:0 when CUDA is usable, else cpu; cuda[:N] must exist."""
-    from detcost.env import cuda_available
-
-    if requested == "cpu":
-        return "cpu"
-    if requested == "auto":
-        return "cuda:0" if cuda_available() else "cpu"
-    if requested == "cuda" or requested.startswith("cuda:"):
-        import torch
-
-        if not cuda_available():
-            raise UsageError(
-                f"--device {requested}: CUDA is not available (torch {torch.__version__}, {_cuda_build(torch)})"
-            )
-        index = 0 if requested == "cuda" else requested.split(":", 1)[1]
-        if not str(index).isdigit() or int(index) >= torch.cuda.device_count():
-            raise UsageError(
-                f"--device {requested}: no such GPU; this machine has cuda:0 to cuda:{torch.cuda.device_count() - 1}"
-            )
-        return f"cuda:{int(index)}"
-    raise UsageError(f"--device {requested!r}: use auto, cpu, cuda or cuda:N")
-
-
-# ---- commands -----------------------------------------------------------------------
-
-
 def _add_run(sub) -> None:
-    from detcost.trial import MEMORY_FORMATS, VARY_MODES
     from detcost.workloads import BUILTIN
 
     p = sub.add_parser("run", help="run a sweep: workloads x settings x repeats, each trial in a fresh process")
@@ -151,17 +113,8 @@ def _add_run(sub) -> None:
         help="seed yardstick: trials of the reference setting with this many other seeds "
         "(default: %(default)s; 0 skips)",
     )
-    p.add_argument(
-        "--vary",
-        type=_choice_list(VARY_MODES, "mode"),
-        default=["impl"],
-        help="what differs between repeats, comma list: impl (only the kernels: same seed, fresh "
-        "processes; default), init (initialisation), data (data order and samples), all",
-    )
     p.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:N")
-    p.add_argument(
-        "--threads", type=_int_list, default=None, help="CPU thread counts, comma list (default: torch's default)"
-    )
+    _add_axes(p)
     p.add_argument("--quick", action="store_true", help="small sizes and few steps: a smoke run")
     p.add_argument("--results", type=Path, default=None, help="results JSONL (default: results/<run-id>.jsonl)")
     p.add_argument(
@@ -188,12 +141,6 @@ def _add_run(sub) -> None:
         help="skip the profiled trials that explain the price (one per workload x setting)",
     )
     p.add_argument(
-        "--memory-format",
-        type=_choice_list(MEMORY_FORMATS, "memory format"),
-        default=["contiguous"],
-        help="comma list of contiguous, channels_last: each trial runs in each (default: contiguous)",
-    )
-    p.add_argument(
         "--start-method",
         choices=("auto", "forkserver", "spawn"),
         default="auto",
@@ -209,8 +156,8 @@ def _add_run(sub) -> None:
 
 
 def _sweep_options(args):
-    import torch
-
+    from detcost import axes
+    from detcost.env import resolve_device
     from detcost.settings import DEFAULT_SETTINGS, parse_settings
     from detcost.sweep import SweepOptions, new_run_id
     from detcost.timing import is_cuda
@@ -220,7 +167,6 @@ def _sweep_options(args):
     settings = [s.name for s in parse_settings(args.settings or ",".join(DEFAULT_SETTINGS))]
     device = resolve_device(args.device)
     cuda = is_cuda(device)
-    profile = "quick" if args.quick else ("gpu" if cuda else "cpu")
     run_id = new_run_id()
     results = args.results or Path("results") / f"{run_id}.jsonl"
     if results.exists() and results.is_dir():
@@ -231,8 +177,8 @@ def _sweep_options(args):
         repeats=args.repeats or (3 if cuda else 2),
         seed=args.seed,
         device=device,
-        threads=args.threads or [torch.get_num_threads()],
-        profile=profile,
+        axes={name: getattr(args, f"axis_{name}") for name in axes.names() if getattr(args, f"axis_{name}")},
+        profile="quick" if args.quick else ("gpu" if cuda else "cpu"),
         results=results,
         run_id=run_id,
         steps=args.steps,
@@ -242,8 +188,6 @@ def _sweep_options(args):
         aa=not args.no_aa,
         audit=not args.no_audit,
         explain=not args.no_explain,
-        memory_formats=args.memory_format,
-        vary=args.vary,
         keep_params=args.keep_params,
         start_method=args.start_method,
         max_time=args.max_time,
@@ -252,6 +196,8 @@ def _sweep_options(args):
 
 def cmd_run(args) -> int:
     from detcost import results as results_mod
+    from detcost.derive.prices import speed_table
+    from detcost.report import text
     from detcost.sweep import estimate_seconds, plan, run_sweep
 
     opts = _sweep_options(args)
@@ -260,7 +206,13 @@ def cmd_run(args) -> int:
             "note: default added to the settings: the A/A control and the seed yardstick run under it", file=sys.stderr
         )
     if args.dry_run:
-        return _print_plan(plan(opts), estimate_seconds(plan(opts), opts.profile), args.json)
+        specs = plan(opts)
+        seconds = estimate_seconds(specs, opts.profile)
+        if args.json:
+            _print_json({"trials": [s.trial_id for s in specs], "estimated_s": seconds})
+        else:
+            print(text.plan_text(specs, seconds))
+        return EXIT_OK
     _warn_other_gpu_users(opts.device)
     t0 = time.monotonic()
     outcome = run_sweep(opts, resume=args.resume, progress=not args.quiet)
@@ -272,18 +224,12 @@ def cmd_run(args) -> int:
         from detcost.report.build import build_report
 
         paths = build_report([outcome.results], args.report, max_slowdown=args.max_slowdown)
-    _print_summary(df, outcome, wall, args.json, paths)
+    speed = speed_table(df)
+    if args.json:
+        _print_json(text.run_summary_json(df, speed, outcome, wall, paths))
+    else:
+        print(text.run_summary(df, speed, outcome, wall, paths))
     return EXIT_STOPPED if outcome.stopped_early else EXIT_OK
-
-
-def _print_plan(specs, seconds: float, as_json: bool) -> int:
-    if as_json:
-        print(json.dumps({"trials": [s.trial_id for s in specs], "estimated_s": seconds}, indent=2))
-        return EXIT_OK
-    for s in specs:
-        print(s.trial_id)
-    print(f"{len(specs)} trials planned; rough estimate {seconds / 60:.1f} min")
-    return EXIT_OK
 
 
 def _warn_other_gpu_users(device: str) -> None:
@@ -294,65 +240,6 @@ def _warn_other_gpu_users(device: str) -> None:
         others = gpu_processes(device)
         if others:
             print(f"warning: other processes are using {device}; timings may be disturbed:\n{others}", file=sys.stderr)
-
-
-def _print_summary(df, outcome, wall: float, as_json: bool, report=None) -> None:
-    from detcost.report.tables import AA_LABEL, CPU_NOTE, busy_count, failures, is_cpu, speed_pivot, speed_table
-
-    table = speed_table(df)
-    failed = failures(df)
-    timed = df[df["kind"] == "timed"] if not df.empty else df
-    ok = int((timed["status"] == "ok").sum()) if not timed.empty else 0
-    busy = busy_count(df)
-    if as_json:
-        _print_json(
-            {
-                "results": str(outcome.results),
-                "wall_s": wall,
-                "ran": outcome.ran,
-                "skipped": outcome.skipped,
-                "stopped_early": outcome.stopped_early,
-                "timed_ok": ok,
-                "busy_trials": busy,
-                "speed": _records(table),
-                "failures": _records(failed),
-                "report": {"html": str(report.html), "markdown": str(report.markdown)} if report else None,
-            }
-        )
-        return
-    print()
-    if not table.empty:
-        print("samples/s, median over repeats (ratio to default):")
-        print(speed_pivot(table).to_string())
-        aa = table[table["setting"] == AA_LABEL]
-        for _, r in aa.iterrows():
-            cv = table[(table["workload"] == r.workload) & (table["setting"] == "default")]["samples_per_s_cv"]
-            cv_text = f"; CV of samples/s across repeats {cv.iloc[0]:.1%}" if len(cv) and cv.notna().iloc[0] else ""
-            print(
-                f"noise floor ({r.workload}): default vs itself {r.price:.3f}x [{r.price_lo:.3f}, {r.price_hi:.3f}]"
-                f"{cv_text} - differences inside this are noise"
-            )
-            if not r.price_lo <= 1.0 <= r.price_hi:
-                print(
-                    f"  warning: on {r.workload} default differed from itself beyond its interval: the machine "
-                    "was not steady during the sweep; read every price there as suspect"
-                )
-    if is_cpu(df):
-        print("\nnote: " + CPU_NOTE)
-    if not failed.empty:
-        print(f"\n{len(failed)} trial(s) did not finish (findings, not crashes of detcost):")
-        print(failed.to_string(index=False, max_colwidth=90))
-    if busy:
-        print(
-            f"\nwarning: {busy} trial(s) ran while other processes used the CPU; "
-            "their times are suspect (busy.busy in the results)"
-        )
-    if outcome.stopped_early:
-        print(f"\nstopped by --max-time; rerun with --resume --results {outcome.results} to finish")
-    print(f"\n{ok} timed trial(s) ok, {outcome.ran} run now, {outcome.skipped} already done; {wall:.0f} s")
-    print(f"results: {outcome.results}")
-    if report:
-        print(f"report:  {report.html}\n         {report.markdown}")
 
 
 def _add_env(sub) -> None:
@@ -368,7 +255,7 @@ def _add_env(sub) -> None:
 
 
 def cmd_env(args) -> int:
-    from detcost.env import fingerprint
+    from detcost.env import fingerprint, resolve_device
 
     info = fingerprint(resolve_device(args.device))
     if args.asv_machine:
@@ -399,30 +286,24 @@ def _add_variance(sub) -> None:
 
 def cmd_variance(args) -> int:
     from detcost import results as results_mod
-    from detcost import variance
+    from detcost.derive import variance
+    from detcost.report import text
 
     df = results_mod.load(args.results)
     table = variance.variance_table(df)
     curves = variance.divergence_curves(df) if args.curves or args.json else None
     if args.json:
-        _print_json({"variance": _records(table), "divergence": _records(curves)})
+        _print_json({"variance": text.records_json(table), "divergence": text.records_json(curves)})
         return EXIT_OK
     if table.empty:
         print("no ok timed or seed trials in these results: nothing to compare")
         return EXIT_OK
     print("spread across repeats (same seed, fresh processes) and across seeds (the yardstick):")
-    print(variance.display(table).to_string(index=False))
-    print(
-        "\nidentical: repeats whose final parameters are bitwise equal; rel L2: ||dθ|| / ||θ|| on the "
-        "parameter sample; rel L2 / seeds: that spread as a fraction of the seed yardstick's."
-    )
+    print(text.variance_display(table).to_string(index=False))
+    print("\n" + text.VARIANCE_LEGEND)
     if curves is not None and not curves.empty:
         print("\ndivergence between repeats at each checkpoint step (rel L2; 0: bitwise identical):")
-        keys = [c for c in curves.columns if c not in ("step", "rel_l2", "max_abs_dtheta", "workload")]
-        keys = [c for c in keys if c == "setting" or curves[c].nunique() > 1]
-        for workload, rows in curves.groupby("workload", sort=False):  # each has its own checkpoints
-            table = rows.pivot_table(index=keys, columns="step", values="rel_l2")
-            print(f"{workload}:\n" + table.to_string(float_format="{:.1e}".format))
+        print(text.divergence_text(curves))
     return EXIT_OK
 
 
@@ -477,22 +358,17 @@ def _add_compare(sub) -> None:
 
 
 def cmd_compare(args) -> int:
-    import pandas as pd
+    from detcost.derive.compare import compare_runs
+    from detcost.report import compare, text
 
-    from detcost.report import compare
-
-    table, missing = compare.compare_runs(args.a, args.b)
-    html = compare.write_html(table, missing, args.a, args.b, args.out) if args.out else None
-    if args.json:
-        _print_json({"comparison": _records(table), "missing": missing, "html": str(html) if html else None})
-        return EXIT_OK
-    header, rows = compare.display_rows(table)
-    if rows:
-        print(pd.DataFrame(rows, columns=header).to_string(index=False))
+    if args.out:
+        table, missing, html = compare.write_html(args.a, args.b, args.out)
     else:
-        print("no workload x setting ran in both runs at the same threads and sizes (batch, image): nothing to compare")
-    if missing:
-        print("only in one run:\n  " + "\n  ".join(missing))
+        (table, missing), html = compare_runs(args.a, args.b), None
+    if args.json:
+        _print_json({"comparison": text.records_json(table), "missing": missing, "html": str(html) if html else None})
+        return EXIT_OK
+    print(compare.compare_text(table, missing))
     if html:
         print(f"html: {html}")
     return EXIT_OK
@@ -513,6 +389,7 @@ def cmd_selfcheck(args) -> int:
     from dataclasses import asdict
 
     from detcost import selfcheck
+    from detcost.env import resolve_device
     from detcost.workloads import parse_workloads
 
     workload = parse_workloads(args.workloads)[0].name
@@ -539,32 +416,22 @@ def _add_explain(sub) -> None:
 
 
 def cmd_explain(args) -> int:
-
-    from detcost import explain
     from detcost import results as results_mod
-    from detcost.report.tables import is_cpu, speed_table
+    from detcost.derive.attribution import attribution
+    from detcost.derive.frame import is_cpu
+    from detcost.derive.prices import speed_table
+    from detcost.report import text
 
     df = results_mod.load(args.results)
     if args.workloads:
         df = df[df["workload"].isin([w.strip() for w in args.workloads.split(",")])]
-    table = explain.attribution(df, speed_table(df, bootstrap=200), top=args.top)
+    table = attribution(df, speed_table(df, bootstrap=200), top=args.top)
     if args.json:
-        _print_json(_records(table))
-        return EXIT_OK
-    if table.empty:
+        _print_json(text.records_json(table))
+    elif table.empty:
         print("no profiled trials in these results (the sweep ran with --no-explain?): nothing to explain")
-        return EXIT_OK
-    cpu = is_cpu(df)
-    if cpu:
-        print("note: " + explain.CPU_RANKING_NOTE + "\n")
-    for _, rows in table.groupby(["workload", "setting"], sort=False):
-        print(explain.headline(rows, cuda=not cpu))
-        cols = ["op", "kind", "delta_calls", "delta_self_cpu_ms"] + ([] if cpu else ["delta_self_device_ms"])
-        shown = rows.dropna(subset=["op"])[cols].copy()
-        if len(shown):
-            shown["delta_calls"] = shown["delta_calls"].map(lambda v: f"{v:+.0f}" if v == round(v) else f"{v:+.2f}")
-            print(shown.to_string(index=False, float_format="{:+.3f}".format))
-        print()
+    else:
+        print(text.explain_text(table, cpu=is_cpu(df)))
     return EXIT_OK
 
 
@@ -580,46 +447,30 @@ def _add_audit(sub) -> None:
 
 
 def cmd_audit(args) -> int:
+    from detcost.env import resolve_device
+    from detcost.record import Kind
+    from detcost.report import text
     from detcost.sweep import run_isolated, start_method
     from detcost.timing import is_cuda
-    from detcost.trial import TrialSpec
+    from detcost.train import spec_at_profile
     from detcost.workloads import parse_workloads
 
     workloads = [w.name for w in parse_workloads(args.workloads)]
     device = resolve_device(args.device)
     profile = "quick" if args.quick else ("gpu" if is_cuda(device) else "cpu")
     method = start_method("auto", device)
-    records = [
-        run_isolated(TrialSpec.at_profile(w, "strict", device, profile, run_id="audit", kind="audit"), method=method)
-        for w in workloads
-    ]
+    specs = [spec_at_profile(w, "strict", device, profile, run_id="audit", kind=Kind.AUDIT) for w in workloads]
+    records = [run_isolated(spec, method=method) for spec in specs]
     if args.json:
         _print_json(
             [
-                {"workload": r["workload"], "status": r["status"], "error": r["error"], **(r.get("audit") or {})}
+                {"workload": r.spec.workload, "status": r.status, "error": r.error, **r.payload.get("audit", {})}
                 for r in records
             ]
         )
-        return EXIT_OK
-    print_audit(records)
+    else:
+        print(text.audit_text(records))
     return EXIT_OK
-
-
-def print_audit(records: list[dict]) -> None:
-    for r in records:
-        audit = r.get("audit")
-        if r["status"] != "ok" or not audit:
-            print(f"{r['workload']}: the audit itself failed: {r['error']}")
-            continue
-        alerts = audit["alerts"]
-        found = f"{len(alerts)} op(s) without a deterministic implementation" if alerts else "no alerts"
-        print(f"{r['workload']} on {r['device']}: {found} in {audit['steps']} training steps")
-        for a in alerts:
-            print(f"  {a['op']}: {a['count']} call(s), in {', '.join(a['modules'])}")
-        verdict = f"strict fails: {audit['strict_error']}" if audit["strict_fails"] else "strict runs"
-        print(f"  {verdict}")
-        if not alerts and r["device"] == "cpu":
-            print("  (on the CPU torch raises few such alerts; the CUDA kernels are where most live)")
 
 
 def build_parser() -> argparse.ArgumentParser:

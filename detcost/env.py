@@ -15,6 +15,7 @@ import sys
 import torch
 
 import detcost
+from detcost.errors import UsageError
 
 # Environment variables that change what a run computes or how fast.
 RELEVANT_ENV_PREFIXES = ("CUBLAS_", "CUDNN_", "CUDA_", "PYTORCH_", "TORCH_", "NVIDIA_TF32", "OMP_", "MKL_", "KMP_")
@@ -87,6 +88,13 @@ def fingerprint(device: str = "cpu") -> dict:
     return info
 
 
+def for_trial(machine: dict) -> dict:
+    """A trial's fingerprint: the machine's (taken once per sweep, in the parent) with what
+    can differ per trial read in the trial process: its thread count and environment
+    variables (the setting's CUBLAS_WORKSPACE_CONFIG)."""
+    return {**machine, "threads": torch.get_num_threads(), "env": relevant_env()}
+
+
 def _version(module: str) -> str | None:
     mod = sys.modules.get(module)
     if mod is None:
@@ -101,6 +109,30 @@ def cuda_available() -> bool:
     """Whether CUDA can be used. Call it in the sweep's parent only: it initialises CUDA's
     driver API, and trial processes are spawned or forked from a server that never did."""
     return torch.cuda.is_available()
+
+
+def _cuda_build(torch) -> str:
+    return f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
+
+
+def resolve_device(requested: str) -> str:
+    """auto -> cuda:0 when CUDA is usable, else cpu; cuda[:N] must exist."""
+    if requested == "cpu":
+        return "cpu"
+    if requested == "auto":
+        return "cuda:0" if cuda_available() else "cpu"
+    if requested == "cuda" or requested.startswith("cuda:"):
+        if not cuda_available():
+            raise UsageError(
+                f"--device {requested}: CUDA is not available (torch {torch.__version__}, {_cuda_build(torch)})"
+            )
+        index = 0 if requested == "cuda" else requested.split(":", 1)[1]
+        if not str(index).isdigit() or int(index) >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {requested}: no such GPU; this machine has cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
+        return f"cuda:{int(index)}"
+    raise UsageError(f"--device {requested!r}: use auto, cpu, cuda or cuda:N")
 
 
 def gpu_processes(device: str) -> str | None:

@@ -15,9 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from detcost.errors import UsageError
-from detcost.trial import SCHEMA_VERSION
-
-REQUIRED_FIELDS = ("schema_version", "trial_id", "kind", "workload", "setting", "status")
+from detcost.record import SCHEMA_VERSION, TABLE_COLUMNS, Kind, table_rows
 
 
 def iter_records(path: str | Path) -> Iterator[dict]:
@@ -37,7 +35,7 @@ def iter_records(path: str | Path) -> Iterator[dict]:
 
 
 def _check(record: object, path: Path, n: int) -> dict:
-    if not isinstance(record, dict) or any(k not in record for k in REQUIRED_FIELDS):
+    if not isinstance(record, dict) or any(k not in record for k in TABLE_COLUMNS):
         raise UsageError(f"{path} is not a detcost results file (line {n} lacks detcost's fields)")
     if record["schema_version"] > SCHEMA_VERSION:
         raise UsageError(
@@ -62,13 +60,12 @@ def read_records(paths: str | Path | Iterable[str | Path]) -> list[dict]:
 def load(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     """One call: results file(s) -> a DataFrame, one row per trial (latest record wins).
 
-    Nested fields are flattened with dots (`flags.cudnn_benchmark`, `env.gpu`,
-    `busy.others_cpu_cores`); `step_times_s` stays a list per row.
+    The columns are the record's (`detcost.record.TrialRecord.row`): nested fields
+    flattened with dots (`flags.cudnn_benchmark`, `env.gpu`, `busy.busy`), statistics
+    recomputed from the raw step times; `step_times_s` stays a list per row.
     """
-    records = read_records(paths)
-    if not records:
-        return pd.DataFrame(columns=list(REQUIRED_FIELDS))
-    return pd.json_normalize(records, max_level=1)
+    rows = table_rows(read_records(paths))
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(TABLE_COLUMNS))
 
 
 def load_benchmark_json(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
@@ -96,7 +93,7 @@ def load_benchmark_json(paths: str | Path | Iterable[str | Path]) -> pd.DataFram
                     "schema_version": SCHEMA_VERSION,
                     "run_id": data.get("datetime", str(path)),
                     "trial_id": f"microbench/{info.get('layer', b['name'])}/{info.get('setting')}",
-                    "kind": "microbench",
+                    "kind": str(Kind.MICROBENCH),
                     "workload": info.get("layer", b["name"]),
                     "setting": info.get("setting"),
                     "repeat": 0,
@@ -114,7 +111,7 @@ def load_benchmark_json(paths: str | Path | Iterable[str | Path]) -> pd.DataFram
                     "results_path": str(path),
                 }
             )
-    return pd.json_normalize(rows, max_level=1) if rows else pd.DataFrame(columns=list(REQUIRED_FIELDS))
+    return pd.json_normalize(rows, max_level=1) if rows else pd.DataFrame(columns=list(TABLE_COLUMNS))
 
 
 def sidecar_path(record) -> Path | None:

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detcost.timing import is_cuda, synchronize
-from detcost.trial import TrainStep, TrialSpec, _train_step, timed_steps
+from detcost.record import Kind, TrialSpec
+from detcost.timing import StepTimer, is_cuda, synchronize
+from detcost.train import TrainStep, run_steps, spec_at_profile
 
 OVERHEAD_TARGET = {"cuda": 1.02, "cpu": 1.05}
 AGREEMENT_TARGET = 0.03
@@ -42,8 +43,7 @@ def _bare_loop(wl, batches, device: str) -> float:
     """Mean step time of the loop a user would write: no per-step marks, one sync at the end."""
     synchronize(device)
     t0 = time.perf_counter()
-    for x, y in batches:
-        _train_step(wl, x, y)
+    run_steps(wl, batches)
     synchronize(device)
     return (time.perf_counter() - t0) / len(batches)
 
@@ -56,7 +56,9 @@ def _detcost_loop(wl, batches, device: str) -> list[float]:
         losses[j] = loss.detach()
 
     synchronize(device)
-    return timed_steps(wl, batches, device, keep)
+    timer = StepTimer(device, len(batches))
+    run_steps(wl, batches, timer=timer, after_step=keep)
+    return timer.times()
 
 
 def harness_overhead(spec: TrialSpec, rounds: int = 7) -> Check:
@@ -107,7 +109,8 @@ def repeatability(spec: TrialSpec, trials: int = 5) -> Check:
     from detcost.sweep import run_isolated, start_method
 
     method = start_method("auto", spec.device)
-    sps = [run_isolated(replace(spec, repeat=r), method=method)["samples_per_s"] for r in range(trials)]
+    records = [run_isolated(replace(spec, repeat=r), method=method) for r in range(trials)]
+    sps = [r.timing.samples_per_s for r in records if r.timing]
     cv = float(np.std(sps, ddof=1) / np.mean(sps))
     return Check(
         "repeatability (CV of samples/s)",
@@ -130,7 +133,7 @@ def sweep_efficiency(workloads: list[str], device: str, profile: str, threads: i
             repeats=2,
             seed=0,
             device=device,
-            threads=[threads],
+            axes={"threads": [threads]},
             profile=profile,
             results=Path(tmp) / "e.jsonl",
             run_id="efficiency",
@@ -139,17 +142,15 @@ def sweep_efficiency(workloads: list[str], device: str, profile: str, threads: i
         t0 = time.perf_counter()
         records = run_sweep(opts, progress=False).records
         wall = time.perf_counter() - t0
-    measured = [r for r in records if r["status"] == "ok" and "region_s" in r]
-    diagnostic = [r for r in records if r["kind"] in ("audit", "profiled")]
+    timings = [(r, r.timing) for r in records if r.ok and r.timing]
+    diagnostic = [r for r in records if r.spec.kind in (Kind.AUDIT, Kind.PROFILED)]
     parts = {
-        "timed steps": sum(r["region_s"] for r in measured),
-        "warm-up": sum(r["cold_start_s"] or 0 for r in measured),
-        "build": sum(r["build_s"] for r in measured),
-        "after the timed region": sum(
-            r["wall_s"] - r["build_s"] - (r["cold_start_s"] or 0) - r["region_s"] for r in measured
-        ),
-        "audit and profiled trials": sum(r.get("wall_s", 0) for r in diagnostic),
-        "process start and hand-over": sum(r["process_wall_s"] - r.get("wall_s", 0) for r in records),
+        "timed steps": sum(t.region_s for _, t in timings),
+        "warm-up": sum(t.cold_start_s or 0 for _, t in timings),
+        "build": sum(t.build_s for _, t in timings),
+        "after the timed region": sum(r.wall_s - t.build_s - (t.cold_start_s or 0) - t.region_s for r, t in timings),
+        "audit and profiled trials": sum(r.wall_s or 0 for r in diagnostic),
+        "process start and hand-over": sum(r.process_wall_s - (r.wall_s or 0) for r in records),
     }
     parts["sweep bookkeeping"] = wall - sum(parts.values())
     share = parts["timed steps"] / wall
@@ -169,7 +170,7 @@ def run_all(
     profile = profile or ("gpu" if is_cuda(device) else "cpu")
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    spec = TrialSpec.at_profile(workload, "default", device, profile, run_id="selfcheck", threads=threads)
+    spec = spec_at_profile(workload, "default", device, profile, run_id="selfcheck", axes={"threads": threads})
     return [
         harness_overhead(spec),
         timer_agreement(spec),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import itertools
 import multiprocessing as mp
 import signal
 import time
@@ -18,12 +19,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from detcost import axes
 from detcost import env as envmod
 from detcost.errors import UsageError
-from detcost.explain import PROFILE_STEPS
+from detcost.profile import PROFILE_STEPS
+from detcost.record import Kind, Status, TrialRecord, TrialSpec, flops_key
 from detcost.results import ResultsWriter, open_for_sweep
+from detcost.settings import REFERENCE
 from detcost.timing import is_cuda
-from detcost.trial import TrialSpec, child_main, failure_record, trial_environ
+from detcost.trial import child_main, failure_record, trial_environ
 from detcost.workloads import get_workload
 
 # Imported once by the forkserver; each trial forks from it. None of these may call
@@ -35,8 +39,6 @@ FORKSERVER_PRELOAD = [
     "torch.profiler",
     "numpy",
     "detcost.trial",
-    "detcost.audit",
-    "detcost.explain",
 ]
 JOIN_GRACE_S = 10.0  # how long a trial process may take to exit after sending its record
 # Rough seconds per trial for --dry-run: measured on a 2-core CPU (default sweep: 243
@@ -51,10 +53,11 @@ class SweepOptions:
     repeats: int
     seed: int
     device: str
-    threads: list[int]
     profile: str
     results: Path
     run_id: str
+    # Values of each axis; an axis left out runs at its sweep default (threads: torch's count).
+    axes: dict[str, list] = field(default_factory=dict)
     steps: int | None = None
     warmup: int | None = None
     timeout: float = 600.0
@@ -62,26 +65,37 @@ class SweepOptions:
     aa: bool = True
     audit: bool = True
     explain: bool = True
-    vary: list[str] = field(default_factory=lambda: ["impl"])
     keep_params: bool = False
-    memory_formats: list[str] = field(default_factory=lambda: ["contiguous"])
     start_method: str = "auto"
     max_time: float | None = None
 
     def __post_init__(self) -> None:
+        given = dict(self.axes)
+        self.axes = {a.name: list(given.pop(a.name, None) or a.defaults_for(self.device)) for a, _ in axes.each({})}
+        if given:
+            raise UsageError(f"unknown axes {', '.join(given)}; registered: {', '.join(axes.names())}")
         # The A/A control is `default` run under a second label, and the seed yardstick
         # runs under `default` (contract): both need `default` in the sweep.
-        if (self.aa or self.seeds) and "default" not in self.settings:
-            self.settings = ["default", *self.settings]
+        if (self.aa or self.seeds) and REFERENCE not in self.settings:
+            self.settings = [REFERENCE, *self.settings]
             self.added_default = True
 
     added_default: bool = field(default=False, init=False)
+
+    def first_axes(self) -> dict:
+        """Each axis at its first value: where the audit, profiled and seed trials run."""
+        return {name: values[0] for name, values in self.axes.items()}
+
+    def axis_combinations(self) -> list[dict]:
+        """Every combination of the axes' values: each timed trial runs at each."""
+        names = list(self.axes)
+        return [dict(zip(names, values)) for values in itertools.product(*self.axes.values())]
 
 
 @dataclass
 class SweepOutcome:
     planned: list[TrialSpec]
-    records: list[dict]  # latest record of every trial in the file (this run)
+    records: list[TrialRecord]  # latest record of every planned trial in the file
     ran: int
     skipped: int
     stopped_early: bool
@@ -92,40 +106,27 @@ def new_run_id() -> str:
     return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def _spec(
-    opts: SweepOptions,
-    kind: str,
-    workload: str,
-    setting: str,
-    repeat: int,
-    seed: int,
-    threads: int,
-    memory_format: str,
-    vary: str = "impl",
-) -> TrialSpec:
+def _spec(opts: SweepOptions, kind: Kind, workload: str, setting: str, repeat: int, seed: int, axes: dict) -> TrialSpec:
     size = get_workload(workload).size(opts.profile)
-    spec = TrialSpec.at_profile(
-        workload,
-        setting,
-        opts.device,
-        opts.profile,
+    spec = TrialSpec(
         run_id=opts.run_id,
         kind=kind,
+        workload=workload,
+        setting=setting,
         repeat=repeat,
         seed=seed,
-        threads=threads,
-        steps=opts.steps or size.steps,
+        device=opts.device,
+        steps=PROFILE_STEPS if kind == Kind.PROFILED else (opts.steps or size.steps),
         warmup=size.warmup if opts.warmup is None else opts.warmup,
-        vary=vary,
-        memory_format=memory_format,
+        batch_size=size.batch,
+        image_size=size.image,
+        axes=axes,
         keep_params=opts.keep_params,
     )
-    if kind == "audit":
+    if kind == Kind.AUDIT:
         return spec
-    if kind == "profiled":
-        spec = replace(spec, steps=PROFILE_STEPS)
     safe = spec.trial_id.replace("/", "__").replace(":", "-")
-    return replace(spec, sidecar=f"{opts.results.stem}/{safe}.{'json' if kind == 'profiled' else 'npz'}")
+    return replace(spec, sidecar=f"{opts.results.stem}/{safe}.{'json' if kind == Kind.PROFILED else 'npz'}")
 
 
 def plan(opts: SweepOptions) -> list[TrialSpec]:
@@ -136,32 +137,19 @@ def plan(opts: SweepOptions) -> list[TrialSpec]:
     between repeats (half of it with two repeats) and slow drift of the machine spreads
     evenly over settings.
     """
-    ref = "default"
-    specs: list[TrialSpec] = []
-    if opts.audit:
-        specs += [
-            _spec(opts, "audit", w, "strict", 0, opts.seed, opts.threads[0], "contiguous") for w in opts.workloads
-        ]
-    labels = [("timed", s) for s in opts.settings] + ([("aa", ref)] if opts.aa else [])
+    first = opts.first_axes()
+    specs = [_spec(opts, Kind.AUDIT, w, "strict", 0, opts.seed, first) for w in opts.workloads] if opts.audit else []
+    labels = [(Kind.TIMED, s) for s in opts.settings] + ([(Kind.AA, REFERENCE)] if opts.aa else [])
     for r in range(opts.repeats):
         shift = (r * len(labels)) // opts.repeats
         rotated = labels[shift:] + labels[:shift]
         for w in opts.workloads:
-            for t in opts.threads:
-                for mf in opts.memory_formats:
-                    for v in opts.vary:
-                        specs += [_spec(opts, kind, w, s, r, opts.seed, t, mf, v) for kind, s in rotated]
+            for combo in opts.axis_combinations():
+                specs += [_spec(opts, kind, w, s, r, opts.seed, combo) for kind, s in rotated]
     if opts.explain:  # after the timed trials, so profiling never disturbs them
-        specs += [
-            _spec(opts, "profiled", w, s, 0, opts.seed, opts.threads[0], opts.memory_formats[0])
-            for w in opts.workloads
-            for s in opts.settings
-        ]
+        specs += [_spec(opts, Kind.PROFILED, w, s, 0, opts.seed, first) for w in opts.workloads for s in opts.settings]
     for k in range(opts.seeds):
-        specs += [
-            _spec(opts, "seed", w, ref, 0, opts.seed + 1 + k, opts.threads[0], opts.memory_formats[0])
-            for w in opts.workloads
-        ]
+        specs += [_spec(opts, Kind.SEED, w, REFERENCE, 0, opts.seed + 1 + k, first) for w in opts.workloads]
     return specs
 
 
@@ -200,88 +188,71 @@ def run_isolated(
     method: str = "forkserver",
     timeout: float = 600.0,
     results_dir: Path | None = None,
-    environment: dict | None = None,
-) -> dict:
+    machine: dict | None = None,
+) -> TrialRecord:
     """Run one trial in a fresh process and return its record, whatever happens to it.
 
     A trial that hangs past `timeout` is killed and recorded as `timeout`; one whose
-    process dies without sending a record is recorded as `crash`.
+    process dies without sending a record is recorded as `crash`. `machine` is the
+    sweep's fingerprint, taken once in the parent and handed to the child.
     """
     ctx = _context(method)
     receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(
-        target=child_main,
-        args=(spec.to_dict(), trial_environ(spec, results_dir), str(results_dir) if results_dir else None, sender),
-        name=f"detcost-trial {spec.trial_id}",
-        daemon=True,
-    )
+    args = (spec.to_dict(), trial_environ(spec, results_dir), str(results_dir) if results_dir else None, machine)
+    proc = ctx.Process(target=child_main, args=(*args, sender), name=f"detcost-trial {spec.trial_id}", daemon=True)
     started = time.perf_counter()
     proc.start()
     sender.close()  # the child holds the only writer: EOF now means the child is gone
-    record, timed_out = None, False
+    sent, timed_out = None, False
     try:
         if receiver.poll(timeout):
             with contextlib.suppress(EOFError):  # EOF: the process died before sending
-                record = receiver.recv()
+                sent = receiver.recv()
         else:
             timed_out = True
             proc.kill()
     finally:
         receiver.close()
-        proc.join(JOIN_GRACE_S)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-    if record is None and timed_out:
+        _reap(proc)
+    if sent is not None:
+        record = TrialRecord.from_json(sent)
+    elif timed_out:
         record = failure_record(
-            spec, "timeout", f"no result after {timeout:g} s; the trial process was killed", environment
+            spec, Status.TIMEOUT, f"no result after {timeout:g} s; the trial process was killed", machine
         )
-    elif record is None:
-        record = failure_record(spec, "crash", _exit_reason(proc.exitcode), environment)
+    else:
+        record = failure_record(spec, Status.CRASH, _exit_reason(proc.exitcode), machine)
     # seen from the parent: process start, the trial, sending the record and exiting
-    record["process_wall_s"] = time.perf_counter() - started
+    record.process_wall_s = time.perf_counter() - started
     return record
 
 
-def _flops_key(spec: TrialSpec) -> tuple:
-    """FLOPs per step depend on the workload, its sizes and layout, not on the setting."""
-    return (spec.workload, spec.batch, spec.image, spec.total_steps, spec.memory_format, spec.device)
+def _reap(proc) -> None:
+    proc.join(JOIN_GRACE_S)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
 
 
-def _record_flops_key(r: dict) -> tuple:
-    return (
-        r["workload"],
-        r["batch_size"],
-        r["image_size"],
-        r["warmup"] + r["steps"],
-        r.get("memory_format", "contiguous"),
-        r["device"],
-    )
-
-
-def _check_same_options(existing: list[dict], planned: list[TrialSpec], path: Path) -> None:
+def _check_same_options(existing: list[TrialRecord], planned: list[TrialSpec], path: Path) -> None:
     """--resume continues the same sweep: a trial already in the file must have been run
     with the device and sizes planned now, or the table would mix two configurations."""
     by_id = {s.trial_id: s for s in planned}
     for r in existing:
-        spec = by_id.get(r["trial_id"])
-        if spec is None:
+        spec = by_id.get(r.trial_id)
+        if spec is None or spec.sizes() == r.spec.sizes():
             continue
-        then = (r["device"], r["steps"], r["warmup"], r["batch_size"], r["image_size"])
-        now = (spec.device, spec.steps, spec.warmup, spec.batch, spec.image)
-        if then != now:
-            raise UsageError(
-                f"{path} was made with other options ({r['trial_id']}: device, steps, warmup, batch, image "
-                f"{then}, now {now}); resume with the same options (--quick, --steps, --warmup, --device) "
-                "or choose another --results"
-            )
+        then, now = r.spec.sizes(), spec.sizes()
+        changed = ", ".join(f"{k} {then[k]} -> {now[k]}" for k in now if then[k] != now[k])
+        raise UsageError(
+            f"{path} was made with other options ({r.trial_id}: {changed}); resume with the same options "
+            "(--quick, --steps, --warmup, --device) or choose another --results"
+        )
 
 
-def latest_by_trial(records: list[dict]) -> dict[str, dict]:
-    latest: dict[str, dict] = {}
-    for r in records:
-        latest[r["trial_id"]] = r
-    return latest
+def latest_by_trial(records: list[TrialRecord]) -> dict[str, TrialRecord]:
+    """The newest record of each trial: a rerun supersedes a failed attempt."""
+    return {r.trial_id: r for r in records}
 
 
 def run_sweep(
@@ -289,22 +260,19 @@ def run_sweep(
     *,
     resume: bool = False,
     progress: bool = True,
-    on_record: Callable[[dict], None] | None = None,
+    on_record: Callable[[TrialRecord], None] | None = None,
 ) -> SweepOutcome:
     """Run the planned trials not already `ok` in the results file; append each record."""
-    existing = open_for_sweep(opts.results, resume)
+    existing = [TrialRecord.from_json(r) for r in open_for_sweep(opts.results, resume)]
     if existing:
-        opts = replace(opts, run_id=existing[0]["run_id"])
-    done = {tid for tid, r in latest_by_trial(existing).items() if r["status"] == "ok"}
+        opts = replace(opts, run_id=existing[0].spec.run_id)
+    done = {tid for tid, r in latest_by_trial(existing).items() if r.ok}
     planned = plan(opts)
     _check_same_options(existing, planned, opts.results)
     todo = [s for s in planned if s.trial_id not in done]
-    method = start_method(opts.start_method, opts.device)
-    environment = envmod.fingerprint(opts.device)
-    new: list[dict] = []
-    flops = {_record_flops_key(r): r["flops_per_step"] for r in existing if r.get("flops_per_step")}
-    stopped = False
-    t0 = time.monotonic()
+    machine = envmod.fingerprint(opts.device)  # once per sweep; each trial adds its own part
+    flops = {flops_key(r.spec): r.timing.flops_per_step for r in existing if r.timing and r.timing.flops_per_step}
+    new, stopped, t0 = [], False, time.monotonic()
     bar = _progress(len(todo), progress and bool(todo))
     try:
         with ResultsWriter(opts.results) as writer:
@@ -313,29 +281,30 @@ def run_sweep(
                     stopped = True
                     break
                 bar.set_postfix_str(spec.trial_id, refresh=True)
-                spec = replace(spec, known_flops=flops.get(_flops_key(spec)))
-                record = run_isolated(
-                    spec, method=method, timeout=opts.timeout, results_dir=opts.results.parent, environment=environment
-                )
-                if record.get("flops_per_step"):
-                    flops[_flops_key(spec)] = record["flops_per_step"]
-                writer.write(record)
+                record = _run_one(opts, replace(spec, known_flops=flops.get(flops_key(spec))), machine)
+                if record.timing and record.timing.flops_per_step:
+                    flops[flops_key(spec)] = record.timing.flops_per_step
+                writer.write(record.to_json())
                 new.append(record)
                 if on_record:
                     on_record(record)
                 bar.update(1)
     finally:
         bar.close()
-    planned_ids = {s.trial_id for s in planned}
     latest = latest_by_trial(existing + new)
     return SweepOutcome(
         planned=planned,
-        records=[r for tid, r in latest.items() if tid in planned_ids],
+        records=[latest[s.trial_id] for s in planned if s.trial_id in latest],
         ran=len(new),
         skipped=len(planned) - len(todo),
         stopped_early=stopped,
         results=opts.results,
     )
+
+
+def _run_one(opts: SweepOptions, spec: TrialSpec, machine: dict) -> TrialRecord:
+    method = start_method(opts.start_method, opts.device)
+    return run_isolated(spec, method=method, timeout=opts.timeout, results_dir=opts.results.parent, machine=machine)
 
 
 def _progress(total: int, enabled: bool):

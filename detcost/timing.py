@@ -1,5 +1,5 @@
-"""Measuring: step timers (CUDA events or perf_counter), peak memory, a busy-machine guard,
-and the statistics of step times.
+"""Measuring: step timers (CUDA events or perf_counter), peak memory and a busy-machine
+guard. The statistics of the times they produce live in `detcost.stats`.
 
 All CUDA-only code of the measurement lives here, each piece behind an explicit
 `if self.cuda` / `if is_cuda(device)` so the CPU path is the same function.
@@ -12,12 +12,8 @@ import resource
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-# A trial's steps are "noisy" when their interquartile range exceeds this share of the
-# median (torch.utils.benchmark warns at the same 10%).
-IQR_WARN_THRESHOLD = 0.10
 # Other processes using more than this many cores' worth of CPU (or more than the cores a
 # trial leaves free, if that is more) make it "busy": on a 2-core machine one competing
 # process slows CPU steps 10-30x.
@@ -56,6 +52,7 @@ class StepTimer:
 
     def __init__(self, device: str, n: int):
         self.cuda = is_cuda(device)
+        self.name = "cuda_event" if self.cuda else "perf_counter"
         self.device = device
         if self.cuda:
             self._starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
@@ -181,103 +178,3 @@ def busy_report(start: CpuSample, end: CpuSample, threads: int = 1) -> dict:
         "busy_above_cores": round(free_cores, 2),
         "busy": bool(others_s is not None and others_s > free_cores * wall + slack_s),
     }
-
-
-# ---- statistics --------------------------------------------------------------------
-
-
-def typical_step_time(times, strata=None) -> float:
-    """The median step time; with strata (input shapes that vary between steps), the
-    median within each stratum weighted by how often it occurs, so the statistic is
-    not the median of a mixture (whose value jumps between shapes)."""
-    times = np.asarray(times, dtype=float)
-    if strata is None:
-        return float(np.median(times))
-    strata = np.asarray(strata)
-    return float(sum(np.median(times[strata == k]) * np.mean(strata == k) for k in np.unique(strata)))
-
-
-def kept_steps(record) -> tuple[list[float], list[int] | None]:
-    """The step times (and strata) that statistics use: a record's raw `step_times_s`
-    without its `excluded_steps` (the steps that took a parameter snapshot)."""
-    times = list(record.get("step_times_s") or [])
-    strata = record.get("step_strata")
-    strata = list(strata) if isinstance(strata, (list, tuple, np.ndarray)) else None
-    excluded = record.get("excluded_steps")
-    if not isinstance(excluded, (list, tuple, np.ndarray)) or not len(excluded):
-        return times, strata  # nothing excluded (or an older record that stored only kept steps)
-    drop = set(int(j) for j in excluded)
-    keep = [j for j in range(len(times)) if j not in drop]
-    return [times[j] for j in keep], ([strata[j] for j in keep] if strata else None)
-
-
-def summarize(step_times: list[float], strata: list[int] | None = None, *, batch: int) -> dict:
-    """Typical step time and its IQR, samples/s and its IQR (from the step quartiles).
-
-    With strata the quartiles are those of the steps' ratio to their stratum's median.
-    """
-    t = np.asarray(step_times, dtype=float)
-    med = typical_step_time(t, strata)
-    if strata is None:
-        q25, q75 = np.percentile(t, [25, 75])
-    else:
-        st = np.asarray(strata)
-        rel = np.concatenate([t[st == k] / np.median(t[st == k]) for k in np.unique(st)])
-        q25, q75 = np.percentile(rel, [25, 75]) * med
-    return {
-        "step_time_median_s": med,
-        "step_time_iqr_s": float(q75 - q25),
-        "samples_per_s": float(batch / med),
-        "samples_per_s_iqr": float(batch / q25 - batch / q75),
-        "noisy_steps": bool((q75 - q25) / med > IQR_WARN_THRESHOLD),
-    }
-
-
-def _bootstrap_typical(trials: list[list[float]], strata: list[int] | None, n: int, rng) -> np.ndarray:
-    """`n` bootstrap replicates of the typical step time of a group of trials.
-
-    Each replicate resamples the trials (fresh processes), then the steps within each
-    trial and stratum, so both the spread between processes and within one enter.
-    """
-    length = min(len(t) for t in trials)
-    times = np.asarray([t[:length] for t in trials], dtype=float)  # (trials, steps)
-    strata_arr = np.zeros(length, int) if strata is None else np.asarray(strata[:length])
-    r = len(trials)
-    out = np.zeros(n)
-    for k in np.unique(strata_arr):
-        cols = np.flatnonzero(strata_arr == k)
-        picked_trials = rng.integers(0, r, (n, r))  # (n, r)
-        picked_steps = cols[rng.integers(0, len(cols), (n, r, len(cols)))]  # (n, r, m)
-        sample = times[picked_trials[:, :, None], picked_steps].reshape(n, -1)
-        out += np.median(sample, axis=1) * (len(cols) / length)
-    return out
-
-
-def pooled_typical(trials: list[list[float]], strata: list[int] | None = None) -> float:
-    """The typical step time of a group of trials, their steps pooled (the price's statistic)."""
-    return typical_step_time(np.concatenate(trials), _tile(strata, trials))
-
-
-def bootstrap_ratio(
-    a: list[list[float]],
-    b: list[list[float]],
-    *,
-    strata: list[int] | None = None,
-    n: int = 2000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> tuple[float, float, float]:
-    """Ratio of typical step times a/b with a bootstrap interval over trials and steps.
-
-    `a` and `b` are lists of trials, each a list of step times (and, for workloads whose
-    input shape varies, `strata`: the shape index of each step, the same in all trials).
-    """
-    rng = np.random.default_rng(seed)
-    point = pooled_typical(a, strata) / pooled_typical(b, strata)
-    ratios = _bootstrap_typical(a, strata, n, rng) / _bootstrap_typical(b, strata, n, rng)
-    lo, hi = np.percentile(ratios, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
-    return float(point), float(lo), float(hi)
-
-
-def _tile(strata: list[int] | None, trials: list[list[float]]):
-    return None if strata is None else np.concatenate([np.asarray(strata[: len(t)]) for t in trials])

@@ -7,12 +7,40 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
+import pandas as pd
 
-from detcost import results, variance
-from detcost.report.tables import speed_table
+from detcost import results
+from detcost.derive.prices import speed_table
+from detcost.derive.variance import same_seed_rows, variance_table
+from detcost.record import Status
+from detcost.settings import REFERENCE
 from detcost.sweep import SweepOptions, run_sweep
-from detcost.trial import TrainStep, TrialSpec
+from detcost.train import TrainStep, spec_at_profile
+
+
+def _row(table: pd.DataFrame, workload: str, setting: str) -> pd.DataFrame:
+    return table[(table["workload"] == workload) & (table["setting"] == setting)] if not table.empty else table
+
+
+def _figures(df: pd.DataFrame, speed: pd.DataFrame, var: pd.DataFrame, workload: str, setting: str) -> dict:
+    """The tracked figures of one workload x setting, or its failure status."""
+    row, v = _row(speed, workload, setting), _row(var, workload, setting)
+    trials = _row(df, workload, setting)
+    if row.empty:
+        failed = trials[trials["status"] != str(Status.OK)]["status"]
+        return {"status": failed.iloc[0] if len(failed) else "missing"}
+    r, default = row.iloc[0], _row(speed, workload, REFERENCE)["samples_per_s"]
+    return {
+        "status": str(Status.OK),
+        "samples_per_s": float(r["samples_per_s"]),
+        "step_time_s": float(trials["step_time_median_s"].median()),
+        "cold_start_s": float(r["cold_start_s"]),
+        "peak_memory_bytes": float(r["peak_memory_bytes"]),
+        "achieved_flops": float(r["achieved_flops"]),
+        "slowdown_vs_default": float(default.iloc[0] / r["samples_per_s"]) if len(default) else np.nan,
+        "divergence": float(v["rel_l2"].iloc[0]) if len(v) else np.nan,
+        "identical_fraction": float(v["n_identical"].iloc[0] / v["R"].iloc[0]) if len(v) else np.nan,
+    }
 
 
 def sweep_figures(workloads, settings, repeats: int, profile: str, device: str, steps: int | None = None) -> dict:
@@ -24,7 +52,6 @@ def sweep_figures(workloads, settings, repeats: int, profile: str, device: str, 
             repeats=repeats,
             seed=0,
             device=device,
-            threads=[torch.get_num_threads()],
             profile=profile,
             results=Path(tmp) / "asv.jsonl",
             run_id="asv",
@@ -37,33 +64,10 @@ def sweep_figures(workloads, settings, repeats: int, profile: str, device: str, 
         run_sweep(opts, progress=False)
         df = results.load(opts.results)
         speed = speed_table(df, bootstrap=200)
-        var = variance.variance_table(df)
-    figures = {}
-    for w in workloads:
-        default = speed[(speed["workload"] == w) & (speed["setting"] == "default")]["samples_per_s"]
-        for s in settings:
-            trials = df[(df["workload"] == w) & (df["setting"] == s)]
-            row = speed[(speed["workload"] == w) & (speed["setting"] == s)]
-            v = var[(var["workload"] == w) & (var["setting"] == s)] if not var.empty else var
-            if row.empty:
-                failed = trials[trials["status"] != "ok"]["status"]
-                figures[(w, s)] = {"status": failed.iloc[0] if len(failed) else "missing"}
-                continue
-            r = row.iloc[0]
-            figures[(w, s)] = {
-                "status": "ok",
-                "samples_per_s": float(r["samples_per_s"]),
-                "step_time_s": float(trials["step_time_median_s"].median()),
-                "cold_start_s": float(r["cold_start_s"]),
-                "peak_memory_bytes": float(r["peak_memory_bytes"]),
-                "achieved_flops": float(r["achieved_flops"]),
-                "slowdown_vs_default": float(default.iloc[0] / r["samples_per_s"]) if len(default) else np.nan,
-                "divergence": float(v["rel_l2"].iloc[0]) if len(v) else np.nan,
-                "identical_fraction": float(v["n_identical"].iloc[0] / v["R"].iloc[0]) if len(v) else np.nan,
-            }
-    return figures
+        var = same_seed_rows(variance_table(df))
+    return {(w, s): _figures(df, speed, var, w, s) for w in workloads for s in settings}
 
 
 def train_step(workload: str, setting: str, device: str, profile: str) -> TrainStep:
     """One training step of a workload under a setting, at a profile's sizes, for asv's timer."""
-    return TrainStep(TrialSpec.at_profile(workload, setting, device, profile, run_id="step"))
+    return TrainStep(spec_at_profile(workload, setting, device, profile, run_id="step"))

@@ -12,8 +12,8 @@ import pytest  # noqa: E402
 
 from detcost import results  # noqa: E402
 from detcost.cli import main  # noqa: E402
+from detcost.record import TrialSpec  # noqa: E402
 from detcost.settings import SETTINGS, applied, get_setting  # noqa: E402
-from detcost.trial import TrialSpec  # noqa: E402
 
 QUICK = ["--quick", "--steps", "4", "--warmup", "1", "-q"]
 # Only the timed trials: no seed yardstick, A/A control, audit or profiled trials.
@@ -30,11 +30,11 @@ def make_spec(**overrides) -> TrialSpec:
         "repeat": 0,
         "seed": 0,
         "device": "cpu",
-        "threads": 2,
+        "axes": {"threads": 2},
         "steps": 3,
         "warmup": 1,
-        "batch": 8,
-        "image": 16,
+        "batch_size": 8,
+        "image_size": 16,
     }
     return TrialSpec(**{**base, **overrides})
 

@@ -8,15 +8,16 @@ import time
 import numpy as np
 import pytest
 
-from detcost import explain, results, variance
+from detcost import results
 from detcost.cli import main
+from detcost.derive import attribution, variance
 from detcost.settings import DEFAULT_SETTINGS
 from detcost.trial import run_trial
 from tests.conftest import TIMED_ONLY, make_spec, run_cli
 
 
 def test_profiling_attributes_strict_to_the_nan_fill_and_not_strict_nofill(explain_sweep):
-    attr = explain.attribution(results.load(explain_sweep))
+    attr = attribution.attribution(results.load(explain_sweep))
     strict = attr[attr["setting"] == "strict"].set_index("op")
     assert (attr["reference"] == "default").all()
     assert strict.loc["aten::fill_", "delta_calls"] > 10  # hundreds of NaN fills per step
@@ -80,15 +81,15 @@ def test_each_new_workload_trains_under_every_setting(new_workloads):
 
 
 def test_channels_last_is_applied_and_read_back():
-    spec = make_spec(run_id="m", threads=1, steps=2, batch=4, memory_format="channels_last")
-    record = run_trial(spec)
+    spec = make_spec(run_id="m", axes={"threads": 1, "memory_format": "channels_last"}, steps=2, batch_size=4)
+    record = run_trial(spec).to_json()
     assert record["status"] == "ok" and record["memory_format_read_back"] == "channels_last"
     assert record["trial_id"].endswith("/channels_last")
 
 
 def _busy_trial() -> dict:
-    spec = make_spec(run_id="b", steps=40, batch=32, image=32)
-    return run_trial(spec)
+    spec = make_spec(run_id="b", steps=40, batch_size=32, image_size=32)
+    return run_trial(spec).to_json()
 
 
 def test_the_busy_flag_is_set_when_another_process_competes_for_the_cpu():

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from detcost import results
-from detcost.trial import TrainStep, run_trial
+from detcost.train import TrainStep
+from detcost.trial import run_trial
 from tests.conftest import make_spec, run_cli
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -76,4 +77,4 @@ def test_train_step_under_strict_sets_the_cublas_workspace_and_restores_it(monke
 
 def test_a_bare_cuda_device_string_means_cuda_0():
     record = run_trial(make_spec(device="cuda"))
-    assert record["status"] == "ok", record["error"]
+    assert record.ok, record.error

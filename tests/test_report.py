@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from detcost.cli import main
+from detcost.derive.frame import AA_LABEL
+from detcost.derive.variance import SEED_LABEL
 from detcost.report.recommend import recommend
-from detcost.report.tables import AA_LABEL
-from detcost.variance import SEED_LABEL
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [

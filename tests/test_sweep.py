@@ -43,7 +43,7 @@ def _plan(**overrides):
         "repeats": 2,
         "seed": 0,
         "device": "cpu",
-        "threads": [2],
+        "axes": {"threads": [2]},
         "profile": "quick",
         "results": Path("x.jsonl"),
         "run_id": "x",

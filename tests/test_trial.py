@@ -2,8 +2,9 @@
 
 import pytest
 
+from detcost.measure import checkpoint_steps
 from detcost.sweep import run_isolated
-from detcost.trial import checkpoint_steps, run_trial
+from detcost.trial import run_trial
 from tests.conftest import make_spec
 
 spec = make_spec
@@ -11,7 +12,7 @@ spec = make_spec
 
 @pytest.fixture(scope="module")
 def forked_pair():
-    return [run_isolated(spec(repeat=r), method="forkserver") for r in (0, 1)]
+    return [run_isolated(spec(repeat=r), method="forkserver").to_json() for r in (0, 1)]
 
 
 def test_two_repeats_in_fresh_processes_give_the_same_parameter_hash(forked_pair):
@@ -23,14 +24,14 @@ def test_two_repeats_in_fresh_processes_give_the_same_parameter_hash(forked_pair
 
 
 def test_a_different_seed_gives_a_different_hash(forked_pair):
-    other = run_isolated(spec(seed=1), method="forkserver")
+    other = run_isolated(spec(seed=1), method="forkserver").to_json()
     assert other["params_sha256"] != forked_pair[0]["params_sha256"]
 
 
 def test_forkserver_trials_match_spawned_interpreters(forked_pair):
     """The forkserver is a fresh process in the sense that matters: same bits, same flags."""
-    spawned = run_isolated(spec(setting="strict"), method="spawn")
-    forked = run_isolated(spec(setting="strict"), method="forkserver")
+    spawned = run_isolated(spec(setting="strict"), method="spawn").to_json()
+    forked = run_isolated(spec(setting="strict"), method="forkserver").to_json()
     assert spawned["status"] == forked["status"] == "ok"
     assert spawned["params_sha256"] == forked["params_sha256"]
     assert (
@@ -91,6 +92,6 @@ def test_checkpoints_double_and_end_at_the_last_step():
 
 def test_a_raising_workload_becomes_an_error_record_in_process():
     record = run_trial(spec(workload="diag_raise", steps=4))
-    assert record["status"] == "error"
-    assert "injected failure" in record["error"]
-    assert "\n" not in record["error"]
+    assert record.status == "error"
+    assert "injected failure" in record.error
+    assert "\n" not in record.error

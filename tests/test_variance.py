@@ -1,12 +1,15 @@
 """What a setting buys: bitwise identity, distances, the seed yardstick, the audit."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from detcost import results, variance
-from detcost.audit import op_base
+from detcost import results
 from detcost.cli import main
+from detcost.derive import variance
+from detcost.ops import op_base
 from detcost.trial import run_trial
 from tests.conftest import TIMED_ONLY, make_spec, run_cli
 
@@ -17,14 +20,17 @@ def table(variance_sweep):
 
 
 def rows(table, workload, threads):
-    return table[(table["workload"] == workload) & (table["threads"].astype(str) == threads)]
+    """The rows of one thread count ("2"), or across thread counts ("1 vs 2")."""
+    if " vs " in threads:
+        return table[
+            (table["workload"] == workload) & (table["across"] == "threads") & (table["across_values"] == threads)
+        ]
+    return table[(table["workload"] == workload) & table["across"].isna() & (table["threads"] == int(threads))]
 
 
 def test_repeats_of_a_cpu_trial_are_bitwise_identical_with_zero_distance(table):
     same_thread = table[
-        (table["workload"] == "simple_cnn")
-        & table["setting"].isin(["default", "strict"])
-        & table["threads"].astype(str).isin(["1", "2"])
+        (table["workload"] == "simple_cnn") & table["setting"].isin(["default", "strict"]) & table["across"].isna()
     ]
     assert len(same_thread) == 4
     for _, row in same_thread.iterrows():
@@ -93,13 +99,14 @@ def test_vary_init_makes_repeats_differ_from_the_first_step(tmp_path):
 
 
 def test_keep_params_gives_exact_distances_from_the_full_parameters(tmp_path):
-    spec = make_spec(run_id="k", workload="diag_noise", threads=1, keep_params=True)
+    spec = make_spec(run_id="k", workload="diag_noise", axes={"threads": 1}, keep_params=True)
     records = [
-        run_trial(spec.__class__(**{**spec.to_dict(), "repeat": r, "sidecar": f"s/{r}.npz"}), tmp_path)
+        {
+            **run_trial(replace(spec, repeat=r, sidecar=f"s/{r}.npz"), tmp_path).to_json(),
+            "results_path": str(tmp_path / "k.jsonl"),
+        }
         for r in range(2)
     ]
-    for rec in records:
-        rec["results_path"] = str(tmp_path / "k.jsonl")
     a, b = (variance.load_sidecar(r) for r in records)
     assert a["params"].size > a["param_samples"].shape[1]
     row = variance.compare(pd.DataFrame(records))
@@ -108,9 +115,16 @@ def test_keep_params_gives_exact_distances_from_the_full_parameters(tmp_path):
 
 def test_the_audit_lists_an_alert_with_the_module_it_came_from():
     spec = make_spec(
-        run_id="a", kind="audit", workload="diag_alert", setting="strict", threads=1, steps=2, warmup=0, batch=4
+        run_id="a",
+        kind="audit",
+        workload="diag_alert",
+        setting="strict",
+        axes={"threads": 1},
+        steps=2,
+        warmup=0,
+        batch_size=4,
     )
-    audit = run_trial(spec)["audit"]
+    audit = run_trial(spec).payload["audit"]
     assert audit["alerts"] == [{"op": "put_", "count": 2, "modules": ["model (_Alert)"]}]
     assert audit["strict_fails"] and "put_ does not have a deterministic implementation" in audit["strict_error"]
 

@@ -13,12 +13,15 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from detcost import explain, results, variance
-from detcost.audit import workaround
-from detcost.report import figures
+from detcost import results
+from detcost.derive import attribution, variance
+from detcost.derive.frame import AA_LABEL, busy_count, failures, group_fields, is_cpu, ok_trials
+from detcost.derive.prices import speed_table
+from detcost.ops import workaround
+from detcost.record import Kind
+from detcost.report import figures, text
 from detcost.report.recommend import DEFAULT_MAX_SLOWDOWN, Recommendation, recommend
-from detcost.report.tables import AA_LABEL, AXES, CPU_NOTE, busy_count, failures, is_cpu, speed_table
-from detcost.settings import SETTINGS
+from detcost.settings import REFERENCE, SETTINGS
 
 ENV_FIELDS = (
     "torch",
@@ -73,7 +76,7 @@ def _price_cell(r, cpu: bool) -> str:
 
 
 def _price_rows(speed: pd.DataFrame, cpu: bool) -> tuple[list[str], list[dict], int]:
-    keys = [c for c in ("workload", *AXES) if c in speed]
+    keys = [c for c in ("workload", *group_fields()) if c in speed]
     header = [
         *keys,
         "setting",
@@ -135,9 +138,7 @@ def _pareto(points: pd.DataFrame) -> pd.Series:
 def _tradeoff_points(speed: pd.DataFrame, var: pd.DataFrame) -> pd.DataFrame:
     timed = speed[speed["setting"] != AA_LABEL]
     price = timed.groupby("setting")["price"].mean()
-    rows = var[(var["setting"] != variance.SEED_LABEL)]
-    if "threads" in rows:
-        rows = rows[~rows["threads"].astype(str).str.contains(" vs ")]
+    rows = variance.same_seed_rows(var)
     spread = rows.groupby("setting")["rel_l2"].mean() if not rows.empty else pd.Series(dtype=float)
     points = pd.DataFrame({"price": price, "rel_l2": spread.reindex(price.index).fillna(0)}).reset_index()
     points = points.rename(columns={"index": "setting"})
@@ -172,7 +173,7 @@ def _figures(speed: pd.DataFrame, var: pd.DataFrame, curves: pd.DataFrame) -> li
 
 def _explain_section(df: pd.DataFrame, speed: pd.DataFrame, cpu: bool) -> dict | None:
     """Ranked op changes per workload x setting, a bar chart, and the cuDNN plans."""
-    attr = explain.attribution(df, speed)
+    attr = attribution.attribution(df, speed)
     if attr.empty:
         return None
     groups = []
@@ -180,7 +181,7 @@ def _explain_section(df: pd.DataFrame, speed: pd.DataFrame, cpu: bool) -> dict |
         shown = rows.dropna(subset=["op"])
         groups.append(
             {
-                "headline": explain.headline(rows, cuda=not cpu),
+                "headline": text.headline(rows, cuda=not cpu),
                 "rows": [
                     [
                         r.op,
@@ -196,7 +197,7 @@ def _explain_section(df: pd.DataFrame, speed: pd.DataFrame, cpu: bool) -> dict |
         )
     png = figures.explain_bars(attr, cuda=not cpu) if attr["op"].notna().any() else None
     return {
-        "note": explain.CPU_RANKING_NOTE if cpu else "Ops and kernels ranked by the change in self device time.",
+        "note": text.CPU_RANKING_NOTE if cpu else "Ops and kernels ranked by the change in self device time.",
         "groups": groups,
         "figure": base64.b64encode(png).decode() if png else None,
         "plans": _cudnn_rows(df),
@@ -206,7 +207,7 @@ def _explain_section(df: pd.DataFrame, speed: pd.DataFrame, cpu: bool) -> dict |
 def _cudnn_rows(df: pd.DataFrame) -> list[list[str]]:
     """Per workload x setting: the cuDNN engines the profiled trial's log names; one line
     when every trial skipped the log for the same reason (the CPU)."""
-    trials = df[(df["kind"] == "profiled") & (df["status"] == "ok")]
+    trials = ok_trials(df, (Kind.PROFILED,))
     if trials.empty or "cudnn_plans.status" not in trials:
         return []
     if (trials["cudnn_plans.status"] == "skipped").all() and trials["cudnn_plans.reason"].nunique() == 1:
@@ -223,19 +224,17 @@ def _cudnn_rows(df: pd.DataFrame) -> list[list[str]]:
 
 
 def _audit_rows(df: pd.DataFrame) -> list[dict]:
-    audits = df[(df["kind"] == "audit") & (df["status"] == "ok")]
     out = []
-    for r in audits.to_dict(orient="records"):
-        alerts = r.get("audit.alerts") or []
-        text = "; ".join(f"{a['op']} x{a['count']} in {', '.join(a['modules'])}" for a in alerts) or "none found"
-        strict = f"fails: {r.get('audit.strict_error')}" if r.get("audit.strict_fails") else "runs"
-        out.append({"workload": r["workload"], "alerts": text, "strict": strict})
+    for r in ok_trials(df, (Kind.AUDIT,)).to_dict(orient="records"):
+        audit = {k.split(".", 1)[1]: v for k, v in r.items() if k.startswith("audit.")}
+        alerts, strict = text.audit_cells({**audit, "alerts": audit.get("alerts") or []})
+        out.append({"workload": r["workload"], "alerts": alerts, "strict": strict})
     return out
 
 
 def _env_rows(df: pd.DataFrame) -> list[tuple[str, str]]:
     # a `default` trial's view: other settings add their own variables (CUBLAS_WORKSPACE_CONFIG)
-    plain = df[(df["setting"] == "default") & df["env.torch"].notna()] if "env.torch" in df else df
+    plain = df[(df["setting"] == REFERENCE) & df["env.torch"].notna()] if "env.torch" in df else df
     first = (plain if len(plain) else df).iloc[0]
     rows = [(k, str(first.get(f"env.{k}"))) for k in ENV_FIELDS if f"env.{k}" in df]
     env_vars = first.get("env.env")
@@ -255,7 +254,7 @@ def machine_section(df: pd.DataFrame, name: str, max_slowdown: float) -> dict:
     )
     cpu = is_cpu(df)
     header, rows, nkeys = _price_rows(speed, cpu) if not speed.empty else ([], [], 0)
-    shown = variance.display(var) if not var.empty else pd.DataFrame()
+    shown = text.variance_display(var) if not var.empty else pd.DataFrame()
     failed = failures(df)
     if not failed.empty:
         failed = failed.assign(workaround=[workaround(e) or "" for e in failed["error"]])
@@ -297,7 +296,7 @@ def build_report(
         "sources": [str(p) for p in paths],
         "generated": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "machines": machines,
-        "cpu_note": CPU_NOTE,
+        "cpu_note": text.CPU_NOTE,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     html = out_dir / "index.html"

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
 
-from detcost.report.tables import AA_LABEL, AXES, setting_order  # noqa: E402
+from detcost.derive.frame import AA_LABEL, group_fields, setting_order  # noqa: E402
 from detcost.settings import SETTINGS  # noqa: E402
 
 _PALETTE = plt.get_cmap("tab10").colors
@@ -46,7 +46,7 @@ def _grid(n: int, width: float = 4.2, height: float = 3.2):
 
 def _panels(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """One panel per workload and value of any axis in the table (threads, sizes, ...)."""
-    keys = ["workload", *[a for a in AXES if a in table]]
+    keys = ["workload", *[a for a in group_fields() if a in table]]
     panels = []
     for key, rows in table.groupby(keys, sort=False):
         key = key if isinstance(key, tuple) else (key,)

@@ -16,9 +16,12 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import pandas as pd
 
-from detcost.report.tables import AA_LABEL, is_cpu, ok_trials, setting_order, speed_table
-from detcost.settings import SETTINGS, get_setting, snippet
-from detcost.variance import SEED_LABEL
+from detcost import axes
+from detcost.derive.frame import AA_LABEL, is_cpu, of_kind, ok_trials, setting_order
+from detcost.derive.prices import speed_table
+from detcost.derive.variance import same_seed_rows
+from detcost.record import Kind, Status
+from detcost.settings import REFERENCE, SETTINGS, get_setting, snippet
 
 DEFAULT_MAX_SLOWDOWN = 0.10
 FALLBACK_NOISE = 0.02  # price tolerance when a sweep has no A/A control
@@ -36,7 +39,7 @@ class Recommendation:
 
 def changes_from_default(name: str) -> int:
     """How many flags a setting changes relative to `default`."""
-    base, other = get_setting("default"), get_setting(name)
+    base, other = get_setting(REFERENCE), get_setting(name)
     return sum(
         getattr(base, f.name) != getattr(other, f.name) for f in fields(base) if f.name not in ("name", "summary")
     )
@@ -49,26 +52,18 @@ def noise_floor(speed: pd.DataFrame) -> float:
     return float(np.nanmax((aa["price_hi"] - aa["price_lo"]) / 2))
 
 
-def _same_thread_rows(var: pd.DataFrame) -> pd.DataFrame:
-    """Repeats at one thread count: what a setting guarantees (not the cross-thread rows)."""
-    if var.empty:
-        return var
-    rows = var[var["setting"] != SEED_LABEL]
-    return rows[~rows["threads"].astype(str).str.contains(" vs ")] if "threads" in rows else rows
-
-
 def candidates(df: pd.DataFrame, speed: pd.DataFrame, var: pd.DataFrame, price_label=None) -> pd.DataFrame:
     """Per setting: does it run everywhere, its worst price, how reproducible it is.
     `price_label(setting)` names the row of `speed` that prices a setting (on the CPU,
     the pooled cuDNN-only group)."""
     price_label = price_label or (lambda s: s)
-    timed = df[df["kind"] == "timed"]
+    timed = of_kind(df, Kind.TIMED)
     workloads = sorted(set(timed["workload"]))
-    same_thread = _same_thread_rows(var)
+    same_thread = same_seed_rows(var)
     rows = []
     for s in setting_order(timed["setting"].unique()):
         trials = timed[timed["setting"] == s]
-        failed = trials[trials["status"] != "ok"]
+        failed = trials[trials["status"] != str(Status.OK)]
         prices = speed[speed["setting"] == price_label(s)]
         worst = prices.loc[prices["price"].idxmax()] if len(prices) else None
         v = same_thread[same_thread["setting"] == s] if not same_thread.empty else same_thread
@@ -94,12 +89,13 @@ def _cpu_pooled_prices(df: pd.DataFrame) -> tuple[pd.DataFrame, callable, list[s
     """On the CPU the settings that differ only in cuDNN flags run the same kernels: price
     them as one setting (their trials pooled), so noise cannot rank one above another,
     and the luckiest of them does not become "the fastest" that prices everyone else."""
-    timed_settings = set(df.loc[df["kind"] == "timed", "setting"])
+    timed_settings = set(of_kind(df, Kind.TIMED)["setting"])
     group = [s for s in setting_order(timed_settings) if s in SETTINGS and SETTINGS[s].cudnn_only]
     if len(group) < 2:
         return speed_table(df), (lambda s: s), []
     label = group[0]
-    pooled = df.assign(setting=df["setting"].where(~(df["setting"].isin(group) & (df["kind"] == "timed")), label))
+    in_group = df["setting"].isin(group) & (df["kind"] == str(Kind.TIMED))
+    pooled = df.assign(setting=df["setting"].where(~in_group, label))
     return speed_table(pooled), (lambda s: label if s in group else s), group
 
 
@@ -113,7 +109,6 @@ def recommend(
         cands = candidates(df, speed, var, price_label)
     else:
         cands = candidates(df, speed, var)
-    threads = sorted(set(ok_trials(df)["threads"])) if not df.empty else []
     notes = _notes(df, cands, cpu)
     budget = 1 + max_slowdown
     noise = noise_floor(speed)
@@ -156,11 +151,18 @@ def recommend(
         others = ", ".join(t for t in tied["setting"] if t != pick["setting"])
         change = "changes no flag" if pick["changes"] == 0 else f"changes {pick['changes']} flag(s) from default"
         reason += f"; {others} tie with it within the noise floor, and {pick['setting']} {change}"
-    code = snippet(get_setting(pick["setting"]))
-    if cpu:
-        n = threads[0] if len(threads) == 1 else "N"
-        code += f"\ntorch.set_num_threads({n})  # on the CPU, results depend on the thread count: fix it"
+    code = "\n".join([snippet(get_setting(pick["setting"])), *axis_snippet(df, cpu)])
     return Recommendation(pick["setting"], reason, code, max_slowdown, cands, notes)
+
+
+def axis_snippet(df: pd.DataFrame, cpu: bool) -> list[str]:
+    """Each axis's lines for the values this run used (on the CPU: fix the thread count)."""
+    timed = ok_trials(df)
+    lines = []
+    for axis, _ in axes.each({}):
+        if axis.snippet and axis.name in timed:
+            lines += axis.snippet(sorted(set(timed[axis.name].dropna())), cpu)
+    return lines
 
 
 def _notes(df: pd.DataFrame, cands: pd.DataFrame, cpu: bool) -> list[str]:
@@ -184,7 +186,7 @@ def _notes(df: pd.DataFrame, cands: pd.DataFrame, cpu: bool) -> list[str]:
 
 
 def _blockers(df: pd.DataFrame) -> str:
-    audits = df[df["kind"] == "audit"] if "audit.alerts" in df else pd.DataFrame()
+    audits = of_kind(df, Kind.AUDIT) if "audit.alerts" in df else pd.DataFrame()
     ops = sorted(
         {
             f"{a['op']} in {', '.join(a['modules'])}"

@@ -13,8 +13,9 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from detcost.report import tables
-from detcost.report.tables import ok_trials, setting_order
+from detcost import axes as axes_mod
+from detcost.derive.frame import ok_trials, setting_order, varying_axes
+from detcost.record import SIZE_FIELDS, Kind
 from detcost.results import sidecar_path
 
 SEED_LABEL = "seed yardstick"
@@ -87,42 +88,57 @@ def compare(group: pd.DataFrame) -> dict:
 
 
 def variance_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per workload x setting (x threads, vary, memory format): spread across repeats,
-    the seed yardstick as its own row, and each setting's spread as a fraction of it."""
-    timed = ok_trials(df, ("timed",))
-    seeds = ok_trials(df, ("seed",))
+    """Per workload x setting (x axes): spread across repeats, the seed yardstick as its
+    own row, the same seed across the values of an axis that changes numerics (threads:
+    column `across` names the axis, `across_values` the values), and each row's spread as
+    a fraction of the seed yardstick's."""
+    timed, seeds = ok_trials(df, (Kind.TIMED,)), ok_trials(df, (Kind.SEED,))
     if timed.empty and seeds.empty:
         return pd.DataFrame()
-    axes = tables.axes(df)
-    sizes = [a for a in axes if a in tables.SIZE_AXES]
+    axes = varying_axes(df)
+    sizes = [a for a in axes if a in SIZE_FIELDS]
     rows = []
     for key, group in timed.groupby(["workload", "setting", *axes], sort=False):
         rows.append({**dict(zip(["workload", "setting", *axes], key)), **compare(group)})
     for key, group in seeds.groupby(["workload", *sizes], sort=False):
         fixed = {a: group[a].iloc[0] for a in axes if a not in sizes}
         rows.append({**dict(zip(["workload", *sizes], key)), "setting": SEED_LABEL, **fixed, **compare(group)})
-    if "threads" in axes:
-        others = [a for a in axes if a != "threads"]
-        for key, group in timed.groupby(["workload", "setting", *others], sort=False):
-            if group["threads"].nunique() > 1:
-                rows.append({**dict(zip(["workload", "setting", *others], key)), **_cross_threads(group)})
-    table = pd.DataFrame(rows)
-    table = _relative_to_seeds(table)
+    for axis in filter(axes_mod.compares_across, axes):
+        rows += _across(timed, axis, [a for a in axes if a != axis])
+    table = _relative_to_seeds(pd.DataFrame(rows), sizes)
     order = {s: i for i, s in enumerate([*setting_order(table["setting"].unique()), SEED_LABEL])}
     table["_o"] = table["setting"].map(lambda s: order.get(s, len(order)))
-    sort = ["workload", "_o", *[a for a in axes if a != "threads"]]
+    if "across" not in table:
+        table["across"] = None
+    sort = ["workload", "_o", *[a for a in axes if not axes_mod.compares_across(a)]]
     return table.sort_values(sort, kind="stable").drop(columns="_o").reset_index(drop=True)
 
 
-def _cross_threads(group: pd.DataFrame) -> dict:
-    """The same seed at different thread counts: one trial per thread count (repeat 0)."""
-    first = group.sort_values("repeat").groupby("threads", sort=True).head(1)
-    return {**compare(first), "threads": " vs ".join(str(t) for t in sorted(first["threads"]))}
+def _across(timed: pd.DataFrame, axis: str, others: list[str]) -> list[dict]:
+    """The same seed at different values of `axis`: one trial per value (repeat 0)."""
+    rows = []
+    for key, group in timed.groupby(["workload", "setting", *others], sort=False):
+        if group[axis].nunique() < 2:
+            continue
+        first = group.sort_values("repeat").groupby(axis, sort=True).head(1)
+        values = " vs ".join(str(v) for v in sorted(first[axis]))
+        keys = dict(zip(["workload", "setting", *others], key))
+        rows.append({**keys, **compare(first), "across": axis, "across_values": values})
+    return rows
 
 
-def _relative_to_seeds(table: pd.DataFrame) -> pd.DataFrame:
+def same_seed_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Repeats of one configuration: what a setting guarantees (not the seed yardstick,
+    not the rows across an axis's values)."""
+    if table.empty:
+        return table
+    rows = table[table["setting"] != SEED_LABEL]
+    return rows[rows["across"].isna()] if "across" in rows else rows
+
+
+def _relative_to_seeds(table: pd.DataFrame, sizes: list[str]) -> pd.DataFrame:
     """Each row's spread as a fraction of the seed yardstick's (same workload and sizes)."""
-    keys = ["workload", *[a for a in tables.SIZE_AXES if a in table]]
+    keys = ["workload", *sizes]
     seeds = table[table["setting"] == SEED_LABEL]
     metrics = ("rel_l2", "loss_std", "disagreement")
     ref = table[keys].merge(seeds[keys + list(metrics)], on=keys, how="left")
@@ -135,8 +151,8 @@ def _relative_to_seeds(table: pd.DataFrame) -> pd.DataFrame:
 def divergence_curves(df: pd.DataFrame) -> pd.DataFrame:
     """Distance between repeats at each checkpoint (mean over pairs): data for a log-log
     plot of how one rounding difference grows. One row per group x checkpoint."""
-    timed = ok_trials(df, ("timed",))
-    axes = tables.axes(df)
+    timed = ok_trials(df, (Kind.TIMED,))
+    axes = varying_axes(df)
     rows = []
     for key, group in timed.groupby(["workload", "setting", *axes], sort=False):
         sides = [s for s in (load_sidecar(rec) for _, rec in group.iterrows()) if s is not None]
@@ -155,35 +171,3 @@ def divergence_curves(df: pd.DataFrame) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
-
-
-DISPLAY_COLUMNS = {
-    "identical": "identical",
-    "max_abs_dtheta": "max|dθ|",
-    "rel_l2": "rel L2",
-    "loss_std": "loss std",
-    "disagreement": "pred. disagree",
-    "max_abs_dlogits": "max|dlogits|",
-    "first_diff_step": "first diff step",
-    "rel_l2_vs_seeds": "rel L2 / seeds",
-}
-
-
-def display(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as a person reads it: `identical` as n/R, numbers compact."""
-    if table.empty:
-        return table
-    out = table.copy()
-    out["identical"] = [
-        f"{r.R} seeds" if r.setting == SEED_LABEL else f"{r.n_identical}/{r.R}" for r in out.itertuples()
-    ]
-    keys = ["workload", "setting"] + [a for a in tables.AXES if a in out]
-    cols = keys + [c for c in DISPLAY_COLUMNS if c in out]
-    out = out[cols].rename(columns=DISPLAY_COLUMNS)
-    for col in ("max|dθ|", "rel L2", "loss std", "max|dlogits|", "rel L2 / seeds"):
-        out[col] = out[col].map(lambda v: "-" if pd.isna(v) else ("0" if v == 0 else f"{v:.2e}"))
-    out["pred. disagree"] = out["pred. disagree"].map(lambda v: "-" if pd.isna(v) else f"{v:.1%}")
-    out["first diff step"] = [
-        "-" if r < 2 else ("never" if pd.isna(v) else str(int(v))) for v, r in zip(out["first diff step"], table["R"])
-    ]
-    return out

@@ -1,0 +1,224 @@
+"""The axis registry: the dimensions a trial varies along besides its workload and setting.
+
+An axis is one entry here, and everything that needs to know the axes iterates over the
+registry: the CLI flag, the sweep's plan, a trial's identity (`trial_id`), how the trial
+process applies the value and reads it back, resume and compare matching, the FLOP cache
+key, the table's group keys and the snippet. Adding an axis means adding one `Axis` below
+(and its test); nothing else is edited.
+
+The hooks run in the trial process and import torch there, not here: this module is part
+of the record's bottom layer and loads without the training stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from detcost.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis. `name` is the record field, the table column and (with `-` for `_`) the
+    CLI flag; `values` the allowed values (None: `parse` decides)."""
+
+    name: str
+    default: Any
+    help: str
+    values: tuple | None = None
+    parse: Callable[[str], Any] = str
+    # How the value shows in the trial id; None leaves it out (the default value, usually).
+    id_part: Callable[[Any], str | None] = lambda v: None
+    # In the trial process: before the workload is built (process state), after it is built.
+    before_build: Callable[[Any], None] | None = None
+    on_workload: Callable[[Any, Any], None] | None = None  # (workload, value)
+    # What torch says is in force, stored as `<name>_read_back`.
+    read_back: Callable[[Any], Any] | None = None  # (workload) -> value
+    # Lines of the recommendation's snippet for the values a run used, on the CPU or not.
+    snippet: Callable[[list, bool], list[str]] | None = None
+    # Whether repeats under this value draw a new seed for a purpose ("init", "data").
+    varies_seed: Callable[[Any, str], bool] | None = None
+    affects_flops: bool = False  # part of the FLOP cache key (the model's layout, not the machine's)
+    compare_across: bool = False  # the variance table compares one seed across this axis's values
+    sweep_default: Callable[[str], list] | None = None  # a sweep's values when none are given (by device)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def parse_list(self, text: str) -> list:
+        """A comma list of values, order kept, duplicates dropped; bad input is a UsageError."""
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise UsageError(f"{self.flag}: give at least one value")
+        values = [self._parse_one(t) for t in items]
+        return list(dict.fromkeys(values))
+
+    def _parse_one(self, text: str):
+        try:
+            value = self.parse(text)
+        except ValueError as exc:
+            raise UsageError(f"{self.flag}: {exc}") from None
+        if self.values is not None and value not in self.values:
+            raise UsageError(f"{self.flag}: unknown value {text!r}; valid: {', '.join(map(str, self.values))}")
+        return value
+
+    def defaults_for(self, device: str) -> list:
+        return self.sweep_default(device) if self.sweep_default else [self.default]
+
+
+REGISTRY: dict[str, Axis] = {}
+
+
+def register(axis: Axis) -> Axis:
+    REGISTRY[axis.name] = axis
+    return axis
+
+
+def unregister(name: str) -> None:
+    REGISTRY.pop(name, None)
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def each(values: Mapping[str, Any]) -> Iterator[tuple[Axis, Any]]:
+    """(axis, value) for every registered axis, in registry order."""
+    for name, axis in REGISTRY.items():
+        yield axis, values.get(name, axis.default)
+
+
+def complete(values: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Every registered axis with its value: the given one, else the axis's default.
+    A name that is not an axis is a ValueError (a typo would otherwise vanish)."""
+    values = dict(values or {})
+    unknown = set(values) - set(REGISTRY)
+    if unknown:
+        raise ValueError(f"unknown axes {sorted(unknown)}; registered: {names()}")
+    return {axis.name: value for axis, value in each(values)}
+
+
+def compares_across(name: str) -> bool:
+    """Whether the variance table compares one seed across the values of this column."""
+    return name in REGISTRY and REGISTRY[name].compare_across
+
+
+def id_parts(values: Mapping[str, Any]) -> list[str]:
+    parts = [axis.id_part(value) for axis, value in each(values)]
+    return [p for p in parts if p]
+
+
+# ---- the axes ---------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def _set_threads(n: int | None) -> None:
+    import torch
+
+    if n:
+        torch.set_num_threads(n)
+
+
+def _threads_read_back(_workload) -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _threads_snippet(values: list, cpu: bool) -> list[str]:
+    if not cpu:
+        return []
+    n = values[0] if len(values) == 1 else "N"
+    return [f"torch.set_num_threads({n})  # on the CPU, results depend on the thread count: fix it"]
+
+
+def _torch_threads(device: str) -> list[int]:
+    import torch
+
+    return [torch.get_num_threads()]
+
+
+register(
+    Axis(
+        name="threads",
+        default=None,
+        help="CPU thread counts, comma list; each trial runs at each (default: torch's default)",
+        parse=_positive_int,
+        id_part=lambda n: f"t{n}",
+        before_build=_set_threads,
+        read_back=_threads_read_back,
+        snippet=_threads_snippet,
+        compare_across=True,
+        sweep_default=_torch_threads,
+    )
+)
+
+VARY_MODES = ("impl", "init", "data", "all")
+
+register(
+    Axis(
+        name="vary",
+        default="impl",
+        values=VARY_MODES,
+        help="what differs between repeats, comma list: impl (only the kernels: same seed, fresh processes; "
+        "default), init (initialisation), data (data order and samples), all",
+        id_part=lambda v: None if v == "impl" else f"vary-{v}",
+        varies_seed=lambda v, purpose: v in ("all", purpose),
+    )
+)
+
+MEMORY_FORMATS = ("contiguous", "channels_last")
+
+
+def _to_channels_last(workload, value: str) -> None:
+    import torch
+
+    if value == "channels_last":
+        workload.model.to(memory_format=torch.channels_last)
+        workload.batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in workload.batches]
+
+
+def _memory_format_of(workload) -> str:
+    import torch
+
+    for p in workload.model.parameters():
+        if p.dim() == 4:
+            last = p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+            return "channels_last" if last else "contiguous"
+    return "contiguous"
+
+
+def _memory_format_snippet(values: list, cpu: bool) -> list[str]:
+    if values != ["channels_last"]:
+        return []
+    return [
+        "# channels_last: the model and every input batch",
+        "# model = model.to(memory_format=torch.channels_last); x = x.contiguous(memory_format=torch.channels_last)",
+    ]
+
+
+register(
+    Axis(
+        name="memory_format",
+        default="contiguous",
+        values=MEMORY_FORMATS,
+        help="comma list of contiguous, channels_last: each trial runs in each (default: contiguous)",
+        id_part=lambda v: None if v == "contiguous" else v,
+        on_workload=_to_channels_last,
+        read_back=_memory_format_of,
+        snippet=_memory_format_snippet,
+        affects_flops=True,
+    )
+)

@@ -1,0 +1,109 @@
+"""Attribution: which ops (and, on CUDA, kernels) changed between a setting and the
+reference, from the op tables the profiled trials stored. Never re-runs training.
+
+CPU: ops whose call count changed, by that change; self times of single ops are
+unreliable there (first-touch page faults move between ops), so an op whose calls did not
+change is kept only when its self time moved by more than a share of the step.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from detcost.derive.frame import is_cpu, ok_trials
+from detcost.record import Kind
+from detcost.results import sidecar_path
+from detcost.settings import REFERENCE
+
+TOP_OPS = 8
+
+
+def load_profiles(df: pd.DataFrame) -> pd.DataFrame:
+    """The op tables of all profiled trials: one row per workload x setting x op."""
+    trials = ok_trials(df, (Kind.PROFILED,))
+    frames = []
+    for rec in trials.to_dict(orient="records"):
+        path = sidecar_path(rec)
+        if path is None or not path.is_file():
+            continue
+        ops = pd.DataFrame(json.loads(path.read_text()))
+        frames.append(ops.assign(workload=rec["workload"], setting=rec["setting"], device=rec["device"]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def reference_setting(df: pd.DataFrame, workload: str, speed: pd.DataFrame | None) -> str:
+    """`default` on the CPU (where the fastest cuDNN-only setting is picked by noise);
+    the fastest timed setting elsewhere."""
+    if is_cpu(df) or speed is None or speed.empty:
+        return REFERENCE
+    rows = speed[(speed["workload"] == workload) & (speed["price"] == 1.0)]
+    return str(rows["setting"].iloc[0]) if len(rows) else REFERENCE
+
+
+def _step_ms(df: pd.DataFrame, workload: str, setting: str) -> float:
+    timed = ok_trials(df)
+    timed = timed[(timed["workload"] == workload) & (timed["setting"] == setting)]
+    return float(timed["step_time_median_s"].median() * 1e3) if len(timed) else float("nan")
+
+
+MIN_CALL_CHANGE = 0.5  # calls per step; smaller changes are the profiler's edges
+# On the CPU an op whose call count did not change is shown only if its self time moved
+# by at least this share of the reference step (or 0.1 ms): below that it is noise.
+CPU_TIME_SHARE = 0.03
+
+
+def _ranked(diff: pd.DataFrame, cuda: bool, ref_step_ms: float) -> pd.DataFrame:
+    """The ops worth showing, most telling first. CUDA: by the change in self device time.
+    CPU: ops whose call count changed, by that change; then ops whose self time moved by
+    more than the noise allows, by that (indicative only: see the module docstring)."""
+    calls = diff["calls"].abs()
+    if cuda:
+        keep = (diff["self_device_ms"].abs() > 0) | (calls >= MIN_CALL_CHANGE)
+        return diff[keep].assign(_k=diff["self_device_ms"].abs()).sort_values("_k", ascending=False).drop(columns="_k")
+    floor = max(0.1, CPU_TIME_SHARE * ref_step_ms) if ref_step_ms == ref_step_ms else 0.1
+    keep = (calls >= MIN_CALL_CHANGE) | (diff["self_cpu_ms"].abs() >= floor)
+    order = diff.assign(_c=(calls >= MIN_CALL_CHANGE), _n=calls, _t=diff["self_cpu_ms"].abs())[keep]
+    return order.sort_values(["_c", "_n", "_t"], ascending=False).drop(columns=["_c", "_n", "_t"])
+
+
+_DIFF_COLUMNS = ("calls", "self_cpu_ms", "self_device_ms", "cpu_memory_bytes")
+
+
+def _diff(ops: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
+    """Per op and kind: the setting's per-step figures minus the reference's."""
+    cols = list(_DIFF_COLUMNS)
+    both = ops.set_index(["name", "kind"])[cols].join(base[cols].add_suffix("_ref"), how="outer").fillna(0)
+    return pd.DataFrame({c: both[c] - both[f"{c}_ref"] for c in cols})
+
+
+def _rows(common: dict, diff: pd.DataFrame) -> list[dict]:
+    """One row per op that changed; one row with no op when nothing did (said, not dropped)."""
+    if diff.empty:
+        return [{**common, "op": None, "kind": None, **{f"delta_{c}": 0.0 for c in _DIFF_COLUMNS}}]
+    return [
+        {**common, "op": name, "kind": kind, **{f"delta_{c}": d[c] for c in _DIFF_COLUMNS}}
+        for (name, kind), d in diff.iterrows()
+    ]
+
+
+def attribution(df: pd.DataFrame, speed: pd.DataFrame | None = None, top: int = TOP_OPS) -> pd.DataFrame:
+    """Per workload x setting: the ops whose per-step calls or self time changed most
+    against the reference setting, with the change in the whole step's median time."""
+    profiles = load_profiles(df)
+    if profiles.empty:
+        return pd.DataFrame()
+    cuda = not is_cpu(df)
+    rows = []
+    for workload, ops in profiles.groupby("workload", sort=False):
+        ref = reference_setting(df, workload, speed)
+        base = ops[ops["setting"] == ref].set_index(["name", "kind"])
+        if base.empty:
+            continue
+        ref_ms = _step_ms(df, workload, ref)
+        for setting, other in ops[ops["setting"] != ref].groupby("setting", sort=False):
+            diff = _ranked(_diff(other, base), cuda, ref_ms).head(top)
+            common = {"workload": workload, "setting": setting, "reference": ref}
+            rows += _rows({**common, "delta_step_ms": _step_ms(df, workload, setting) - ref_ms}, diff)
+    return pd.DataFrame(rows)

@@ -1,0 +1,423 @@
+"""The record: what identifies a trial (`TrialSpec`), what it measured (`TrialRecord` and its
+typed parts), the `Kind` and `Status` vocabularies, the schema version and the table
+columns. The bottom layer: everything that writes or reads a record goes through here.
+
+On disk a record is one flat JSON object (schema version 1, unchanged in meaning since the
+first release; later additions are new fields that older readers ignore). In memory its
+parts are typed: `StepTiming` keeps the raw step times and derives its statistics from
+them, `Outcome` the fingerprints of what training produced, and a per-kind `payload`
+(the audit's alerts, the profiled trial's plans).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import Enum
+from typing import Any
+
+from detcost import axes as axes_mod
+from detcost import stats
+
+SCHEMA_VERSION = 1
+ERROR_CHARS = 300
+
+
+class _Vocabulary(str, Enum):
+    """A closed set of names that are plain strings on disk and in tables."""
+
+    def __str__(self) -> str:  # pandas and f-strings see the value, not "Kind.TIMED"
+        return self.value
+
+
+class Kind(_Vocabulary):
+    TIMED = "timed"  # a workload x setting x repeat: the prices and the variance
+    AA = "aa"  # the A/A control: `default` again under a second label (the noise floor)
+    SEED = "seed"  # the seed yardstick: `default` with other seeds
+    PROFILED = "profiled"  # a few steps under torch.profiler (what changed)
+    AUDIT = "audit"  # the ops without a deterministic implementation
+    MICROBENCH = "microbench"  # a pytest-benchmark layer, loaded beside sweeps
+
+    @property
+    def measured(self) -> bool:
+        """Trials whose steps are timed at the workload's sizes (their axes make groups)."""
+        return self in MEASURED
+
+
+MEASURED = (Kind.TIMED, Kind.AA, Kind.SEED)
+
+
+class Status(_Vocabulary):
+    OK = "ok"
+    ERROR = "error"  # raised
+    UNSUPPORTED = "unsupported"  # strict mode: "does not have a deterministic implementation"
+    OOM = "oom"
+    NAN = "nan"  # the loss became non-finite
+    CRASH = "crash"  # the process died without reporting
+    TIMEOUT = "timeout"
+
+
+# Sizes: two runs of one workload at different sizes do not compare.
+SIZE_FIELDS = ("batch_size", "image_size", "steps")
+
+
+def derive_seed(seed: int, purpose: str, index: int = 0) -> int:
+    """A seed for one purpose ("init", "data", ...) derived stably from a trial seed.
+
+    Stable across Python processes and versions (not `hash()`, which is salted).
+    """
+    digest = hashlib.sha256(f"{seed}:{purpose}:{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What identifies and configures one trial; decided by the parent, sent to the child."""
+
+    run_id: str
+    kind: Kind
+    workload: str
+    setting: str
+    repeat: int
+    seed: int
+    device: str
+    steps: int
+    warmup: int
+    batch_size: int
+    image_size: int
+    axes: dict = field(default_factory=dict)  # every registered axis with its value
+    sidecar: str | None = None  # path relative to the results file's directory
+    keep_params: bool = False
+    # FLOPs per step already counted by an earlier trial of the same workload and sizes
+    # (they do not depend on the setting): saves ~0.2 s of counting per trial.
+    known_flops: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", Kind(self.kind))
+        object.__setattr__(self, "axes", axes_mod.complete(self.axes))
+
+    @property
+    def trial_id(self) -> str:
+        head = [str(self.kind), self.workload, self.setting, f"r{self.repeat}", f"s{self.seed}"]
+        return "/".join(head + axes_mod.id_parts(self.axes))
+
+    def _seed_for(self, purpose: str) -> int:
+        varies = any(a.varies_seed and a.varies_seed(v, purpose) for a, v in axes_mod.each(self.axes))
+        return derive_seed(self.seed, purpose, self.repeat if varies else 0)
+
+    @property
+    def init_seed(self) -> int:
+        return self._seed_for("init")
+
+    @property
+    def data_seed(self) -> int:
+        return self._seed_for("data")
+
+    @property
+    def total_steps(self) -> int:
+        return self.warmup + self.steps
+
+    def sizes(self) -> dict:
+        """What must match for two trials' step times to be compared (resume checks it)."""
+        return {"device": self.device, "steps": self.steps, "warmup": self.warmup, **self._shape()}
+
+    def _shape(self) -> dict:
+        return {"batch_size": self.batch_size, "image_size": self.image_size}
+
+    def identity(self) -> dict:
+        """The fields every record has, whatever happened to the trial."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": self.run_id,
+            "trial_id": self.trial_id,
+            "kind": str(self.kind),
+            "workload": self.workload,
+            "setting": self.setting,
+            "repeat": self.repeat,
+            "seed": self.seed,
+            "init_seed": self.init_seed,
+            "data_seed": self.data_seed,
+            **self.axes,
+            **self.sizes(),
+        }
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrialSpec:
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, record: dict) -> TrialSpec:
+        """The spec a stored record was made from (axes it predates get their defaults)."""
+        names = ("run_id", "kind", "workload", "setting", "repeat", "seed", "device", "steps", "warmup")
+        return cls(
+            **{k: record[k] for k in names},
+            **{k: record[k] for k in ("batch_size", "image_size")},
+            axes={a: record[a] for a in axes_mod.names() if a in record},
+            sidecar=record.get("sidecar"),
+        )
+
+
+def flops_key(spec: TrialSpec) -> tuple:
+    """FLOPs per step depend on the workload, its sizes and the axes that change the model's
+    computation (layout), not on the setting or the machine's threads."""
+    model_axes = tuple(v for a, v in axes_mod.each(spec.axes) if a.affects_flops)
+    return (spec.workload, spec.batch_size, spec.image_size, spec.total_steps, spec.device, *model_axes)
+
+
+# ---- the typed parts ----------------------------------------------------------------
+
+
+def _from(cls, d: dict, **extra):
+    """An instance of a record part from the stored fields it knows (None if none is there)."""
+    known = {f.name for f in fields(cls)} - set(extra)
+    present = {k: d[k] for k in known if k in d}
+    return cls(**present, **extra) if present else None
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """The timed region of one trial: raw step times and what was measured around them.
+
+    The statistics are properties of the raw times, as `torch.utils.benchmark`'s
+    `Measurement` derives its own, so any statistic can be recomputed from a record.
+    Steps in `excluded_steps` took a parameter snapshot and are left out of them.
+    """
+
+    step_times_s: list[float]
+    batch_size: int
+    excluded_steps: list[int] = field(default_factory=list)
+    step_strata: list[int] | None = None  # input-shape index per step, where shapes vary
+    timer: str | None = None  # "cuda_event" or "perf_counter"
+    build_s: float | None = None
+    first_step_s: float | None = None
+    cold_start_s: float | None = None  # wall time of the warm-up steps (where cuDNN autotunes)
+    region_s: float | None = None
+    peak_memory_bytes: int | None = None
+    memory_metric: str | None = None
+    busy: dict | None = None  # the busy-machine guard's view of the timed region
+    flops_per_step: float | None = None
+    flops_source: str | None = None
+
+    @property
+    def kept(self) -> tuple[list[float], list[int] | None]:
+        """The step times (and strata) the statistics use."""
+        times, strata = list(self.step_times_s), self.step_strata
+        strata = list(strata) if strata is not None else None
+        drop = set(int(j) for j in self.excluded_steps or ())
+        if not drop:
+            return times, strata
+        keep = [j for j in range(len(times)) if j not in drop]
+        return [times[j] for j in keep], ([strata[j] for j in keep] if strata else None)
+
+    @property
+    def step_time_median_s(self) -> float:
+        return stats.typical_step_time(*self.kept)
+
+    @property
+    def step_time_iqr_s(self) -> float:
+        q25, q75 = stats.step_quartiles(*self.kept)
+        return q75 - q25
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.batch_size / self.step_time_median_s
+
+    @property
+    def samples_per_s_iqr(self) -> float:
+        q25, q75 = stats.step_quartiles(*self.kept)
+        return self.batch_size / q25 - self.batch_size / q75
+
+    @property
+    def noisy_steps(self) -> bool:
+        return self.step_time_iqr_s / self.step_time_median_s > stats.IQR_WARN_THRESHOLD
+
+    @property
+    def achieved_flops(self) -> float | None:
+        return self.flops_per_step / self.step_time_median_s if self.flops_per_step else None
+
+    @property
+    def is_busy(self) -> bool:
+        return bool(self.busy and self.busy.get("busy"))
+
+    DERIVED = (
+        "step_time_median_s",
+        "step_time_iqr_s",
+        "samples_per_s",
+        "samples_per_s_iqr",
+        "noisy_steps",
+        "achieved_flops",
+    )
+
+    def to_json(self) -> dict:
+        raw = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "batch_size"}
+        return {**raw, **{name: getattr(self, name) for name in self.DERIVED}}
+
+    @classmethod
+    def from_json(cls, d: dict) -> StepTiming | None:
+        if not d.get("step_times_s"):
+            return None
+        return _from(cls, d, batch_size=d["batch_size"])
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Fingerprints of what training produced: comparing them across repeats is the variance."""
+
+    final_loss: float | None = None
+    first_nonfinite_step: int | None = None
+    eval_accuracy: float | None = None
+    params_sha256: str | None = None
+    logits_sha256: str | None = None
+
+    def judge(self) -> tuple[Status, str | None]:
+        if self.first_nonfinite_step:
+            return Status.NAN, f"loss became non-finite at step {self.first_nonfinite_step}"
+        if self.final_loss is not None and not math.isfinite(self.final_loss):
+            return Status.NAN, "final loss is not finite"
+        return Status.OK, None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> Outcome | None:
+        return _from(cls, d)
+
+
+@dataclass(frozen=True)
+class TrialParts:
+    """What a trial kind's runner returns: the parts of the record it measured."""
+
+    timing: StepTiming | None = None
+    outcome: Outcome | None = None
+    payload: dict = field(default_factory=dict)  # per kind: the audit's alerts, the profile's plans
+    sidecar: str | None = None  # arrays beside the results file (relative path)
+    read_back: dict = field(default_factory=dict)  # each axis's value as torch reported it
+
+
+_RUN_FIELDS = ("status", "error", "started_at", "finished_at", "wall_s", "process_wall_s", "sidecar", "flags", "env")
+
+
+@dataclass
+class TrialRecord:
+    """One trial's record: its spec, what happened, and what it measured."""
+
+    spec: TrialSpec
+    status: Status | None = None
+    error: str | None = None
+    flags: dict | None = None  # read back from torch inside the trial
+    parts: TrialParts = field(default_factory=TrialParts)
+    env: dict | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    wall_s: float | None = None
+    process_wall_s: float | None = None  # seen from the parent: process start to exit
+    results_path: str | None = None  # the file it was loaded from (not stored)
+
+    @property
+    def trial_id(self) -> str:
+        return self.spec.trial_id
+
+    @property
+    def ok(self) -> bool:
+        return self.status == Status.OK
+
+    @property
+    def timing(self) -> StepTiming | None:
+        return self.parts.timing
+
+    @property
+    def outcome(self) -> Outcome | None:
+        return self.parts.outcome
+
+    @property
+    def payload(self) -> dict:
+        return self.parts.payload
+
+    def fail(self, status: Status, error: str) -> TrialRecord:
+        self.status, self.error = Status(status), error
+        return self
+
+    def to_json(self) -> dict:
+        """The flat JSON object stored on disk (one line of the results file)."""
+        out = {**self.spec.identity(), "status": _str(self.status), "error": self.error}
+        out.update(started_at=self.started_at, flags=self.flags)
+        for part in (self.parts.timing, self.parts.outcome):
+            out.update(part.to_json() if part else {})
+        out.update(self.parts.payload)
+        if self.parts.sidecar:
+            out["sidecar"] = self.parts.sidecar
+        out.update({f"{name}_read_back": value for name, value in self.parts.read_back.items()})
+        out.update(wall_s=self.wall_s, finished_at=self.finished_at, env=self.env)
+        if self.process_wall_s is not None:
+            out["process_wall_s"] = self.process_wall_s
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict) -> TrialRecord:
+        spec = TrialSpec.from_json(d)
+        known = _known_fields(spec)
+        parts = TrialParts(
+            timing=StepTiming.from_json(d),
+            outcome=Outcome.from_json(d),
+            payload={k: v for k, v in d.items() if k not in known},
+            sidecar=d.get("sidecar"),
+            read_back={a: d[f"{a}_read_back"] for a in axes_mod.names() if f"{a}_read_back" in d},
+        )
+        run = {k: d.get(k) for k in _RUN_FIELDS if k not in ("status", "sidecar")}
+        status = Status(d["status"]) if d.get("status") else None
+        return cls(spec, status, parts=parts, results_path=d.get("results_path"), **run)
+
+    def row(self) -> dict:
+        """One row of the results table: the stored fields, nested ones flattened one level
+        with dots (`flags.cudnn_benchmark`, `env.gpu`, `busy.busy`, `audit.alerts`), the
+        statistics recomputed from the raw step times, and the file it came from."""
+        row = {}
+        for key, value in self.to_json().items():
+            if isinstance(value, dict):
+                row.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                row[key] = value
+        row["results_path"] = self.results_path
+        return row
+
+
+def _str(value) -> str | None:
+    return None if value is None else str(value)
+
+
+_TIMING_FIELDS = {f.name for f in fields(StepTiming)} | set(StepTiming.DERIVED)
+_OUTCOME_FIELDS = {f.name for f in fields(Outcome)}
+
+
+def _known_fields(spec: TrialSpec) -> set[str]:
+    read_backs = {f"{a}_read_back" for a in axes_mod.names()}
+    return set(spec.identity()) | set(_RUN_FIELDS) | _TIMING_FIELDS | _OUTCOME_FIELDS | read_backs | {"results_path"}
+
+
+# Columns every table has, even an empty one (the identity and the status).
+TABLE_COLUMNS = ("schema_version", "run_id", "trial_id", "kind", "workload", "setting", "status")
+
+
+def table_rows(records: list[dict]) -> list[dict]:
+    """The results table's rows, one per stored record (see `TrialRecord.row`)."""
+    return [TrialRecord.from_json(r).row() for r in records]
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as the one-line `error` of a record."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else ""
+    # strict mode's message goes on with advice every user has seen; the op is the finding
+    first = first.split(", but you set 'torch.use_deterministic_algorithms(True)'")[0]
+    text = f"{type(exc).__name__}: {first}".strip()
+    return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 3] + "..."
+
+
+def with_spec(record: TrialRecord, **changes: Any) -> TrialRecord:
+    """The record with its spec changed (tests and tools that relabel a trial)."""
+    return replace(record, spec=replace(record.spec, **changes))

@@ -1,0 +1,250 @@
+"""What the terminal shows: the tables and sentences the CLI prints, built from derived
+tables. The HTML report and the CLI share these renderings, so a rule (what is "within
+noise", how an audit reads) is written once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from detcost import axes
+from detcost.derive.attribution import MIN_CALL_CHANGE
+from detcost.derive.frame import AA_LABEL, busy_count, failures, group_fields, is_cpu, of_kind, setting_order
+from detcost.derive.prices import noise_floors
+from detcost.derive.variance import SEED_LABEL
+from detcost.record import Kind, Status
+
+CPU_NOTE = (
+    "On the CPU the cuDNN flags do nothing: default, benchmark, deterministic, "
+    "benchmark_deterministic and no_cudnn run the same kernels, so differences between "
+    "them are noise (an A/A group). strict differs for real: use_deterministic_algorithms "
+    "NaN-fills every uninitialised allocation."
+)
+CPU_RANKING_NOTE = (
+    "On the CPU, self times of single ops are unreliable (first-touch page faults move between ops): ops are "
+    "ranked by the change in call count, and 'whole step' is the change in the timed trials' median step; an op "
+    "whose calls did not change is listed only when its self time moved by more than 3% of the step, as a hint."
+)
+
+
+# ---- prices -------------------------------------------------------------------------
+
+
+def speed_pivot(table: pd.DataFrame) -> pd.DataFrame:
+    """Workloads down, settings across: 'samples/s (ratio to default)'."""
+    if table.empty:
+        return table
+    keys = [c for c in ("workload", *group_fields()) if c in table]
+
+    def cell(r) -> str:
+        ratio = f" ({r.vs_default:.2f}x)" if np.isfinite(r.vs_default) else ""
+        return f"{r.samples_per_s:,.1f}{ratio}"
+
+    cells = table.assign(cell=table.apply(cell, axis=1))
+    pivot = cells.pivot_table(index=keys, columns="setting", values="cell", aggfunc="first")
+    cols = setting_order([c for c in pivot.columns if c != AA_LABEL]) + ([AA_LABEL] if AA_LABEL in pivot else [])
+    return pivot[cols].fillna("-")
+
+
+def noise_lines(speed: pd.DataFrame) -> list[str]:
+    """One line per A/A control: the noise floor, and a warning where it left its interval."""
+    lines = []
+    for r in noise_floors(speed).itertuples():
+        cv = f"; CV of samples/s across repeats {r.default_cv:.1%}" if pd.notna(r.default_cv) else ""
+        lines.append(
+            f"noise floor ({r.workload}): default vs itself {r.price:.3f}x [{r.price_lo:.3f}, {r.price_hi:.3f}]"
+            f"{cv} - differences inside this are noise"
+        )
+        if not r.steady:
+            lines.append(
+                f"  warning: on {r.workload} default differed from itself beyond its interval: the machine "
+                "was not steady during the sweep; read every price there as suspect"
+            )
+    return lines
+
+
+# ---- variance -----------------------------------------------------------------------
+
+VARIANCE_COLUMNS = {
+    "identical": "identical",
+    "max_abs_dtheta": "max|dθ|",
+    "rel_l2": "rel L2",
+    "loss_std": "loss std",
+    "disagreement": "pred. disagree",
+    "max_abs_dlogits": "max|dlogits|",
+    "first_diff_step": "first diff step",
+    "rel_l2_vs_seeds": "rel L2 / seeds",
+}
+VARIANCE_LEGEND = (
+    "identical: repeats whose final parameters are bitwise equal; rel L2: ||dθ|| / ||θ|| on the "
+    "parameter sample; rel L2 / seeds: that spread as a fraction of the seed yardstick's; "
+    "'1 vs 2' under an axis: the same seed at each of those values."
+)
+
+
+def _compact(v) -> str:
+    return "-" if pd.isna(v) else ("0" if v == 0 else f"{v:.2e}")
+
+
+def variance_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The variance table as a person reads it: `identical` as n/R, numbers compact, and
+    a row across an axis's values shows them ('1 vs 2') in that axis's column."""
+    if table.empty:
+        return table
+    out = table.copy()
+    out["identical"] = [
+        f"{r.R} seeds" if r.setting == SEED_LABEL else f"{r.n_identical}/{r.R}" for r in out.itertuples()
+    ]
+    for axis in out["across"].dropna().unique() if "across" in out else []:
+        rows = out["across"] == axis
+        out[axis] = out[axis].astype(object)
+        out.loc[rows, axis] = out.loc[rows, "across_values"]
+    keys = ["workload", "setting"] + [a for a in group_fields() if a in out]
+    out = out[keys + [c for c in VARIANCE_COLUMNS if c in out]].rename(columns=VARIANCE_COLUMNS)
+    for col in ("max|dθ|", "rel L2", "loss std", "max|dlogits|", "rel L2 / seeds"):
+        out[col] = out[col].map(_compact)
+    out["pred. disagree"] = out["pred. disagree"].map(lambda v: "-" if pd.isna(v) else f"{v:.1%}")
+    out["first diff step"] = [
+        "-" if r < 2 else ("never" if pd.isna(v) else str(int(v))) for v, r in zip(out["first diff step"], table["R"])
+    ]
+    return out
+
+
+def divergence_text(curves: pd.DataFrame) -> str:
+    """Distance between repeats at each checkpoint step, one block per workload."""
+    keys = [c for c in curves.columns if c not in ("step", "rel_l2", "max_abs_dtheta", "workload")]
+    keys = [c for c in keys if c == "setting" or curves[c].nunique() > 1]
+    blocks = []
+    for workload, rows in curves.groupby("workload", sort=False):  # each has its own checkpoints
+        table = rows.pivot_table(index=keys, columns="step", values="rel_l2")
+        blocks.append(f"{workload}:\n" + table.to_string(float_format="{:.1e}".format))
+    return "\n".join(blocks)
+
+
+# ---- explain ------------------------------------------------------------------------
+
+
+def headline(rows: pd.DataFrame, cuda: bool) -> str:
+    """One sentence per workload x setting: '+309 aten::fill_ calls/step (+1.2 ms self CPU)'."""
+    first = rows.iloc[0]
+    step = f"; whole step {first.delta_step_ms:+.2f} ms" if pd.notna(first.delta_step_ms) else ""
+    lead = f"{first.setting} vs {first.reference} on {first.workload}: "
+    if first.op is None or pd.isna(first.op):
+        return lead + f"no op's {'time' if cuda else 'call count'} changed" + step
+    parts = []
+    for r in rows.head(3).itertuples():
+        ms = r.delta_self_device_ms if cuda else r.delta_self_cpu_ms
+        where = "device" if cuda else "CPU"
+        if abs(r.delta_calls) >= MIN_CALL_CHANGE:
+            parts.append(f"{r.delta_calls:+.0f} {r.op} calls/step ({ms:+.2f} ms self {where})")
+        else:
+            parts.append(f"{r.op} {ms:+.2f} ms self {where}" + ("" if cuda else " (same calls; indicative)"))
+    return lead + ", ".join(parts) + step
+
+
+def explain_text(table: pd.DataFrame, cpu: bool) -> str:
+    """The attribution, one headline and its op table per workload x setting."""
+    blocks = ["note: " + CPU_RANKING_NOTE + "\n"] if cpu else []
+    for _, rows in table.groupby(["workload", "setting"], sort=False):
+        block = [headline(rows, cuda=not cpu)]
+        cols = ["op", "kind", "delta_calls", "delta_self_cpu_ms"] + ([] if cpu else ["delta_self_device_ms"])
+        shown = rows.dropna(subset=["op"])[cols].copy()
+        if len(shown):
+            shown["delta_calls"] = shown["delta_calls"].map(lambda v: f"{v:+.0f}" if v == round(v) else f"{v:+.2f}")
+            block.append(shown.to_string(index=False, float_format="{:+.3f}".format))
+        blocks.append("\n".join(block) + "\n")
+    return "\n".join(blocks)
+
+
+# ---- audit --------------------------------------------------------------------------
+
+
+def audit_cells(audit: dict) -> tuple[str, str]:
+    """An audit payload as (alerts, strict's verdict), the way the report and CLI say it."""
+    alerts = "; ".join(f"{a['op']} x{a['count']} in {', '.join(a['modules'])}" for a in audit["alerts"])
+    strict = f"fails: {audit['strict_error']}" if audit["strict_fails"] else "runs"
+    return alerts or "none found", strict
+
+
+def audit_text(records) -> str:
+    """The audit trials' findings, a few lines per workload."""
+    lines = []
+    for r in records:
+        audit = r.payload.get("audit")
+        if not r.ok or not audit:
+            lines.append(f"{r.spec.workload}: the audit itself failed: {r.error}")
+            continue
+        n = len(audit["alerts"])
+        found = f"{n} op(s) without a deterministic implementation" if n else "no alerts"
+        lines.append(f"{r.spec.workload} on {r.spec.device}: {found} in {audit['steps']} training steps")
+        alerts, strict = audit_cells(audit)
+        lines += [f"  alerts: {alerts}", f"  strict {strict}"]
+        if not n and r.spec.device == "cpu":
+            lines.append("  (on the CPU torch raises few such alerts; the CUDA kernels are where most live)")
+    return "\n".join(lines)
+
+
+def axis_values_text(values: dict) -> str:
+    """`threads 2, memory_format channels_last`: the axes of a key that are not at their
+    default, for a sentence ("-" when all are)."""
+    shown = [f"{a.name} {v}" for a, v in axes.each(values) if a.name in values and v != a.default]
+    return ", ".join(shown) or "-"
+
+
+# ---- a sweep ------------------------------------------------------------------------
+
+
+def plan_text(specs, seconds: float) -> str:
+    return "\n".join(
+        [s.trial_id for s in specs] + [f"{len(specs)} trials planned; rough estimate {seconds / 60:.1f} min"]
+    )
+
+
+def run_summary(df: pd.DataFrame, speed: pd.DataFrame, outcome, wall: float, report=None) -> str:
+    """What `detcost run` prints at the end: prices, the noise floor, failures, warnings."""
+    parts = []
+    if not speed.empty:
+        parts += ["", "samples/s, median over repeats (ratio to default):", speed_pivot(speed).to_string()]
+        parts += noise_lines(speed)
+    if is_cpu(df):
+        parts += ["", "note: " + CPU_NOTE]
+    failed = failures(df)
+    if not failed.empty:
+        parts += ["", f"{len(failed)} trial(s) did not finish (findings, not crashes of detcost):"]
+        parts.append(failed.to_string(index=False, max_colwidth=90))
+    busy = busy_count(df)
+    if busy:
+        parts += [
+            "",
+            f"warning: {busy} trial(s) ran while other processes used the CPU; their times are suspect "
+            "(busy.busy in the results)",
+        ]
+    if outcome.stopped_early:
+        parts += ["", f"stopped by --max-time; rerun with --resume --results {outcome.results} to finish"]
+    ok = int((of_kind(df, Kind.TIMED)["status"] == str(Status.OK)).sum()) if not df.empty else 0
+    parts += ["", f"{ok} timed trial(s) ok, {outcome.ran} run now, {outcome.skipped} already done; {wall:.0f} s"]
+    parts.append(f"results: {outcome.results}")
+    if report:
+        parts.append(f"report:  {report.html}\n         {report.markdown}")
+    return "\n".join(parts)
+
+
+def records_json(df: pd.DataFrame) -> list[dict]:
+    """A table as JSON-ready records (NaN becomes None)."""
+    return df.astype(object).where(df.notna(), None).to_dict(orient="records") if len(df) else []
+
+
+def run_summary_json(df: pd.DataFrame, speed: pd.DataFrame, outcome, wall: float, report=None) -> dict:
+    timed = of_kind(df, Kind.TIMED)
+    return {
+        "results": str(outcome.results),
+        "wall_s": wall,
+        "ran": outcome.ran,
+        "skipped": outcome.skipped,
+        "stopped_early": outcome.stopped_early,
+        "timed_ok": int((timed["status"] == str(Status.OK)).sum()) if not timed.empty else 0,
+        "busy_trials": busy_count(df),
+        "speed": records_json(speed),
+        "failures": records_json(failures(df)),
+        "report": {"html": str(report.html), "markdown": str(report.markdown)} if report else None,
+    }

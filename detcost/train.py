@@ -1,0 +1,139 @@
+"""Training, once: build a workload for a spec, the process state a trial runs under, and
+the one training loop that every trial kind (timed, audited, profiled) and the selfcheck
+use. Nothing here records or measures; the kinds above it do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+
+from detcost import axes
+from detcost.record import Kind, TrialSpec
+from detcost.seeding import seed_everything
+from detcost.settings import applied, apply_env, get_setting, set_environ
+from detcost.timing import StepTimer, synchronize, use_device
+from detcost.workloads import Batch, Workload, WorkloadConfig, get_workload
+
+
+def spec_at_profile(workload: str, setting: str, device: str, profile: str, **fields) -> TrialSpec:
+    """A trial of `workload` under `setting` at the sizes its `profile` declares; other
+    fields (kind, repeat, seed, axes, steps, ...) default to one timed trial at this
+    process's thread count."""
+    size = get_workload(workload).size(profile)
+    base = {
+        "run_id": "adhoc",
+        "kind": Kind.TIMED,
+        "repeat": 0,
+        "seed": 0,
+        "steps": size.steps,
+        "warmup": size.warmup,
+        "batch_size": size.batch,
+        "image_size": size.image,
+        "axes": {"threads": torch.get_num_threads()},
+    }
+    return TrialSpec(workload=workload, setting=setting, device=device, **{**base, **fields})
+
+
+def build(spec: TrialSpec) -> Workload:
+    """The workload of a spec, from its seeds, with every axis applied to it."""
+    seed_everything(spec.init_seed)  # module initialisers draw from the global generators
+    config = WorkloadConfig(
+        spec.device, spec.init_seed, spec.data_seed, spec.batch_size, spec.image_size, spec.total_steps
+    )
+    wl = get_workload(spec.workload).factory(config)
+    if len(wl.batches) < spec.total_steps:
+        raise ValueError(f"workload gave {len(wl.batches)} batches for {spec.total_steps} steps")
+    for axis, value in axes.each(spec.axes):
+        if axis.on_workload:
+            axis.on_workload(wl, value)
+    return wl
+
+
+def read_back(wl: Workload) -> dict:
+    """Each axis's value as torch reports it inside the trial."""
+    return {axis.name: axis.read_back(wl) for axis, _ in axes.each({}) if axis.read_back}
+
+
+@contextlib.contextmanager
+def trial_state(spec: TrialSpec) -> Iterator[None]:
+    """The process state a trial runs under: each axis's process-wide part (threads), the
+    device, and the setting's flags (restored on exit)."""
+    for axis, value in axes.each(spec.axes):
+        if axis.before_build:
+            axis.before_build(value)
+    use_device(spec.device)
+    with applied(get_setting(spec.setting)):
+        yield
+
+
+def train_step(wl: Workload, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    wl.optimizer.zero_grad(set_to_none=True)
+    loss = wl.loss_fn(wl.model(x), y)
+    loss.backward()
+    wl.optimizer.step()
+    return loss
+
+
+def run_steps(
+    wl: Workload,
+    batches: Sequence[Batch],
+    *,
+    timer: StepTimer | None = None,
+    after_step: Callable[[int, torch.Tensor], None] | None = None,
+) -> None:
+    """The training loop: one step per batch. With a `timer`, each step sits between its
+    start and stop marks; `after_step(j, loss)` runs outside them (snapshots, losses)."""
+    wl.model.train()
+    for j, (x, y) in enumerate(batches):
+        if timer is not None:
+            timer.start(j)
+        loss = train_step(wl, x, y)
+        if timer is not None:
+            timer.stop(j)
+        if after_step is not None:
+            after_step(j, loss)
+
+
+class TrainStep:
+    """A built, warmed-up workload under its setting, for timers outside a trial (asv's
+    time_* benchmark, the selfcheck). The setting stays applied until `close()`; each
+    call runs one training step and synchronises on CUDA, as an external timer needs."""
+
+    def __init__(self, spec: TrialSpec):
+        self.spec = spec
+        setting = get_setting(spec.setting)
+        # The setting's environment (CUBLAS_WORKSPACE_CONFIG) must be in place before the
+        # first cuBLAS call of this process: a trial process gets it from the parent.
+        self._saved_env = {key: os.environ.get(key) for key, _ in setting.env}
+        apply_env(setting)
+        self._state = trial_state(spec)
+        self._state.__enter__()
+        try:
+            self.wl = build(spec)
+            self.batches = self.wl.batches[spec.warmup : spec.total_steps]  # the steps a trial would time
+            self.i = 0
+            run_steps(self.wl, self.wl.batches[: spec.warmup])
+            synchronize(spec.device)
+        except BaseException:
+            self.close()
+            raise
+
+    def __call__(self) -> None:
+        x, y = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        train_step(self.wl, x, y)
+        synchronize(self.spec.device)
+
+    def close(self) -> None:
+        self._state.__exit__(None, None, None)
+        set_environ(self._saved_env.items())
+
+    def __enter__(self) -> TrainStep:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
