@@ -70,7 +70,14 @@ def _add_axes(p) -> None:
     from detcost import axes
 
     for axis, _ in axes.each({}):
-        p.add_argument(axis.flag, dest=f"axis_{axis.name}", type=_axis_values(axis), default=None, help=axis.help)
+        p.add_argument(
+            axis.flag,
+            dest=f"axis_{axis.name}",
+            metavar=axis.name.upper(),
+            type=_axis_values(axis),
+            default=None,
+            help=axis.help,
+        )
 
 
 def _axis_values(axis):
@@ -84,75 +91,87 @@ def _axis_values(axis):
 
 
 def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="run a sweep: workloads x settings x repeats, each trial in a fresh process")
+    _add_run_what(p.add_argument_group("what to run"))
+    _add_run_trials(p.add_argument_group("trials"))
+    _add_run_output(p.add_argument_group("results and report"))
+    p.set_defaults(func=cmd_run)
+
+
+def _add_run_what(g) -> None:
     from detcost.workloads import BUILTIN
 
-    p = sub.add_parser("run", help="run a sweep: workloads x settings x repeats, each trial in a fresh process")
-    p.add_argument(
+    g.add_argument(
         "--workloads",
         default=",".join(BUILTIN),
         help="comma list of workloads (default: the built-in %(default)s); also package.module:factory",
     )
-    p.add_argument("--settings", default=None, help="comma list of settings (default: all seven)")
-    p.add_argument(
+    g.add_argument("--settings", default=None, help="comma list of settings (default: all seven)")
+    g.add_argument(
         "--repeats",
         type=_positive_int,
         default=None,
         help="repeats per workload x setting (default: 3 on CUDA, 2 on CPU)",
     )
-    p.add_argument(
-        "--steps", type=_positive_int, default=None, help="timed steps per trial (default: per workload and device)"
-    )
-    p.add_argument(
-        "--warmup", type=_non_negative_int, default=None, help="warm-up steps before timing (default: per workload)"
-    )
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="trial seed (default: %(default)s)")
-    p.add_argument(
+    g.add_argument("--seed", type=_non_negative_int, default=0, help="trial seed (default: %(default)s)")
+    g.add_argument(
         "--seeds",
         type=_non_negative_int,
         default=3,
         help="seed yardstick: trials of the reference setting with this many other seeds "
         "(default: %(default)s; 0 skips)",
     )
-    p.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:N")
-    _add_axes(p)
-    p.add_argument("--quick", action="store_true", help="small sizes and few steps: a smoke run")
-    p.add_argument("--results", type=Path, default=None, help="results JSONL (default: results/<run-id>.jsonl)")
-    p.add_argument(
-        "--resume", action="store_true", help="continue a results file: run only trials without an ok record"
+    g.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:N")
+    _add_axes(g)
+
+
+def _add_run_trials(g) -> None:
+    g.add_argument("--quick", action="store_true", help="small sizes and few steps: a smoke run")
+    g.add_argument(
+        "--steps", type=_positive_int, default=None, help="timed steps per trial (default: per workload and device)"
     )
-    p.add_argument(
+    g.add_argument(
+        "--warmup", type=_non_negative_int, default=None, help="warm-up steps before timing (default: per workload)"
+    )
+    g.add_argument(
         "--timeout",
         type=_positive_float,
         default=600.0,
         help="seconds per trial before it is killed (default: %(default)g)",
     )
-    p.add_argument(
+    g.add_argument(
         "--max-time",
         type=_positive_float,
         default=None,
         help="stop starting trials after this many seconds (--resume continues)",
     )
-    p.add_argument("--keep-params", action="store_true", help="keep the full final parameters of every trial (large)")
-    p.add_argument("--no-aa", action="store_true", help="skip the A/A control (default is to run it)")
-    p.add_argument("--no-audit", action="store_true", help="skip the per-workload audit of nondeterministic ops")
-    p.add_argument(
+    g.add_argument("--keep-params", action="store_true", help="keep the full final parameters of every trial (large)")
+    g.add_argument("--no-aa", action="store_true", help="skip the A/A control (default is to run it)")
+    g.add_argument("--no-audit", action="store_true", help="skip the per-workload audit of nondeterministic ops")
+    g.add_argument(
         "--no-explain",
         action="store_true",
         help="skip the profiled trials that explain the price (one per workload x setting)",
     )
-    p.add_argument(
+    g.add_argument(
         "--start-method",
         choices=("auto", "forkserver", "spawn"),
         default="auto",
         help="how trial processes start (default: forkserver on CPU, spawn on CUDA)",
     )
-    p.add_argument("--report", type=Path, default=None, help="report folder (default: reports/<run-id>)")
-    p.add_argument("--no-report", action="store_true", help="do not write the HTML and Markdown report at the end")
-    _add_max_slowdown(p)
-    p.add_argument("--dry-run", action="store_true", help="list the planned trials and an estimated time, run nothing")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_run)
+
+
+def _add_run_output(g) -> None:
+    g.add_argument("--results", type=Path, default=None, help="results JSONL (default: results/<run-id>.jsonl)")
+    g.add_argument(
+        "--resume", action="store_true", help="continue a results file: run only trials without an ok record"
+    )
+    g.add_argument("--report", type=Path, default=None, help="report folder (default: reports/<run-id>)")
+    g.add_argument("--no-report", action="store_true", help="do not write the HTML and Markdown report at the end")
+    _add_max_slowdown(g)
+    g.add_argument("--dry-run", action="store_true", help="list the planned trials and an estimated time, run nothing")
+    g.add_argument("--json", action="store_true", help="print the summary as JSON")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def _sweep_options(args):

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
-from typing import Any
 
 from detcost import axes as axes_mod
 from detcost import stats
@@ -416,8 +415,3 @@ def one_line(exc: BaseException) -> str:
     first = first.split(", but you set 'torch.use_deterministic_algorithms(True)'")[0]
     text = f"{type(exc).__name__}: {first}".strip()
     return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 3] + "..."
-
-
-def with_spec(record: TrialRecord, **changes: Any) -> TrialRecord:
-    """The record with its spec changed (tests and tools that relabel a trial)."""
-    return replace(record, spec=replace(record.spec, **changes))

@@ -85,33 +85,35 @@ def load_benchmark_json(paths: str | Path | Iterable[str | Path]) -> pd.DataFram
             benchmarks = data["benchmarks"]
         except (OSError, ValueError, KeyError, TypeError):
             raise UsageError(f"{path} is not a pytest-benchmark JSON file") from None
-        for b in benchmarks:
-            info, stats = b.get("extra_info", {}), b["stats"]
-            batch = info.get("batch") or 1
-            rows.append(
-                {
-                    "schema_version": SCHEMA_VERSION,
-                    "run_id": data.get("datetime", str(path)),
-                    "trial_id": f"microbench/{info.get('layer', b['name'])}/{info.get('setting')}",
-                    "kind": str(Kind.MICROBENCH),
-                    "workload": info.get("layer", b["name"]),
-                    "setting": info.get("setting"),
-                    "repeat": 0,
-                    "device": info.get("device"),
-                    "threads": info.get("threads"),
-                    "status": "ok",
-                    "error": None,
-                    "batch_size": batch,
-                    "flags": info.get("flags", {}),
-                    "step_times_s": stats.get("data"),
-                    "step_time_median_s": stats["median"],
-                    "step_time_iqr_s": stats["iqr"],
-                    "samples_per_s": batch / stats["median"],
-                    "rounds": stats["rounds"],
-                    "results_path": str(path),
-                }
-            )
+        rows += [_microbench_row(b, data, path) for b in benchmarks]
     return pd.json_normalize(rows, max_level=1) if rows else pd.DataFrame(columns=list(TABLE_COLUMNS))
+
+
+def _microbench_row(b: dict, data: dict, path) -> dict:
+    info, stats = b.get("extra_info", {}), b["stats"]
+    batch = info.get("batch") or 1
+    layer = info.get("layer", b["name"])
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": data.get("datetime", str(path)),
+        "trial_id": f"microbench/{layer}/{info.get('setting')}",
+        "kind": str(Kind.MICROBENCH),
+        "workload": layer,
+        "setting": info.get("setting"),
+        "repeat": 0,
+        "device": info.get("device"),
+        "threads": info.get("threads"),
+        "status": "ok",
+        "error": None,
+        "batch_size": batch,
+        "flags": info.get("flags", {}),
+        "step_times_s": stats.get("data"),
+        "step_time_median_s": stats["median"],
+        "step_time_iqr_s": stats["iqr"],
+        "samples_per_s": batch / stats["median"],
+        "rounds": stats["rounds"],
+        "results_path": str(path),
+    }
 
 
 def sidecar_path(record) -> Path | None:

@@ -121,6 +121,22 @@ def repeatability(spec: TrialSpec, trials: int = 5) -> Check:
     )
 
 
+def _where_time_went(records, wall: float) -> dict[str, float]:
+    """A sweep's wall time split into timed steps and everything around them."""
+    timings = [(r, r.timing) for r in records if r.ok and r.timing]
+    diagnostic = [r for r in records if r.spec.kind in (Kind.AUDIT, Kind.PROFILED)]
+    parts = {
+        "timed steps": sum(t.region_s for _, t in timings),
+        "warm-up": sum(t.cold_start_s or 0 for _, t in timings),
+        "build": sum(t.build_s for _, t in timings),
+        "after the timed region": sum(r.wall_s - t.build_s - (t.cold_start_s or 0) - t.region_s for r, t in timings),
+        "audit and profiled trials": sum(r.wall_s or 0 for r in diagnostic),
+        "process start and hand-over": sum(r.process_wall_s - (r.wall_s or 0) for r in records),
+    }
+    parts["sweep bookkeeping"] = wall - sum(parts.values())
+    return parts
+
+
 def sweep_efficiency(workloads: list[str], device: str, profile: str, threads: int) -> tuple[Check, dict]:
     """Share of a sweep's wall time in timed steps, and where the rest goes. The sweep is
     a default one in miniature: two settings, two repeats, A/A, audit and profiling."""
@@ -142,17 +158,7 @@ def sweep_efficiency(workloads: list[str], device: str, profile: str, threads: i
         t0 = time.perf_counter()
         records = run_sweep(opts, progress=False).records
         wall = time.perf_counter() - t0
-    timings = [(r, r.timing) for r in records if r.ok and r.timing]
-    diagnostic = [r for r in records if r.spec.kind in (Kind.AUDIT, Kind.PROFILED)]
-    parts = {
-        "timed steps": sum(t.region_s for _, t in timings),
-        "warm-up": sum(t.cold_start_s or 0 for _, t in timings),
-        "build": sum(t.build_s for _, t in timings),
-        "after the timed region": sum(r.wall_s - t.build_s - (t.cold_start_s or 0) - t.region_s for r, t in timings),
-        "audit and profiled trials": sum(r.wall_s or 0 for r in diagnostic),
-        "process start and hand-over": sum(r.process_wall_s - (r.wall_s or 0) for r in records),
-    }
-    parts["sweep bookkeeping"] = wall - sum(parts.values())
+    parts = _where_time_went(records, wall)
     share = parts["timed steps"] / wall
     detail = ", ".join(f"{k} {v:.2f} s ({v / wall:.0%})" for k, v in parts.items())
     return Check(

@@ -203,17 +203,7 @@ def run_isolated(
     started = time.perf_counter()
     proc.start()
     sender.close()  # the child holds the only writer: EOF now means the child is gone
-    sent, timed_out = None, False
-    try:
-        if receiver.poll(timeout):
-            with contextlib.suppress(EOFError):  # EOF: the process died before sending
-                sent = receiver.recv()
-        else:
-            timed_out = True
-            proc.kill()
-    finally:
-        receiver.close()
-        _reap(proc)
+    sent, timed_out = _receive(receiver, proc, timeout)
     if sent is not None:
         record = TrialRecord.from_json(sent)
     elif timed_out:
@@ -225,6 +215,23 @@ def run_isolated(
     # seen from the parent: process start, the trial, sending the record and exiting
     record.process_wall_s = time.perf_counter() - started
     return record
+
+
+def _receive(receiver, proc, timeout: float) -> tuple[dict | None, bool]:
+    """The record the child sent (None if it sent none) and whether it was killed for
+    running past `timeout`; the child process is reaped either way."""
+    sent, timed_out = None, False
+    try:
+        if receiver.poll(timeout):
+            with contextlib.suppress(EOFError):  # EOF: the process died before sending
+                sent = receiver.recv()
+        else:
+            timed_out = True
+            proc.kill()
+    finally:
+        receiver.close()
+        _reap(proc)
+    return sent, timed_out
 
 
 def _reap(proc) -> None:
@@ -271,15 +278,29 @@ def run_sweep(
     _check_same_options(existing, planned, opts.results)
     todo = [s for s in planned if s.trial_id not in done]
     machine = envmod.fingerprint(opts.device)  # once per sweep; each trial adds its own part
+    new, stopped = _run_todo(opts, todo, existing, machine, on_record, progress)
+    latest = latest_by_trial(existing + new)
+    return SweepOutcome(
+        planned=planned,
+        records=[latest[s.trial_id] for s in planned if s.trial_id in latest],
+        ran=len(new),
+        skipped=len(planned) - len(todo),
+        stopped_early=stopped,
+        results=opts.results,
+    )
+
+
+def _run_todo(opts, todo, existing, machine, on_record, progress) -> tuple[list[TrialRecord], bool]:
+    """Run the trials in order, each record appended as soon as it arrives; stop before a
+    trial that would start past --max-time. Returns the new records and whether it stopped."""
     flops = {flops_key(r.spec): r.timing.flops_per_step for r in existing if r.timing and r.timing.flops_per_step}
-    new, stopped, t0 = [], False, time.monotonic()
+    new, t0 = [], time.monotonic()
     bar = _progress(len(todo), progress and bool(todo))
     try:
         with ResultsWriter(opts.results) as writer:
             for spec in todo:
                 if opts.max_time is not None and time.monotonic() - t0 > opts.max_time:
-                    stopped = True
-                    break
+                    return new, True
                 bar.set_postfix_str(spec.trial_id, refresh=True)
                 record = _run_one(opts, replace(spec, known_flops=flops.get(flops_key(spec))), machine)
                 if record.timing and record.timing.flops_per_step:
@@ -291,15 +312,7 @@ def run_sweep(
                 bar.update(1)
     finally:
         bar.close()
-    latest = latest_by_trial(existing + new)
-    return SweepOutcome(
-        planned=planned,
-        records=[latest[s.trial_id] for s in planned if s.trial_id in latest],
-        ran=len(new),
-        skipped=len(planned) - len(todo),
-        stopped_early=stopped,
-        results=opts.results,
-    )
+    return new, False
 
 
 def _run_one(opts: SweepOptions, spec: TrialSpec, machine: dict) -> TrialRecord:

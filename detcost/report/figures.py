@@ -133,6 +133,12 @@ def variance_vs_price(points: pd.DataFrame) -> bytes:
     return _png(fig)
 
 
+def _empty_panel(ax, message: str) -> None:
+    ax.text(0.5, 0.5, message, transform=ax.transAxes, ha="center", va="center", fontsize=9, color="grey")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def divergence(curves: pd.DataFrame) -> bytes:
     """Distance between repeats at each checkpoint, log-log, one panel per workload."""
     panels = (
@@ -148,18 +154,7 @@ def divergence(curves: pd.DataFrame) -> bytes:
         drawn = rows[rows["rel_l2"] > 0]
         identical = sorted(set(rows["setting"]) - set(drawn["setting"]))
         if drawn.empty:
-            ax.text(
-                0.5,
-                0.5,
-                "every setting's repeats are\nbitwise identical at every checkpoint",
-                transform=ax.transAxes,
-                ha="center",
-                va="center",
-                fontsize=9,
-                color="grey",
-            )
-            ax.set_xticks([])
-            ax.set_yticks([])
+            _empty_panel(ax, "every setting's repeats are\nbitwise identical at every checkpoint")
             continue
         for s in setting_order(drawn["setting"]):
             line = drawn[drawn["setting"] == s].groupby("step")["rel_l2"].mean()
@@ -170,15 +165,8 @@ def divergence(curves: pd.DataFrame) -> bytes:
         ax.set_xlabel("training step")
         ax.set_ylabel("rel. L2 between repeats")
         if identical:
-            ax.text(
-                0.02,
-                0.98,
-                "identical, not drawn:\n" + textwrap.fill(", ".join(identical), 40),
-                transform=ax.transAxes,
-                fontsize=7,
-                color="grey",
-                va="top",
-            )
+            note = "identical, not drawn:\n" + textwrap.fill(", ".join(identical), 40)
+            ax.text(0.02, 0.98, note, transform=ax.transAxes, fontsize=7, color="grey", va="top")
     fig.suptitle("Divergence between repeats over training (log-log)", fontsize=10, y=1.0)
     fig.tight_layout()
     return _png(fig)

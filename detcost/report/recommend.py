@@ -124,17 +124,28 @@ def recommend(
             cands,
             notes,
         )
+    pick, tied = _pick(eligible, noise)
+    reason = _reason(pick, tied, budget, noise, pooled)
+    code = "\n".join([snippet(get_setting(pick["setting"])), *axis_snippet(df, cpu)])
+    return Recommendation(pick["setting"], reason, code, max_slowdown, cands, notes)
+
+
+def _pick(eligible: pd.DataFrame, noise: float) -> tuple[pd.Series, pd.DataFrame]:
+    """The most reproducible eligible setting; among ties in price (overlapping intervals
+    or within the noise floor) the one that changes fewest flags. Returns it and the ties."""
     best_bitwise = eligible["bitwise_workloads"].max()
     tied = eligible[eligible["bitwise_workloads"] == best_bitwise]
     if (tied["spread"] > 0).any():  # not all bitwise: the smaller spread is more reproducible
         tied = tied[tied["spread"] <= tied["spread"].min() * 1.0001]
-    # Prices tie when their intervals overlap or they differ by less than the A/A noise floor.
     cheapest = tied.loc[tied["max_price"].idxmin()]
     tied = tied[
         (tied["max_price_lo"] <= cheapest["max_price_hi"]) | (tied["max_price"] <= cheapest["max_price"] + noise)
     ]
-    pick = tied.sort_values(["changes", "max_price"]).iloc[0]
-    groups = int(pick["groups"])
+    return tied.sort_values(["changes", "max_price"]).iloc[0], tied
+
+
+def _reason(pick: pd.Series, tied: pd.DataFrame, budget: float, noise: float, pooled: list[str]) -> str:
+    best_bitwise, groups = int(pick["bitwise_workloads"]), int(pick["groups"])
     repro = (
         f"bitwise reproducible on {best_bitwise} of {groups} workload groups"
         if best_bitwise
@@ -151,8 +162,7 @@ def recommend(
         others = ", ".join(t for t in tied["setting"] if t != pick["setting"])
         change = "changes no flag" if pick["changes"] == 0 else f"changes {pick['changes']} flag(s) from default"
         reason += f"; {others} tie with it within the noise floor, and {pick['setting']} {change}"
-    code = "\n".join([snippet(get_setting(pick["setting"])), *axis_snippet(df, cpu)])
-    return Recommendation(pick["setting"], reason, code, max_slowdown, cands, notes)
+    return reason
 
 
 def axis_snippet(df: pd.DataFrame, cpu: bool) -> list[str]:

@@ -1,0 +1,23 @@
+"""A user workload (`tests.probes:layer_probe`) that checks, inside a real trial process,
+which modules that process has loaded: a trial must not load tables, figures or the report."""
+
+from __future__ import annotations
+
+import sys
+
+from detcost.workloads import simple_cnn
+
+FORBIDDEN_IN_TRIAL = ("pandas", "matplotlib", "jinja2", "detcost.report", "detcost.derive", "detcost.results")
+SIZES = simple_cnn.SIZES
+
+
+def loaded_forbidden() -> list[str]:
+    return sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN_IN_TRIAL or m.startswith(FORBIDDEN_IN_TRIAL))
+
+
+def layer_probe(config):
+    """simple_cnn, built only where the trial process loaded nothing it must not."""
+    loaded = loaded_forbidden()
+    if loaded:
+        raise RuntimeError(f"the trial process loaded {', '.join(loaded[:8])}")
+    return simple_cnn.build(config)
