@@ -52,6 +52,20 @@ def _non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def _precision(text: str) -> float:
+    """`2%` or `0.02`: a relative half-width between 0 and 1."""
+    value = _fraction(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"give a fraction below 1 or a percentage (2%), got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    if text.strip() in ("0", "0.0"):
+        return 0.0
+    return _positive_float(text)
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -94,6 +108,7 @@ def _add_run(sub) -> None:
     p = sub.add_parser("run", help="run a sweep: workloads x settings x repeats, each trial in a fresh process")
     _add_run_what(p.add_argument_group("what to run"))
     _add_run_trials(p.add_argument_group("trials"))
+    _add_run_trust(p.add_argument_group("precision and the quiet-machine guard"))
     _add_run_output(p.add_argument_group("results and report"))
     p.set_defaults(func=cmd_run)
 
@@ -161,6 +176,29 @@ def _add_run_trials(g) -> None:
     )
 
 
+def _add_run_trust(g) -> None:
+    from detcost.guard import DEFAULT_WAIT_S
+
+    g.add_argument(
+        "--precision",
+        type=_precision,
+        default=None,
+        help="add rounds until every price's 95%% interval is within this (2%% or 0.02), "
+        "or until --max-repeats or --max-time",
+    )
+    g.add_argument(
+        "--max-repeats", type=_positive_int, default=20, help="most rounds --precision may run (default: %(default)s)"
+    )
+    g.add_argument(
+        "--wait-quiet",
+        type=_non_negative_float,
+        default=DEFAULT_WAIT_S,
+        help="seconds to wait for a busy machine to go quiet, before the sweep and before running a busy trial "
+        "again (default: %(default)g)",
+    )
+    g.add_argument("--allow-busy", action="store_true", help="start and go on while other jobs use the machine")
+
+
 def _add_run_output(g) -> None:
     g.add_argument("--results", type=Path, default=None, help="results JSONL (default: results/<run-id>.jsonl)")
     g.add_argument(
@@ -172,6 +210,13 @@ def _add_run_output(g) -> None:
     g.add_argument("--dry-run", action="store_true", help="list the planned trials and an estimated time, run nothing")
     g.add_argument("--json", action="store_true", help="print the summary as JSON")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _results_path(given: Path | None, run_id: str) -> Path:
+    results = given or Path("results") / f"{run_id}.jsonl"
+    if results.exists() and results.is_dir():
+        raise UsageError(f"--results {results} is a directory; give a file path")
+    return results
 
 
 def _sweep_options(args):
@@ -187,9 +232,7 @@ def _sweep_options(args):
     device = resolve_device(args.device)
     cuda = is_cuda(device)
     run_id = new_run_id()
-    results = args.results or Path("results") / f"{run_id}.jsonl"
-    if results.exists() and results.is_dir():
-        raise UsageError(f"--results {results} is a directory; give a file path")
+    results = _results_path(args.results, run_id)
     return SweepOptions(
         workloads=workloads,
         settings=settings,
@@ -210,6 +253,10 @@ def _sweep_options(args):
         keep_params=args.keep_params,
         start_method=args.start_method,
         max_time=args.max_time,
+        allow_busy=args.allow_busy,
+        wait_quiet=args.wait_quiet,
+        precision=args.precision,
+        max_repeats=max(args.max_repeats, args.repeats or 0),
     )
 
 
@@ -217,7 +264,7 @@ def cmd_run(args) -> int:
     from detcost import results as results_mod
     from detcost.derive.prices import speed_table
     from detcost.report import text
-    from detcost.sweep import estimate_seconds, plan, run_sweep
+    from detcost.sweep import run_sweep
 
     opts = _sweep_options(args)
     if opts.added_default:
@@ -225,14 +272,9 @@ def cmd_run(args) -> int:
             "note: default added to the settings: the A/A control and the seed yardstick run under it", file=sys.stderr
         )
     if args.dry_run:
-        specs = plan(opts)
-        seconds = estimate_seconds(specs, opts.profile)
-        if args.json:
-            _print_json({"trials": [s.trial_id for s in specs], "estimated_s": seconds})
-        else:
-            print(text.plan_text(specs, seconds))
-        return EXIT_OK
-    _warn_other_gpu_users(opts.device)
+        return _dry_run(opts, args)
+    if not opts.results.parent.exists():
+        print(f"note: created the folder {opts.results.parent} for the results", file=sys.stderr)
     t0 = time.monotonic()
     outcome = run_sweep(opts, resume=args.resume, progress=not args.quiet)
     wall = time.monotonic() - t0
@@ -244,21 +286,50 @@ def cmd_run(args) -> int:
 
         paths = build_report([outcome.results], args.report, max_slowdown=args.max_slowdown)
     speed = speed_table(df)
+    rec = _recommendation(df, speed, args.max_slowdown)
     if args.json:
-        _print_json(text.run_summary_json(df, speed, outcome, wall, paths))
+        _print_json(text.run_summary_json(df, speed, outcome, wall, paths, rec))
     else:
-        print(text.run_summary(df, speed, outcome, wall, paths))
+        print(text.run_summary(df, speed, outcome, wall, paths, rec))
     return EXIT_STOPPED if outcome.stopped_early else EXIT_OK
 
 
-def _warn_other_gpu_users(device: str) -> None:
-    from detcost.env import gpu_processes
-    from detcost.timing import is_cuda
+def _dry_run(opts, args) -> int:
+    """The trials a run would start (with --resume: those still to do), a rough time, and
+    whether the machine is busy now."""
+    from detcost import guard, results
+    from detcost.report import text
+    from detcost.sweep import estimate_seconds, plan
 
-    if is_cuda(device):
-        others = gpu_processes(device)
-        if others:
-            print(f"warning: other processes are using {device}; timings may be disturbed:\n{others}", file=sys.stderr)
+    specs = plan(opts)
+    if args.resume and opts.results.exists():
+        done = {r["trial_id"] for r in results.read_records(opts.results) if r.get("status") == "ok"}
+        specs = [s for s in specs if s.trial_id not in done]
+    seconds = estimate_seconds(specs, opts.profile)
+    load = guard.sample(opts.device, max(n or 1 for n in opts.axes["threads"]))
+    if args.json:
+        _print_json(
+            {
+                "trials": [s.trial_id for s in specs],
+                "estimated_s": seconds,
+                "busy_now": load.describe() if load.busy else None,
+            }
+        )
+    else:
+        print(text.plan_text(specs, seconds))
+        if load.busy:
+            print(
+                f"the machine is busy now: {load.describe()}; "
+                f"a run would wait up to {opts.wait_quiet:g} s for it to go quiet"
+            )
+    return EXIT_OK
+
+
+def _recommendation(df, speed, max_slowdown: float):
+    from detcost.derive.variance import variance_table
+    from detcost.report.recommend import recommend
+
+    return recommend(df, speed, variance_table(df), max_slowdown) if not speed.empty else None
 
 
 def _add_env(sub) -> None:
@@ -413,7 +484,7 @@ def cmd_selfcheck(args) -> int:
 
     workload = parse_workloads(args.workloads)[0].name
     device = resolve_device(args.device)
-    checks = selfcheck.run_all(device, workload, "quick" if args.quick else None)
+    checks = selfcheck.run_all(device, workload, "quick" if args.quick else None, progress=not args.json)
     if args.json:
         _print_json([asdict(c) for c in checks])
         return EXIT_OK
@@ -444,7 +515,7 @@ def cmd_explain(args) -> int:
     df = results_mod.load(args.results)
     if args.workloads:
         df = df[df["workload"].isin([w.strip() for w in args.workloads.split(",")])]
-    table = attribution(df, speed_table(df, bootstrap=200), top=args.top)
+    table = attribution(df, speed_table(df), top=args.top)
     if args.json:
         _print_json(text.records_json(table))
     elif table.empty:

@@ -218,4 +218,5 @@ def run(spec: TrialSpec, results_dir: Path | None) -> TrialParts:
     measured.update(_flops(spec, wl))
     timing = StepTiming(batch_size=spec.batch_size, **measured)
     sidecar = _save_sidecar(spec, results_dir, arrays, log)
-    return TrialParts(timing=timing, outcome=result, sidecar=sidecar, read_back=read_back(wl))
+    payload = {"workload_notes": dict(wl.notes)} if wl.notes else {}
+    return TrialParts(timing=timing, outcome=result, payload=payload, sidecar=sidecar, read_back=read_back(wl))

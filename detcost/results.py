@@ -64,7 +64,12 @@ def load(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     flattened with dots (`flags.cudnn_benchmark`, `env.gpu`, `busy.busy`), statistics
     recomputed from the raw step times; `step_times_s` stays a list per row.
     """
-    rows = table_rows(read_records(paths))
+    return frame(read_records(paths))
+
+
+def frame(records: list[dict]) -> pd.DataFrame:
+    """Stored records (JSON objects) -> the results table."""
+    rows = table_rows(records)
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(TABLE_COLUMNS))
 
 

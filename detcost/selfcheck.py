@@ -171,15 +171,29 @@ def sweep_efficiency(workloads: list[str], device: str, profile: str, threads: i
 
 
 def run_all(
-    device: str = "cpu", workload: str = "simple_cnn", profile: str | None = None, threads: int | None = None
+    device: str = "cpu",
+    workload: str = "simple_cnn",
+    profile: str | None = None,
+    threads: int | None = None,
+    progress: bool = False,
 ) -> list[Check]:
+    """The four checks, one after another, with a progress bar naming the one running."""
+    from tqdm import tqdm
+
     profile = profile or ("gpu" if is_cuda(device) else "cpu")
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     spec = spec_at_profile(workload, "default", device, profile, run_id="selfcheck", axes={"threads": threads})
-    return [
-        harness_overhead(spec),
-        timer_agreement(spec),
-        repeatability(spec),
-        sweep_efficiency([workload], device, profile, threads)[0],
+    steps = [
+        ("harness overhead", lambda: harness_overhead(spec)),
+        ("timer agreement", lambda: timer_agreement(spec)),
+        ("repeatability in fresh processes", lambda: repeatability(spec)),
+        ("sweep efficiency (a small sweep)", lambda: sweep_efficiency([workload], device, profile, threads)[0]),
     ]
+    checks = []
+    with tqdm(total=len(steps), unit="check", disable=not progress, dynamic_ncols=True) as bar:
+        for name, check in steps:
+            bar.set_description_str(f"selfcheck: {name}")
+            checks.append(check())
+            bar.update(1)
+    return checks

@@ -1,5 +1,11 @@
-"""Statistics of step times, with NumPy only: what one trial's steps say (median, quartiles,
-strata of input shapes) and the interval of a ratio between two groups of trials.
+"""Statistics of step times, with NumPy and SciPy only: what one trial's steps say (median,
+quartiles, strata of input shapes) and the price of one label against another from rounds.
+
+A price's interval comes from rounds, not steps (DESIGN: Intervals): a round runs one trial
+of each label back to back; within a round the two trials saw the same state of the
+machine, so their ratio cancels drift slower than a round, and the spread of that ratio
+across rounds is the uncertainty. Steps inside one process are not independent samples of
+the machine's noise, and spells of noise outlast a trial.
 
 Kept free of torch so the record (which derives its statistics here) and every table built
 from records load without the training stack.
@@ -7,7 +13,12 @@ from records load without the training stack.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+
 import numpy as np
+from scipy import stats as _scipy_stats
 
 # A trial's steps are "noisy" when their interquartile range exceeds this share of the
 # median (torch.utils.benchmark warns at the same 10%).
@@ -47,42 +58,87 @@ def _tile(strata: list[int] | None, trials: list[list[float]]):
     return None if strata is None else np.concatenate([np.asarray(strata[: len(t)]) for t in trials])
 
 
-def _bootstrap_typical(trials: list[list[float]], strata: list[int] | None, n: int, rng) -> np.ndarray:
-    """`n` bootstrap replicates of the typical step time of a group of trials.
-
-    Each replicate resamples the trials (fresh processes), then the steps within each
-    trial and stratum, so both the spread between processes and within one enter.
-    """
-    length = min(len(t) for t in trials)
-    times = np.asarray([t[:length] for t in trials], dtype=float)  # (trials, steps)
-    strata_arr = np.zeros(length, int) if strata is None else np.asarray(strata[:length])
-    r = len(trials)
-    out = np.zeros(n)
-    for k in np.unique(strata_arr):
-        cols = np.flatnonzero(strata_arr == k)
-        picked_trials = rng.integers(0, r, (n, r))  # (n, r)
-        picked_steps = cols[rng.integers(0, len(cols), (n, r, len(cols)))]  # (n, r, m)
-        sample = times[picked_trials[:, :, None], picked_steps].reshape(n, -1)
-        out += np.median(sample, axis=1) * (len(cols) / length)
-    return out
+# ---- prices from rounds -------------------------------------------------------------
 
 
-def bootstrap_ratio(
-    a: list[list[float]],
-    b: list[list[float]],
-    *,
-    strata: list[int] | None = None,
-    n: int = 2000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> tuple[float, float, float]:
-    """Ratio of typical step times a/b with a bootstrap interval over trials and steps.
+@dataclass(frozen=True)
+class PairedRatio:
+    """a / b estimated from the rounds both ran: the geometric mean of the within-round
+    ratios, and a t-interval on their logs (across rounds only). One round gives a point
+    and no interval (0 to infinity)."""
 
-    `a` and `b` are lists of trials, each a list of step times (and, for workloads whose
-    input shape varies, `strata`: the shape index of each step, the same in all trials).
-    """
-    rng = np.random.default_rng(seed)
-    point = pooled_typical(a, strata) / pooled_typical(b, strata)
-    ratios = _bootstrap_typical(a, strata, n, rng) / _bootstrap_typical(b, strata, n, rng)
-    lo, hi = np.percentile(ratios, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
-    return float(point), float(lo), float(hi)
+    ratio: float
+    lo: float
+    hi: float
+    rounds: int
+
+    @property
+    def half_width(self) -> float:
+        """The interval's larger distance from the point, relative to it (0.03: ±3%)."""
+        if not self.rounds or not math.isfinite(self.hi):
+            return math.inf
+        return max(self.hi / self.ratio - 1, 1 - self.lo / self.ratio)
+
+    @property
+    def includes_one(self) -> bool:
+        return self.lo <= 1.0 <= self.hi
+
+    @classmethod
+    def identity(cls, rounds: int) -> PairedRatio:
+        return cls(1.0, 1.0, 1.0, rounds)
+
+
+def paired_ratio(a: Mapping[Hashable, float], b: Mapping[Hashable, float], level: float = 0.95) -> PairedRatio:
+    """Ratio of typical step times a / b, each given per round ({round: seconds})."""
+    common = [r for r in a if r in b]
+    logs = np.log([a[r] / b[r] for r in common])
+    n = len(logs)
+    if n == 0:
+        return PairedRatio(math.nan, math.nan, math.nan, 0)
+    mean = float(logs.mean())
+    if n == 1:
+        return PairedRatio(math.exp(mean), 0.0, math.inf, 1)
+    half = float(_scipy_stats.t.ppf((1 + level) / 2, n - 1)) * float(logs.std(ddof=1)) / math.sqrt(n)
+    return PairedRatio(math.exp(mean), math.exp(mean - half), math.exp(mean + half), n)
+
+
+def per_round(trials: list[tuple[Hashable, list[float]]], strata: list[int] | None = None) -> dict[Hashable, float]:
+    """{round: typical step time} from (round, step times) pairs; where a round holds
+    several trials of one label (settings priced as one), their geometric mean."""
+    by_round: dict[Hashable, list[float]] = {}
+    for rnd, times in trials:
+        by_round.setdefault(rnd, []).append(typical_step_time(times, strata[: len(times)] if strata else None))
+    return {r: float(np.exp(np.mean(np.log(v)))) for r, v in by_round.items()}
+
+
+def fastest(per_label: Mapping[str, Mapping[Hashable, float]]) -> str:
+    """The label with the smallest step time, judged by the same paired statistic the
+    price uses (each label against the first), so the fastest's price is 1.00 and every
+    other price is at least that by construction of the point estimate."""
+    base = next(iter(per_label))
+
+    def against_base(label: str) -> float:
+        ratio = paired_ratio(per_label[label], per_label[base]).ratio
+        return ratio if math.isfinite(ratio) else math.inf
+
+    return min(per_label, key=against_base)
+
+
+def unpaired_ratio(a: Mapping[Hashable, float], b: Mapping[Hashable, float], level: float = 0.95) -> PairedRatio:
+    """a / b for runs that share no rounds (two machines, two commits): the ratio of the
+    geometric means over each run's rounds, with a Welch t-interval on the logs. Drift
+    between the runs does not cancel here; that is why a sweep pairs within rounds."""
+    la, lb = np.log(list(a.values())), np.log(list(b.values()))
+    if not len(la) or not len(lb):
+        return PairedRatio(math.nan, math.nan, math.nan, 0)
+    mean = float(la.mean() - lb.mean())
+    n = min(len(la), len(lb))
+    if n < 2:
+        return PairedRatio(math.exp(mean), 0.0, math.inf, n)
+    va, vb = la.var(ddof=1) / len(la), lb.var(ddof=1) / len(lb)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return PairedRatio(math.exp(mean), math.exp(mean), math.exp(mean), n)
+    dof = (va + vb) ** 2 / (va**2 / (len(la) - 1) + vb**2 / (len(lb) - 1))
+    half = float(_scipy_stats.t.ppf((1 + level) / 2, dof)) * se
+    return PairedRatio(math.exp(mean), math.exp(mean - half), math.exp(mean + half), n)

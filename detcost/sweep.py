@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from detcost import axes
+from detcost import axes, guard
 from detcost import env as envmod
 from detcost.errors import UsageError
 from detcost.profile import PROFILE_STEPS
@@ -68,6 +68,14 @@ class SweepOptions:
     keep_params: bool = False
     start_method: str = "auto"
     max_time: float | None = None
+    # The quiet-machine guard: wait up to `wait_quiet` s for a busy machine (before the
+    # sweep, and before running a busy trial again); `allow_busy` skips both.
+    allow_busy: bool = False
+    wait_quiet: float = guard.DEFAULT_WAIT_S
+    # --precision: add rounds until every price's interval half-width is at most this
+    # (0.02: ±2%), up to `max_repeats` rounds.
+    precision: float | None = None
+    max_repeats: int = 20
 
     def __post_init__(self) -> None:
         given = dict(self.axes)
@@ -100,6 +108,8 @@ class SweepOutcome:
     skipped: int
     stopped_early: bool
     results: Path
+    events: list[str] = field(default_factory=list)  # what the quiet-machine guard did
+    precision: dict | None = None  # --precision: reached or not, and what each price reached
 
 
 def new_run_id() -> str:
@@ -228,6 +238,9 @@ def _receive(receiver, proc, timeout: float) -> tuple[dict | None, bool]:
         else:
             timed_out = True
             proc.kill()
+    except BaseException:  # Ctrl-C in the parent: the trial dies with the sweep, at once
+        proc.kill()
+        raise
     finally:
         receiver.close()
         _reap(proc)
@@ -269,50 +282,156 @@ def run_sweep(
     progress: bool = True,
     on_record: Callable[[TrialRecord], None] | None = None,
 ) -> SweepOutcome:
-    """Run the planned trials not already `ok` in the results file; append each record."""
+    """Run the planned trials not already `ok` in the results file, appending each record
+    as it ends; with `opts.precision`, add rounds until every price is that precise."""
     existing = [TrialRecord.from_json(r) for r in open_for_sweep(opts.results, resume)]
     if existing:
         opts = replace(opts, run_id=existing[0].spec.run_id)
-    done = {tid for tid, r in latest_by_trial(existing).items() if r.ok}
     planned = plan(opts)
     _check_same_options(existing, planned, opts.results)
-    todo = [s for s in planned if s.trial_id not in done]
-    machine = envmod.fingerprint(opts.device)  # once per sweep; each trial adds its own part
-    new, stopped = _run_todo(opts, todo, existing, machine, on_record, progress)
-    latest = latest_by_trial(existing + new)
+    precision = None
+    with _Runner(opts, existing, progress, on_record) as runner:
+        runner.start_when_quiet()
+        stopped = runner.run(runner.todo(planned))
+        if opts.precision is not None and not stopped:
+            opts, planned, stopped, precision = _add_rounds(opts, runner, planned)
+    latest = latest_by_trial(existing + runner.new)
     return SweepOutcome(
         planned=planned,
         records=[latest[s.trial_id] for s in planned if s.trial_id in latest],
-        ran=len(new),
-        skipped=len(planned) - len(todo),
+        ran=len(runner.new),
+        skipped=len({s.trial_id for s in planned} & runner.done_before),
         stopped_early=stopped,
         results=opts.results,
+        events=runner.events,
+        precision=precision,
     )
 
 
-def _run_todo(opts, todo, existing, machine, on_record, progress) -> tuple[list[TrialRecord], bool]:
-    """Run the trials in order, each record appended as soon as it arrives; stop before a
-    trial that would start past --max-time. Returns the new records and whether it stopped."""
-    flops = {flops_key(r.spec): r.timing.flops_per_step for r in existing if r.timing and r.timing.flops_per_step}
-    new, t0 = [], time.monotonic()
-    bar = _progress(len(todo), progress and bool(todo))
-    try:
-        with ResultsWriter(opts.results) as writer:
-            for spec in todo:
-                if opts.max_time is not None and time.monotonic() - t0 > opts.max_time:
-                    return new, True
-                bar.set_postfix_str(spec.trial_id, refresh=True)
-                record = _run_one(opts, replace(spec, known_flops=flops.get(flops_key(spec))), machine)
-                if record.timing and record.timing.flops_per_step:
-                    flops[flops_key(spec)] = record.timing.flops_per_step
-                writer.write(record.to_json())
-                new.append(record)
-                if on_record:
-                    on_record(record)
-                bar.update(1)
-    finally:
-        bar.close()
-    return new, False
+def _add_rounds(opts: SweepOptions, runner: _Runner, planned: list[TrialSpec]):
+    """--precision: one more round at a time until every price's interval half-width is at
+    most the target, or --max-repeats or --max-time comes first."""
+    from detcost.derive.prices import half_widths  # the prices' own statistic, not a copy
+
+    while True:
+        widths = half_widths(runner.records_of(planned))
+        runner.note_widest(max(widths.values(), default=0.0))
+        if max(widths.values(), default=0.0) <= opts.precision or opts.repeats >= opts.max_repeats:
+            return opts, planned, False, _precision_report(opts, widths, None)
+        opts = replace(opts, repeats=opts.repeats + 1)
+        planned = plan(opts)
+        if runner.run(runner.todo(planned)):
+            widths = half_widths(runner.records_of(planned))
+            return opts, planned, True, _precision_report(opts, widths, "--max-time")
+
+
+def _precision_report(opts: SweepOptions, widths: dict, stopped_by: str | None) -> dict:
+    """Whether every price reached the precision; the ones that did not, with what they reached."""
+    unmet = {k: w for k, w in widths.items() if not w <= opts.precision}
+    return {
+        "target": opts.precision,
+        "rounds": opts.repeats,
+        "reached": not unmet,
+        "widest": max(widths.values(), default=0.0),
+        "unmet": unmet,
+        "stopped_by": None if not unmet else (stopped_by or f"--max-repeats {opts.max_repeats}"),
+    }
+
+
+class _Runner:
+    """Runs trials one after another: each record appended as soon as it arrives, a busy
+    one run again once the machine is quiet, nothing started past --max-time."""
+
+    def __init__(self, opts: SweepOptions, existing: list[TrialRecord], progress: bool, on_record) -> None:
+        self.opts, self.existing, self.on_record = opts, existing, on_record
+        self.done_before = {tid for tid, r in latest_by_trial(existing).items() if r.ok}
+        self.flops = {
+            flops_key(r.spec): r.timing.flops_per_step for r in existing if r.timing and r.timing.flops_per_step
+        }
+        self.machine = envmod.fingerprint(opts.device)  # once per sweep; each trial adds its own part
+        self.threads = max(n or 1 for n in opts.axes.get("threads") or [1])
+        self.new: list[TrialRecord] = []
+        self.events: list[str] = []
+        self.t0 = time.monotonic()
+        self.bar = _progress(0, progress)
+        self.writer = ResultsWriter(opts.results)
+
+    def __enter__(self) -> _Runner:
+        self.writer.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+        self.writer.__exit__(*exc)
+
+    def todo(self, planned: list[TrialSpec]) -> list[TrialSpec]:
+        ok = self.done_before | {r.trial_id for r in self.new if r.ok}
+        return [s for s in planned if s.trial_id not in ok]
+
+    def records_of(self, planned: list[TrialSpec]) -> list[TrialRecord]:
+        latest = latest_by_trial(self.existing + self.new)
+        return [latest[s.trial_id] for s in planned if s.trial_id in latest]
+
+    def run(self, specs: list[TrialSpec]) -> bool:
+        """Run `specs`; True if --max-time stopped it first."""
+        self.bar.total += len(specs)
+        self.bar.refresh()
+        for spec in specs:
+            if self.out_of_time():
+                return True
+            self.bar.set_postfix_str(spec.trial_id, refresh=True)
+            record = self._one(spec)
+            if _ran_busy(record) and not self.opts.allow_busy and not self.out_of_time():
+                self.wait_quiet(f"{spec.trial_id} ran while the machine was busy; run again")
+                self._one(spec)
+            self.bar.update(1)
+        return False
+
+    def _one(self, spec: TrialSpec) -> TrialRecord:
+        record = _run_one(self.opts, replace(spec, known_flops=self.flops.get(flops_key(spec))), self.machine)
+        if record.timing and record.timing.flops_per_step:
+            self.flops[flops_key(spec)] = record.timing.flops_per_step
+        self.writer.write(record.to_json())
+        self.new.append(record)
+        if self.on_record:
+            self.on_record(record)
+        return record
+
+    def out_of_time(self) -> bool:
+        return self.opts.max_time is not None and time.monotonic() - self.t0 > self.opts.max_time
+
+    def start_when_quiet(self) -> None:
+        if not self.opts.allow_busy:
+            self.wait_quiet("the machine was busy before the sweep started")
+
+    def wait_quiet(self, why: str) -> None:
+        """Wait (bounded by --wait-quiet and --max-time) for the machine to go quiet."""
+        budget = self.opts.wait_quiet
+        if self.opts.max_time is not None:
+            budget = min(budget, max(0.0, self.opts.max_time - (time.monotonic() - self.t0)))
+
+        def paused(load: guard.Load, waited: float) -> None:
+            self.bar.set_description_str(f"paused: machine busy ({waited:.0f} s)")
+            self.bar.set_postfix_str(load.describe(), refresh=True)
+
+        load, waited = self.look(budget, paused)
+        self.bar.set_description_str("detcost")
+        if load.busy:
+            self.events.append(f"{why}; still busy after {waited:.0f} s ({load.describe()}), went on")
+        elif waited > 0:
+            self.events.append(f"{why}; waited {waited:.0f} s for the machine to go quiet")
+
+    def look(self, budget: float, on_wait) -> tuple[guard.Load, float]:
+        return guard.wait_for_quiet(lambda: guard.sample(self.opts.device, self.threads), budget, on_wait)
+
+    def note_widest(self, widest: float) -> None:
+        shown = "no interval yet" if widest == float("inf") else f"±{widest:.1%}"
+        self.bar.set_description_str(f"detcost (widest {shown}, target ±{self.opts.precision:.1%})")
+
+
+def _ran_busy(record: TrialRecord) -> bool:
+    busy = record.timing.busy if record.timing else None
+    return bool(busy and busy.get("busy"))
 
 
 def _run_one(opts: SweepOptions, spec: TrialSpec, machine: dict) -> TrialRecord:

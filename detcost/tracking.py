@@ -63,7 +63,7 @@ def sweep_figures(workloads, settings, repeats: int, profile: str, device: str, 
         )
         run_sweep(opts, progress=False)
         df = results.load(opts.results)
-        speed = speed_table(df, bootstrap=200)
+        speed = speed_table(df)
         var = same_seed_rows(variance_table(df))
     return {(w, s): _figures(df, speed, var, w, s) for w in workloads for s in settings}
 

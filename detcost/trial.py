@@ -10,6 +10,7 @@ in the current process (tests and benchmarks call it directly). The kinds (`meas
 from __future__ import annotations
 
 import datetime as _dt
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,7 +68,9 @@ def run_trial(spec: TrialSpec, results_dir: Path | str | None = None, machine: d
 
 def child_main(spec_dict: dict, environ: dict, results_dir: str | None, machine: dict | None, conn) -> None:
     """Entry point of a trial process: set the environment the parent chose (before
-    anything touches CUDA), run the trial, send the record back."""
+    anything touches CUDA), run the trial, send the record back. Ctrl-C is the parent's to
+    handle: it stops the sweep and kills this process, which so never prints a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     set_environ(environ.items())
     spec = TrialSpec.from_dict(spec_dict)
     record = run_trial(spec, results_dir, machine)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # Ask NVML, not the CUDA driver, whether a GPU is there: the test process must stay able
 # to fork trial processes (a CUDA call in a parent "poisons fork").
@@ -15,7 +16,9 @@ from detcost.cli import main  # noqa: E402
 from detcost.record import TrialSpec  # noqa: E402
 from detcost.settings import SETTINGS, applied, get_setting  # noqa: E402
 
-QUICK = ["--quick", "--steps", "4", "--warmup", "1", "-q"]
+V1_SAMPLE = Path(__file__).parent / "data" / "v1-sample.jsonl"  # written by the released detcost
+# --allow-busy: a test never waits on, or depends on, how quiet the machine is.
+QUICK = ["--quick", "--steps", "4", "--warmup", "1", "-q", "--allow-busy"]
 # Only the timed trials: no seed yardstick, A/A control, audit or profiled trials.
 TIMED_ONLY = ["--seeds", "0", "--no-aa", "--no-audit", "--no-explain"]
 

@@ -22,10 +22,9 @@ from detcost.report.recommend import axis_snippet
 from detcost.report.text import axis_values_text
 from detcost.sweep import SweepOptions, plan, run_isolated
 from detcost.trial import run_trial
-from tests.conftest import make_spec
+from tests.conftest import V1_SAMPLE, make_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-V1_SAMPLE = ROOT / "tests" / "data" / "v1-sample.jsonl"
 
 
 LINT = "from importlinter.cli import lint_imports_command; lint_imports_command()"
@@ -143,7 +142,7 @@ def test_a_toy_axis_reaches_plan_trial_record_tables_compare_and_snippet(toy_axi
     path.write_text("".join(json.dumps(r) + "\n" for r in stored))
     df = results.load(path)
     assert "loss_scale" in group_fields() and "loss_scale" in match_fields()
-    assert sorted(speed_table(df, bootstrap=50)["loss_scale"]) == [1, 2]
+    assert sorted(speed_table(df)["loss_scale"]) == [1, 2]
     assert axis_values_text({"threads": 2, "loss_scale": 2}).endswith("loss_scale 2")
     assert "# loss scaled by [1, 2]" in axis_snippet(df, cpu=True)
 
@@ -155,7 +154,7 @@ def test_the_v1_sample_loads_into_the_same_tables():
     df = results.load(V1_SAMPLE)
     assert set(df["kind"]) == {"timed", "aa", "seed", "audit", "profiled"}
     assert (df["status"] == "ok").all()
-    speed = speed_table(df, bootstrap=50)
+    speed = speed_table(df)
     assert set(speed["setting"]) >= {"default", "strict"}
     var = variance_table(df)
     same_seed = var[var["setting"].isin(["default", "strict"])].set_index("setting")

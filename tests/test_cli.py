@@ -1,15 +1,19 @@
 """Bad input: one line on stderr, exit code 2, nothing lost."""
 
+import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from detcost.cli import main
-from tests.conftest import TIMED_ONLY
+from tests.conftest import QUICK, TIMED_ONLY
 
 
 def one_line_error(capsys, argv) -> str:
@@ -33,6 +37,9 @@ def one_line_error(capsys, argv) -> str:
         (["run", "--seed", "-1"], "at least 0"),
         (["run", "--frobnicate"], "unrecognized arguments"),
         (["run", "--workloads", "nosuchpackage.mod:factory"], "cannot load workload"),
+        (["run", "--precision", "150%"], "fraction below 1"),
+        (["run", "--precision", "abc"], "is not a number"),
+        (["run", "--wait-quiet", "-1"], "must be positive"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, argv, expected):
@@ -80,6 +87,49 @@ def test_dry_run_lists_the_plan_and_runs_nothing(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "timed/simple_cnn/strict/r1/s0" in out and "trials planned" in out
     assert not path.exists()
+
+
+def test_resume_dry_run_lists_only_what_remains(capsys, tmp_path):
+    path = tmp_path / "r.jsonl"
+    argv = ["run", *QUICK, "--workloads", "simple_cnn", "--settings", "default", *TIMED_ONLY, "--results", str(path)]
+    assert main([*argv, "--repeats", "1", "--no-report"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--repeats", "2", "--resume", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "timed/simple_cnn/default/r1/s0" in out and "timed/simple_cnn/default/r0/s0" not in out
+    assert "1 trials planned" in out
+
+
+def test_a_results_folder_that_does_not_exist_is_created_and_said(capsys, tmp_path):
+    path = tmp_path / "new" / "deeper" / "r.jsonl"
+    argv = ["run", *QUICK, "--workloads", "simple_cnn", "--settings", "default", *TIMED_ONLY, "--repeats", "1"]
+    assert main([*argv, "--no-report", "--results", str(path)]) == 0
+    assert f"created the folder {path.parent}" in capsys.readouterr().err and path.exists()
+
+
+def test_ctrl_c_stops_the_sweep_quietly_and_keeps_finished_trials(tmp_path):
+    """Ctrl-C at a terminal signals the whole process group: the sweep, the forkserver and
+    the trial running now. The user sees one line, no child's traceback."""
+    path = tmp_path / "r.jsonl"
+    argv = ["run", *QUICK, "--workloads", "resnet18", *TIMED_ONLY, "--repeats", "30", "--no-report", "--steps", "40"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "detcost.cli", *argv, "--results", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        # Ctrl-C as a terminal delivers it: a shell may have started this test with SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not path.exists() or len(path.read_text().splitlines()) < 2):
+        time.sleep(0.05)
+    time.sleep(0.5)  # inside the next trial (each takes a second or more)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.splitlines() == ["detcost: interrupted; finished trials are kept (rerun with --resume)"], err
+    assert all(json.loads(line)["status"] == "ok" for line in path.read_text().splitlines())
 
 
 def test_env_prints_the_fingerprint(capsys):

@@ -1,9 +1,11 @@
 """Explain the price: the NaN fill found by profiling, strict_nofill, the costly-op
 workloads, the memory layout axis and the busy-machine guard."""
 
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,16 +94,28 @@ def _busy_trial() -> dict:
     return run_trial(spec).to_json()
 
 
-def test_the_busy_flag_is_set_when_another_process_competes_for_the_cpu():
-    quiet = _busy_trial()
-    burn = "import time\nt = time.time()\nwhile time.time() - t < 20: pass"
+def _cpu_seconds(pid: int) -> float:
+    """CPU time a process has used so far (/proc/<pid>/stat: utime + stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_the_busy_flag_is_set_when_a_competitor_takes_the_cores():
+    """A controlled competitor: two spinning processes, whose own CPU use is measured
+    during the trial. Where the machine did not give them the cores (checked first), the
+    test has nothing to judge and skips; the flag's rule itself is tested on synthetic
+    samples in test_stats.py."""
+    burn = "import time\nt = time.time()\nwhile time.time() - t < 30: pass"
     hogs = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(2)]
     try:
         time.sleep(0.3)
+        before, t0 = sum(_cpu_seconds(h.pid) for h in hogs), time.monotonic()
         busy = _busy_trial()
+        used = (sum(_cpu_seconds(h.pid) for h in hogs) - before) / (time.monotonic() - t0)
     finally:
         for hog in hogs:
             hog.kill()
             hog.wait()
-    assert not quiet["busy"]["busy"], quiet["busy"]
-    assert busy["busy"]["busy"] and busy["busy"]["others_cpu_cores"] > 0.5, busy["busy"]
+    if used < 2 * busy["busy"]["busy_above_cores"]:
+        pytest.skip(f"the competitor got only {used:.2f} cores: no load to detect")
+    assert busy["busy"]["busy"] and busy["busy"]["others_cpu_cores"] > busy["busy"]["busy_above_cores"], busy["busy"]

@@ -12,6 +12,7 @@ from detcost.cli import main
 from detcost.derive.frame import AA_LABEL
 from detcost.derive.variance import SEED_LABEL
 from detcost.report.recommend import recommend
+from tests.conftest import V1_SAMPLE
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [
@@ -114,26 +115,46 @@ def test_results_from_two_machines_are_grouped_by_machine(tmp_path, small_sweep)
     assert html.count("Machine: ") == 2 and "gpu-box-2" in html
 
 
-def test_compare_prints_and_writes_the_tables_side_by_side(tmp_path, capsys):
-    """On stored timings (the committed v1 sample, not this machine's), so the verdict
-    cannot depend on how busy the machine is while the tests run."""
-    small_sweep = Path(__file__).parent / "data" / "v1-sample.jsonl"
-    faster = tmp_path / "faster.jsonl"
-    records = [json.loads(x) for x in small_sweep.read_text().splitlines()]
-    for r in records:  # run B: every step twice as fast
-        r["run_id"] = "faster"
+def _synthetic_run(path: Path, run_id: str, step_s: float, spread: float) -> Path:
+    """The committed v1 sample's records with synthetic step times: `step_s` per step,
+    each round off by `spread` x its repeat index (so rounds differ, but predictably)."""
+    records = [json.loads(x) for x in V1_SAMPLE.read_text().splitlines()]
+    for r in records:
+        r["run_id"] = run_id
         if r.get("step_times_s"):
-            r["step_times_s"] = [t / 2 for t in r["step_times_s"]]
-            r["samples_per_s"] *= 2
-    faster.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+            t = step_s * (1 + spread * r["repeat"])
+            r["step_times_s"] = [t] * len(r["step_times_s"])
+            r["samples_per_s"] = r["batch_size"] / t
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    return path
+
+
+def test_compare_prints_and_writes_the_tables_side_by_side(tmp_path, capsys):
+    """On synthetic timings, so the verdict cannot depend on how busy the machine is."""
+    a = _synthetic_run(tmp_path / "a.jsonl", "a", 0.010, 0.01)
+    faster = _synthetic_run(tmp_path / "b.jsonl", "b", 0.005, 0.01)  # run B: every step twice as fast
     out = tmp_path / "cmp.html"
-    assert main(["compare", str(small_sweep), str(faster), "--out", str(out), "--json"]) == 0
+    assert main(["compare", str(a), str(faster), "--out", str(out), "--json"]) == 0
     table = json.loads(capsys.readouterr().out)["comparison"]
-    assert table and all(r["b_vs_a"] == pytest.approx(2.0) and not r["within_noise"] for r in table)
-    assert main(["compare", str(small_sweep), str(small_sweep)]) == 0
+    assert table and all(r["b_vs_a"] == pytest.approx(0.5) and not r["within_noise"] for r in table)
+    assert main(["compare", str(a), str(a)]) == 0
     printed = capsys.readouterr().out
-    assert "B vs A" in printed and "1.00x" in printed and "within noise" in printed
+    assert "B time / A" in printed and "1.00" in printed and "within noise" in printed
     assert "<table>" in (tmp_path / "cmp.html").read_text()
+
+
+def test_compare_leaves_out_busy_trials_as_the_report_does(tmp_path, capsys):
+    a = _synthetic_run(tmp_path / "a.jsonl", "a", 0.010, 0.01)
+    b = _synthetic_run(tmp_path / "b.jsonl", "b", 0.010, 0.01)
+    records = [json.loads(x) for x in b.read_text().splitlines()]
+    for r in records:  # one round of B ran beside a competitor: 20x slower, flagged busy
+        if r.get("step_times_s") and r["repeat"] == 1:
+            r["step_times_s"] = [t * 20 for t in r["step_times_s"]]
+            r["busy"] = {**(r.get("busy") or {}), "busy": True}
+    b.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    assert main(["compare", str(a), str(b), "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)["comparison"]
+    assert table and all(r["b_vs_a"] == pytest.approx(0.995, rel=0.01) for r in table)
 
 
 # ---- recommendation logic on hand-made tables -----------------------------------------

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from detcost import axes, results
 from detcost.derive.frame import ok_trials
-from detcost.derive.prices import kept_trials, speed_table
-from detcost.stats import bootstrap_ratio
+from detcost.derive.prices import rounds_of, speed_table, without_busy
+from detcost.stats import unpaired_ratio
 
 
 def match_fields() -> tuple[str, ...]:
@@ -19,9 +20,11 @@ def match_fields() -> tuple[str, ...]:
 
 
 def compare_runs(a_path: Path, b_path: Path) -> tuple[pd.DataFrame, list[dict]]:
-    """Per workload x setting (x axes) in both runs: samples/s of each, and B's speed
-    relative to A (A's step time / B's) with a 95% bootstrap interval. Also the groups
-    found in one run only."""
+    """Per workload x setting (x axes) in both runs: samples/s of each, and B's step time
+    over A's (above 1: B is slower, the direction of every price) with a 95% interval
+    over each run's rounds. Busy trials are left out and "within noise" follows the
+    report's rule (the interval includes 1, or the ratio is inside what either run could
+    detect). Also the groups found in one run only."""
     a_df, b_df = results.load(a_path), results.load(b_path)
     a_speed, b_speed = speed_table(a_df), speed_table(b_df)
     match = list(match_fields())
@@ -32,32 +35,33 @@ def compare_runs(a_path: Path, b_path: Path) -> tuple[pd.DataFrame, list[dict]]:
         if key not in a_groups or key not in b_groups:
             missing.append({**dict(zip(match, key)), "only_in": "A" if key in a_groups else "B"})
             continue
-        a, b = a_groups[key], b_groups[key]
-        (a_steps, strata), (b_steps, _) = kept_trials(a), kept_trials(b)
-        ratio, lo, hi = bootstrap_ratio(a_steps, b_steps, strata=strata)
+        a, b = without_busy(a_groups[key]), without_busy(b_groups[key])
+        ratio = unpaired_ratio(rounds_of(b), rounds_of(a))
+        a_row, b_row = _speed_row(a_speed, match, key), _speed_row(b_speed, match, key)
+        detectable = np.nanmax([a_row.get("detectable", np.nan), b_row.get("detectable", np.nan), 0.0])
         rows.append(
             {
                 **dict(zip(match, key)),
                 "a_samples_per_s": float(a["samples_per_s"].median()),
                 "b_samples_per_s": float(b["samples_per_s"].median()),
-                "b_vs_a": ratio,
-                "b_vs_a_lo": lo,
-                "b_vs_a_hi": hi,
-                "within_noise": bool(lo <= 1 <= hi),
-                "a_price": _price(a_speed, match, key),
-                "b_price": _price(b_speed, match, key),
+                "b_vs_a": ratio.ratio,
+                "b_vs_a_lo": ratio.lo,
+                "b_vs_a_hi": ratio.hi,
+                "within_noise": bool(ratio.includes_one or abs(ratio.ratio - 1) <= detectable),
+                "a_price": a_row.get("price", np.nan),
+                "b_price": b_row.get("price", np.nan),
             }
         )
     return pd.DataFrame(rows), missing
 
 
-def _price(speed: pd.DataFrame, match: list[str], key: tuple) -> float:
-    """The price of this key's setting within its own run's speed table."""
+def _speed_row(speed: pd.DataFrame, match: list[str], key: tuple) -> dict:
+    """This key's row of its own run's speed table ({} if it has none)."""
     if speed.empty:
-        return float("nan")
+        return {}
     mask = pd.Series(True, index=speed.index)
     for col, value in zip(match, key):
         if col in speed:
             mask &= speed[col] == value
     row = speed[mask]
-    return float(row["price"].iloc[0]) if len(row) else float("nan")
+    return row.iloc[0].to_dict() if len(row) else {}

@@ -8,8 +8,9 @@ import pandas as pd
 
 from detcost.derive.frame import AA_LABEL, busy_count, is_busy, ok_trials, setting_order, varying_axes
 from detcost.record import Kind, StepTiming
+from detcost.results import frame
 from detcost.settings import REFERENCE
-from detcost.stats import bootstrap_ratio, pooled_typical
+from detcost.stats import PairedRatio, fastest, paired_ratio, per_round, unpaired_ratio
 
 
 def kept_trials(g: pd.DataFrame) -> tuple[list[list[float]], list[int] | None]:
@@ -29,7 +30,7 @@ def _list(value) -> list:
     return list(value) if isinstance(value, (list, tuple, np.ndarray)) else []
 
 
-def _without_busy(g: pd.DataFrame) -> pd.DataFrame:
+def without_busy(g: pd.DataFrame) -> pd.DataFrame:
     """Trials run while other processes took the CPU are left out of prices (they stay in
     the results and are counted), unless no other trial of the label is left."""
     quiet = g[~is_busy(g)]
@@ -40,33 +41,47 @@ def _median(g: pd.DataFrame, col: str) -> float:
     return float(g[col].median()) if col in g and g[col].notna().any() else np.nan
 
 
-def _label_rows(keys: list[str], key: tuple, per_label: dict, busy: dict, bootstrap: int) -> list[dict]:
-    """The price rows of one workload group, one per label (setting or the A/A control)."""
-    timed = {k: v for k, v in per_label.items() if k != AA_LABEL}
-    steps = {label: kept_trials(g) for label, g in per_label.items()}
-    strata = steps[next(iter(steps))][1]
-    # the fastest by the same statistic the price uses, so the best price is 1.00
-    fastest = min(timed, key=lambda s: pooled_typical(steps[s][0], strata))
+def rounds_of(g: pd.DataFrame) -> dict:
+    """{round: typical step time} of one label's trials; a round is a repeat of one run."""
+    steps, strata = kept_trials(g)
+    rounds = list(zip(g.get("run_id", pd.Series(None, index=g.index)), g["repeat"]))
+    return per_round(list(zip(rounds, steps)), strata)
+
+
+def _ratio(a: dict, b: dict) -> PairedRatio:
+    """Paired within rounds; where busy trials left the two labels no round in common,
+    unpaired (drift then does not cancel, and the interval is wider for it)."""
+    paired = paired_ratio(a, b)
+    return paired if paired.rounds else unpaired_ratio(a, b)
+
+
+def _label_rows(keys: list[str], key: tuple, per_label: dict, busy: dict) -> list[dict]:
+    """The price rows of one workload group, one per label (setting or the A/A control):
+    each label against the fastest and against `default`, paired within rounds."""
+    rounds = {label: rounds_of(g) for label, g in per_label.items()}
+    timed = {k: v for k, v in rounds.items() if k != AA_LABEL}
+    best = fastest(timed)
     rows = []
     for label, g in per_label.items():
-        ref_label = REFERENCE if label == AA_LABEL and REFERENCE in timed else fastest
-        if label == fastest:
-            price, lo, hi = 1.0, 1.0, 1.0
-        else:
-            price, lo, hi = bootstrap_ratio(steps[label][0], steps[ref_label][0], strata=strata, n=bootstrap)
+        ref_label = REFERENCE if label == AA_LABEL and REFERENCE in timed else best
+        price = PairedRatio.identity(len(rounds[label])) if label == best else _ratio(rounds[label], rounds[ref_label])
+        vs_default = _ratio(rounds[label], rounds[REFERENCE]) if REFERENCE in timed else None
         sps = g["samples_per_s"]
         rows.append(
             {
                 **dict(zip(keys, key)),
                 "setting": label,
                 "n": len(g),
+                "rounds": price.rounds,
                 "samples_per_s": float(sps.median()),
                 "samples_per_s_cv": float(sps.std(ddof=1) / sps.mean()) if len(g) > 1 else np.nan,
-                "price": price,
-                "price_lo": lo,
-                "price_hi": hi,
+                "price": price.ratio,
+                "price_lo": price.lo,
+                "price_hi": price.hi,
                 "price_vs": ref_label,
-                "within_noise": bool(lo <= 1.0 <= hi),
+                "vs_default": vs_default.ratio if vs_default else np.nan,
+                "vs_default_lo": vs_default.lo if vs_default else np.nan,
+                "vs_default_hi": vs_default.hi if vs_default else np.nan,
                 "cold_start_s": _median(g, "cold_start_s"),
                 "peak_memory_bytes": _median(g, "peak_memory_bytes"),
                 "achieved_flops": _median(g, "achieved_flops"),
@@ -77,12 +92,14 @@ def _label_rows(keys: list[str], key: tuple, per_label: dict, busy: dict, bootst
     return rows
 
 
-def speed_table(df: pd.DataFrame, *, bootstrap: int = 2000) -> pd.DataFrame:
-    """One row per workload x setting (x axes): samples/s, price vs the fastest with a
-    bootstrap interval, ratio to `default`, cold start, memory, FLOP/s.
+def speed_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per workload x setting (x axes): samples/s; the price (step time over the
+    fastest setting's, above 1 is slower) and the same time ratio against `default`, both
+    from within-round ratios with a t-interval across rounds; cold start, memory, FLOP/s.
 
     The A/A control (`kind == "aa"`) appears as its own label: its price against
-    `default` is the noise floor of the machine.
+    `default` is the noise floor of the machine, and `detectable` (per group) the smallest
+    price this run can tell apart from noise.
     """
     trials = ok_trials(df, (Kind.TIMED, Kind.AA)).copy()
     if trials.empty:
@@ -93,39 +110,58 @@ def speed_table(df: pd.DataFrame, *, bootstrap: int = 2000) -> pd.DataFrame:
     for key, group in trials.groupby(keys, sort=False):
         per_label = {label: g for label, g in group.groupby("label", sort=False)}
         busy = {label: busy_count(g) for label, g in per_label.items()}
-        per_label = {label: _without_busy(g) for label, g in per_label.items()}
+        per_label = {label: without_busy(g) for label, g in per_label.items()}
         if any(label != AA_LABEL for label in per_label):
-            rows += _label_rows(keys, key if isinstance(key, tuple) else (key,), per_label, busy, bootstrap)
+            rows += _label_rows(keys, key if isinstance(key, tuple) else (key,), per_label, busy)
     table = pd.DataFrame(rows)
-    table["vs_default"] = table.apply(lambda r: _vs_default(table, r, keys), axis=1)
-    table["within_noise"] = _within_aa_noise(table, keys)
+    table["detectable"] = _detectable(table, keys)
+    table["within_noise"] = _within_noise(table)
     order = {s: i for i, s in enumerate(setting_order(table["setting"]) + [AA_LABEL])}
     table["_o"] = table["setting"].map(lambda s: order.get(s, len(order)))
     return table.sort_values(keys + ["_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
 
 
-def _same_group(table: pd.DataFrame, row: pd.Series, keys: list[str]) -> pd.Series:
-    mask = pd.Series(True, index=table.index)
-    for k in keys:
-        mask &= table[k] == row[k]
-    return mask
+def _detectable(table: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """Per group, the smallest price this run can tell apart from noise: how far the A/A
+    control (default against itself) may stray, its point or its interval's far edge;
+    without an A/A control, the median half-width of the group's price intervals."""
+    out = pd.Series(np.nan, index=table.index)
+    for _, group in table.groupby(keys, sort=False):
+        aa = group[group["setting"] == AA_LABEL]
+        if len(aa):
+            r = aa.iloc[0]
+            out[group.index] = max(abs(r["price"] - 1), r["price_hi"] - 1, 1 - r["price_lo"])
+        else:
+            half = _half_width(group[group["price_lo"] < group["price_hi"]])
+            out[group.index] = float(half.median()) if len(half) else np.nan
+    return out
 
 
-def _within_aa_noise(table: pd.DataFrame, keys: list[str]) -> pd.Series:
+def _half_width(rows: pd.DataFrame) -> pd.Series:
+    """Each price interval's larger distance from its point, relative to it (as
+    `stats.PairedRatio.half_width`)."""
+    return np.maximum(rows["price_hi"] / rows["price"] - 1, 1 - rows["price_lo"] / rows["price"])
+
+
+def _within_noise(table: pd.DataFrame) -> pd.Series:
     """A price is within noise when its interval includes 1.00, or when it is no further
-    from 1.00 than the A/A control of the same group strayed (default against itself:
-    with few repeats the interval understates the spread between processes)."""
-    band = pd.Series(0.0, index=table.index)
-    for _, r in table[table["setting"] == AA_LABEL].iterrows():
-        band[_same_group(table, r, keys)] = max(abs(r["price"] - 1), r["price_hi"] - 1, 1 - r["price_lo"])
+    from 1.00 than the A/A control of its group may stray (`detectable`)."""
     inside = (table["price_lo"] <= 1.0) & (table["price_hi"] >= 1.0)
-    return inside | ((table["price"] - 1).abs() <= band)
+    return inside | ((table["price"] - 1).abs() <= table["detectable"].fillna(0))
 
 
-def _vs_default(table: pd.DataFrame, row: pd.Series, keys: list[str]) -> float:
-    """samples/s relative to `default` in the same group (>1 means faster than default)."""
-    ref = table.loc[_same_group(table, row, keys) & (table["setting"] == REFERENCE), "samples_per_s"]
-    return float(row["samples_per_s"] / ref.iloc[0]) if len(ref) else np.nan
+def half_widths(records) -> dict[str, float]:
+    """Each price's interval half-width (0.03: ±3%), keyed `workload/setting` (with the
+    axes that vary): what --precision drives down. The fastest setting of each group
+    (price 1.00 by definition) has none."""
+    speed = speed_table(frame([r.to_json() for r in records]))
+    if speed.empty:
+        return {}
+    keys = [c for c in speed.columns if c in ("workload", *varying_axes(speed))]
+    priced = speed[~((speed["price_lo"] == 1.0) & (speed["price_hi"] == 1.0))]
+    half = _half_width(priced)
+    names = priced[keys].astype(str).agg("/".join, axis=1) + ": " + priced["setting"]
+    return dict(zip(names, half.fillna(np.inf)))
 
 
 def noise_floors(table: pd.DataFrame) -> pd.DataFrame:

@@ -69,7 +69,7 @@ def _si(v, unit: str) -> str:
 def _price_cell(r, cpu: bool) -> str:
     if r.setting != AA_LABEL and r.price == 1.0 and r.price_lo == r.price_hi:
         return "1.00 (fastest)"
-    interval = f"{r.price:.2f} [{r.price_lo:.2f}, {r.price_hi:.2f}]"
+    interval = text.interval_text(r.price, r.price_lo, r.price_hi)
     if cpu and r.setting in SETTINGS and SETTINGS[r.setting].cudnn_only:
         return f"{interval} noise: the same kernels as default on the CPU"
     return f"{interval} {'within noise' if r.within_noise else 'real'}"
@@ -83,7 +83,7 @@ def _price_rows(speed: pd.DataFrame, cpu: bool) -> tuple[list[str], list[dict], 
         "samples/s",
         "CV across repeats",
         "price vs fastest [95% CI]",
-        "vs default",
+        "time vs default [95% CI]",
         "cold start",
         "peak memory",
         "achieved FLOP/s",
@@ -100,7 +100,7 @@ def _price_rows(speed: pd.DataFrame, cpu: bool) -> tuple[list[str], list[dict], 
                     f"{r.samples_per_s:,.1f}{busy}",
                     _fmt(r.samples_per_s_cv, ".1%"),
                     _price_cell(r, cpu),
-                    _fmt(r.vs_default, ".2f") + "x",
+                    text.interval_text(r.vs_default, r.vs_default_lo, r.vs_default_hi),
                     _fmt(r.cold_start_s, ".3f") + " s",
                     _si(r.peak_memory_bytes, "B"),
                     _si(r.achieved_flops, "FLOP/s"),
@@ -278,6 +278,7 @@ def machine_section(df: pd.DataFrame, name: str, max_slowdown: float) -> dict:
         "audit": _audit_rows(df),
         "explain": _explain_section(df, speed, cpu),
         "busy": f"{busy} trial(s) ran while other processes used the CPU; their times are suspect." if busy else "",
+        "detectable": text.detectable_text(speed),
         "env": _env_rows(df),
     }
 
@@ -327,6 +328,16 @@ def markdown_summary(context: dict) -> str:
         if len(context["machines"]) > 1:
             parts += [f"## Machine: {m['name']}", ""]
         rec = m["rec"]
+        if rec.speed_caveat:
+            parts += [
+                f"**This run cannot judge speed:** {rec.speed_caveat}. The recommendation rests on "
+                "reproducibility alone.",
+                "",
+            ]
+        if m["busy"]:
+            parts += [f"**Warning:** {m['busy']}", ""]
+        if m["detectable"]:
+            parts += [m["detectable"], ""]
         parts += ["## Recommendation", ""]
         if rec.setting:
             parts += [f"**Use `{rec.setting}`**: {rec.reason}.", "", "```python", rec.snippet, "```", ""]

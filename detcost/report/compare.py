@@ -12,7 +12,7 @@ from detcost import results
 from detcost.derive.compare import compare_runs
 from detcost.report.text import axis_values_text
 
-HEADER = ["workload", "setting", "axes", "A samples/s", "B samples/s", "B vs A [95% CI]", "A price", "B price"]
+HEADER = ["workload", "setting", "axes", "A samples/s", "B samples/s", "B time / A [95% CI]", "A price", "B price"]
 
 
 def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
@@ -50,6 +50,7 @@ def compare_text(table: pd.DataFrame, missing: list[dict]) -> str:
         lines = ["no workload x setting ran in both runs at the same axes and sizes (batch, image): nothing to compare"]
     if missing:
         lines.append("only in one run:\n  " + "\n  ".join(missing_text(missing)))
+    lines.append("B time / A: B's step time over A's; above 1.00x B is slower (the direction of every price)")
     return "\n".join(lines)
 
 

@@ -64,15 +64,19 @@ def _log_steps(ax, steps) -> None:
 
 
 def price_bars(speed: pd.DataFrame) -> bytes:
-    """Price of each setting per workload (median step time / fastest), 95% interval whiskers."""
+    """Price of each setting per workload (step time / fastest), 95% interval whiskers.
+    The axis stops at a sensible height: a whisker beyond it (a wide interval on a noisy
+    run, or none at all from one round) is drawn to the edge and marked with its value."""
     panels = _panels(speed)
-    fig, axes = _grid(len(panels))
+    fig, axes = _grid(len(panels), height=3.6)
     for ax, (title, rows) in zip(axes, panels):
         present = set(rows["setting"])
         labels = [*setting_order(present - {AA_LABEL}), *([AA_LABEL] if AA_LABEL in present else [])]
         rows = rows.set_index("setting").loc[labels]
         x = np.arange(len(labels))
-        err = np.vstack([rows["price"] - rows["price_lo"], rows["price_hi"] - rows["price"]]).clip(min=0)
+        top = max(1.5, float(np.nanmax(rows["price"])) * 1.25)
+        hi = rows["price_hi"].clip(upper=top)
+        err = np.vstack([rows["price"] - rows["price_lo"], hi - rows["price"]]).clip(min=0)
         ax.bar(
             x,
             rows["price"],
@@ -82,12 +86,16 @@ def price_bars(speed: pd.DataFrame) -> bytes:
             hatch=["//" if s == AA_LABEL else "" for s in labels],
             edgecolor="white",
         )
+        for xi, value in zip(x, rows["price_hi"]):
+            if not value <= top:
+                shown = "no interval" if not np.isfinite(value) else f"to {value:.2f}"
+                ax.annotate(f"▲ {shown}", (xi, top), ha="center", va="top", fontsize=6, color="dimgrey")
         ax.axhline(1.0, color="black", lw=0.8, ls="--")
-        ax.set_xticks(x, labels, rotation=40, ha="right", fontsize=8)
+        ax.set_xticks(x, labels, rotation=90, fontsize=8)
         ax.set_ylabel("price (step time / fastest)")
         ax.set_title(title, fontsize=9)
-        ax.set_ylim(bottom=min(0.9, float(np.nanmin(rows["price_lo"])) - 0.05))
-    fig.suptitle("Price per setting (bars: median; whiskers: 95% bootstrap interval)", fontsize=10, y=1.0)
+        ax.set_ylim(min(0.9, float(np.nanmin(rows["price_lo"])) - 0.05), top)
+    fig.suptitle("Price per setting (bars: paired estimate; whiskers: 95% interval across rounds)", fontsize=10, y=1.0)
     fig.tight_layout()
     return _png(fig)
 
@@ -185,7 +193,7 @@ def cold_start(speed: pd.DataFrame) -> bytes:
         ax.bar(np.arange(len(panels)) + i * width, vals, width, color=color(s), label=s)
     ax.set_xticks(np.arange(len(panels)) + width * (len(settings) - 1) / 2, panels, fontsize=8)
     ax.set_ylabel("warm-up wall time (s)")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside, never over, the bars
     ax.set_title("Cold start per setting: the first steps, where cuDNN autotunes", fontsize=10)
     return _png(fig)
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from detcost import axes
-from detcost.derive.frame import AA_LABEL, is_cpu, of_kind, ok_trials, setting_order
+from detcost.derive.frame import is_cpu, of_kind, ok_trials, setting_order
 from detcost.derive.prices import speed_table
 from detcost.derive.variance import same_seed_rows
 from detcost.record import Kind, Status
@@ -35,6 +35,9 @@ class Recommendation:
     max_slowdown: float
     candidates: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    # Why this run cannot judge speed (None when it can): then the pick rests on
+    # reproducibility alone, and the report says so above the recommendation.
+    speed_caveat: str | None = None
 
 
 def changes_from_default(name: str) -> int:
@@ -46,10 +49,11 @@ def changes_from_default(name: str) -> int:
 
 
 def noise_floor(speed: pd.DataFrame) -> float:
-    aa = speed[speed["setting"] == AA_LABEL]
-    if aa.empty:
-        return FALLBACK_NOISE
-    return float(np.nanmax((aa["price_hi"] - aa["price_lo"]) / 2))
+    """The largest price difference this run cannot resolve (its worst workload's
+    `detectable`); prices closer than this tie."""
+    detectable = detectable_by_workload(speed)
+    finite = detectable[np.isfinite(detectable)]
+    return float(finite.max()) if len(finite) else FALLBACK_NOISE
 
 
 def candidates(df: pd.DataFrame, speed: pd.DataFrame, var: pd.DataFrame, price_label=None) -> pd.DataFrame:
@@ -65,7 +69,7 @@ def candidates(df: pd.DataFrame, speed: pd.DataFrame, var: pd.DataFrame, price_l
         trials = timed[timed["setting"] == s]
         failed = trials[trials["status"] != str(Status.OK)]
         prices = speed[speed["setting"] == price_label(s)]
-        worst = prices.loc[prices["price"].idxmax()] if len(prices) else None
+        worst = prices.loc[prices["price"].idxmax()] if prices["price"].notna().any() else None
         v = same_thread[same_thread["setting"] == s] if not same_thread.empty else same_thread
         bitwise = int(((v["n_identical"] == v["R"]) & (v["R"] >= 2)).sum()) if not v.empty else 0
         rows.append(
@@ -110,24 +114,66 @@ def recommend(
     else:
         cands = candidates(df, speed, var)
     notes = _notes(df, cands, cpu)
+    caveat = speed_caveat(speed, max_slowdown)
+    if caveat:
+        return _on_reproducibility_alone(df, cands, notes, max_slowdown, caveat, cpu)
     budget = 1 + max_slowdown
     noise = noise_floor(speed)
-    # Over budget: the worst price exceeds the budget by more than this machine can resolve
-    # (the A/A control's half-width), so noise alone neither passes nor fails a setting.
-    eligible = cands[cands["runs_everywhere"] & (cands["max_price"] <= budget + noise)]
+    # Over budget: the whole interval of the worst price lies above the budget; a price
+    # whose interval reaches into the budget is not shown to exceed it.
+    eligible = cands[cands["runs_everywhere"] & (cands["max_price_lo"] <= budget)]
     if eligible.empty:
-        return Recommendation(
-            None,
-            f"no setting ran on every workload within a {max_slowdown:.0%} slowdown",
-            "",
-            max_slowdown,
-            cands,
-            notes,
-        )
+        reason = f"no setting ran on every workload within a {max_slowdown:.0%} slowdown"
+        return Recommendation(None, reason, "", max_slowdown, cands, notes)
     pick, tied = _pick(eligible, noise)
     reason = _reason(pick, tied, budget, noise, pooled)
     code = "\n".join([snippet(get_setting(pick["setting"])), *axis_snippet(df, cpu)])
     return Recommendation(pick["setting"], reason, code, max_slowdown, cands, notes)
+
+
+def detectable_by_workload(speed: pd.DataFrame) -> pd.Series:
+    """The smallest price each workload's run can tell apart from noise (its worst group)."""
+    if speed.empty or "detectable" not in speed:
+        return pd.Series(dtype=float)
+    return speed.groupby("workload")["detectable"].max()
+
+
+def speed_caveat(speed: pd.DataFrame, max_slowdown: float) -> str | None:
+    """Why this run cannot judge a price against the budget, or None when it can: prices
+    that rest on trials run while the machine was busy, or a noise floor wider than the
+    budget (a 10% budget cannot be checked where only 25% differences are detectable)."""
+    reasons = []
+    busy = int(speed["busy_trials_priced"].sum()) if "busy_trials_priced" in speed else 0
+    if busy:
+        reasons.append(f"{busy} priced trial(s) ran while the machine was busy with other processes")
+    detectable = detectable_by_workload(speed)
+    wide = detectable[~(detectable <= max_slowdown)]
+    if len(wide):
+        worst = wide.idxmax() if np.isfinite(wide).any() else wide.index[0]
+        shown = "no interval (one round)" if not np.isfinite(wide[worst]) else f"{wide[worst]:.0%}"
+        reasons.append(
+            f"the smallest price this run can detect is larger than the {max_slowdown:.0%} budget on "
+            f"{len(wide)} of {len(detectable)} workload(s) ({worst}: {shown}); more rounds "
+            "(--repeats, --precision) or a quieter machine narrow it"
+        )
+    return "; ".join(reasons) or None
+
+
+def _on_reproducibility_alone(df, cands, notes, max_slowdown, caveat, cpu) -> Recommendation:
+    """The recommendation when speed cannot be judged: the most reproducible setting that
+    ran everywhere, ties to the fewest changes from `default`; no price enters."""
+    eligible = cands[cands["runs_everywhere"]]
+    if eligible.empty:
+        return Recommendation(None, "no setting ran on every workload", "", max_slowdown, cands, notes, caveat)
+    best = eligible["bitwise_workloads"].max()
+    tied = eligible[eligible["bitwise_workloads"] == best]
+    if (tied["spread"] > 0).any():
+        tied = tied[tied["spread"] <= tied["spread"].min() * 1.0001]
+    pick = tied.sort_values("changes").iloc[0]
+    repro = f"bitwise reproducible on {best} of {int(pick['groups'])} workload groups" if best else "smallest spread"
+    reason = f"{repro}; chosen on reproducibility alone, because this run cannot judge speed"
+    code = "\n".join([snippet(get_setting(pick["setting"])), *axis_snippet(df, cpu)])
+    return Recommendation(pick["setting"], reason, code, max_slowdown, cands, notes, caveat)
 
 
 def _pick(eligible: pd.DataFrame, noise: float) -> tuple[pd.Series, pd.DataFrame]:
@@ -151,10 +197,15 @@ def _reason(pick: pd.Series, tied: pd.DataFrame, budget: float, noise: float, po
         if best_bitwise
         else "not bitwise reproducible on any workload; the smallest spread between repeats"
     )
+    where = (
+        f"within the {budget:.2f}x budget"
+        if pick["max_price"] <= budget
+        else f"its interval reaches into the {budget:.2f}x budget"
+    )
     reason = (
         f"{repro}; worst price {pick['max_price']:.2f}x the fastest setting "
-        f"[{pick['max_price_lo']:.2f}, {pick['max_price_hi']:.2f}], within the {budget:.2f}x budget "
-        f"given this machine's noise floor (±{noise:.2f})"
+        f"[{pick['max_price_lo']:.2f}, {pick['max_price_hi']:.2f}], {where} "
+        f"(this run detects prices above {noise:.0%})"
     )
     if pick["setting"] in pooled:
         reason += f" (on the CPU {', '.join(pooled)} run the same kernels and are priced as one)"

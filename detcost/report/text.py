@@ -30,8 +30,30 @@ CPU_RANKING_NOTE = (
 # ---- prices -------------------------------------------------------------------------
 
 
+def interval_text(ratio: float, lo: float, hi: float) -> str:
+    """`1.05 [0.98, 1.12]`; one round has no interval and says so."""
+    if not np.isfinite(ratio):
+        return "-"
+    if not np.isfinite(hi):
+        return f"{ratio:.2f} [one round: no interval]"
+    return f"{ratio:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def detectable_text(speed: pd.DataFrame) -> str:
+    """One sentence: the smallest price each workload's run can tell apart from noise."""
+    if speed.empty or "detectable" not in speed:
+        return ""
+    per = speed.groupby("workload", sort=False)["detectable"].max()
+    parts = [f"{w} {d:.0%}" if np.isfinite(d) else f"{w} - (one round)" for w, d in per.items()]
+    return (
+        "Smallest price this run can detect (prices under it are not distinguishable from noise here): "
+        + ", ".join(parts)
+        + "."
+    )
+
+
 def speed_pivot(table: pd.DataFrame) -> pd.DataFrame:
-    """Workloads down, settings across: 'samples/s (ratio to default)'."""
+    """Workloads down, settings across: 'samples/s (step time vs default)'."""
     if table.empty:
         return table
     keys = [c for c in ("workload", *group_fields()) if c in table]
@@ -52,7 +74,7 @@ def noise_lines(speed: pd.DataFrame) -> list[str]:
     for r in noise_floors(speed).itertuples():
         cv = f"; CV of samples/s across repeats {r.default_cv:.1%}" if pd.notna(r.default_cv) else ""
         lines.append(
-            f"noise floor ({r.workload}): default vs itself {r.price:.3f}x [{r.price_lo:.3f}, {r.price_hi:.3f}]"
+            f"noise floor ({r.workload}): default vs itself {interval_text(r.price, r.price_lo, r.price_hi)}"
             f"{cv} - differences inside this are noise"
         )
         if not r.steady:
@@ -200,12 +222,15 @@ def plan_text(specs, seconds: float) -> str:
     )
 
 
-def run_summary(df: pd.DataFrame, speed: pd.DataFrame, outcome, wall: float, report=None) -> str:
-    """What `detcost run` prints at the end: prices, the noise floor, failures, warnings."""
+def run_summary(df: pd.DataFrame, speed: pd.DataFrame, outcome, wall: float, report=None, rec=None) -> str:
+    """What `detcost run` prints at the end: a speed caveat first where there is one, then
+    prices, the noise floor, failures, warnings and the recommendation."""
     parts = []
+    if rec is not None and rec.speed_caveat:
+        parts += [f"THIS RUN CANNOT JUDGE SPEED: {rec.speed_caveat}. Read every price below as unconfirmed."]
     if not speed.empty:
-        parts += ["", "samples/s, median over repeats (ratio to default):", speed_pivot(speed).to_string()]
-        parts += noise_lines(speed)
+        parts += ["", "samples/s, median over repeats (step time vs default; above 1.00x is slower):"]
+        parts += [speed_pivot(speed).to_string(), *noise_lines(speed), detectable_text(speed)]
     if is_cpu(df):
         parts += ["", "note: " + CPU_NOTE]
     failed = failures(df)
@@ -219,8 +244,13 @@ def run_summary(df: pd.DataFrame, speed: pd.DataFrame, outcome, wall: float, rep
             f"warning: {busy} trial(s) ran while other processes used the CPU; their times are suspect "
             "(busy.busy in the results)",
         ]
+    parts += [f"quiet-machine guard: {e}" for e in outcome.events]
+    if outcome.precision:
+        parts += ["", precision_text(outcome.precision)]
     if outcome.stopped_early:
         parts += ["", f"stopped by --max-time; rerun with --resume --results {outcome.results} to finish"]
+    if rec is not None:
+        parts += ["", recommendation_text(rec)]
     ok = int((of_kind(df, Kind.TIMED)["status"] == str(Status.OK)).sum()) if not df.empty else 0
     parts += ["", f"{ok} timed trial(s) ok, {outcome.ran} run now, {outcome.skipped} already done; {wall:.0f} s"]
     parts.append(f"results: {outcome.results}")
@@ -229,12 +259,32 @@ def run_summary(df: pd.DataFrame, speed: pd.DataFrame, outcome, wall: float, rep
     return "\n".join(parts)
 
 
+def precision_text(p: dict) -> str:
+    """Whether --precision was reached, and where not, what each price reached."""
+    if p["reached"]:
+        return f"precision: every price within ±{p['target']:.1%} after {p['rounds']} rounds"
+    unmet = ", ".join(
+        f"{k} ±{w:.1%}" if np.isfinite(w) else f"{k} (no interval)" for k, w in sorted(p["unmet"].items())
+    )
+    return (
+        f"precision ±{p['target']:.1%} NOT reached after {p['rounds']} rounds (stopped by {p['stopped_by']}): {unmet}"
+    )
+
+
+def recommendation_text(rec) -> str:
+    if not rec.setting:
+        return f"no recommendation: {rec.reason}"
+    return f"recommendation: use {rec.setting} ({rec.reason})\n" + "\n".join(
+        "    " + ln for ln in rec.snippet.splitlines()
+    )
+
+
 def records_json(df: pd.DataFrame) -> list[dict]:
     """A table as JSON-ready records (NaN becomes None)."""
     return df.astype(object).where(df.notna(), None).to_dict(orient="records") if len(df) else []
 
 
-def run_summary_json(df: pd.DataFrame, speed: pd.DataFrame, outcome, wall: float, report=None) -> dict:
+def run_summary_json(df: pd.DataFrame, speed: pd.DataFrame, outcome, wall: float, report=None, rec=None) -> dict:
     timed = of_kind(df, Kind.TIMED)
     return {
         "results": str(outcome.results),
@@ -244,7 +294,12 @@ def run_summary_json(df: pd.DataFrame, speed: pd.DataFrame, outcome, wall: float
         "stopped_early": outcome.stopped_early,
         "timed_ok": int((timed["status"] == str(Status.OK)).sum()) if not timed.empty else 0,
         "busy_trials": busy_count(df),
+        "guard": outcome.events,
+        "precision": outcome.precision,
         "speed": records_json(speed),
         "failures": records_json(failures(df)),
         "report": {"html": str(report.html), "markdown": str(report.markdown)} if report else None,
+        "recommendation": None
+        if rec is None
+        else {"setting": rec.setting, "reason": rec.reason, "snippet": rec.snippet, "speed_caveat": rec.speed_caveat},
     }

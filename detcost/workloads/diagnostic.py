@@ -85,6 +85,38 @@ class _Alert(nn.Module):
         return out + mask.view_as(out) * 0.0
 
 
+INJECTED_PRICE = 1.20  # diag_price: step time under cudnn.benchmark, relative to without it
+
+
+def _priced(cfg: WorkloadConfig) -> Workload:
+    """simple_cnn whose steps take INJECTED_PRICE times as long while cudnn.benchmark is on
+    (the `benchmark` settings): after each optimizer step it spins for (price - 1) times
+    the step's own compute. On the CPU cudnn.benchmark changes nothing else, so the true
+    price of `benchmark` against `default` is known exactly; the price realised in each
+    trial is read back into the record (`workload_notes.injected_price`)."""
+    wl = classification(SimpleCNN(width=8), cfg)
+    extra = INJECTED_PRICE - 1 if torch.backends.cudnn.benchmark else 0.0
+    state = {"t0": 0.0, "compute_s": 0.0, "spun_s": 0.0}
+
+    def start(module, args):
+        state["t0"] = time.perf_counter()
+
+    def spin(optimizer, args, kwargs):
+        now = time.perf_counter()
+        compute = now - state["t0"]
+        until = now + extra * compute
+        while time.perf_counter() < until:
+            pass
+        state["compute_s"] += compute
+        state["spun_s"] += time.perf_counter() - now
+        wl.notes["injected_price"] = 1 + state["spun_s"] / state["compute_s"]
+
+    wl.model.register_forward_pre_hook(start)
+    wl.optimizer.register_step_post_hook(spin)
+    wl.notes.update(injected_price=1.0, price_applies_to="cudnn.benchmark")
+    return wl
+
+
 def _fault(fault):
     def build(cfg: WorkloadConfig) -> Workload:
         return classification(_FaultAt(SimpleCNN(width=8), fault), cfg)
@@ -106,4 +138,5 @@ DIAGNOSTICS = {
     "diag_nan": (_fault(_nan), "loss becomes NaN at step 3"),
     "diag_noise": (_wrapped(_Noise), "adds unseeded noise to the logits: never reproducible"),
     "diag_alert": (_wrapped(_Alert), "uses put_, which strict mode rejects even on the CPU"),
+    "diag_price": (_priced, f"steps take {INJECTED_PRICE:g}x as long under cudnn.benchmark: a known price (CPU)"),
 }
