@@ -352,6 +352,9 @@ class _Runner:
         self.threads = max(n or 1 for n in opts.axes.get("threads") or [1])
         self.new: list[TrialRecord] = []
         self.events: list[str] = []
+        # After a wait that ended with the machine still busy, the sweep stops waiting: the
+        # load is not passing, and waiting before every trial would only stretch the run.
+        self.gave_up = False
         self.t0 = time.monotonic()
         self.bar = _progress(0, progress)
         self.writer = ResultsWriter(opts.results)
@@ -381,7 +384,7 @@ class _Runner:
                 return True
             self.bar.set_postfix_str(spec.trial_id, refresh=True)
             record = self._one(spec)
-            if _ran_busy(record) and not self.opts.allow_busy and not self.out_of_time():
+            if _ran_busy(record) and not (self.opts.allow_busy or self.gave_up or self.out_of_time()):
                 self.wait_quiet(f"{spec.trial_id} ran while the machine was busy; run again")
                 self._one(spec)
             self.bar.update(1)
@@ -417,7 +420,11 @@ class _Runner:
         load, waited = self.look(budget, paused)
         self.bar.set_description_str("detcost")
         if load.busy:
-            self.events.append(f"{why}; still busy after {waited:.0f} s ({load.describe()}), went on")
+            self.gave_up = True
+            self.events.append(
+                f"{why}; still busy after {waited:.0f} s ({load.describe()}): went on without waiting again, "
+                "busy trials stay flagged"
+            )
         elif waited > 0:
             self.events.append(f"{why}; waited {waited:.0f} s for the machine to go quiet")
 

@@ -70,6 +70,8 @@ def _price_cell(r, cpu: bool) -> str:
     if r.setting != AA_LABEL and r.price == 1.0 and r.price_lo == r.price_hi:
         return "1.00 (fastest)"
     interval = text.interval_text(r.price, r.price_lo, r.price_hi)
+    if r.setting == AA_LABEL:
+        return f"{interval} (the noise floor)"
     if cpu and r.setting in SETTINGS and SETTINGS[r.setting].cudnn_only:
         return f"{interval} noise: the same kernels as default on the CPU"
     return f"{interval} {'within noise' if r.within_noise else 'real'}"

@@ -88,8 +88,11 @@ def price_bars(speed: pd.DataFrame) -> bytes:
         )
         for xi, value in zip(x, rows["price_hi"]):
             if not value <= top:
-                shown = "no interval" if not np.isfinite(value) else f"to {value:.2f}"
-                ax.annotate(f"▲ {shown}", (xi, top), ha="center", va="top", fontsize=6, color="dimgrey")
+                shown = "no interval" if not np.isfinite(value) else (f"to {value:.2f}" if value < 10 else "to >10")
+                ax.annotate(
+                    f"▲ {shown}", (xi, top), xytext=(4, -3), textcoords="offset points",
+                    ha="left", va="top", fontsize=6, color="dimgrey",
+                )  # fmt: skip
         ax.axhline(1.0, color="black", lw=0.8, ls="--")
         ax.set_xticks(x, labels, rotation=90, fontsize=8)
         ax.set_ylabel("price (step time / fastest)")

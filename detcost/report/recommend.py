@@ -21,6 +21,7 @@ from detcost.derive.frame import is_cpu, of_kind, ok_trials, setting_order
 from detcost.derive.prices import speed_table
 from detcost.derive.variance import same_seed_rows
 from detcost.record import Kind, Status
+from detcost.report.text import percent_text
 from detcost.settings import REFERENCE, SETTINGS, get_setting, snippet
 
 DEFAULT_MAX_SLOWDOWN = 0.10
@@ -150,7 +151,7 @@ def speed_caveat(speed: pd.DataFrame, max_slowdown: float) -> str | None:
     wide = detectable[~(detectable <= max_slowdown)]
     if len(wide):
         worst = wide.idxmax() if np.isfinite(wide).any() else wide.index[0]
-        shown = "no interval (one round)" if not np.isfinite(wide[worst]) else f"{wide[worst]:.0%}"
+        shown = "no interval (one round)" if not np.isfinite(wide[worst]) else percent_text(wide[worst])
         reasons.append(
             f"the smallest price this run can detect is larger than the {max_slowdown:.0%} budget on "
             f"{len(wide)} of {len(detectable)} workload(s) ({worst}: {shown}); more rounds "

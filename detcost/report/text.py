@@ -36,7 +36,16 @@ def interval_text(ratio: float, lo: float, hi: float) -> str:
         return "-"
     if not np.isfinite(hi):
         return f"{ratio:.2f} [one round: no interval]"
+    if hi > 10 * max(ratio, 1e-12):
+        return f"{ratio:.2f} [{lo:.2f}, >10x: no usable interval]"
     return f"{ratio:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def percent_text(fraction: float) -> str:
+    """`7%`; `>100%` where a spread is so wide that its digits mean nothing."""
+    if not np.isfinite(fraction):
+        return "- (one round)"
+    return ">100%" if fraction > 1 else f"{fraction:.0%}"
 
 
 def detectable_text(speed: pd.DataFrame) -> str:
@@ -44,7 +53,7 @@ def detectable_text(speed: pd.DataFrame) -> str:
     if speed.empty or "detectable" not in speed:
         return ""
     per = speed.groupby("workload", sort=False)["detectable"].max()
-    parts = [f"{w} {d:.0%}" if np.isfinite(d) else f"{w} - (one round)" for w, d in per.items()]
+    parts = [f"{w} {percent_text(d)}" for w, d in per.items()]
     return (
         "Smallest price this run can detect (prices under it are not distinguishable from noise here): "
         + ", ".join(parts)
