@@ -15,7 +15,13 @@ class Price:
 
     def setup_cache(self):
         return tracking.sweep_figures(
-            PROFILE["workloads"], PROFILE["settings"], PROFILE["repeats"], PROFILE["size"], DEVICE, PROFILE["steps"]
+            PROFILE["workloads"],
+            PROFILE["settings"],
+            PROFILE["repeats"],
+            PROFILE["size"],
+            DEVICE,
+            PROFILE["steps"],
+            allow_busy=PROFILE.get("allow_busy", False),
         )
 
     setup_cache.timeout = 7200

@@ -222,3 +222,49 @@ register(
         affects_flops=True,
     )
 )
+
+# TF32 for convolutions and matmul together, through the fp32_precision API of torch 2.9+
+# (never the legacy allow_tf32 setters: mixing the two makes the legacy getters raise).
+# "torch" leaves torch's defaults (TF32 for cuDNN convolutions, IEEE for matmul).
+TF32_MODES = ("torch", "on", "off")
+_FP32_PRECISION = {"on": "tf32", "off": "ieee"}
+
+
+def _set_tf32(value: str) -> None:
+    import torch
+
+    if value in _FP32_PRECISION:
+        torch.backends.cudnn.conv.fp32_precision = _FP32_PRECISION[value]
+        torch.backends.cuda.matmul.fp32_precision = _FP32_PRECISION[value]
+
+
+def _tf32_read_back(_workload) -> str:
+    import torch
+
+    return f"conv={torch.backends.cudnn.conv.fp32_precision},matmul={torch.backends.cuda.matmul.fp32_precision}"
+
+
+def _tf32_snippet(values: list, cpu: bool) -> list[str]:
+    if values not in (["on"], ["off"]):
+        return []
+    p = _FP32_PRECISION[values[0]]
+    note = "  # TF32 changes nothing on the CPU" if cpu else ""
+    return [
+        f'torch.backends.cudnn.conv.fp32_precision = "{p}"{note}',
+        f'torch.backends.cuda.matmul.fp32_precision = "{p}"',
+    ]
+
+
+register(
+    Axis(
+        name="tf32",
+        default="torch",
+        values=TF32_MODES,
+        help="comma list of torch (its defaults: TF32 convolutions, IEEE matmul), on, off: TF32 for "
+        "convolutions and matmul together; each trial runs at each (default: torch)",
+        id_part=lambda v: None if v == "torch" else f"tf32-{v}",
+        before_build=_set_tf32,
+        read_back=_tf32_read_back,
+        snippet=_tf32_snippet,
+    )
+)

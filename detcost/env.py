@@ -106,8 +106,10 @@ def _version(module: str) -> str | None:
 
 
 def cuda_available() -> bool:
-    """Whether CUDA can be used. Call it in the sweep's parent only: it initialises CUDA's
-    driver API, and trial processes are spawned or forked from a server that never did."""
+    """Whether CUDA can be used, asked of NVML rather than the CUDA driver
+    (PYTORCH_NVML_BASED_CUDA_CHECK), so the sweep's parent never initialises CUDA and can
+    keep forking trial processes; torch falls back to the driver where NVML is missing."""
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     return torch.cuda.is_available()
 
 

@@ -32,9 +32,14 @@ RUNNERS: dict[Kind, Callable[[TrialSpec, Path | None], TrialParts]] = {
 }
 
 
+# Out of memory as torch, cuDNN and cuBLAS word it (cuDNN and cuBLAS fail to allocate their
+# workspace rather than raise torch's OutOfMemoryError).
+OOM_MARKS = ("out of memory", "cudnn_status_alloc_failed", "cublas_status_alloc_failed")
+
+
 def failure_kind(exc: BaseException) -> Status:
     msg = str(exc)
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in msg.lower():
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or any(m in msg.lower() for m in OOM_MARKS):
         return Status.OOM
     if "does not have a deterministic implementation" in msg:
         return Status.UNSUPPORTED

@@ -83,7 +83,7 @@ def test_the_installed_command_exits_2_on_an_unknown_setting():
 
 def test_dry_run_lists_the_plan_and_runs_nothing(capsys, tmp_path):
     path = tmp_path / "r.jsonl"
-    assert main(["run", "--quick", "--workloads", "simple_cnn", "--dry-run", "--results", str(path)]) == 0
+    assert main(["run", *QUICK, "--workloads", "simple_cnn", "--dry-run", "--results", str(path)]) == 0
     out = capsys.readouterr().out
     assert "timed/simple_cnn/strict/r1/s0" in out and "trials planned" in out
     assert not path.exists()
@@ -130,6 +130,31 @@ def test_ctrl_c_stops_the_sweep_quietly_and_keeps_finished_trials(tmp_path):
     assert proc.returncode == 130, err
     assert err.splitlines() == ["detcost: interrupted; finished trials are kept (rerun with --resume)"], err
     assert all(json.loads(line)["status"] == "ok" for line in path.read_text().splitlines())
+
+
+def test_the_test_suite_stays_on_the_cpu_where_cuda_is_present(monkeypatch):
+    """On a GPU box `auto` picks cuda:0; the suite's sweeps pin the CPU (QUICK)."""
+    from detcost import env
+    from detcost.cli import _sweep_options, build_parser
+
+    monkeypatch.setattr(env, "cuda_available", lambda: True)
+    assert env.resolve_device("auto") == "cuda:0"  # the fake is in force
+    assert _sweep_options(build_parser().parse_args(["run", *QUICK])).device == "cpu"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "CUDA out of memory. Tried to allocate 2.00 GiB",
+        "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+    ],
+)
+def test_allocation_failures_of_cuda_cudnn_and_cublas_are_out_of_memory(message):
+    from detcost.record import Status
+    from detcost.trial import failure_kind
+
+    assert failure_kind(RuntimeError(message)) == Status.OOM
 
 
 def test_env_prints_the_fingerprint(capsys):

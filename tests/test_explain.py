@@ -89,6 +89,15 @@ def test_channels_last_is_applied_and_read_back():
     assert record["trial_id"].endswith("/channels_last")
 
 
+def test_tf32_is_applied_and_read_back_through_the_fp32_precision_api():
+    """On the CPU TF32 changes nothing (same bits), but the state is recorded per trial."""
+    on = run_trial(make_spec(run_id="f", steps=2, axes={"threads": 1, "tf32": "on"})).to_json()
+    off = run_trial(make_spec(run_id="f", steps=2, axes={"threads": 1, "tf32": "off"})).to_json()
+    assert on["tf32_read_back"] == "conv=tf32,matmul=tf32" and on["trial_id"].endswith("/tf32-on")
+    assert off["tf32_read_back"] == "conv=ieee,matmul=ieee"
+    assert on["params_sha256"] == off["params_sha256"]
+
+
 def _busy_trial() -> dict:
     spec = make_spec(run_id="b", steps=40, batch_size=32, image_size=32)
     return run_trial(spec).to_json()
