@@ -108,6 +108,7 @@ def recommend(
     df: pd.DataFrame, speed: pd.DataFrame, var: pd.DataFrame, max_slowdown: float = DEFAULT_MAX_SLOWDOWN
 ) -> Recommendation:
     cpu = is_cpu(df)
+    caveat = speed_caveat(speed, max_slowdown)  # on the table the user reads, before any pooling
     pooled: list[str] = []
     if cpu:
         speed, price_label, pooled = _cpu_pooled_prices(df)
@@ -115,7 +116,6 @@ def recommend(
     else:
         cands = candidates(df, speed, var)
     notes = _notes(df, cands, cpu)
-    caveat = speed_caveat(speed, max_slowdown)
     if caveat:
         return _on_reproducibility_alone(df, cands, notes, max_slowdown, caveat, cpu)
     budget = 1 + max_slowdown
