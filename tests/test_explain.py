@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from detcost import results
@@ -128,3 +129,30 @@ def test_the_busy_flag_is_set_when_a_competitor_takes_the_cores():
     if used < 2 * busy["busy"]["busy_above_cores"]:
         pytest.skip(f"the competitor got only {used:.2f} cores: no load to detect")
     assert busy["busy"]["busy"] and busy["busy"]["others_cpu_cores"] > busy["busy"]["busy_above_cores"], busy["busy"]
+
+
+def test_cuda_changes_are_ranked_once_each_and_small_ones_dropped():
+    """An op row's self device time holds its kernels' time, which have rows of their own:
+    kernels rank by device time, ops by host time, and changes under 1% of the step go."""
+    index = pd.MultiIndex.from_tuples(
+        [
+            ("aten::cudnn_convolution", "op"),  # launches the kernel below: +2 ms device, +0.01 ms host
+            ("sm90_xmma_fprop_implicit_gemm", "kernel"),  # the real change: +2 ms on the device
+            ("aten::index_add_", "op"),  # 40 more calls per step: kept whatever its time
+            ("void at::native::tiny_kernel", "kernel"),  # +0.01 ms: under 1% of a 10 ms step
+        ],
+        names=["name", "kind"],
+    )
+    diff = pd.DataFrame(
+        {
+            "calls": [0, 0, 40, 0],
+            "self_cpu_ms": [0.01, 0.0, 0.3, 0.0],
+            "self_device_ms": [2.0, 2.0, 0.5, 0.01],
+            "cpu_memory_bytes": [0, 0, 0, 0],
+        },
+        index=index,
+    )
+    ranked = attribution.rank_changes(diff, cuda=True, ref_step_ms=10.0)
+    assert list(ranked.index.get_level_values("name")) == ["sm90_xmma_fprop_implicit_gemm", "aten::index_add_"]
+    assert ranked["ms"].tolist() == [2.0, 0.3]  # device time for the kernel, host time for the op
+    assert ranked["ms"].sum() == pytest.approx(2.3)  # the conv counted once, not twice

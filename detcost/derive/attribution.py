@@ -4,6 +4,7 @@ reference, from the op tables the profiled trials stored. Never re-runs training
 CPU: ops whose call count changed, by that change; self times of single ops are
 unreliable there (first-touch page faults move between ops), so an op whose calls did not
 change is kept only when its self time moved by more than a share of the step.
+CUDA: kernels by their device time, ops by their host time, each change counted once.
 """
 
 from __future__ import annotations
@@ -54,18 +55,32 @@ MIN_CALL_CHANGE = 0.5  # calls per step; smaller changes are the profiler's edge
 CPU_TIME_SHARE = 0.03
 
 
-def _ranked(diff: pd.DataFrame, cuda: bool, ref_step_ms: float) -> pd.DataFrame:
-    """The ops worth showing, most telling first. CUDA: by the change in self device time.
+# On CUDA a change is shown only if it moves the step by at least this share of the
+# reference step: below that it is the profiler's noise.
+CUDA_TIME_SHARE = 0.01
+
+
+def rank_changes(diff: pd.DataFrame, cuda: bool, ref_step_ms: float) -> pd.DataFrame:
+    """The changes worth showing, most telling first, each with `ms`: the time it moved.
+
+    CUDA: kernels by their device time, ops by their host (self CPU) time. An op row's
+    self device time already holds the kernels it launched, which have rows of their own,
+    so ranking both by device time would count each change twice. Changes below
+    CUDA_TIME_SHARE of the step are dropped (an op whose call count changed is kept).
     CPU: ops whose call count changed, by that change; then ops whose self time moved by
     more than the noise allows, by that (indicative only: see the module docstring)."""
     calls = diff["calls"].abs()
+    finite = ref_step_ms == ref_step_ms
     if cuda:
-        keep = (diff["self_device_ms"].abs() > 0) | (calls >= MIN_CALL_CHANGE)
-        return diff[keep].assign(_k=diff["self_device_ms"].abs()).sort_values("_k", ascending=False).drop(columns="_k")
-    floor = max(0.1, CPU_TIME_SHARE * ref_step_ms) if ref_step_ms == ref_step_ms else 0.1
+        kernel = diff.index.get_level_values("kind") == "kernel"
+        ms = diff["self_device_ms"].where(kernel, diff["self_cpu_ms"])
+        floor = CUDA_TIME_SHARE * ref_step_ms if finite else 0.0
+        keep = ((ms.abs() >= floor) & (ms != 0)) | (~kernel & (calls >= MIN_CALL_CHANGE))
+        return diff.assign(ms=ms)[keep].sort_values("ms", key=abs, ascending=False)
+    floor = max(0.1, CPU_TIME_SHARE * ref_step_ms) if finite else 0.1
     keep = (calls >= MIN_CALL_CHANGE) | (diff["self_cpu_ms"].abs() >= floor)
-    order = diff.assign(_c=(calls >= MIN_CALL_CHANGE), _n=calls, _t=diff["self_cpu_ms"].abs())[keep]
-    return order.sort_values(["_c", "_n", "_t"], ascending=False).drop(columns=["_c", "_n", "_t"])
+    order = diff.assign(ms=diff["self_cpu_ms"], _c=(calls >= MIN_CALL_CHANGE), _n=calls, _t=diff["self_cpu_ms"].abs())
+    return order[keep].sort_values(["_c", "_n", "_t"], ascending=False).drop(columns=["_c", "_n", "_t"])
 
 
 _DIFF_COLUMNS = ("calls", "self_cpu_ms", "self_device_ms", "cpu_memory_bytes")
@@ -81,9 +96,9 @@ def _diff(ops: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
 def _rows(common: dict, diff: pd.DataFrame) -> list[dict]:
     """One row per op that changed; one row with no op when nothing did (said, not dropped)."""
     if diff.empty:
-        return [{**common, "op": None, "kind": None, **{f"delta_{c}": 0.0 for c in _DIFF_COLUMNS}}]
+        return [{**common, "op": None, "kind": None, "delta_ms": 0.0, **{f"delta_{c}": 0.0 for c in _DIFF_COLUMNS}}]
     return [
-        {**common, "op": name, "kind": kind, **{f"delta_{c}": d[c] for c in _DIFF_COLUMNS}}
+        {**common, "op": name, "kind": kind, "delta_ms": d["ms"], **{f"delta_{c}": d[c] for c in _DIFF_COLUMNS}}
         for (name, kind), d in diff.iterrows()
     ]
 
@@ -103,7 +118,7 @@ def attribution(df: pd.DataFrame, speed: pd.DataFrame | None = None, top: int = 
             continue
         ref_ms = _step_ms(df, workload, ref)
         for setting, other in ops[ops["setting"] != ref].groupby("setting", sort=False):
-            diff = _ranked(_diff(other, base), cuda, ref_ms).head(top)
+            diff = rank_changes(_diff(other, base), cuda, ref_ms).head(top)
             common = {"workload": workload, "setting": setting, "reference": ref}
             rows += _rows({**common, "delta_step_ms": _step_ms(df, workload, setting) - ref_ms}, diff)
     return pd.DataFrame(rows)

@@ -204,7 +204,7 @@ def cold_start(speed: pd.DataFrame) -> bytes:
 def explain_bars(attr: pd.DataFrame, cuda: bool) -> bytes:
     """Per workload: the ops that changed most against the reference, one bar per setting."""
     metric, label = (
-        ("delta_self_device_ms", "change in self device time (ms/step)")
+        ("delta_ms", "change in time (ms/step): kernels on the device, ops on the host")
         if cuda
         else ("delta_calls", "change in calls per step")
     )

@@ -164,8 +164,8 @@ def headline(rows: pd.DataFrame, cuda: bool) -> str:
         return lead + f"no op's {'time' if cuda else 'call count'} changed" + step
     parts = []
     for r in rows.head(3).itertuples():
-        ms = r.delta_self_device_ms if cuda else r.delta_self_cpu_ms
-        where = "device" if cuda else "CPU"
+        ms = r.delta_ms
+        where = ("device" if r.kind == "kernel" else "host") if cuda else "CPU"
         if abs(r.delta_calls) >= MIN_CALL_CHANGE:
             parts.append(f"{r.delta_calls:+.0f} {r.op} calls/step ({ms:+.2f} ms self {where})")
         else:
