@@ -306,7 +306,7 @@ def _dry_run(opts, args) -> int:
         done = {r["trial_id"] for r in results.read_records(opts.results) if r.get("status") == "ok"}
         specs = [s for s in specs if s.trial_id not in done]
     seconds = estimate_seconds(specs, opts.profile)
-    load = guard.sample(opts.device, max(n or 1 for n in opts.axes["threads"]))
+    load = guard.sample(opts.device, guard.trial_threads(opts.device, opts.axes["threads"]))
     if args.json:
         _print_json(
             {

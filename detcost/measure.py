@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from detcost.env import gpu_processes
 from detcost.record import Outcome, StepTiming, TrialParts, TrialSpec
-from detcost.timing import StepTimer, busy_report, cpu_sample, peak_memory, reset_peak_memory, synchronize
+from detcost.timing import StepTimer, busy_report, cpu_sample, is_cuda, peak_memory, reset_peak_memory, synchronize
 from detcost.train import build, read_back, run_steps
 from detcost.workloads import Workload
 
@@ -139,6 +140,18 @@ def _strata(wl: Workload, spec: TrialSpec) -> list[int] | None:
     return [index[s] for s in shapes]
 
 
+def _busy(spec: TrialSpec, cpu_start) -> dict:
+    """The busy guard's view of the timed region. On the CPU a trial uses its thread
+    count; a CUDA trial drives the GPU from one host thread, and another compute process
+    on the same GPU (NVML, nvidia-smi) makes it busy whatever the CPUs did."""
+    cuda = is_cuda(spec.device)
+    report = busy_report(cpu_start, cpu_sample(), 1 if cuda else torch.get_num_threads())
+    if cuda:
+        report["gpu_others"] = gpu_processes(spec.device)
+        report["busy"] = report["busy"] or bool(report["gpu_others"])
+    return report
+
+
 def timed_region(spec: TrialSpec, wl: Workload, log: StepLog) -> dict:
     """The timed steps; peak memory and the busy guard around them. All step times are
     kept raw; steps that took a snapshot are marked excluded from the statistics (unless
@@ -151,7 +164,7 @@ def timed_region(spec: TrialSpec, wl: Workload, log: StepLog) -> dict:
     times = timer.times()  # on CUDA: the one synchronisation of the region
     out["region_s"] = time.perf_counter() - t0
     out["peak_memory_bytes"], out["memory_metric"] = peak_memory(spec.device)
-    out["busy"] = busy_report(cpu_start, cpu_sample(), torch.get_num_threads())
+    out["busy"] = _busy(spec, cpu_start)
     snapped = [j for j in range(spec.steps) if spec.warmup + j + 1 in log.snap_at]
     out.update(step_times_s=times, timer=timer.name, step_strata=_strata(wl, spec))
     out["excluded_steps"] = snapped if len(snapped) < len(times) else []

@@ -349,7 +349,7 @@ class _Runner:
             flops_key(r.spec): r.timing.flops_per_step for r in existing if r.timing and r.timing.flops_per_step
         }
         self.machine = envmod.fingerprint(opts.device)  # once per sweep; each trial adds its own part
-        self.threads = max(n or 1 for n in opts.axes.get("threads") or [1])
+        self.threads = guard.trial_threads(opts.device, opts.axes.get("threads"))
         self.new: list[TrialRecord] = []
         self.events: list[str] = []
         # After a wait that ended with the machine still busy, the sweep stops waiting: the

@@ -131,3 +131,8 @@ def test_waiting_stops_when_the_machine_goes_quiet_or_the_bound_is_reached():
 
     load, waited = guard.wait_for_quiet(FakeMachine([quiet]).look, 60)
     assert not load.busy and waited == 0.0
+
+
+def test_a_cuda_trial_counts_one_host_thread_a_cpu_trial_its_thread_count():
+    assert guard.trial_threads("cuda:0", [8]) == 1
+    assert guard.trial_threads("cpu", [1, 2]) == 2 and guard.trial_threads("cpu", [None]) == 1
