@@ -158,7 +158,13 @@ def _nvidia_smi_processes(index: int, own: str) -> str | None:
     if not exe:
         return None
     try:
-        uuid = str(torch.cuda.get_device_properties(index).uuid).lower().removeprefix("gpu-")
+        # Only a process that already uses CUDA (a trial) may ask torch which GPU it is: the
+        # sweep's parent must not initialise CUDA. There, every GPU's processes count.
+        uuid = (
+            str(torch.cuda.get_device_properties(index).uuid).lower().removeprefix("gpu-")
+            if torch.cuda.is_initialized()
+            else None
+        )
         out = subprocess.run(
             [exe, "--query-compute-apps=pid,used_memory,gpu_uuid", "--format=csv,noheader"],
             capture_output=True,
@@ -171,6 +177,6 @@ def _nvidia_smi_processes(index: int, own: str) -> str | None:
     lines = []
     for row in out.stdout.splitlines():
         parts = [p.strip() for p in row.split(",")]
-        if len(parts) == 3 and parts[0] != own and parts[2].lower().removeprefix("gpu-") == uuid:
-            lines.append(f"process {parts[0]} uses {parts[1]}")
+        if len(parts) == 3 and parts[0] != own and uuid in (None, parts[2].lower().removeprefix("gpu-")):
+            lines.append(f"process {parts[0]} uses {parts[1]}" + ("" if uuid else f" on GPU {parts[2]}"))
     return "\n".join(lines) or None
