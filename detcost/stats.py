@@ -112,9 +112,12 @@ def per_round(trials: list[tuple[Hashable, list[float]]], strata: list[int] | No
 
 
 def fastest(per_label: Mapping[str, Mapping[Hashable, float]]) -> str:
-    """The label with the smallest step time, judged by the same paired statistic the
-    price uses (each label against the first), so the fastest's price is 1.00 and every
-    other price is at least that by construction of the point estimate."""
+    """The label with the smallest step time, judged on the rounds every label ran (so
+    each label is compared on the same state of the machine); where no round is common
+    to all (busy trials dropped), each label against the first on the rounds they share."""
+    common = set.intersection(*(set(rounds) for rounds in per_label.values())) if per_label else set()
+    if common:
+        return min(per_label, key=lambda lb: float(np.mean(np.log([per_label[lb][r] for r in common]))))
     base = next(iter(per_label))
 
     def against_base(label: str) -> float:

@@ -139,19 +139,32 @@ def _spec(opts: SweepOptions, kind: Kind, workload: str, setting: str, repeat: i
     return replace(spec, sidecar=f"{opts.results.stem}/{safe}.{'json' if kind == Kind.PROFILED else 'npz'}")
 
 
+ROUND_KINDS = (Kind.TIMED, Kind.AA)  # the trials a round is made of
+
+
+def _van_der_corput(r: int) -> float:
+    """0, 1/2, 1/4, 3/4, 1/8, ...: round r's place in [0, 1), spread evenly however many
+    rounds follow (so the rounds --precision adds keep moving every setting's position)."""
+    x, base = 0.0, 0.5
+    while r:
+        x, r, base = x + base * (r & 1), r >> 1, base / 2
+    return x
+
+
 def plan(opts: SweepOptions) -> list[TrialSpec]:
     """Every trial of the sweep, in the order they run.
 
-    Repeat-major; within repeat r the settings (and the A/A label) are rotated by
-    r * n / R places, so each setting's position moves by a fair share of the order
-    between repeats (half of it with two repeats) and slow drift of the machine spreads
-    evenly over settings.
+    Repeat-major: repeat r is a round, every setting (and the A/A label) once, back to
+    back. Round r's order is rotated by vdc(r) * n places (van der Corput: 0, 1/2, 1/4,
+    3/4, ...), a function of r alone, so between two rounds each setting moves by half the
+    order, rounds added later keep spreading positions, and any record's place in its
+    round can be recomputed.
     """
     first = opts.first_axes()
     specs = [_spec(opts, Kind.AUDIT, w, "strict", 0, opts.seed, first) for w in opts.workloads] if opts.audit else []
     labels = [(Kind.TIMED, s) for s in opts.settings] + ([(Kind.AA, REFERENCE)] if opts.aa else [])
     for r in range(opts.repeats):
-        shift = (r * len(labels)) // opts.repeats
+        shift = int(_van_der_corput(r) * len(labels))
         rotated = labels[shift:] + labels[:shift]
         for w in opts.workloads:
             for combo in opts.axis_combinations():
@@ -320,7 +333,9 @@ def _add_rounds(opts: SweepOptions, runner: _Runner, planned: list[TrialSpec]):
             return opts, planned, False, _precision_report(opts, widths, None)
         opts = replace(opts, repeats=opts.repeats + 1)
         planned = plan(opts)
-        if runner.run(runner.todo(planned)):
+        # only the new round: failed trials of earlier rounds are findings, not retried
+        new_round = [s for s in runner.todo(planned) if s.repeat == opts.repeats - 1 and s.kind in ROUND_KINDS]
+        if runner.run(new_round):
             widths = half_widths(runner.records_of(planned))
             return opts, planned, True, _precision_report(opts, widths, "--max-time")
 
@@ -384,9 +399,9 @@ class _Runner:
                 return True
             self.bar.set_postfix_str(spec.trial_id, refresh=True)
             record = self._one(spec)
-            if _ran_busy(record) and not (self.opts.allow_busy or self.gave_up or self.out_of_time()):
-                self.wait_quiet(f"{spec.trial_id} ran while the machine was busy; run again")
-                self._one(spec)
+            retry = _ran_busy(record) and not (self.opts.allow_busy or self.out_of_time())
+            if retry and self.wait_quiet(f"{spec.trial_id} ran while the machine was busy"):
+                self._one(spec)  # run again now that the machine is quiet
             self.bar.update(1)
         return False
 
@@ -407,9 +422,11 @@ class _Runner:
         if not self.opts.allow_busy:
             self.wait_quiet("the machine was busy before the sweep started")
 
-    def wait_quiet(self, why: str) -> None:
-        """Wait (bounded by --wait-quiet and --max-time) for the machine to go quiet."""
-        budget = self.opts.wait_quiet
+    def wait_quiet(self, why: str) -> bool:
+        """Wait (bounded by --wait-quiet and --max-time) for the machine to go quiet; True
+        if it is quiet now. After a wait that ended busy, only one look is taken each time,
+        until the machine is seen quiet again."""
+        budget = 0.0 if self.gave_up else self.opts.wait_quiet
         if self.opts.max_time is not None:
             budget = min(budget, max(0.0, self.opts.max_time - (time.monotonic() - self.t0)))
 
@@ -419,14 +436,15 @@ class _Runner:
 
         load, waited = self.look(budget, paused)
         self.bar.set_description_str("detcost")
-        if load.busy:
-            self.gave_up = True
+        if load.busy and not self.gave_up:
             self.events.append(
-                f"{why}; still busy after {waited:.0f} s ({load.describe()}): went on without waiting again, "
-                "busy trials stay flagged"
+                f"{why}; still busy after {waited:.0f} s ({load.describe()}): went on, busy trials stay flagged "
+                "(no more waiting until the machine is seen quiet)"
             )
-        elif waited > 0:
+        elif not load.busy and (waited > 0 or self.gave_up):
             self.events.append(f"{why}; waited {waited:.0f} s for the machine to go quiet")
+        self.gave_up = load.busy
+        return not load.busy
 
     def look(self, budget: float, on_wait) -> tuple[guard.Load, float]:
         return guard.wait_for_quiet(lambda: guard.sample(self.opts.device, self.threads), budget, on_wait)

@@ -113,6 +113,8 @@ def speed_table(df: pd.DataFrame) -> pd.DataFrame:
         per_label = {label: without_busy(g) for label, g in per_label.items()}
         if any(label != AA_LABEL for label in per_label):
             rows += _label_rows(keys, key if isinstance(key, tuple) else (key,), per_label, busy)
+    if not rows:  # only A/A trials finished: nothing to price
+        return pd.DataFrame()
     table = pd.DataFrame(rows)
     table["detectable"] = _detectable(table, keys)
     table["within_noise"] = _within_noise(table)

@@ -4,9 +4,10 @@ on every workload, and the lines of Python that apply it.
 Ties (contract): most reproducible first, then lowest price, then fewest changes from
 `default`. Prices whose intervals overlap, or that are closer than the machine's noise
 floor (the A/A control), count as equal; on a CPU the settings that run the same kernels
-are priced as one, so noise does not pick among them. The budget applies to the point
-estimate of each setting's worst price across workloads, with the A/A noise floor as
-its tolerance.
+are priced as one, so noise does not pick among them. A setting is over the budget when
+the whole interval of its worst price across workloads lies above it. When the run cannot
+judge prices against the budget (busy trials, or a noise floor wider than the budget),
+the pick rests on reproducibility, still leaving out settings shown to be over budget.
 """
 
 from __future__ import annotations
@@ -163,9 +164,11 @@ def speed_caveat(speed: pd.DataFrame, max_slowdown: float) -> str | None:
 def _on_reproducibility_alone(df, cands, notes, max_slowdown, caveat, cpu) -> Recommendation:
     """The recommendation when speed cannot be judged: the most reproducible setting that
     ran everywhere, ties to the fewest changes from `default`; no price enters."""
-    eligible = cands[cands["runs_everywhere"]]
+    over = cands["max_price_lo"] > 1 + max_slowdown  # shown to be over budget even by this run
+    eligible = cands[cands["runs_everywhere"] & ~over]
     if eligible.empty:
-        return Recommendation(None, "no setting ran on every workload", "", max_slowdown, cands, notes, caveat)
+        reason = f"no setting ran on every workload without being shown over the {max_slowdown:.0%} budget"
+        return Recommendation(None, reason, "", max_slowdown, cands, notes, caveat)
     best = eligible["bitwise_workloads"].max()
     tied = eligible[eligible["bitwise_workloads"] == best]
     if (tied["spread"] > 0).any():
