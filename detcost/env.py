@@ -52,20 +52,21 @@ def _nvidia_driver() -> str | None:
         return None
 
 
-def _cuda_fingerprint(device: str) -> dict:
-    index = torch.device(device).index or 0
-    props = torch.cuda.get_device_properties(index)
+def _gpu_properties(device: str) -> dict:
+    """The GPU's name, memory and capability, from torch: this initialises CUDA, so only a
+    trial process (or `detcost env`) asks, never the sweep's parent."""
+    props = torch.cuda.get_device_properties(torch.device(device).index or 0)
     return {
         "gpu": props.name,
         "gpu_memory_bytes": int(props.total_memory),
         "gpu_capability": f"{props.major}.{props.minor}",
-        "gpu_count": torch.cuda.device_count(),
-        "driver": _nvidia_driver(),
     }
 
 
-def fingerprint(device: str = "cpu") -> dict:
-    """Versions, hardware and the environment variables that matter, as a flat dict."""
+def fingerprint(device: str = "cpu", gpu_properties: bool = True) -> dict:
+    """Versions, hardware and the environment variables that matter, as a flat dict.
+    The sweep's parent passes `gpu_properties=False` (they would initialise CUDA there);
+    its trials add them (`for_trial`)."""
     info = {
         "detcost": detcost.__version__,
         "python": platform.python_version(),
@@ -84,15 +85,22 @@ def fingerprint(device: str = "cpu") -> dict:
         "env": relevant_env(),
     }
     if device.startswith("cuda"):
-        info.update(_cuda_fingerprint(device))
+        # device_count and the driver come from NVML / nvidia-smi: no CUDA context
+        info.update(gpu_count=torch.cuda.device_count(), driver=_nvidia_driver())
+        if gpu_properties:
+            info.update(_gpu_properties(device))
     return info
 
 
-def for_trial(machine: dict) -> dict:
+def for_trial(machine: dict, device: str) -> dict:
     """A trial's fingerprint: the machine's (taken once per sweep, in the parent) with what
     can differ per trial read in the trial process: its thread count and environment
-    variables (the setting's CUBLAS_WORKSPACE_CONFIG)."""
-    return {**machine, "threads": torch.get_num_threads(), "env": relevant_env()}
+    variables (the setting's CUBLAS_WORKSPACE_CONFIG), and on CUDA the GPU's properties,
+    which the parent leaves out so as never to initialise CUDA itself."""
+    info = {**machine, "threads": torch.get_num_threads(), "env": relevant_env()}
+    if device.startswith("cuda") and info.get("gpu") is None and torch.cuda.is_initialized():
+        info.update(_gpu_properties(device))
+    return info
 
 
 def _version(module: str) -> str | None:

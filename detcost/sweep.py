@@ -363,7 +363,8 @@ class _Runner:
         self.flops = {
             flops_key(r.spec): r.timing.flops_per_step for r in existing if r.timing and r.timing.flops_per_step
         }
-        self.machine = envmod.fingerprint(opts.device)  # once per sweep; each trial adds its own part
+        # once per sweep, without touching CUDA; each trial adds its own part
+        self.machine = envmod.fingerprint(opts.device, gpu_properties=False)
         self.threads = guard.trial_threads(opts.device, opts.axes.get("threads"))
         self.new: list[TrialRecord] = []
         self.events: list[str] = []

@@ -67,7 +67,7 @@ def run_trial(spec: TrialSpec, results_dir: Path | str | None = None, machine: d
         record.fail(failure_kind(exc), one_line(exc))
     record.wall_s = time.perf_counter() - t0
     record.finished_at = now()
-    record.env = envmod.for_trial(machine if machine is not None else envmod.fingerprint(spec.device))
+    record.env = envmod.for_trial(machine if machine is not None else envmod.fingerprint(spec.device), spec.device)
     return record
 
 
@@ -76,9 +76,12 @@ def child_main(spec_dict: dict, environ: dict, results_dir: str | None, machine:
     anything touches CUDA), run the trial, send the record back. Ctrl-C is the parent's to
     handle: it stops the sweep and kills this process, which so never prints a traceback."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    set_environ(environ.items())
     spec = TrialSpec.from_dict(spec_dict)
-    record = run_trial(spec, results_dir, machine)
+    if torch.cuda.is_initialized():  # the invariant forked trials rest on, checked in every one
+        record = failure_record(spec, Status.ERROR, "CUDA was initialised before the trial process started", machine)
+    else:
+        set_environ(environ.items())
+        record = run_trial(spec, results_dir, machine)
     conn.send(record.to_json())
     conn.close()
 
