@@ -279,7 +279,7 @@ def cmd_run(args) -> int:
     outcome = run_sweep(opts, resume=args.resume, progress=not args.quiet)
     wall = time.monotonic() - t0
     df = results_mod.load(outcome.results)
-    df = df[df["trial_id"].isin({s.trial_id for s in outcome.planned})]
+    # the whole file, as the report reads it (a --precision run may have added rounds)
     paths = None
     if not args.no_report and not df.empty:
         from detcost.report.build import build_report

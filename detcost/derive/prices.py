@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from detcost.derive.frame import AA_LABEL, busy_count, is_busy, ok_trials, setting_order, varying_axes
+from detcost.derive.frame import AA_LABEL, busy_count, group_fields, is_busy, ok_trials, setting_order, varying_axes
 from detcost.record import Kind, StepTiming
 from detcost.results import frame
 from detcost.settings import REFERENCE
@@ -170,8 +170,11 @@ def noise_floors(table: pd.DataFrame) -> pd.DataFrame:
     """The A/A control's rows, with the CV of `default`'s samples/s in the same group."""
     if table.empty:
         return table
-    aa = table[table["setting"] == AA_LABEL].copy()
-    ref = table[table["setting"] == REFERENCE].set_index("workload")["samples_per_s_cv"]
-    aa["default_cv"] = aa["workload"].map(ref[~ref.index.duplicated()])
+    keys = [c for c in ("workload", *group_fields()) if c in table]
+    aa = table[table["setting"] == AA_LABEL]
+    ref = table[table["setting"] == REFERENCE][[*keys, "samples_per_s_cv"]].rename(
+        columns={"samples_per_s_cv": "default_cv"}
+    )
+    aa = aa.merge(ref, on=keys, how="left")  # each group's own default, not the workload's first
     aa["steady"] = (aa["price_lo"] <= 1.0) & (aa["price_hi"] >= 1.0)
     return aa

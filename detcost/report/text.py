@@ -80,16 +80,19 @@ def speed_pivot(table: pd.DataFrame) -> pd.DataFrame:
 def noise_lines(speed: pd.DataFrame) -> list[str]:
     """One line per A/A control: the noise floor, and a warning where it left its interval."""
     lines = []
-    for r in noise_floors(speed).itertuples():
+    for row in noise_floors(speed).to_dict(orient="records"):
+        r = pd.Series(row)
+        axes_shown = axis_values_text(row)
+        where = r.workload if axes_shown == "-" else f"{r.workload}, {axes_shown}"
         cv = f"; CV of samples/s across repeats {r.default_cv:.1%}" if pd.notna(r.default_cv) else ""
         lines.append(
-            f"noise floor ({r.workload}): default vs itself {interval_text(r.price, r.price_lo, r.price_hi)}"
+            f"noise floor ({where}): default vs itself {interval_text(r.price, r.price_lo, r.price_hi)}"
             f"{cv} - differences inside this are noise"
         )
         if not r.steady:
             lines.append(
-                f"  warning: on {r.workload} default differed from itself beyond its interval: the machine "
-                "was not steady during the sweep; read every price there as suspect"
+                f"  warning: on {where} default differed from itself beyond its 95% interval (by chance on 1 "
+                "workload in 20; more often, the machine was not steady): read the prices there with care"
             )
     return lines
 
