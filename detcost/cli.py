@@ -322,6 +322,8 @@ def _dry_run(opts, args) -> int:
                 f"the machine is busy now: {load.describe()}; "
                 f"a run would wait up to {opts.wait_quiet:g} s for it to go quiet"
             )
+        else:
+            print("the machine is quiet now (no other process competes for its CPUs or GPU)")
     return EXIT_OK
 
 

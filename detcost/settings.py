@@ -188,8 +188,8 @@ def apply_env(setting: Setting, environ: dict | None = None) -> None:
 
 def snippet(setting: Setting, seed: int = 0) -> str:
     """The lines of Python a user pastes at the top of a training script to get this setting."""
-    lines = ["import os", "import random", "", "import numpy as np", "import torch", ""]
     env = dict(setting.env).get("CUBLAS_WORKSPACE_CONFIG")
+    lines = [*(["import os"] if env else []), "import random", "", "import numpy as np", "import torch", ""]
     if env:
         lines.append(f'os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", "{env}")  # before CUDA starts')
     lines += [

@@ -109,6 +109,7 @@ class SweepOutcome:
     stopped_early: bool
     results: Path
     events: list[str] = field(default_factory=list)  # what the quiet-machine guard did
+    reruns: int = 0  # trials run a second time because the machine was busy the first
     precision: dict | None = None  # --precision: reached or not, and what each price reached
 
 
@@ -312,7 +313,8 @@ def run_sweep(
     return SweepOutcome(
         planned=planned,
         records=[latest[s.trial_id] for s in planned if s.trial_id in latest],
-        ran=len(runner.new),
+        ran=len(runner.new) - runner.reruns,
+        reruns=runner.reruns,
         skipped=len({s.trial_id for s in planned} & runner.done_before),
         stopped_early=stopped,
         results=opts.results,
@@ -368,6 +370,7 @@ class _Runner:
         self.threads = guard.trial_threads(opts.device, opts.axes.get("threads"))
         self.new: list[TrialRecord] = []
         self.events: list[str] = []
+        self.reruns = 0  # busy trials run again once the machine was quiet
         # After a wait that ended with the machine still busy, the sweep stops waiting: the
         # load is not passing, and waiting before every trial would only stretch the run.
         self.gave_up = False
@@ -403,6 +406,7 @@ class _Runner:
             retry = _ran_busy(record) and not (self.opts.allow_busy or self.out_of_time())
             if retry and self.wait_quiet(f"{spec.trial_id} ran while the machine was busy"):
                 self._one(spec)  # run again now that the machine is quiet
+                self.reruns += 1
             self.bar.update(1)
         return False
 

@@ -72,7 +72,7 @@ def _price_cell(r, cpu: bool) -> str:
     interval = text.interval_text(r.price, r.price_lo, r.price_hi)
     if r.setting == AA_LABEL:
         return f"{interval} (the noise floor)"
-    if cpu and r.setting in SETTINGS and SETTINGS[r.setting].cudnn_only:
+    if cpu and r.setting != REFERENCE and r.setting in SETTINGS and SETTINGS[r.setting].cudnn_only:
         return f"{interval} noise: the same kernels as default on the CPU"
     return f"{interval} {'within noise' if r.within_noise else 'real'}"
 
@@ -299,7 +299,7 @@ def build_report(
         "sources": [str(p) for p in paths],
         "generated": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "machines": machines,
-        "cpu_note": text.CPU_NOTE,
+        "cpu_note": text.cpu_note(df["setting"].dropna().unique()),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     html = out_dir / "index.html"

@@ -151,12 +151,13 @@ def speed_caveat(speed: pd.DataFrame, max_slowdown: float) -> str | None:
     detectable = detectable_by_workload(speed)
     wide = detectable[~(detectable <= max_slowdown)]
     if len(wide):
-        worst = wide.idxmax() if np.isfinite(wide).any() else wide.index[0]
-        shown = "no interval (one round)" if not np.isfinite(wide[worst]) else percent_text(wide[worst])
+        finite = wide[np.isfinite(wide)]
+        worst = finite.idxmax() if len(finite) else wide.index[0]
+        shown = percent_text(wide[worst]) if np.isfinite(wide[worst]) else "no interval (one round)"
         reasons.append(
             f"the smallest price this run can detect is larger than the {max_slowdown:.0%} budget on "
-            f"{len(wide)} of {len(detectable)} workload(s) ({worst}: {shown}); more rounds "
-            "(--repeats, --precision) or a quieter machine narrow it"
+            f"{len(wide)} of {len(detectable)} workload(s) ({worst}: {shown}); more rounds narrow it "
+            "(e.g. rerun with --precision 5%), as does a quieter machine"
         )
     return "; ".join(reasons) or None
 

@@ -13,13 +13,29 @@ from detcost.derive.frame import AA_LABEL, busy_count, failures, group_fields, i
 from detcost.derive.prices import noise_floors
 from detcost.derive.variance import SEED_LABEL
 from detcost.record import Kind, Status
+from detcost.settings import SETTINGS
 
-CPU_NOTE = (
-    "On the CPU the cuDNN flags do nothing: default, benchmark, deterministic, "
-    "benchmark_deterministic and no_cudnn run the same kernels, so differences between "
-    "them are noise (an A/A group). strict differs for real: use_deterministic_algorithms "
-    "NaN-fills every uninitialised allocation."
-)
+
+def cpu_note(settings) -> str:
+    """What the CPU does with the settings this run used: the cuDNN flags nothing (those
+    settings are an A/A group), use_deterministic_algorithms a NaN fill that costs time."""
+    present = [s for s in setting_order(settings) if s in SETTINGS]
+    same = [s for s in present if SETTINGS[s].cudnn_only]
+    filled = [s for s in present if SETTINGS[s].deterministic_algorithms and SETTINGS[s].fill_uninitialized_memory]
+    note = "On the CPU the cuDNN flags do nothing"
+    note += (
+        f": {', '.join(same)} run the same kernels, so differences between them are noise (an A/A group)."
+        if len(same) > 1
+        else "."
+    )
+    if filled:
+        note += (
+            f" {', '.join(filled)} {'differs' if len(filled) == 1 else 'differ'} for real: "
+            "use_deterministic_algorithms NaN-fills every uninitialised allocation."
+        )
+    return note
+
+
 CPU_RANKING_NOTE = (
     "On the CPU, self times of single ops are unreliable (first-touch page faults move between ops): ops are "
     "ranked by the change in call count, and 'whole step' is the change in the timed trials' median step; an op "
@@ -244,7 +260,7 @@ def run_summary(df: pd.DataFrame, speed: pd.DataFrame, outcome, wall: float, rep
         parts += ["", "samples/s, median over repeats (step time vs default; above 1.00x is slower):"]
         parts += [speed_pivot(speed).to_string(), *noise_lines(speed), detectable_text(speed)]
     if is_cpu(df):
-        parts += ["", "note: " + CPU_NOTE]
+        parts += ["", "note: " + cpu_note(df["setting"].dropna().unique())]
     failed = failures(df)
     if not failed.empty:
         parts += ["", f"{len(failed)} trial(s) did not finish (findings, not crashes of detcost):"]
@@ -264,7 +280,12 @@ def run_summary(df: pd.DataFrame, speed: pd.DataFrame, outcome, wall: float, rep
     if rec is not None:
         parts += ["", recommendation_text(rec)]
     ok = int((of_kind(df, Kind.TIMED)["status"] == str(Status.OK)).sum()) if not df.empty else 0
-    parts += ["", f"{ok} timed trial(s) ok, {outcome.ran} run now, {outcome.skipped} already done; {wall:.0f} s"]
+    again = f" ({outcome.reruns} run again after a busy machine)" if outcome.reruns else ""
+    parts += [
+        "",
+        f"{len(outcome.planned)} trials: {outcome.ran} run now{again}, {outcome.skipped} already done; "
+        f"{ok} timed trial(s) ok; {wall:.0f} s",
+    ]
     parts.append(f"results: {outcome.results}")
     if report:
         parts.append(f"report:  {report.html}\n         {report.markdown}")
