@@ -33,7 +33,9 @@ def cudnn_log_environ(spec: TrialSpec, results_dir: Path | None) -> dict:
     parent before the trial process starts CUDA."""
     if spec.kind != Kind.PROFILED or not is_cuda(spec.device) or results_dir is None or not spec.sidecar:
         return {}
-    return {"CUDNN_FRONTEND_LOG_INFO": "1", CUDNN_LOG_ENV: str((results_dir / spec.sidecar).with_suffix(".cudnn.log"))}
+    log = (results_dir / spec.sidecar).with_suffix(".cudnn.log")
+    log.parent.mkdir(parents=True, exist_ok=True)  # cuDNN opens the file; it does not make folders
+    return {"CUDNN_FRONTEND_LOG_INFO": "1", CUDNN_LOG_ENV: str(log)}
 
 
 def _op_rows(prof, steps: int) -> list[dict]:
