@@ -118,9 +118,11 @@ def _add_run_what(g) -> None:
 
     g.add_argument(
         "--workloads",
-        default=",".join(BUILTIN),
-        help="comma list of workloads (default: the built-in %(default)s); also package.module:factory",
+        default=None,
+        help=f"comma list of workloads (default: the built-in {','.join(BUILTIN)}, or only --model's); "
+        "also package.module:factory",
     )
+    _add_model(g)
     g.add_argument("--settings", default=None, help="comma list of settings (default: all seven)")
     g.add_argument(
         "--repeats",
@@ -138,6 +140,32 @@ def _add_run_what(g) -> None:
     )
     g.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:N")
     _add_axes(g)
+
+
+def _add_model(g) -> None:
+    g.add_argument(
+        "--model",
+        default=None,
+        help="your own nn.Module: package.module:callable or path/to/file.py:callable returning it; "
+        "trained on detcost's seeded data like the built-in nets",
+    )
+    g.add_argument(
+        "--input", default=None, help="--model's input, CxHxW (default: its first conv's channels x 32 x 32)"
+    )
+    g.add_argument("--classes", type=_positive_int, default=None, help="--model's classes (default: its output width)")
+
+
+def _workload_names(args) -> list[str]:
+    """--workloads and --model as workload names; a broken --model is a UsageError now,
+    before any trial starts. Without --workloads: the built-in ones, or only the model."""
+    from detcost.workloads import BUILTIN, parse_workloads
+    from detcost.workloads.model import resolve
+
+    if args.model is None and (args.input or args.classes):
+        raise UsageError("--input and --classes describe --model; give --model too")
+    given = args.workloads or ("" if args.model else ",".join(BUILTIN))
+    names = [w.name for w in parse_workloads(given)] if given else []
+    return names + ([resolve(args.model, args.input, args.classes).name] if args.model else [])
 
 
 def _add_run_trials(g) -> None:
@@ -225,9 +253,8 @@ def _sweep_options(args):
     from detcost.settings import DEFAULT_SETTINGS, parse_settings
     from detcost.sweep import SweepOptions, new_run_id
     from detcost.timing import is_cuda
-    from detcost.workloads import parse_workloads
 
-    workloads = [w.name for w in parse_workloads(args.workloads)]
+    workloads = _workload_names(args)
     settings = [s.name for s in parse_settings(args.settings or ",".join(DEFAULT_SETTINGS))]
     device = resolve_device(args.device)
     cuda = is_cuda(device)
@@ -531,7 +558,10 @@ def _add_audit(sub) -> None:
     from detcost.workloads import BUILTIN
 
     p = sub.add_parser("audit", help="list the ops with no deterministic implementation that a workload hits")
-    p.add_argument("--workloads", "--workload", default=",".join(BUILTIN), help="comma list (default: the built-in)")
+    p.add_argument(
+        "--workloads", "--workload", default=None, help=f"comma list (default: the built-in {','.join(BUILTIN)})"
+    )
+    _add_model(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--quick", action="store_true", help="small sizes")
     p.add_argument("--json", action="store_true")
@@ -545,9 +575,8 @@ def cmd_audit(args) -> int:
     from detcost.sweep import run_isolated, start_method
     from detcost.timing import is_cuda
     from detcost.train import spec_at_profile
-    from detcost.workloads import parse_workloads
 
-    workloads = [w.name for w in parse_workloads(args.workloads)]
+    workloads = _workload_names(args)
     device = resolve_device(args.device)
     profile = "quick" if args.quick else ("gpu" if is_cuda(device) else "cpu")
     method = start_method("auto", device)

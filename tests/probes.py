@@ -21,3 +21,20 @@ def layer_probe(config):
     if loaded:
         raise RuntimeError(f"the trial process loaded {', '.join(loaded[:8])}")
     return simple_cnn.build(config)
+
+
+def four_layer_net():
+    """A plain nn.Module, as `--model tests.probes:four_layer_net` sees it."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)
+    )  # fmt: skip
+
+
+def not_a_module():
+    return "a string"
+
+
+def raises():
+    raise ValueError("the config file is missing")

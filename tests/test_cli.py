@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from detcost import results
 from detcost.cli import main
 from tests.conftest import QUICK, TIMED_ONLY
 
@@ -40,6 +41,13 @@ def one_line_error(capsys, argv) -> str:
         (["run", "--precision", "150%"], "fraction below 1"),
         (["run", "--precision", "abc"], "is not a number"),
         (["run", "--wait-quiet", "-1"], "must be positive"),
+        (["run", "--model", "nosuchpackage.nets:build"], "cannot import 'nosuchpackage.nets'"),
+        (["run", "--model", "tests.probes:nope"], "has no 'nope'"),
+        (["run", "--model", "tests.probes:not_a_module"], "returned str, not a torch.nn.Module"),
+        (["run", "--model", "tests.probes:raises"], "raised ValueError: the config file is missing"),
+        (["run", "--model", "no/such/file.py:build"], "does not exist"),
+        (["run", "--model", "examples/tiny_net.py:build", "--input", "3x32"], "channels x height x width"),
+        (["run", "--input", "3x32x32"], "give --model too"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, argv, expected):
@@ -155,6 +163,34 @@ def test_allocation_failures_of_cuda_cudnn_and_cublas_are_out_of_memory(message)
     from detcost.trial import failure_kind
 
     assert failure_kind(RuntimeError(message)) == Status.OOM
+
+
+def test_model_prices_a_plain_module_with_its_shape_and_classes_found(tmp_path):
+    """--model with a module in a package and with a file path: channels from the first
+    conv, classes from the output width, trained and read back like a built-in net."""
+    path = tmp_path / "m.jsonl"
+    argv = ["run", *QUICK, *TIMED_ONLY, "--settings", "default", "--repeats", "2", "--no-report"]
+    assert main([*argv, "--model", "tests.probes:four_layer_net", "--results", str(path)]) == 0
+    assert (
+        main([*argv, "--model", "examples/tiny_net.py:build", "--input", "3x16x16", "--results", str(path), "--resume"])
+        == 0
+    )
+    df = results.load(path)
+    assert set(df["workload"]) == {"tests.probes:four_layer_net@1x32x32/5", "examples/tiny_net.py:build@3x16x16/10"}
+    assert (df["status"] == "ok").all()
+    for _, g in df.groupby("workload"):
+        assert g["params_sha256"].nunique() == 1  # repeats bitwise identical, as for the built-in nets
+
+
+def test_model_takes_a_torchvision_model(tmp_path):
+    try:
+        import torchvision.models  # noqa: F401
+    except Exception as exc:  # absent, or built for another torch (its C++ ops then fail to load)
+        pytest.skip(f"torchvision is an optional extra and does not load here: {type(exc).__name__}")
+    path = tmp_path / "tv.jsonl"
+    argv = ["run", *QUICK, *TIMED_ONLY, "--settings", "default", "--repeats", "1", "--no-report"]
+    assert main([*argv, "--model", "torchvision.models:resnet18", "--input", "3x32x32", "--results", str(path)]) == 0
+    assert results.load(path)["workload"].iloc[0] == "torchvision.models:resnet18@3x32x32/1000"
 
 
 def test_env_prints_the_fingerprint(capsys):

@@ -10,6 +10,7 @@ from detcost.workloads import (
     diagnostic,
     dilated,
     mobilenet,
+    model,
     multiscale,
     resnet18,
     scatter,
@@ -95,6 +96,9 @@ def _from_import_path(path: str) -> WorkloadSpec:
 def get_workload(name: str) -> WorkloadSpec:
     if name in REGISTRY:
         return REGISTRY[name]
+    if model.is_model_name(name):  # --model: `<target>@CxHxW/classes`
+        spec = model.from_name(name)
+        return WorkloadSpec(name, spec.build, spec.sizes(), f"user model {spec.target}")
     if ":" in name:
         return _from_import_path(name)
     raise UsageError(f"unknown workload {name!r}; valid workloads: {', '.join(REGISTRY)} (or package.module:factory)")

@@ -29,15 +29,22 @@ def sgd(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
 
 
-def classification(model: nn.Module, cfg: WorkloadConfig, sizes: list[int] | None = None) -> Workload:
-    """A classification workload: `model` trained with SGD + cross-entropy on teacher labels."""
+def classification(
+    model: nn.Module,
+    cfg: WorkloadConfig,
+    sizes: list[int] | None = None,
+    channels: int = CHANNELS,
+    classes: int = CLASSES,
+) -> Workload:
+    """A classification workload: `model` trained with SGD + cross-entropy on teacher
+    labels, `channels` x image x image inputs and `classes` classes."""
     sizes = sizes or [cfg.image] * cfg.total_steps
     model = model.to(cfg.device)
     batches = data.staged_batches(
         n=cfg.batch,
-        channels=CHANNELS,
+        channels=channels,
         sizes=sizes,
-        classes=CLASSES,
+        classes=classes,
         data_seed=cfg.data_seed,
         device=cfg.device,
     )
@@ -46,5 +53,5 @@ def classification(model: nn.Module, cfg: WorkloadConfig, sizes: list[int] | Non
         optimizer=sgd(model),
         loss_fn=F.cross_entropy,
         batches=batches,
-        eval_batch=data.eval_batch(EVAL_SIZE, CHANNELS, cfg.image, CLASSES, cfg.device),
+        eval_batch=data.eval_batch(EVAL_SIZE, channels, cfg.image, classes, cfg.device),
     )
