@@ -268,3 +268,43 @@ register(
         snippet=_tf32_snippet,
     )
 )
+
+# torch.compile (default mode). Compiling happens on the first step, inside the warm-up,
+# so its time is cold start, never step time. Under use_deterministic_algorithms Inductor
+# turns deterministic too (torch._inductor.config.deterministic follows it) and skips
+# autotuning, so determinism's price differs with compile; the read-back shows both.
+COMPILE_MODES = ("off", "on")
+
+
+def _compile_model(workload, value: str) -> None:
+    import torch
+
+    if value == "on":
+        workload.model = torch.compile(workload.model)
+
+
+def _compile_read_back(workload) -> str:
+    if not hasattr(workload.model, "_orig_mod"):  # torch.compile's OptimizedModule
+        return "off"
+    import torch._inductor.config as inductor
+
+    return f"on (inductor deterministic={bool(inductor.deterministic)})"
+
+
+def _compile_snippet(values: list, cpu: bool) -> list[str]:
+    return ["model = torch.compile(model)  # compiled, as priced"] if values == ["on"] else []
+
+
+register(
+    Axis(
+        name="compile",
+        default="off",
+        values=COMPILE_MODES,
+        help="comma list of off, on: torch.compile the model (default mode); compile time goes into the "
+        "cold start (default: off)",
+        id_part=lambda v: None if v == "off" else "compiled",
+        on_workload=_compile_model,
+        read_back=_compile_read_back,
+        snippet=_compile_snippet,
+    )
+)

@@ -82,6 +82,7 @@ def flops_per_step(model: torch.nn.Module, loss_fn, batches) -> float | None:
     from torch.utils.flop_counter import FlopCounterMode
 
     try:
+        model = getattr(model, "_orig_mod", model)  # a compiled model computes what the original does
         meta = copy.deepcopy(model).to("meta").train()
         shapes = Counter((tuple(x.shape), x.dtype, tuple(y.shape), y.dtype) for x, y in batches)
         total = 0

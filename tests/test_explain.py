@@ -2,6 +2,7 @@
 workloads, the memory layout axis and the busy-machine guard."""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from detcost import results
 from detcost.cli import main
 from detcost.derive import attribution, variance
 from detcost.settings import DEFAULT_SETTINGS
+from detcost.sweep import run_isolated
 from detcost.trial import run_trial
 from tests.conftest import TIMED_ONLY, make_spec, run_cli
 
@@ -156,3 +158,18 @@ def test_cuda_changes_are_ranked_once_each_and_small_ones_dropped():
     assert list(ranked.index.get_level_values("name")) == ["sm90_xmma_fprop_implicit_gemm", "aten::index_add_"]
     assert ranked["ms"].tolist() == [2.0, 0.3]  # device time for the kernel, host time for the op
     assert ranked["ms"].sum() == pytest.approx(2.3)  # the conv counted once, not twice
+
+
+def test_a_compiled_cpu_trial_is_bitwise_reproducible_and_compiles_in_the_cold_start():
+    """torch.compile as an axis: two fresh processes at fixed threads end bitwise equal;
+    compiling happens in the warm-up (cold start), and the read-back says so."""
+    if not (shutil.which("g++") or shutil.which("c++")):
+        pytest.skip("torch.compile on the CPU needs a C++ compiler")
+    records = [
+        run_isolated(make_spec(repeat=r, steps=3, axes={"threads": 1, "compile": "on"}), method="forkserver").to_json()
+        for r in (0, 1)
+    ]
+    assert [r["status"] for r in records] == ["ok", "ok"], [r["error"] for r in records]
+    assert records[0]["params_sha256"] == records[1]["params_sha256"]
+    assert all(r["compile_read_back"].startswith("on") and r["trial_id"].endswith("/compiled") for r in records)
+    assert all(r["cold_start_s"] > 10 * r["step_time_median_s"] for r in records)  # the compile, not the steps
