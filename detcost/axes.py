@@ -43,6 +43,8 @@ class Axis:
     affects_flops: bool = False  # part of the FLOP cache key (the model's layout, not the machine's)
     compare_across: bool = False  # the variance table compares one seed across this axis's values
     sweep_default: Callable[[str], list] | None = None  # a sweep's values when none are given (by device)
+    # Why a value cannot run on a device (one line), or None: checked before any trial.
+    check: Callable[[Any, str], str | None] | None = None
 
     @property
     def flag(self) -> str:
@@ -306,5 +308,78 @@ register(
         on_workload=_compile_model,
         read_back=_compile_read_back,
         snippet=_compile_snippet,
+    )
+)
+
+# Mixed precision: autocast on the forward pass; float16 adds a GradScaler, as training
+# with it needs. The read-back is the dtype a conv actually produced under the trial's
+# autocast, so a dtype the device does not support shows as what ran instead.
+AMP_MODES = ("off", "bf16", "fp16")
+_AMP_DTYPE = {"bf16": "bfloat16", "fp16": "float16"}
+
+
+def _amp_check(value: str, device: str) -> str | None:
+    """On the CPU, a dtype torch's CPU autocast refuses. On CUDA nothing is asked here:
+    asking would initialise CUDA in the sweep's parent (a GPU without bf16 shows in the
+    trials' read-back instead)."""
+    if value == "off" or not device.startswith("cpu"):
+        return None
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns, and disables autocast, for a dtype it cannot use
+        try:
+            with torch.autocast(torch.device(device).type, dtype=getattr(torch, _AMP_DTYPE[value])):
+                pass
+        except Exception as exc:  # noqa: BLE001 - any refusal is the user's one-line answer
+            return f"--amp {value} is not supported on {device}: {str(exc).splitlines()[0]}"
+    return None
+
+
+def _set_amp(workload, value: str) -> None:
+    import torch
+
+    if value != "off":
+        workload.autocast = getattr(torch, _AMP_DTYPE[value])
+        if value == "fp16":
+            workload.scaler = torch.amp.GradScaler(workload.eval_batch[0].device.type)
+
+
+def _amp_read_back(workload) -> str:
+    if workload.autocast is None:
+        return "off"
+    import torch
+
+    x = workload.eval_batch[0][:1]
+    conv = torch.nn.Conv2d(x.shape[1], 1, 1).to(x.device)
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=workload.autocast):
+        produced = conv(x).dtype
+    return str(produced).removeprefix("torch.") + (" + GradScaler" if workload.scaler is not None else "")
+
+
+def _amp_snippet(values: list, cpu: bool) -> list[str]:
+    if values not in (["bf16"], ["fp16"]):
+        return []
+    dtype = _AMP_DTYPE[values[0]]
+    lines = [f"# mixed precision, as priced: with torch.autocast(device.type, dtype=torch.{dtype}): forward"]
+    if values == ["fp16"]:
+        lines.append("# scaler = torch.amp.GradScaler(device.type); scaler.scale(loss).backward(); scaler.step(opt)")
+    return lines
+
+
+register(
+    Axis(
+        name="amp",
+        default="off",
+        values=AMP_MODES,
+        help="comma list of off, bf16, fp16: autocast the forward pass (fp16 with a GradScaler); each trial "
+        "runs at each (default: off)",
+        id_part=lambda v: None if v == "off" else f"amp-{v}",
+        on_workload=_set_amp,
+        read_back=_amp_read_back,
+        snippet=_amp_snippet,
+        check=_amp_check,
     )
 )

@@ -82,6 +82,10 @@ class SweepOptions:
         self.axes = {a.name: list(given.pop(a.name, None) or a.defaults_for(self.device)) for a, _ in axes.each({})}
         if given:
             raise UsageError(f"unknown axes {', '.join(given)}; registered: {', '.join(axes.names())}")
+        for axis, _ in axes.each({}):
+            problems = [axis.check(v, self.device) for v in self.axes[axis.name]] if axis.check else []
+            if any(problems):
+                raise UsageError(next(p for p in problems if p))
         # The A/A control is `default` run under a second label, and the seed yardstick
         # runs under `default` (contract): both need `default` in the sweep.
         if (self.aa or self.seeds) and REFERENCE not in self.settings:

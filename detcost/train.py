@@ -71,10 +71,19 @@ def trial_state(spec: TrialSpec) -> Iterator[None]:
 
 
 def train_step(wl: Workload, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One step: forward (under autocast where the amp axis set it), backward, update
+    (through the GradScaler where float16 needs one)."""
     wl.optimizer.zero_grad(set_to_none=True)
-    loss = wl.loss_fn(wl.model(x), y)
-    loss.backward()
-    wl.optimizer.step()
+    amp = torch.autocast(x.device.type, dtype=wl.autocast) if wl.autocast else contextlib.nullcontext()
+    with amp:
+        loss = wl.loss_fn(wl.model(x), y)
+    if wl.scaler is None:
+        loss.backward()
+        wl.optimizer.step()
+    else:
+        wl.scaler.scale(loss).backward()
+        wl.scaler.step(wl.optimizer)
+        wl.scaler.update()
     return loss
 
 

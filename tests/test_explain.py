@@ -101,6 +101,28 @@ def test_tf32_is_applied_and_read_back_through_the_fp32_precision_api():
     assert on["params_sha256"] == off["params_sha256"]
 
 
+def test_amp_is_applied_and_read_back_with_a_grad_scaler_for_float16():
+    bf16, fp16 = (
+        run_trial(make_spec(run_id="a", steps=2, axes={"threads": 1, "amp": amp})).to_json() for amp in ("bf16", "fp16")
+    )
+    assert bf16["status"] == fp16["status"] == "ok"
+    assert bf16["amp_read_back"] == "bfloat16" and bf16["trial_id"].endswith("/amp-bf16")
+    assert fp16["amp_read_back"] == "float16 + GradScaler"
+    assert bf16["params_sha256"] != fp16["params_sha256"]
+
+
+def test_an_axis_value_the_device_cannot_run_is_one_line_and_exit_2(capsys, monkeypatch):
+    from dataclasses import replace as with_fields
+
+    from detcost import axes
+    from detcost.cli import main
+
+    amp = axes.REGISTRY["amp"]
+    monkeypatch.setitem(axes.REGISTRY, "amp", with_fields(amp, check=lambda v, d: f"--amp {v}: not on {d}"))
+    assert main(["run", "--quick", "--device", "cpu", "--amp", "fp16", "--dry-run"]) == 2
+    assert capsys.readouterr().err == "detcost: error: --amp fp16: not on cpu\n"
+
+
 def _busy_trial() -> dict:
     spec = make_spec(run_id="b", steps=40, batch_size=32, image_size=32)
     return run_trial(spec).to_json()

@@ -51,6 +51,10 @@ class Workload:
     batches: Sequence[Batch]
     eval_batch: Batch
     notes: dict = field(default_factory=dict)
+    # Mixed precision (the amp axis sets them): the autocast dtype of the forward pass, and
+    # the GradScaler that float16 needs.
+    autocast: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
 
 
 Factory = Callable[[WorkloadConfig], Workload]
