@@ -49,15 +49,6 @@ def step_quartiles(times, strata=None) -> tuple[float, float]:
     return float(q25), float(q75)
 
 
-def pooled_typical(trials: list[list[float]], strata: list[int] | None = None) -> float:
-    """The typical step time of a group of trials, their steps pooled."""
-    return typical_step_time(np.concatenate(trials), _tile(strata, trials))
-
-
-def _tile(strata: list[int] | None, trials: list[list[float]]):
-    return None if strata is None else np.concatenate([np.asarray(strata[: len(t)]) for t in trials])
-
-
 # ---- prices from rounds -------------------------------------------------------------
 
 
