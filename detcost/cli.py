@@ -325,15 +325,17 @@ def _dry_run(opts, args) -> int:
     """The trials a run would start (with --resume: those still to do), a rough time, and
     whether the machine is busy now."""
     from detcost import guard, results
+    from detcost.record import TrialRecord
     from detcost.report import text
-    from detcost.sweep import estimate_seconds, plan
+    from detcost.sweep import estimate_seconds, ok_trial_ids, plan
+    from detcost.timing import trial_threads
 
     specs = plan(opts)
     if args.resume and opts.results.exists():
-        done = {r["trial_id"] for r in results.read_records(opts.results) if r.get("status") == "ok"}
+        done = ok_trial_ids([TrialRecord.from_json(r) for r in results.iter_records(opts.results)])
         specs = [s for s in specs if s.trial_id not in done]
     seconds = estimate_seconds(specs, opts.profile)
-    load = guard.sample(opts.device, guard.trial_threads(opts.device, opts.axes["threads"]))
+    load = guard.sample(opts.device, trial_threads(opts.device, opts.axes["threads"]))
     if args.json:
         _print_json(
             {

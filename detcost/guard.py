@@ -45,11 +45,6 @@ class Load:
         return ", ".join(parts) or "quiet"
 
 
-def trial_threads(device: str, thread_counts) -> int:
-    """The host threads a trial keeps busy: its thread count on the CPU, one on CUDA."""
-    return 1 if is_cuda(device) else max(n or 1 for n in (thread_counts or [1]))
-
-
 def judge(start, end, threads: int, gpu_others: str | None = None) -> Load:
     """The load between two `timing.CpuSample`s, by the rule that flags a trial busy."""
     report = busy_report(start, end, threads)

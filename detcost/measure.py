@@ -19,7 +19,16 @@ import torch
 
 from detcost.env import gpu_processes
 from detcost.record import Outcome, StepTiming, TrialParts, TrialSpec
-from detcost.timing import StepTimer, busy_report, cpu_sample, is_cuda, peak_memory, reset_peak_memory, synchronize
+from detcost.timing import (
+    StepTimer,
+    busy_report,
+    cpu_sample,
+    is_cuda,
+    peak_memory,
+    reset_peak_memory,
+    synchronize,
+    trial_threads,
+)
 from detcost.train import build, read_back, run_steps
 from detcost.workloads import Workload
 
@@ -146,7 +155,7 @@ def _busy(spec: TrialSpec, cpu_start) -> dict:
     count; a CUDA trial drives the GPU from one host thread, and another compute process
     on the same GPU (NVML, nvidia-smi) makes it busy whatever the CPUs did."""
     cuda = is_cuda(spec.device)
-    report = busy_report(cpu_start, cpu_sample(), 1 if cuda else torch.get_num_threads())
+    report = busy_report(cpu_start, cpu_sample(), trial_threads(spec.device, [torch.get_num_threads()]))
     if cuda:
         report["gpu_others"] = gpu_processes(spec.device)
         report["busy"] = report["busy"] or bool(report["gpu_others"])

@@ -45,6 +45,7 @@ class Kind(_Vocabulary):
 
 
 MEASURED = (Kind.TIMED, Kind.AA, Kind.SEED)
+ROUND_KINDS = (Kind.TIMED, Kind.AA)  # a round: every setting and the A/A control once (what prices pair)
 
 
 class Status(_Vocabulary):

@@ -23,10 +23,10 @@ from detcost import axes, guard
 from detcost import env as envmod
 from detcost.errors import UsageError
 from detcost.profile import PROFILE_STEPS
-from detcost.record import Kind, Status, TrialRecord, TrialSpec, flops_key
+from detcost.record import ROUND_KINDS, Kind, Status, TrialRecord, TrialSpec, flops_key
 from detcost.results import ResultsWriter, open_for_sweep
 from detcost.settings import REFERENCE
-from detcost.timing import is_cuda
+from detcost.timing import is_cuda, trial_threads
 from detcost.trial import child_main, failure_record, trial_environ
 from detcost.workloads import get_workload
 
@@ -142,9 +142,6 @@ def _spec(opts: SweepOptions, kind: Kind, workload: str, setting: str, repeat: i
         return spec
     safe = spec.trial_id.replace("/", "__").replace(":", "-")
     return replace(spec, sidecar=f"{opts.results.stem}/{safe}.{'json' if kind == Kind.PROFILED else 'npz'}")
-
-
-ROUND_KINDS = (Kind.TIMED, Kind.AA)  # the trials a round is made of
 
 
 def _van_der_corput(r: int) -> float:
@@ -293,6 +290,11 @@ def latest_by_trial(records: list[TrialRecord]) -> dict[str, TrialRecord]:
     return {r.trial_id: r for r in records}
 
 
+def ok_trial_ids(records: list[TrialRecord]) -> set[str]:
+    """The trials whose newest record is `ok`: what resume skips."""
+    return {tid for tid, r in latest_by_trial(records).items() if r.ok}
+
+
 def run_sweep(
     opts: SweepOptions,
     *,
@@ -365,13 +367,13 @@ class _Runner:
 
     def __init__(self, opts: SweepOptions, existing: list[TrialRecord], progress: bool, on_record) -> None:
         self.opts, self.existing, self.on_record = opts, existing, on_record
-        self.done_before = {tid for tid, r in latest_by_trial(existing).items() if r.ok}
+        self.done_before = ok_trial_ids(existing)
         self.flops = {
             flops_key(r.spec): r.timing.flops_per_step for r in existing if r.timing and r.timing.flops_per_step
         }
         # once per sweep, without touching CUDA; each trial adds its own part
         self.machine = envmod.fingerprint(opts.device, gpu_properties=False)
-        self.threads = guard.trial_threads(opts.device, opts.axes.get("threads"))
+        self.threads = trial_threads(opts.device, opts.axes.get("threads"))
         self.new: list[TrialRecord] = []
         self.events: list[str] = []
         self.reruns = 0  # busy trials run again once the machine was quiet
@@ -407,7 +409,9 @@ class _Runner:
                 return True
             self.bar.set_postfix_str(spec.trial_id, refresh=True)
             record = self._one(spec)
-            retry = _ran_busy(record) and not (self.opts.allow_busy or self.out_of_time())
+            retry = (
+                record.timing is not None and record.timing.is_busy and not (self.opts.allow_busy or self.out_of_time())
+            )
             if retry and self.wait_quiet(f"{spec.trial_id} ran while the machine was busy"):
                 self._one(spec)  # run again now that the machine is quiet
                 self.reruns += 1
@@ -461,11 +465,6 @@ class _Runner:
     def note_widest(self, widest: float) -> None:
         shown = "no interval yet" if widest == float("inf") else f"±{widest:.1%}"
         self.bar.set_description_str(f"detcost (widest {shown}, target ±{self.opts.precision:.1%})")
-
-
-def _ran_busy(record: TrialRecord) -> bool:
-    busy = record.timing.busy if record.timing else None
-    return bool(busy and busy.get("busy"))
 
 
 def _run_one(opts: SweepOptions, spec: TrialSpec, machine: dict) -> TrialRecord:

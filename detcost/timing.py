@@ -152,6 +152,11 @@ def cpu_sample() -> CpuSample:
     return CpuSample(time.monotonic(), busy, usage.ru_utime + usage.ru_stime, load)
 
 
+def trial_threads(device: str, thread_counts) -> int:
+    """The host threads a trial keeps busy: its thread count on the CPU, one on CUDA."""
+    return 1 if is_cuda(device) else max(n or 1 for n in (thread_counts or [1]))
+
+
 def busy_report(start: CpuSample, end: CpuSample, threads: int = 1) -> dict:
     """How much CPU other processes used, on the CPUs this trial may use, while it ran
     (cores' worth), and whether that competed with the trial's own threads.

@@ -10,7 +10,7 @@ import pytest
 
 from detcost import guard, timing
 from detcost.stats import fastest, paired_ratio, per_round, unpaired_ratio
-from detcost.timing import CpuSample
+from detcost.timing import CpuSample, trial_threads
 
 TRUE_PRICE = 1.10
 
@@ -134,5 +134,5 @@ def test_waiting_stops_when_the_machine_goes_quiet_or_the_bound_is_reached():
 
 
 def test_a_cuda_trial_counts_one_host_thread_a_cpu_trial_its_thread_count():
-    assert guard.trial_threads("cuda:0", [8]) == 1
-    assert guard.trial_threads("cpu", [1, 2]) == 2 and guard.trial_threads("cpu", [None]) == 1
+    assert trial_threads("cuda:0", [8]) == 1
+    assert trial_threads("cpu", [1, 2]) == 2 and trial_threads("cpu", [None]) == 1

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from detcost.derive.frame import AA_LABEL, busy_count, group_fields, is_busy, ok_trials, setting_order, varying_axes
-from detcost.record import Kind, StepTiming
+from detcost.record import ROUND_KINDS, Kind, StepTiming
 from detcost.results import frame
 from detcost.settings import REFERENCE
 from detcost.stats import PairedRatio, fastest, paired_ratio, per_round, unpaired_ratio
@@ -101,7 +101,7 @@ def speed_table(df: pd.DataFrame) -> pd.DataFrame:
     `default` is the noise floor of the machine, and `detectable` (per group) the smallest
     price this run can tell apart from noise.
     """
-    trials = ok_trials(df, (Kind.TIMED, Kind.AA)).copy()
+    trials = ok_trials(df, ROUND_KINDS).copy()
     if trials.empty:
         return pd.DataFrame()
     trials["label"] = np.where(trials["kind"] == str(Kind.AA), AA_LABEL, trials["setting"])
