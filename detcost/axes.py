@@ -12,6 +12,7 @@ of the record's bottom layer and loads without the training stack.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,7 @@ class Axis:
     id_part: Callable[[Any], str | None] = lambda v: None
     # In the trial process: before the workload is built (process state), after it is built.
     before_build: Callable[[Any], None] | None = None
-    on_workload: Callable[[Any, Any], None] | None = None  # (workload, value)
+    on_workload: Callable[[Any, Any, Any], None] | None = None  # (workload, value, spec)
     # What torch says is in force, stored as `<name>_read_back`.
     read_back: Callable[[Any], Any] | None = None  # (workload) -> value
     # Lines of the recommendation's snippet for the values a run used, on the CPU or not.
@@ -45,6 +46,9 @@ class Axis:
     sweep_default: Callable[[str], list] | None = None  # a sweep's values when none are given (by device)
     # Why a value cannot run on a device (one line), or None: checked before any trial.
     check: Callable[[Any, str], str | None] | None = None
+    # Whether the value matters, given the other axes' values (a combination); where it
+    # does not, a sweep runs the default only (no duplicate trials).
+    applies: Callable[[Mapping[str, Any]], bool] | None = None
 
     @property
     def flag(self) -> str:
@@ -103,6 +107,20 @@ def complete(values: Mapping[str, Any] | None) -> dict[str, Any]:
     return {axis.name: value for axis, value in each(values)}
 
 
+def combinations(values: Mapping[str, list]) -> list[dict]:
+    """Every combination of the given axes' values, where an axis that does not apply
+    to a combination takes its default (and the duplicates that makes are dropped)."""
+    out: dict[tuple, dict] = {}
+    for combo in itertools.product(*values.values()):
+        combo = dict(zip(values, combo))
+        for name in combo:
+            axis = REGISTRY.get(name)
+            if axis and axis.applies and not axis.applies(combo):
+                combo[name] = axis.default
+        out.setdefault(tuple(combo.items()), combo)
+    return list(out.values())
+
+
 def compares_across(name: str) -> bool:
     """Whether the variance table compares one seed across the values of this column."""
     return name in REGISTRY and REGISTRY[name].compare_across
@@ -116,14 +134,18 @@ def id_parts(values: Mapping[str, Any]) -> list[str]:
 # ---- the axes ---------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
+def _int_at_least(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise ValueError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise ValueError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise ValueError(f"must be at least {minimum}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
 
 
 def _set_threads(n: int | None) -> None:
@@ -181,15 +203,86 @@ register(
     )
 )
 
+# Where a step's batch comes from: batches staged on the device before timing (the
+# default: the price of the kernels alone), or a real DataLoader that shuffles, with
+# `workers` worker processes, seeded as PyTorch's notes say or not seeded at all (the
+# common mistake). A loader's batches are read inside the timed step. See detcost.loader.
+DATA_MODES = ("staged", "loader", "loader-unseeded")
+
+
+def _use_loader(workload, value: str, spec) -> None:
+    if value != "staged":
+        from detcost.loader import use_loader
+
+        workers = spec.axes.get("workers", 0)
+        use_loader(
+            workload, value, workers=workers, data_seed=spec.data_seed, steps=spec.total_steps, device=spec.device
+        )
+
+
+def _data_read_back(workload) -> str:
+    loader = getattr(workload.batches, "loader", None)
+    if loader is None:
+        return "staged"
+    seeded = "seeded" if loader.generator is not None else "unseeded"
+    return f"DataLoader ({seeded}, {loader.num_workers} workers)"
+
+
+def _data_snippet(values: list, cpu: bool) -> list[str]:
+    if values != ["loader"]:
+        return []
+    return [
+        "# a seeded DataLoader, as priced: g = torch.Generator().manual_seed(seed)",
+        "# def seed_worker(_): s = torch.initial_seed() % 2**32; numpy.random.seed(s); random.seed(s)",
+        "# DataLoader(dataset, shuffle=True, generator=g, worker_init_fn=seed_worker, num_workers=...)",
+    ]
+
+
+register(
+    Axis(
+        name="data",
+        default="staged",
+        values=DATA_MODES,
+        help="comma list of staged (batches on the device before timing; default), loader (a shuffling "
+        "DataLoader, seeded: generator + worker_init_fn), loader-unseeded (the same, seeded by nobody)",
+        id_part=lambda v: None if v == "staged" else v,
+        on_workload=_use_loader,
+        read_back=_data_read_back,
+        snippet=_data_snippet,
+    )
+)
+
+
+register(
+    Axis(
+        name="workers",
+        default=0,
+        help="DataLoader worker processes for --data loader modes, comma list (default: 0, the trial's own "
+        "process reads the data)",
+        parse=lambda text: _int_at_least(text, 0),
+        id_part=lambda n: f"w{n}" if n else None,
+        applies=lambda combo: combo.get("data", "staged") != "staged",
+    )
+)
+
 MEMORY_FORMATS = ("contiguous", "channels_last")
 
 
-def _to_channels_last(workload, value: str) -> None:
+def _to_channels_last(workload, value: str, _spec) -> None:
     import torch
+
+    from detcost.loader import map_batches
 
     if value == "channels_last":
         workload.model.to(memory_format=torch.channels_last)
-        workload.batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in workload.batches]
+        workload.batches = map_batches(workload.batches, _channels_last_pair)
+
+
+def _channels_last_pair(pair):
+    import torch
+
+    x, y = pair
+    return x.contiguous(memory_format=torch.channels_last), y
 
 
 def _memory_format_of(workload) -> str:
@@ -278,7 +371,7 @@ register(
 COMPILE_MODES = ("off", "on")
 
 
-def _compile_model(workload, value: str) -> None:
+def _compile_model(workload, value: str, _spec) -> None:
     import torch
 
     if value == "on":
@@ -338,7 +431,7 @@ def _amp_check(value: str, device: str) -> str | None:
     return None
 
 
-def _set_amp(workload, value: str) -> None:
+def _set_amp(workload, value: str, _spec) -> None:
     import torch
 
     if value != "off":

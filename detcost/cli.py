@@ -244,6 +244,8 @@ def _results_path(given: Path | None, run_id: str) -> Path:
     results = given or Path("results") / f"{run_id}.jsonl"
     if results.exists() and results.is_dir():
         raise UsageError(f"--results {results} is a directory; give a file path")
+    if not results.suffix:  # the arrays go in a folder named after the file's stem: it must differ
+        results = results.with_suffix(".jsonl")
     return results
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from detcost.env import gpu_processes
+from detcost.loader import batch_shapes, order_sha256
 from detcost.record import Outcome, StepTiming, TrialParts, TrialSpec
 from detcost.timing import (
     StepTimer,
@@ -93,7 +94,7 @@ def flops_per_step(model: torch.nn.Module, loss_fn, batches) -> float | None:
     try:
         model = getattr(model, "_orig_mod", model)  # a compiled model computes what the original does
         meta = copy.deepcopy(model).to("meta").train()
-        shapes = Counter((tuple(x.shape), x.dtype, tuple(y.shape), y.dtype) for x, y in batches)
+        shapes = Counter(batch_shapes(batches, 0, len(batches)))
         total = 0
         for (xs, xd, ys, yd), count in shapes.items():
             x = torch.zeros(xs, dtype=xd, device="meta")
@@ -143,7 +144,7 @@ def warm_up(spec: TrialSpec, wl: Workload, log: StepLog) -> dict:
 
 def _strata(wl: Workload, spec: TrialSpec) -> list[int] | None:
     """Index of the input shape of each timed step, when shapes vary (else None)."""
-    shapes = [tuple(wl.batches[spec.warmup + j][0].shape) for j in range(spec.steps)]
+    shapes = [x for x, *_ in batch_shapes(wl.batches, spec.warmup, spec.total_steps)]
     if len(set(shapes)) < 2:
         return None
     index = {s: k for k, s in enumerate(sorted(set(shapes)))}
@@ -181,6 +182,17 @@ def timed_region(spec: TrialSpec, wl: Workload, log: StepLog) -> dict:
     return out
 
 
+def class_accuracy(preds: torch.Tensor, labels: torch.Tensor, classes: int) -> list[float | None]:
+    """Accuracy on the evaluation samples (or pixels) of each class; None for a class
+    the evaluation batch does not hold."""
+    hit, labels = (preds == labels).reshape(-1).float().cpu(), labels.reshape(-1).cpu()
+    out = []
+    for c in range(classes):
+        mine = labels == c
+        out.append(float(hit[mine].mean()) if bool(mine.any()) else None)
+    return out
+
+
 def outcome(wl: Workload, log: StepLog) -> tuple[Outcome, dict]:
     """The fingerprints of what training produced, and the arrays for the sidecar."""
     losses = log.losses.cpu()
@@ -196,6 +208,8 @@ def outcome(wl: Workload, log: StepLog) -> tuple[Outcome, dict]:
         eval_accuracy=float((preds == ey).float().mean()),
         params_sha256=tensors_sha256(log.sampler.params),
         logits_sha256=tensors_sha256([logits]),
+        data_order_sha256=order_sha256(wl.batches),
+        class_accuracy=class_accuracy(preds, ey, logits.shape[1]),
     )
     arrays = {
         "checkpoints": np.asarray(log.checkpoints),

@@ -272,6 +272,8 @@ class Outcome:
     eval_accuracy: float | None = None
     params_sha256: str | None = None
     logits_sha256: str | None = None
+    data_order_sha256: str | None = None  # the sample order a DataLoader gave (None: staged batches)
+    class_accuracy: list | None = None  # evaluation accuracy per class (None where a class is absent)
 
     def judge(self) -> tuple[Status, str | None]:
         if self.first_nonfinite_step:

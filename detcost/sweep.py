@@ -96,12 +96,11 @@ class SweepOptions:
 
     def first_axes(self) -> dict:
         """Each axis at its first value: where the audit, profiled and seed trials run."""
-        return {name: values[0] for name, values in self.axes.items()}
+        return self.axis_combinations()[0]
 
     def axis_combinations(self) -> list[dict]:
-        """Every combination of the axes' values: each timed trial runs at each."""
-        names = list(self.axes)
-        return [dict(zip(names, values)) for values in itertools.product(*self.axes.values())]
+        """Every combination of the axes' values that differ: each timed trial runs at each."""
+        return axes.combinations(self.axes)
 
 
 @dataclass
@@ -224,7 +223,9 @@ def run_isolated(
     ctx = _context(method)
     receiver, sender = ctx.Pipe(duplex=False)
     args = (spec.to_dict(), trial_environ(spec, results_dir), str(results_dir) if results_dir else None, machine)
-    proc = ctx.Process(target=child_main, args=(*args, sender), name=f"detcost-trial {spec.trial_id}", daemon=True)
+    # Not a daemon: a trial may start processes of its own (DataLoader workers). The
+    # parent still reaps it on every path, Ctrl-C included.
+    proc = ctx.Process(target=child_main, args=(*args, sender), name=f"detcost-trial {spec.trial_id}")
     started = time.perf_counter()
     proc.start()
     sender.close()  # the child holds the only writer: EOF now means the child is gone

@@ -49,7 +49,7 @@ def build(spec: TrialSpec) -> Workload:
         raise ValueError(f"workload gave {len(wl.batches)} batches for {spec.total_steps} steps")
     for axis, value in axes.each(spec.axes):
         if axis.on_workload:
-            axis.on_workload(wl, value)
+            axis.on_workload(wl, value, spec)
     return wl
 
 
@@ -95,11 +95,14 @@ def run_steps(
     after_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> None:
     """The training loop: one step per batch. With a `timer`, each step sits between its
-    start and stop marks; `after_step(j, loss)` runs outside them (snapshots, losses)."""
+    start and stop marks, reading its batch included (a DataLoader's cost is step time);
+    `after_step(j, loss)` runs outside them (snapshots, losses)."""
     wl.model.train()
-    for j, (x, y) in enumerate(batches):
+    reader = iter(batches)
+    for j in range(len(batches)):
         if timer is not None:
             timer.start(j)
+        x, y = next(reader)
         loss = train_step(wl, x, y)
         if timer is not None:
             timer.stop(j)

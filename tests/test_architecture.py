@@ -77,7 +77,7 @@ def test_a_trial_process_loads_no_tables_figures_or_report():
 # ---- a toy axis: one registry entry, and every part of detcost knows it ---------------
 
 
-def _scale_loss(workload, value: int) -> None:
+def _scale_loss(workload, value: int, _spec) -> None:
     base = workload.loss_fn
     workload.loss_fn = lambda out, y: base(out, y) * value
     workload.loss_scale = value

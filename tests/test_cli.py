@@ -48,6 +48,8 @@ def one_line_error(capsys, argv) -> str:
         (["run", "--model", "no/such/file.py:build"], "does not exist"),
         (["run", "--model", "examples/tiny_net.py:build", "--input", "3x32"], "channels x height x width"),
         (["run", "--input", "3x32x32"], "give --model too"),
+        (["run", "--data", "stream"], "unknown value 'stream'; valid: staged, loader, loader-unseeded"),
+        (["run", "--workers", "-1"], "must be at least 0"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, argv, expected):

@@ -52,6 +52,30 @@ def _first_difference(a: dict, b: dict) -> int | None:
     return None
 
 
+def _range(group: pd.DataFrame, column: str) -> float:
+    values = group[column].dropna().astype(float) if column in group else pd.Series(dtype=float)
+    return float(values.max() - values.min()) if len(values) > 1 else np.nan
+
+
+def _class_accuracy_range(group: pd.DataFrame) -> float:
+    """The largest spread of one class's accuracy across the group (max - min, over the
+    classes every trial evaluated): implementation noise shows here long before it
+    moves the top-line accuracy."""
+    lists = [v for v in group.get("class_accuracy", pd.Series(dtype=object)) if isinstance(v, list | tuple)]
+    if len(lists) < 2:
+        return np.nan
+    per_class = np.array([[np.nan if a is None else a for a in v] for v in lists], dtype=float)
+    per_class = per_class[:, np.isfinite(per_class).all(axis=0)]  # the classes every trial evaluated
+    return float((per_class.max(axis=0) - per_class.min(axis=0)).max()) if per_class.size else np.nan
+
+
+def _same_data_order(group: pd.DataFrame) -> bool | None:
+    """Whether every trial of the group read its data in the same order (None: staged
+    batches, whose order is fixed by the data seed, or one trial)."""
+    orders = group["data_order_sha256"].dropna() if "data_order_sha256" in group else pd.Series(dtype=object)
+    return bool(orders.nunique() == 1) if len(orders) > 1 else None
+
+
 def compare(group: pd.DataFrame) -> dict:
     """Spread across the trials of one group (repeats, or seeds): the variance metrics."""
     r = len(group)
@@ -64,6 +88,9 @@ def compare(group: pd.DataFrame) -> dict:
         "loss_std": float(losses.std(ddof=1)) if r > 1 else np.nan,
         "loss_range": float(losses.max() - losses.min()) if r else np.nan,
         "accuracy_std": float(group["eval_accuracy"].std(ddof=1)) if r > 1 and "eval_accuracy" in group else np.nan,
+        "accuracy_range": _range(group, "eval_accuracy"),
+        "class_accuracy_range": _class_accuracy_range(group),
+        "same_data_order": _same_data_order(group),
     }
     sides = [load_sidecar(rec) for _, rec in group.iterrows()]
     pairs = [(a, b) for a, b in combinations(sides, 2) if a is not None and b is not None]

@@ -124,11 +124,16 @@ VARIANCE_COLUMNS = {
     "max_abs_dlogits": "max|dlogits|",
     "first_diff_step": "first diff step",
     "rel_l2_vs_seeds": "rel L2 / seeds",
+    "accuracy_range": "acc. range",
+    "class_accuracy_range": "class acc. range",
+    "same_data_order": "data order",
 }
 VARIANCE_LEGEND = (
     "identical: repeats whose final parameters are bitwise equal; rel L2: ||dθ|| / ||θ|| on the "
     "parameter sample; rel L2 / seeds: that spread as a fraction of the seed yardstick's; "
-    "'1 vs 2' under an axis: the same seed at each of those values."
+    "'1 vs 2' under an axis: the same seed at each of those values; acc. range: max - min of "
+    "evaluation accuracy; class acc. range: the largest such spread of one class's accuracy; data "
+    "order: whether a DataLoader gave every repeat the same sample order."
 )
 
 
@@ -153,7 +158,12 @@ def variance_display(table: pd.DataFrame) -> pd.DataFrame:
     out = out[keys + [c for c in VARIANCE_COLUMNS if c in out]].rename(columns=VARIANCE_COLUMNS)
     for col in ("max|dθ|", "rel L2", "loss std", "max|dlogits|", "rel L2 / seeds"):
         out[col] = out[col].map(_compact)
-    out["pred. disagree"] = out["pred. disagree"].map(lambda v: "-" if pd.isna(v) else f"{v:.1%}")
+    for col in ("pred. disagree", "acc. range", "class acc. range"):
+        out[col] = out[col].map(lambda v: "-" if pd.isna(v) else f"{v:.1%}")
+    order = out["data order"].map(lambda v: "-" if v is None or pd.isna(v) else ("same" if v else "differs"))
+    out["data order"] = order
+    if (order == "-").all():  # staged batches only: their order is fixed by the data seed
+        out = out.drop(columns="data order")
     out["first diff step"] = [
         "-" if r < 2 else ("never" if pd.isna(v) else str(int(v))) for v, r in zip(out["first diff step"], table["R"])
     ]
