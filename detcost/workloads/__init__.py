@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 
 from detcost.errors import UsageError
 from detcost.workloads import (
     diagnostic,
+    digits,
     dilated,
     mobilenet,
     model,
@@ -44,6 +46,7 @@ class WorkloadSpec:
     sizes: dict[str, Size]
     description: str
     diagnostic: bool = False
+    requires: tuple[str, str] | None = None  # (module, extra): an optional dependency it needs
 
     def size(self, profile: str) -> Size:
         return self.sizes[profile]
@@ -69,9 +72,15 @@ REGISTRY: dict[str, WorkloadSpec] = {
     )
 }
 BUILTIN = tuple(REGISTRY)  # the default workloads of a sweep
+# Built in, not in the default sweep: they need an optional extra.
+REGISTRY["digits"] = WorkloadSpec(
+    "digits", digits.build, digits.SIZES, digits.DESCRIPTION, requires=(digits.REQUIRES, digits.EXTRA)
+)
 REGISTRY.update(
     {
-        name: WorkloadSpec(name, factory, diagnostic.SIZES, description, diagnostic=True)
+        name: WorkloadSpec(
+            name, factory, diagnostic.OWN_SIZES.get(name, diagnostic.SIZES), description, diagnostic=True
+        )
         for name, (factory, description) in diagnostic.DIAGNOSTICS.items()
     }
 )
@@ -93,9 +102,17 @@ def _from_import_path(path: str) -> WorkloadSpec:
     return WorkloadSpec(path, factory, dict(sizes), doc[0] if doc else "user workload")
 
 
+def _available(spec: WorkloadSpec) -> WorkloadSpec:
+    """The spec, or a one-line UsageError naming the extra its optional dependency is in."""
+    if spec.requires and importlib.util.find_spec(spec.requires[0]) is None:
+        module, extra = spec.requires
+        raise UsageError(f"workload {spec.name} needs {module}: pip install 'detcost[{extra}]'")
+    return spec
+
+
 def get_workload(name: str) -> WorkloadSpec:
     if name in REGISTRY:
-        return REGISTRY[name]
+        return _available(REGISTRY[name])
     if model.is_model_name(name):  # --model: `<target>@CxHxW/classes`
         spec = model.from_name(name)
         return WorkloadSpec(name, spec.build, spec.sizes(), f"user model {spec.target}")
