@@ -24,6 +24,15 @@ def is_cuda(device: str | torch.device) -> bool:
     return str(device).startswith("cuda")
 
 
+# A GPU's clocks leave idle only under load: on CUDA the warm-up lasts at least this long
+# as well as its step count. The CPU needs no such time.
+CUDA_MIN_WARMUP_S = 0.5
+
+
+def min_warmup_s(device: str) -> float:
+    return CUDA_MIN_WARMUP_S if is_cuda(device) else 0.0
+
+
 def synchronize(device: str) -> None:
     if is_cuda(device):
         torch.cuda.synchronize(device)

@@ -95,3 +95,30 @@ def test_a_raising_workload_becomes_an_error_record_in_process():
     assert record.status == "error"
     assert "injected failure" in record.error
     assert "\n" not in record.error
+
+
+def test_the_clock_warm_up_trains_a_copy_and_leaves_the_trials_bits_alone():
+    """On CUDA the warm-up lasts at least 0.5 s; the extra steps train a copy, so the
+    trial's parameters are those of a warm-up of its step count alone (run on the CPU)."""
+    import torch
+
+    from detcost import measure
+    from detcost.train import build, trial_state
+
+    spec = make_spec(steps=2, warmup=2)
+
+    def trained(extra_seconds: float):
+        with trial_state(spec):
+            wl = build(spec)
+            log = measure.StepLog(wl.model, spec.total_steps, spec.device)
+            measure.warm_up(spec, wl, log)  # on the CPU: the step count alone
+            out = measure.keep_warm(spec, wl, wl.batches[spec.warmup - 1], extra_seconds)
+            measure.run_steps(wl, wl.batches[spec.warmup : spec.total_steps])
+            return out, [p.detach().clone() for p in wl.model.parameters()], torch.random.get_rng_state()
+
+    plain, params, rng = trained(0.0)
+    warmed, warmed_params, warmed_rng = trained(0.2)
+    assert plain == {"clock_warmup_steps": 0}
+    assert warmed["clock_warmup_steps"] >= 1 and warmed["clock_warmup_s"] >= 0.2
+    assert all(torch.equal(a, b) for a, b in zip(params, warmed_params))
+    assert torch.equal(rng, warmed_rng)
