@@ -67,7 +67,12 @@ def run_trial(spec: TrialSpec, results_dir: Path | str | None = None, machine: d
         record.fail(failure_kind(exc), one_line(exc))
     record.wall_s = time.perf_counter() - t0
     record.finished_at = now()
-    record.env = envmod.for_trial(machine if machine is not None else envmod.fingerprint(spec.device), spec.device)
+    try:
+        record.env = envmod.for_trial(machine if machine is not None else envmod.fingerprint(spec.device), spec.device)
+    except Exception as exc:  # the record still goes back, with the sweep's fingerprint and why
+        record.env = machine
+        if record.ok:
+            record.fail(Status.ERROR, f"fingerprint: {one_line(exc)}")
     return record
 
 

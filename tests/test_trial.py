@@ -97,6 +97,18 @@ def test_a_raising_workload_becomes_an_error_record_in_process():
     assert "\n" not in record.error
 
 
+def test_a_failing_fingerprint_is_an_error_record_not_a_crash(monkeypatch):
+    from detcost import env
+
+    def broken(machine, device):
+        raise RuntimeError("NVML went away")
+
+    monkeypatch.setattr(env, "for_trial", broken)
+    record = run_trial(spec(steps=2), machine={"torch": "x"})
+    assert record.status == "error" and record.error == "fingerprint: RuntimeError: NVML went away"
+    assert record.env == {"torch": "x"} and record.timing is not None  # what it measured is kept
+
+
 def test_the_clock_warm_up_trains_a_copy_and_leaves_the_trials_bits_alone():
     """On CUDA the warm-up lasts at least 0.5 s; the extra steps train a copy, so the
     trial's parameters are those of a warm-up of its step count alone (run on the CPU)."""
