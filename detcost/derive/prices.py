@@ -75,6 +75,7 @@ def _label_rows(keys: list[str], key: tuple, per_label: dict, busy: dict) -> lis
                 "rounds": price.rounds,
                 "samples_per_s": float(sps.median()),
                 "samples_per_s_cv": float(sps.std(ddof=1) / sps.mean()) if len(g) > 1 else np.nan,
+                "step_time_s": _median(g, "step_time_median_s"),
                 "price": price.ratio,
                 "price_lo": price.lo,
                 "price_hi": price.hi,
@@ -95,7 +96,8 @@ def _label_rows(keys: list[str], key: tuple, per_label: dict, busy: dict) -> lis
 def speed_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per workload x setting (x axes): samples/s; the price (step time over the
     fastest setting's, above 1 is slower) and the same time ratio against `default`, both
-    from within-round ratios with a t-interval across rounds; cold start, memory, FLOP/s.
+    from within-round ratios with a t-interval across rounds; cold start, memory, FLOP/s;
+    on CUDA, whether the steps were host-bound (`host_bound`: the price is understated).
 
     The A/A control (`kind == "aa"`) appears as its own label: its price against
     `default` is the noise floor of the machine, and `detectable` (per group) the smallest
@@ -115,12 +117,35 @@ def speed_table(df: pd.DataFrame) -> pd.DataFrame:
             rows += _label_rows(keys, key if isinstance(key, tuple) else (key,), per_label, busy)
     if not rows:  # only A/A trials finished: nothing to price
         return pd.DataFrame()
-    table = pd.DataFrame(rows)
+    table = _host_bound(pd.DataFrame(rows), df, keys)
     table["detectable"] = _detectable(table, keys)
     table["within_noise"] = _within_noise(table)
     order = {s: i for i, s in enumerate(setting_order(table["setting"]) + [AA_LABEL])}
     table["_o"] = table["setting"].map(lambda s: order.get(s, len(order)))
     return table.sort_values(keys + ["_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
+
+
+def _host_bound(table: pd.DataFrame, df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Each row's `kernel_busy_fraction` and `host_bound` (True, False, or None where no
+    profiled trial measured it: the CPU, or no --explain): the profiled trial's kernel time
+    per step over this label's median timed step, below the threshold the trial recorded.
+    The profiled trial's own step is slowed by the profiler, so its fraction stands in only
+    where the timed step is missing. The A/A control runs `default`, and takes its row."""
+    out = table.assign(kernel_busy_fraction=np.nan, host_bound=None)
+    prof = ok_trials(df, (Kind.PROFILED,))
+    busy = "host_bound.kernel_busy_s"
+    if prof.empty or busy not in prof or prof[busy].isna().all():
+        return out
+    # a profiled trial runs its own step count, so steps never separate it from its group
+    on = [k for k in keys if k != "steps" and k in prof] + ["setting"]
+    cols = [busy, "host_bound.kernel_busy_fraction", "host_bound.threshold"]
+    found = prof.dropna(subset=[busy]).drop_duplicates(on, keep="last")[on + cols]
+    lookup = table[[k for k in on if k != "setting"]].assign(setting=table["setting"].replace({AA_LABEL: REFERENCE}))
+    got = lookup.merge(found, on=on, how="left")  # a left merge keeps the table's row order
+    timed = got[busy] / table["step_time_s"].to_numpy()
+    fraction = timed.fillna(got["host_bound.kernel_busy_fraction"]).clip(upper=1.0)
+    bound = (fraction < got["host_bound.threshold"]).astype(object).where(fraction.notna(), None)
+    return out.assign(kernel_busy_fraction=fraction.to_numpy(dtype=float), host_bound=bound.to_numpy())
 
 
 def _detectable(table: pd.DataFrame, keys: list[str]) -> pd.Series:

@@ -67,14 +67,15 @@ def _si(v, unit: str) -> str:
 
 
 def _price_cell(r, cpu: bool) -> str:
+    bound = f" ({text.HOST_BOUND_NOTE})" if text.is_host_bound(getattr(r, "host_bound", None)) else ""
     if r.setting != AA_LABEL and r.price == 1.0 and r.price_lo == r.price_hi:
-        return "1.00 (fastest)"
+        return f"1.00 (fastest){bound}"
     interval = text.interval_text(r.price, r.price_lo, r.price_hi)
     if r.setting == AA_LABEL:
         return f"{interval} (the noise floor)"
     if cpu and r.setting != REFERENCE and r.setting in SETTINGS and SETTINGS[r.setting].cudnn_only:
         return f"{interval} noise: the same kernels as default on the CPU"
-    return f"{interval} {'within noise' if r.within_noise else 'real'}"
+    return f"{interval} {'within noise' if r.within_noise else 'real'}{bound}"
 
 
 def _price_rows(speed: pd.DataFrame, cpu: bool) -> tuple[list[str], list[dict], int]:
@@ -207,22 +208,27 @@ def _explain_section(df: pd.DataFrame, speed: pd.DataFrame, cpu: bool) -> dict |
 
 
 def _cudnn_rows(df: pd.DataFrame) -> list[list[str]]:
-    """Per workload x setting: the cuDNN engines the profiled trial's log names; one line
-    when every trial skipped the log for the same reason (the CPU)."""
+    """Per workload x setting: what the profiled trial's cuDNN log says was chosen (or the
+    engines it names) and which log said it; one line when every trial skipped the log for
+    the same reason (the CPU)."""
     trials = ok_trials(df, (Kind.PROFILED,))
     if trials.empty or "cudnn_plans.status" not in trials:
         return []
     if (trials["cudnn_plans.status"] == "skipped").all() and trials["cudnn_plans.reason"].nunique() == 1:
         return [["all", "all", f"skipped: {trials['cudnn_plans.reason'].iloc[0]}"]]
-    rows = []
-    for r in trials.to_dict(orient="records"):
-        engines = r.get("cudnn_plans.engines")
-        if r.get("cudnn_plans.status") == "ok":
-            text = ", ".join(f"{k} x{v}" for k, v in (engines or {}).items()) or "the log names no engine"
-        else:
-            text = f"{r.get('cudnn_plans.status')}: {r.get('cudnn_plans.reason')}"
-        rows.append([r["workload"], r["setting"], text])
-    return rows
+    return [[r["workload"], r["setting"], _plans_text(r)] for r in trials.to_dict(orient="records")]
+
+
+def _plans_text(r: dict) -> str:
+    if r.get("cudnn_plans.status") != "ok":
+        return f"{r.get('cudnn_plans.status')}: {r.get('cudnn_plans.reason')}"
+    source = r.get("cudnn_plans.source")
+    source = f"{source} log" if isinstance(source, str) else "log"
+    chosen, engines = r.get("cudnn_plans.chosen"), r.get("cudnn_plans.engines")
+    if isinstance(chosen, dict) and chosen:
+        return f"chosen ({source}): " + ", ".join(f"{k} x{v}" for k, v in chosen.items())
+    named = ", ".join(f"{k} x{v}" for k, v in engines.items()) if isinstance(engines, dict) else ""
+    return f"named ({source}): {named or 'no engine'}"
 
 
 def _audit_rows(df: pd.DataFrame) -> list[dict]:
@@ -281,6 +287,7 @@ def machine_section(df: pd.DataFrame, name: str, max_slowdown: float) -> dict:
         "explain": _explain_section(df, speed, cpu),
         "busy": f"{busy} trial(s) ran while other processes used the CPU; their times are suspect." if busy else "",
         "detectable": text.detectable_text(speed),
+        "host_bound": " ".join(text.host_bound_lines(speed)),
         "env": _env_rows(df),
     }
 
@@ -348,6 +355,7 @@ def markdown_summary(context: dict) -> str:
         parts += [f"> {n}" for n in rec.notes] + [""]
         if m["price_rows"]:
             parts += ["## Price", "", _md_table(m["price_header"], [r["cells"] for r in m["price_rows"]]), ""]
+            parts += [m["host_bound"], ""] if m["host_bound"] else []
         if m["variance_rows"]:
             parts += ["## Variance", "", _md_table(m["variance_header"], m["variance_rows"]), ""]
         if m["failures"]:

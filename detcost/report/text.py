@@ -77,6 +77,34 @@ def detectable_text(speed: pd.DataFrame) -> str:
     )
 
 
+HOST_BOUND_NOTE = "host-bound: the price is understated"
+
+
+def is_host_bound(value) -> bool:
+    """A price row's `host_bound` cell: True only where a profiled trial measured it so
+    (None where nothing was measured: the CPU, or a run without profiled trials)."""
+    return isinstance(value, (bool, np.bool_)) and bool(value)
+
+
+def host_bound_lines(speed: pd.DataFrame) -> list[str]:
+    """One sentence naming the host-bound prices and how busy their kernels kept the GPU
+    (none where no price is host-bound)."""
+    if speed.empty or "host_bound" not in speed:
+        return []
+    rows = speed[speed["host_bound"].map(is_host_bound) & (speed["setting"] != AA_LABEL)]
+    per = [
+        f"{w} " + ", ".join(f"{r.setting} {r.kernel_busy_fraction:.0%}" for r in g.itertuples())
+        for w, g in rows.groupby("workload", sort=False)
+    ]
+    if not per:
+        return []
+    return [
+        f"{HOST_BOUND_NOTE} where the GPU waited on the host: kernels kept it busy for only this share of a "
+        "step, so kernel launches, not cuDNN's algorithms, set the pace (a larger batch or image shows the "
+        "price): " + "; ".join(per) + "."
+    ]
+
+
 def speed_pivot(table: pd.DataFrame) -> pd.DataFrame:
     """Workloads down, settings across: 'samples/s (step time vs default)'."""
     if table.empty:
@@ -85,7 +113,8 @@ def speed_pivot(table: pd.DataFrame) -> pd.DataFrame:
 
     def cell(r) -> str:
         ratio = f" ({r.vs_default:.2f}x)" if np.isfinite(r.vs_default) else ""
-        return f"{r.samples_per_s:,.1f}{ratio}"
+        bound = " host-bound" if is_host_bound(r.get("host_bound")) else ""
+        return f"{r.samples_per_s:,.1f}{ratio}{bound}"
 
     cells = table.assign(cell=table.apply(cell, axis=1))
     pivot = cells.pivot_table(index=keys, columns="setting", values="cell", aggfunc="first")
@@ -268,7 +297,7 @@ def run_summary(df: pd.DataFrame, speed: pd.DataFrame, outcome, wall: float, rep
         parts += [f"THIS RUN CANNOT JUDGE SPEED: {rec.speed_caveat}. Read every price below as unconfirmed."]
     if not speed.empty:
         parts += ["", "samples/s, median over repeats (step time vs default; above 1.00x is slower):"]
-        parts += [speed_pivot(speed).to_string(), *noise_lines(speed), detectable_text(speed)]
+        parts += [speed_pivot(speed).to_string(), *noise_lines(speed), detectable_text(speed), *host_bound_lines(speed)]
     if is_cpu(df):
         parts += ["", "note: " + cpu_note(df["setting"].dropna().unique())]
     failed = failures(df)

@@ -1,0 +1,261 @@
+"""The profiled trial's cuDNN plan log: the environment the parent sets, and the parsers
+tried on lines in the formats NVIDIA documents (no GPU needed: the logs are text).
+
+Sources of the sample lines:
+- frontend: cudnn-frontend's `ExecutionPlan_v8::describe()` ("CUDNN_BACKEND_EXECUTION_PLAN_
+  DESCRIPTOR : <tag>, numeric_notes:[..] behavior_notes:[..] workSpaceSize: N", the tag
+  "<operation>_eng<global index>_k<knob type>=<choice>..." from `buildTag`) and
+  `time_sorted_plan` in cudnn_frontend_find_plan.h ("[cudnn_frontend] Plan <tag> took <ms>",
+  "... failed with <status>", "Auto-tuning returns N plans.");
+- cuDNN 8 API log: NVIDIA/cudnn-frontend issue #39 (cudnnBackendGetAttribute and
+  cudnnBackendSetAttribute blocks, "I! CuDNN (v8204)", "i!" lines) and the v7-era
+  cudnnFindConvolutionForwardAlgorithm excerpt whose argument lines the legacy calls share;
+- cuDNN 9 API log: the cuDNN 9 troubleshooting page ("cuDNN (v90000) function
+  cudnnSetActivationDescriptor() called:") and a cuDNN 9.3 log's "I! CuDNN (v90300 75)".
+The execute blocks are those documented lines under an execute call's header: the layout
+of the descriptor dump is the one cuDNN prints for the same descriptor in the other calls.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from detcost import profile
+from detcost.profile import (
+    CUDNN_BACKEND_LOG_ENV,
+    CUDNN_LOG_ENV,
+    cudnn_log_environ,
+    cudnn_plans,
+    parse_cudnn_api_log,
+    parse_cudnn_log,
+    read_cudnn_log,
+)
+from tests.conftest import make_spec
+
+FRONTEND_AUTOTUNED = """\
+[cudnn_frontend] CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR : ConvFwd_eng0_k2=1_k3=0, numeric_notes:[CUDNN_NUMERICAL_NOTE_TENSOR_CORE,] behavior_notes:[] workSpaceSize: 0
+[cudnn_frontend] CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR : ConvFwd_eng28_k2=2_k3=0_k4=4, numeric_notes:[CUDNN_NUMERICAL_NOTE_TENSOR_CORE,CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS,] behavior_notes:[CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION,] workSpaceSize: 4194304
+[cudnn_frontend] Plan ConvFwd_eng0_k2=1_k3=0 took     0.0421
+[cudnn_frontend] Plan ConvFwd_eng1_k2=0 failed with CUDNN_STATUS_NOT_SUPPORTED
+[cudnn_frontend] Plan ConvFwd_eng28_k2=2_k3=0_k4=4 took     0.0185
+[cudnn_frontend] Auto-tuning returns 2 plans.
+[cudnn_frontend] Plan ConvBwdFilter_eng0_k2=0 took      0.210
+[cudnn_frontend] Plan ConvBwdFilter_eng34_k2=1 took      0.090
+[cudnn_frontend] Auto-tuning returns 2 plans.
+"""  # noqa: E501 (log lines, verbatim)
+
+FRONTEND_HEURISTICS = """\
+[cudnn_frontend] CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR : ConvFwd_eng0_k2=1_k3=0, numeric_notes:[] behavior_notes:[] workSpaceSize: 0
+[cudnn_frontend] CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR : ConvBwdData_eng1_k2=3, numeric_notes:[] behavior_notes:[] workSpaceSize: 1024
+"""  # noqa: E501 (log lines, verbatim)
+
+API_LOG_CUDNN8 = """\
+I! CuDNN (v8204) function cudnnBackendGetAttribute() called:
+i!     descriptor: type=CUDNN_BACKEND_ENGINE_DESCRIPTOR:
+i!         opGraph: type=CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR:
+i!         engine_id: type=int; val=0;
+i!         knobDesc: type=cudnnBackendDescriptor_t:
+i!             CUDNN_KNOB_TYPE_KERNEL_CFG: type=int; val=27;
+i!         numericalNotes: type=cudnnBackendDescriptor_t:
+i!             CUDNN_NUMERICAL_NOTE_TENSOR_CORE: type=bool; val=true;
+i!         behaviorNotes: type=cudnnBackendDescriptor_t:
+i!             CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION: type=bool; val=true;
+i!     attributeName: type=cudnnBackendAttributeName_t; val=CUDNN_ATTR_ENGINE_GLOBAL_INDEX (1301);
+i!     attributeType: type=cudnnBackendAttributeType_t; val=CUDNN_TYPE_INT64 (3);
+i! Time: 2022-11-25T08:47:48.178800 (0d+0h+0m+2s since start)
+i! Process=391; Thread=391; GPU=NULL; Handle=NULL; StreamId=NULL.
+
+I! CuDNN (v8204) function cudnnBackendSetAttribute() called:
+i!     descriptor: type=CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR:
+i!         engcfg: type=CUDNN_BACKEND_ENGINECFG_DESCRIPTOR:
+i!             engine: type=CUDNN_BACKEND_ENGINE_DESCRIPTOR:
+i!                 opGraph: type=void*; val=NULL_PTR;
+i!                 engine_id: type=int; val=-1;
+i!                 knobDesc: type=cudnnBackendDescriptor_t; val=NULL_PTR;
+i!     attributeName: type=cudnnBackendAttributeName_t; val=CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG (401);
+i!     attributeType: type=cudnnBackendAttributeType_t; val=CUDNN_TYPE_BACKEND_DESCRIPTOR (15);
+i!     elementCount: type=int64_t; val=1;
+i! Time: 2022-11-25T08:47:46.579193 (0d+0h+0m+0s since start)
+i! Process=391; Thread=391; GPU=NULL; Handle=NULL; StreamId=NULL.
+
+I! CuDNN (v8204) function cudnnBackendExecute() called:
+i!     handle: type=cudnnHandle_t; streamId=0x7fa5880083d0;
+i!     executionPlan: type=CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR:
+i!         engcfg: type=CUDNN_BACKEND_ENGINECFG_DESCRIPTOR:
+i!             engine: type=CUDNN_BACKEND_ENGINE_DESCRIPTOR:
+i!                 opGraph: type=CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR:
+i!                 engine_id: type=int; val=0;
+i!                 knobDesc: type=cudnnBackendDescriptor_t:
+i!                     CUDNN_KNOB_TYPE_KERNEL_CFG: type=int; val=27;
+i!                 numericalNotes: type=cudnnBackendDescriptor_t:
+i!                     CUDNN_NUMERICAL_NOTE_TENSOR_CORE: type=bool; val=true;
+i! Time: 2022-11-25T08:47:48.201117 (0d+0h+0m+2s since start)
+i! Process=391; Thread=391; GPU=0; Handle=0x55d77e0e8a10; StreamId=0x7fa5880083d0.
+
+I! CuDNN (v8204) function cudnnConvolutionForward() called:
+i!     handle: type=cudnnHandle_t; streamId=0x7fa5880083d0;
+i!     xDesc: type=cudnnTensorDescriptor_t:
+i!         dataType: type=cudnnDataType_t; val=CUDNN_DATA_FLOAT (0);
+i!         nbDims: type=int; val=4;
+i!         dimA: type=int; val=[1,3,224,224];
+i!     algo: type=cudnnConvolutionFwdAlgo_t; val=CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM (1);
+i!     workSpaceSizeInBytes: type=size_t; val=0;
+i! Time: 2022-11-25T08:47:48.301117 (0d+0h+0m+2s since start)
+i! Process=391; Thread=391; GPU=0; Handle=0x55d77e0e8a10; StreamId=0x7fa5880083d0.
+"""
+
+API_LOG_CUDNN9 = """\
+I! CuDNN (v90300 75) function cudnnCreate() called:
+i!     handle: location=host; addr=0x7ffde85442a0;
+i! Time: 2024-08-27T18:17:08.746876 (0d+0h+0m+0s since start)
+i! Process=4782; Thread=4782; GPU=NULL; Handle=NULL; StreamId=NULL.
+
+I! CuDNN (v90300 75) function cudnnBackendExecute() called:
+i!     handle: type=cudnnHandle_t; streamId=0x5574a8c3e0d0;
+i!     executionPlan: type=CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR:
+i!         engcfg: type=CUDNN_BACKEND_ENGINECFG_DESCRIPTOR:
+i!             engine: type=CUDNN_BACKEND_ENGINE_DESCRIPTOR:
+i!                 engine_id: type=int; val=42;
+i!                 knobDesc: type=cudnnBackendDescriptor_t:
+i!                     CUDNN_KNOB_TYPE_TILE_SIZE: type=int; val=3;
+i!                     CUDNN_KNOB_TYPE_SPLIT_K: type=int; val=1;
+i! Time: 2024-08-27T18:17:09.102334 (0d+0h+0m+1s since start)
+i! Process=4782; Thread=4782; GPU=0; Handle=0x5574a8d1c2a0; StreamId=0x5574a8c3e0d0.
+"""
+
+# Documented cuDNN 9 output that names no plan: a log of the wrong calls.
+API_LOG_UNRELATED = """\
+cuDNN (v90000) function cudnnSetActivationDescriptor() called:
+    mode: type=cudnnActivationMode_t; val=CUDNN_ACTIVATION_RELU (1);
+    reluNanOpt: type=cudnnNanPropagation_t; val=CUDNN_NOT_PROPAGATE_NAN (0);
+    coef: type=double; val=1000.000000;
+Time: 2024-01-21T14:14:21.366171 (0d+0h+1m+5s since start)
+"""
+
+
+def cuda_profiled(**overrides):
+    """A profiled spec on CUDA: nothing here touches CUDA, the device is only a name."""
+    base = {"kind": "profiled", "device": "cuda:0", "sidecar": "r/simple_cnn__default.json"}
+    return make_spec(**{**base, **overrides})
+
+
+# ---- the environment the parent sets --------------------------------------------------
+
+
+def test_the_parent_asks_for_both_logs_each_in_its_own_file_and_makes_the_folder(tmp_path):
+    env = cudnn_log_environ(cuda_profiled(), tmp_path)
+    assert env["CUDNN_FRONTEND_LOG_INFO"] == "1"
+    assert env["CUDNN_LOGLEVEL_DBG"] == "3" and env["CUDNN_LOGINFO_DBG"] == "1"  # cuDNN 9 and cuDNN 8
+    frontend, backend = Path(env[CUDNN_LOG_ENV]), Path(env[CUDNN_BACKEND_LOG_ENV])
+    assert frontend != backend and frontend.parent == backend.parent == tmp_path / "r"
+    assert frontend.parent.is_dir()  # cuDNN opens the files but makes no folder
+
+
+def test_no_cudnn_log_is_asked_for_on_the_cpu_or_for_other_kinds(tmp_path):
+    assert cudnn_log_environ(make_spec(kind="profiled", sidecar="r/x.json"), tmp_path) == {}
+    assert cudnn_log_environ(cuda_profiled(kind="timed"), tmp_path) == {}
+    assert cudnn_log_environ(cuda_profiled(), None) == {}
+
+
+# ---- the frontend log ------------------------------------------------------------------
+
+
+def test_an_autotuned_frontend_log_names_the_fastest_plan_of_each_round():
+    found = parse_cudnn_log(FRONTEND_AUTOTUNED)
+    assert found["chosen"] == {"ConvFwd_eng28_k2=2_k3=0_k4=4": 1, "ConvBwdFilter_eng34_k2=1": 1}
+    assert found["plans"]["ConvFwd_eng0_k2=1_k3=0"] == 2  # built, then timed
+    assert found["engines"] == {"eng0": 3, "eng28": 2, "eng1": 1, "eng34": 1}
+    assert found["notes"]["CUDNN_NUMERICAL_NOTE_TENSOR_CORE"] == 2
+    assert found["max_workspace_bytes"] == 4194304 and found["failed_plans"] == 1
+    assert ("ConvFwd_eng28_k2=2_k3=0_k4=4", 0.0185) in found["timings_ms"]
+
+
+def test_a_frontend_log_without_autotuning_names_plans_but_claims_no_choice():
+    found = parse_cudnn_log(FRONTEND_HEURISTICS)
+    assert found["plans"] == {"ConvFwd_eng0_k2=1_k3=0": 1, "ConvBwdData_eng1_k2=3": 1}
+    assert found["chosen"] == {} and found["chosen_by"] is None
+
+
+# ---- cuDNN's API log (the fallback) ------------------------------------------------------
+
+
+def test_a_cudnn8_api_log_names_what_the_execute_calls_ran():
+    found = parse_cudnn_api_log(API_LOG_CUDNN8.splitlines())
+    assert found["cudnn_version"] == "8204" and found["calls"] == 4
+    # the executed plan with its knob, and the legacy call's algorithm; not the unset engine (-1)
+    assert found["chosen"] == {"eng0_KERNEL_CFG=27": 1, "CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM": 1}
+    assert found["plans"]["eng0_KERNEL_CFG=27"] == 2  # also named by a query that ran nothing
+    assert found["engines"] == {"eng0": 2}
+    assert found["notes"]["CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION"] == 1
+
+
+def test_a_cudnn9_api_log_is_read_with_its_build_number_in_the_header():
+    found = parse_cudnn_api_log(API_LOG_CUDNN9.splitlines())
+    assert found["cudnn_version"] == "90300" and found["calls"] == 2
+    assert found["chosen"] == {"eng42_TILE_SIZE=3_SPLIT_K=1": 1}
+
+
+# ---- reading the files, and what a trial records ----------------------------------------
+
+
+def test_an_empty_or_unrelated_log_is_not_parsed_with_a_reason(tmp_path):
+    empty, unrelated, garbage = tmp_path / "empty.log", tmp_path / "unrelated.log", tmp_path / "garbage.log"
+    empty.write_text("")
+    unrelated.write_text(API_LOG_UNRELATED)
+    garbage.write_bytes(b"\xff\xfe\x00 not a log at all \x00\n" * 10)
+    for source, path, why in [
+        ("frontend", empty, "is empty"),
+        ("backend", unrelated, "(1 API calls) names no cuDNN engine or algorithm"),
+        ("frontend", garbage, "names no cuDNN engine or algorithm"),
+        ("backend", tmp_path / "missing.log", "unreadable"),
+        ("backend", None, "no cuDNN API log was asked for"),
+        ("frontend", "stderr", "went to stderr"),
+    ]:
+        found = read_cudnn_log(source, None if path is None else str(path))
+        assert found["status"] == "not parsed" and why in found["reason"], (source, path, found)
+
+
+def test_the_frontend_log_is_used_when_it_names_the_plans(tmp_path, monkeypatch):
+    env = cudnn_log_environ(cuda_profiled(), tmp_path)
+    Path(env[CUDNN_LOG_ENV]).write_text(FRONTEND_AUTOTUNED)
+    Path(env[CUDNN_BACKEND_LOG_ENV]).write_text(API_LOG_CUDNN8)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    plans = cudnn_plans(cuda_profiled())
+    assert plans["status"] == "ok" and plans["source"] == "frontend"
+    assert plans["log"] == Path(env[CUDNN_LOG_ENV]).name
+    profile._drop_redundant_api_log(plans)  # it repeats the plans at far greater size
+    assert not Path(env[CUDNN_BACKEND_LOG_ENV]).exists() and Path(env[CUDNN_LOG_ENV]).exists()
+
+
+def test_the_api_log_is_the_fallback_when_the_frontend_wrote_nothing(tmp_path, monkeypatch):
+    env = cudnn_log_environ(cuda_profiled(), tmp_path)
+    Path(env[CUDNN_LOG_ENV]).write_text("")
+    Path(env[CUDNN_BACKEND_LOG_ENV]).write_text(API_LOG_CUDNN9)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    plans = cudnn_plans(cuda_profiled())
+    assert plans["status"] == "ok" and plans["source"] == "backend"
+    assert plans["log"] == Path(env[CUDNN_BACKEND_LOG_ENV]).name and plans["chosen"]
+    profile._drop_redundant_api_log(plans)
+    assert Path(env[CUDNN_BACKEND_LOG_ENV]).exists()  # the one that was read stays
+
+
+def test_when_neither_log_names_a_plan_the_trial_says_why_for_each(tmp_path, monkeypatch):
+    env = cudnn_log_environ(cuda_profiled(), tmp_path)
+    Path(env[CUDNN_BACKEND_LOG_ENV]).write_text(API_LOG_UNRELATED)  # and no frontend file at all
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    plans = cudnn_plans(cuda_profiled())
+    assert plans["status"] == "not parsed"
+    assert "cuDNN frontend log" in plans["reason"] and "cuDNN API log" in plans["reason"]
+
+
+@pytest.mark.parametrize("device, why", [("cpu", "CUDA only"), ("cuda:0", "was set")])
+def test_no_log_to_read_is_skipped_with_a_reason(monkeypatch, device, why):
+    monkeypatch.delenv(CUDNN_LOG_ENV, raising=False)
+    monkeypatch.delenv(CUDNN_BACKEND_LOG_ENV, raising=False)
+    plans = cudnn_plans(make_spec(kind="profiled", device=device))
+    assert plans["status"] == "skipped" and why in plans["reason"]

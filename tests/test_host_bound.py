@@ -1,0 +1,132 @@
+"""Host-bound steps: how busy the kernels kept the GPU in the profiled trial's steps, the
+price table's `host_bound` column built from it, and the mark the reports put on such
+prices. Synthetic intervals and records: nothing here needs a GPU or the profiler's timing."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from detcost import profile
+from detcost.derive.frame import AA_LABEL
+from detcost.derive.prices import speed_table
+from detcost.profile import HOST_BOUND_BELOW, host_bound, merged_busy_s
+from detcost.record import Status, StepTiming, TrialParts, TrialRecord
+from detcost.report import build, text
+from detcost.results import frame
+from detcost.trial import run_trial
+from tests.conftest import make_spec
+
+# ---- kernel busy time ------------------------------------------------------------------
+
+
+def test_overlapping_kernels_count_once_towards_busy_time():
+    # (start, duration): two overlapping, one nested, one touching, one apart, given unsorted
+    intervals = [(3.0, 1.0), (0.0, 1.0), (0.5, 1.0), (0.6, 0.2), (1.5, 0.5), (2.5, 0.0)]
+    assert merged_busy_s(intervals) == pytest.approx(1.5 + 0.5 + 1.0)
+    assert merged_busy_s([]) == 0.0
+    assert merged_busy_s([(1.0, 2.0), (1.0, 2.0)]) == pytest.approx(2.0)  # the same kernel twice
+
+
+def test_a_step_whose_kernels_leave_the_gpu_idle_is_host_bound():
+    # two 10 ms steps: kernels cover 0-4 ms (two overlapping) and 5-7 ms, then 10-14 ms
+    kernels = [(0.000, 0.003), (0.002, 0.002), (0.005, 0.002), (0.010, 0.004)]
+    found = host_bound(kernels, [0.010, 0.010])
+    assert found["kernel_busy_s"] == pytest.approx(0.005) and found["step_s"] == pytest.approx(0.010)
+    assert found["kernel_busy_fraction"] == pytest.approx(0.5) and found["host_bound"] is True
+    assert found["threshold"] == HOST_BOUND_BELOW
+
+
+def test_a_step_the_kernels_fill_is_not_host_bound_and_the_fraction_stops_at_one():
+    assert host_bound([(0.0, 0.0095)], [0.010])["host_bound"] is False
+    assert host_bound([(0.0, 0.012)], [0.010])["kernel_busy_fraction"] == 1.0
+    assert host_bound([], [])["kernel_busy_fraction"] is None and not host_bound([], [])["host_bound"]
+
+
+def test_only_device_activity_counts_not_cpu_ops_or_the_annotation_spans_over_kernels():
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+
+    def event(device, start_us, end_us, annotation=False, activity="kernel"):
+        span = SimpleNamespace(start=start_us, end=end_us)
+        return SimpleNamespace(
+            device_type=device, time_range=span, is_user_annotation=annotation, activity_type=activity
+        )
+
+    events = [
+        event(cuda, 0, 1000),
+        event(cuda, 5000, 6000, activity="gpu_memcpy"),
+        event(cpu, 0, 9000, activity="cpu_op"),
+        event(cuda, 0, 9000, annotation=True, activity="gpu_user_annotation"),  # covers the gap too
+    ]
+    intervals = profile._device_intervals(SimpleNamespace(events=lambda: events))
+    assert intervals == [(0.0, 0.001), (0.005, 0.001)]
+
+
+def test_the_profiled_trial_records_no_host_bound_on_the_cpu():
+    record = run_trial(make_spec(kind="profiled", steps=2, warmup=1))
+    assert record.status == Status.OK, record.error
+    assert record.payload["host_bound"] is None and record.payload["profiled_steps"] == 2
+
+
+# ---- the price table and the reports ---------------------------------------------------
+
+TIMED_STEP_S = {"default": 0.010, "benchmark": 0.008}
+KERNEL_S = {"default": 0.004, "benchmark": 0.0076}  # 40% and 95% of the timed step
+
+
+def _timed(kind: str, setting: str, repeat: int, workload: str) -> TrialRecord:
+    spec = make_spec(kind=kind, setting=setting, repeat=repeat, workload=workload, device="cuda:0")
+    timing = StepTiming(step_times_s=[TIMED_STEP_S[setting]] * 4, batch_size=spec.batch_size)
+    return TrialRecord(spec, Status.OK, parts=TrialParts(timing=timing))
+
+
+def _profiled(setting: str, workload: str, cuda: bool = True) -> TrialRecord:
+    spec = make_spec(kind="profiled", setting=setting, workload=workload, device="cuda:0" if cuda else "cpu")
+    # the profiler slows the trial's own steps to 20 ms: by its own step, both look host-bound
+    measured = host_bound([(0.0, 3 * KERNEL_S[setting])], [0.020] * 3) if cuda else None
+    return TrialRecord(spec, Status.OK, parts=TrialParts(payload={"host_bound": measured}))
+
+
+def _results(profiled: list[TrialRecord]):
+    timed = [
+        _timed(kind, setting, repeat, workload)
+        for workload in ("simple_cnn", "resnet18")
+        for repeat in range(2)
+        for kind, setting in (("timed", "default"), ("timed", "benchmark"), ("aa", "default"))
+    ]
+    return frame([r.to_json() for r in timed + profiled])
+
+
+def test_the_price_table_marks_a_setting_host_bound_against_its_timed_step():
+    speed = speed_table(_results([_profiled("default", "simple_cnn"), _profiled("benchmark", "simple_cnn")]))
+    row = {(r.workload, r.setting): r for r in speed.itertuples()}
+    assert row["simple_cnn", "default"].host_bound is True
+    assert row["simple_cnn", "default"].kernel_busy_fraction == pytest.approx(0.4)
+    # the timed step, not the profiled one, is the yardstick: 95% busy is kernel-bound
+    assert row["simple_cnn", "benchmark"].host_bound is False
+    assert row["simple_cnn", "benchmark"].kernel_busy_fraction == pytest.approx(0.95)
+    assert row["simple_cnn", AA_LABEL].host_bound is True  # the A/A control runs default
+    assert row["resnet18", "default"].host_bound is None  # nothing profiled it
+
+
+def test_cpu_results_have_no_host_bound_prices_and_no_mark():
+    speed = speed_table(_results([_profiled("default", "simple_cnn", cuda=False)]))
+    assert speed["host_bound"].isna().all()
+    assert text.host_bound_lines(speed) == []
+    assert "host-bound" not in text.speed_pivot(speed).to_string()
+
+
+def test_the_text_and_html_reports_say_a_host_bound_price_is_understated():
+    speed = speed_table(_results([_profiled("default", "simple_cnn"), _profiled("benchmark", "simple_cnn")]))
+    (sentence,) = text.host_bound_lines(speed)
+    assert sentence.startswith("host-bound: the price is understated") and "simple_cnn default 40%" in sentence
+    assert "benchmark" not in sentence and "resnet18" not in sentence
+    pivot = text.speed_pivot(speed)
+    assert (
+        "host-bound" in pivot.loc["simple_cnn", "default"] and "host-bound" not in pivot.loc["simple_cnn", "benchmark"]
+    )
+    _, rows, _ = build._price_rows(speed, cpu=False)
+    marked = {r["cells"][1] for r in rows if any(text.HOST_BOUND_NOTE in c for c in r["cells"])}
+    assert marked == {"default"}
