@@ -498,12 +498,16 @@ def cmd_compare(args) -> int:
 
 
 def _add_selfcheck(sub) -> None:
-    p = sub.add_parser("selfcheck", help="measure detcost's own timing: overhead, agreement, repeatability, efficiency")
+    p = sub.add_parser(
+        "selfcheck",
+        help="measure detcost's own timing (overhead, agreement, repeatability, efficiency); "
+        "on CUDA, check the CUDA path too: one line per check, to paste into a bug report",
+    )
     p.add_argument(
         "--workloads", "--workload", default="simple_cnn", help="the workload to time (default: %(default)s)"
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--quick", action="store_true", help="small sizes")
+    p.add_argument("--quick", action="store_true", help="small sizes for the timing checks")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_selfcheck)
 
@@ -511,21 +515,24 @@ def _add_selfcheck(sub) -> None:
 def cmd_selfcheck(args) -> int:
     from dataclasses import asdict
 
+    import torch
+
+    import detcost
     from detcost import selfcheck
     from detcost.env import resolve_device
     from detcost.workloads import parse_workloads
 
     workload = parse_workloads(args.workloads)[0].name
-    device = resolve_device(args.device)
+    device = resolve_device(args.device)  # no CUDA, or no such GPU: one line, exit 2
     checks = selfcheck.run_all(device, workload, "quick" if args.quick else None, progress=not args.json)
     if args.json:
         _print_json([asdict(c) for c in checks])
         return EXIT_OK
-    print(f"detcost selfcheck on {device}, workload {workload}:")
+    print(f"detcost {detcost.__version__} selfcheck on {device} (torch {torch.__version__}), workload {workload}:")
     for c in checks:
-        verdict = {True: "ok", False: "MISSED", None: "-"}[c.ok]
-        value = f"{c.value:+.1%}" if "agreement" in c.name else (f"{c.value:.1%}" if c.ok is None else f"{c.value:.3f}")
-        print(f"  {c.name}: {value}  (target {c.target}: {verdict})\n      {c.detail}")
+        print(f"  {c.line()}")
+    missed = sum(c.ok is False for c in checks)
+    print(f"{missed} of {len(checks)} checks failed" if missed else f"all {len(checks)} checks passed or reported")
     return EXIT_OK
 
 

@@ -74,6 +74,7 @@ def test_asv_smoke_run_has_no_failed_benchmark_and_publishes(tmp_path):
         "steps.TrainStep.time_train_step",
         "measurement.Measurement.track_harness_overhead",
         "measurement.Measurement.track_sweep_efficiency",
+        "measurement.Measurement.track_missed_checks",
     }
     assert expected <= set(results)
     assert all(value is not None and None not in value for value in results.values()), results

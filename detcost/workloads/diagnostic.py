@@ -6,10 +6,13 @@ Each is `simple_cnn` with one thing wrong. None is in the default sweep; name th
 
 from __future__ import annotations
 
+import functools
 import os
 import time
+from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from detcost.workloads.base import Size, Workload, WorkloadConfig
@@ -117,6 +120,48 @@ def _priced(cfg: WorkloadConfig) -> Workload:
     return wl
 
 
+# diag_oom: at its gpu size one batch is 2**30 images of 3x32x32, 12 TiB in float32 before
+# the first layer, far more than any GPU has. Only STAGED_BATCH images are made on the host;
+# the forward pass repeats them on the device, so the allocation that fails is the device's.
+OOM_BATCH = 1 << 30
+STAGED_BATCH = 64
+OOM_SIZES = {**SIZES, "gpu": Size(batch=OOM_BATCH, image=32, steps=3, warmup=1)}
+# On the CPU the kernel may grant such a request (overcommit) and kill the process when the
+# memory is touched; past this size diag_oom raises MemoryError there instead.
+CPU_REFUSED_BYTES = 1 << 40
+
+
+class _Oversized(nn.Module):
+    """Repeats the staged batch `factor` times on its device before the net."""
+
+    def __init__(self, net: nn.Module, factor: int):
+        super().__init__()
+        self.net, self.factor = net, factor
+
+    def forward(self, x):
+        if self.factor > 1:
+            need = x.numel() * x.element_size() * self.factor
+            if x.device.type == "cpu" and need > CPU_REFUSED_BYTES:
+                raise MemoryError(f"diag_oom: a batch of {len(x) * self.factor:,} needs {need / 2**40:.0f} TiB")
+            x = x.repeat(self.factor, 1, 1, 1)
+        return self.net(x)
+
+
+def _repeated_cross_entropy(logits: torch.Tensor, y: torch.Tensor, factor: int) -> torch.Tensor:
+    return F.cross_entropy(logits, y.repeat(factor))
+
+
+def _oversized(cfg: WorkloadConfig) -> Workload:
+    """simple_cnn whose batch is made on the device from a small staged one: at the cpu and
+    quick sizes it trains as usual; at its gpu size it runs out of device memory."""
+    factor = max(1, cfg.batch // STAGED_BATCH)
+    wl = classification(_Oversized(SimpleCNN(width=8), factor), replace(cfg, batch=cfg.batch // factor))
+    wl.loss_fn = functools.partial(_repeated_cross_entropy, factor=factor)
+    if factor > 1:
+        wl.notes.update(staged_batch=cfg.batch // factor, batch_factor=factor)
+    return wl
+
+
 def _fault(fault):
     def build(cfg: WorkloadConfig) -> Workload:
         return classification(_FaultAt(SimpleCNN(width=8), fault), cfg)
@@ -139,4 +184,7 @@ DIAGNOSTICS = {
     "diag_noise": (_wrapped(_Noise), "adds unseeded noise to the logits: never reproducible"),
     "diag_alert": (_wrapped(_Alert), "uses put_, which strict mode rejects even on the CPU"),
     "diag_price": (_priced, f"steps take {INJECTED_PRICE:g}x as long under cudnn.benchmark: a known price (CPU)"),
+    "diag_oom": (_oversized, "at its gpu size a batch needs 12 TiB on the device: recorded as oom"),
 }
+# Sizes of the diagnostics whose faults live in their sizes; the others use SIZES.
+OWN_SIZES = {"diag_oom": OOM_SIZES}
