@@ -15,6 +15,7 @@ from pathlib import Path
 from detcost.errors import UsageError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CHECKS_FAILED = 1  # selfcheck: a check failed (its lines say which)
 
 
 def _print_json(value) -> None:
@@ -525,15 +526,15 @@ def cmd_selfcheck(args) -> int:
     workload = parse_workloads(args.workloads)[0].name
     device = resolve_device(args.device)  # no CUDA, or no such GPU: one line, exit 2
     checks = selfcheck.run_all(device, workload, "quick" if args.quick else None, progress=not args.json)
+    missed = sum(c.ok is False for c in checks)
     if args.json:
         _print_json([asdict(c) for c in checks])
-        return EXIT_OK
-    print(f"detcost {detcost.__version__} selfcheck on {device} (torch {torch.__version__}), workload {workload}:")
-    for c in checks:
-        print(f"  {c.line()}")
-    missed = sum(c.ok is False for c in checks)
-    print(f"{missed} of {len(checks)} checks failed" if missed else f"all {len(checks)} checks passed or reported")
-    return EXIT_OK
+    else:
+        print(f"detcost {detcost.__version__} selfcheck on {device} (torch {torch.__version__}), workload {workload}:")
+        for c in checks:
+            print(f"  {c.line()}")
+        print(f"{missed} of {len(checks)} checks failed" if missed else f"all {len(checks)} checks passed or reported")
+    return EXIT_CHECKS_FAILED if missed else EXIT_OK
 
 
 def _add_explain(sub) -> None:

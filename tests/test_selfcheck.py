@@ -100,7 +100,7 @@ def test_selfcheck_prints_one_line_per_check_pass_or_fail_with_the_figure(capsys
         selfcheck.failed(selfcheck.EVENTS, "RuntimeError: CUDA error: an illegal memory access"),
     ]
     monkeypatch.setattr(selfcheck, "run_all", lambda *args, **kwargs: shown)
-    assert main(["selfcheck", "--device", "cpu"]) == 0
+    assert main(["selfcheck", "--device", "cpu"]) == 1  # a check failed
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == "  pass  harness overhead: 1.004 (target: <= 1.05); median of 7 rounds"
     assert lines[2].startswith(f"  FAIL  {selfcheck.EVENTS}: failed") and "illegal memory access" in lines[2]
@@ -201,6 +201,21 @@ def test_host_bound_is_not_measured_without_the_field_and_judged_with_it():
     assert "simple_cnn (kernels busy 35% of the step)" in check.detail and "1 not measured" in check.detail
 
 
+def test_host_bound_is_judged_against_the_timed_step_not_the_profiled_one():
+    """The profiler slows the host: a profiled step of 25 ms with 9 ms of kernels looks
+    host-bound, but the timed trial's 10 ms step shows the kernels kept the GPU busy."""
+    from detcost.record import StepTiming
+
+    profiled = record("simple_cnn", host_bound={"kernel_busy_s": 0.009, "kernel_busy_fraction": 0.36,
+                                                "host_bound": True, "threshold": 0.8})  # fmt: skip
+    timed = record("simple_cnn", kind="timed")
+    timed.parts = TrialParts(timing=StepTiming(step_times_s=[0.010] * 5, batch_size=8))
+    judged = selfcheck.host_bound_check([profiled], [timed])
+    assert judged.ok and judged.figure == "0 of 1" and "profiled steps alone" not in judged.detail
+    alone = selfcheck.host_bound_check([profiled])
+    assert alone.ok is False and "profiled steps alone, which err towards host-bound: simple_cnn" in alone.detail
+
+
 def test_strict_judgement_wants_unet_unsupported_and_the_workaround_ok():
     unet = record("unet", "strict", "unsupported", "RuntimeError: nll_loss2d_forward_out_cuda_template does not ...")
     fixed = record("unet_lossfix", "strict")
@@ -267,5 +282,5 @@ def test_the_acceptance_suite_runs_its_trials_and_judges_them_on_the_cpu_too(tmp
     assert checks[selfcheck.OOM].figure == "ok, 1 later trials ran"  # oversized only at its gpu size
     assert "CUDA only" in checks[selfcheck.PLAN_LOG].detail
     assert checks[selfcheck.HOST_BOUND].figure == "not measured"
-    assert len(acceptance.records) == 2 + 2  # the swept trials and the profiled ones
+    assert len(acceptance.records) == 2 + 2 + 1  # the swept trials, the profiled ones, the timed one
     assert not torch.cuda.is_initialized()
