@@ -12,10 +12,15 @@ from torch import nn
 from detcost.workloads.base import Size, Workload, WorkloadConfig
 from detcost.workloads.common import CHANNELS, CLASSES, classification, conv_bn_relu
 
-DESCRIPTION = "ASPP block (dilated convs, rates 1/6/12/18) on a small backbone"
+DESCRIPTION = (
+    "ASPP block (dilated convs, rates 1/6/12/18) on a small backbone. gpu size: 290 GFLOP a step, "
+    "under 1 TFLOP: cudnn.deterministic on dilated convs was 10-80x slower in pytorch#28777, so at 1 "
+    "TFLOP each of the dozen deterministic trials of a sweep could take minutes; at this size a step "
+    "is ~10 ms of kernels against ~1 ms of launches"
+)
 RATES = (1, 6, 12, 18)
 SIZES = {
-    "gpu": Size(batch=64, image=64, steps=40, warmup=8),
+    "gpu": Size(batch=64, image=128, steps=16, warmup=4),
     "cpu": Size(batch=8, image=32, steps=50, warmup=3),
     "quick": Size(batch=2, image=32, steps=6, warmup=2),
 }

@@ -9,7 +9,7 @@ from detcost.workloads.common import CHANNELS, CLASSES, classification, conv_bn_
 
 DESCRIPTION = "depthwise-separable convs (MobileNet-v1 style)"
 SIZES = {
-    "gpu": Size(batch=128, image=32, steps=50, warmup=10),
+    "gpu": Size(batch=128, image=128, steps=16, warmup=4),
     "cpu": Size(batch=16, image=32, steps=28, warmup=3),
     "quick": Size(batch=8, image=16, steps=6, warmup=2),
 }

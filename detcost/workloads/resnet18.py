@@ -10,7 +10,7 @@ from detcost.workloads.common import CHANNELS, CLASSES, classification
 
 DESCRIPTION = "CIFAR-style ResNet-18, BasicBlocks [2, 2, 2, 2]"
 SIZES = {
-    "gpu": Size(batch=128, image=32, steps=50, warmup=10),
+    "gpu": Size(batch=320, image=32, steps=16, warmup=4),
     "cpu": Size(batch=8, image=16, steps=16, warmup=3),
     "quick": Size(batch=4, image=16, steps=6, warmup=2),
 }

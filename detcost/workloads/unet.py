@@ -18,7 +18,7 @@ from detcost.workloads.common import CHANNELS, EVAL_SIZE, conv_bn_relu, sgd
 DESCRIPTION = "encoder-decoder, bilinear upsampling, per-pixel cross-entropy"
 SEG_CLASSES = 4
 SIZES = {
-    "gpu": Size(batch=32, image=128, steps=40, warmup=8),
+    "gpu": Size(batch=64, image=128, steps=16, warmup=4),
     "cpu": Size(batch=4, image=32, steps=32, warmup=3),
     "quick": Size(batch=2, image=32, steps=6, warmup=2),
 }
