@@ -201,7 +201,7 @@ def _add_run_trials(g) -> None:
         "--start-method",
         choices=("auto", "forkserver", "spawn"),
         default="auto",
-        help="how trial processes start (default: forkserver on CPU, spawn on CUDA)",
+        help="how trial processes start (default: the forkserver, on CPU and CUDA)",
     )
 
 
@@ -326,37 +326,47 @@ def cmd_run(args) -> int:
 
 def _dry_run(opts, args) -> int:
     """The trials a run would start (with --resume: those still to do), a rough time, and
-    whether the machine is busy now."""
+    whether the machine is busy now. Nothing here initialises CUDA: the estimate counts
+    FLOPs on the meta device and names the GPU through nvidia-smi."""
     from detcost import guard, results
     from detcost.record import TrialRecord
     from detcost.report import text
-    from detcost.sweep import estimate_seconds, ok_trial_ids, plan
+    from detcost.sweep import estimate, ok_trial_ids, plan
     from detcost.timing import trial_threads
 
     specs = plan(opts)
     if args.resume and opts.results.exists():
         done = ok_trial_ids([TrialRecord.from_json(r) for r in results.iter_records(opts.results)])
         specs = [s for s in specs if s.trial_id not in done]
-    seconds = estimate_seconds(specs, opts.profile)
+    est = estimate(specs, opts.profile)
+    gpu = _gpu_name(opts.device) if est.cuda else None
     load = guard.sample(opts.device, trial_threads(opts.device, opts.axes["threads"]))
     if args.json:
         _print_json(
             {
                 "trials": [s.trial_id for s in specs],
-                "estimated_s": seconds,
+                "estimated_s": est.seconds,
+                "estimate": {"by_kind": est.by_kind, "once_s": est.once_s, "assumptions": est.assumptions()},
+                "gpu": gpu,
                 "busy_now": load.describe() if load.busy else None,
             }
         )
+        return EXIT_OK
+    print(text.plan_text(specs, est, gpu))
+    if load.busy:
+        wait = f"a run would wait up to {opts.wait_quiet:g} s for it to go quiet"
+        print(f"the machine is busy now: {load.describe()}; {wait}")
     else:
-        print(text.plan_text(specs, seconds))
-        if load.busy:
-            print(
-                f"the machine is busy now: {load.describe()}; "
-                f"a run would wait up to {opts.wait_quiet:g} s for it to go quiet"
-            )
-        else:
-            print("the machine is quiet now (no other process competes for its CPUs or GPU)")
+        print("the machine is quiet now (no other process competes for its CPUs or GPU)")
     return EXIT_OK
+
+
+def _gpu_name(device: str) -> str | None:
+    """The name of `device` as nvidia-smi lists it (no CUDA in this process), if it does."""
+    from detcost.env import gpu_names
+
+    names, index = gpu_names(), int(device.partition(":")[2] or 0)
+    return names[index] if index < len(names) else None
 
 
 def _recommendation(df, speed, max_slowdown: float):

@@ -115,12 +115,47 @@ def _version(module: str) -> str | None:
     return getattr(mod, "__version__", None)
 
 
+def nvml_gpu_count() -> int | None:
+    """The GPUs NVML sees (CUDA_VISIBLE_DEVICES applied), or None where NVML is missing or
+    fails. NVML is not the CUDA driver: asking it never initialises CUDA, so the process
+    that asks can still fork usable children. 0 on a torch built without CUDA."""
+    if not torch.backends.cuda.is_built():
+        return 0
+    # torch's own NVML count, the one behind PYTORCH_NVML_BASED_CUDA_CHECK; -1 when NVML fails
+    count = getattr(torch.cuda, "_device_count_nvml", lambda: -1)()
+    return count if count >= 0 else None
+
+
 def cuda_available() -> bool:
-    """Whether CUDA can be used, asked of NVML rather than the CUDA driver
-    (PYTORCH_NVML_BASED_CUDA_CHECK), so the sweep's parent never initialises CUDA and can
-    keep forking trial processes; torch falls back to the driver where NVML is missing."""
+    """Whether CUDA can be used, asked of NVML so that the sweep's parent never initialises
+    CUDA (DESIGN: Processes on CUDA). Only where NVML is missing does torch answer. Either
+    way PYTORCH_NVML_BASED_CUDA_CHECK is set, so that any later check in this process or
+    the ones it starts asks NVML first too (torch falls back to the driver without it)."""
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    count = nvml_gpu_count()
+    if count is not None:
+        return count > 0
     return torch.cuda.is_available()
+
+
+def gpu_count() -> int:
+    """How many GPUs this process may use: NVML's count, else torch's."""
+    count = nvml_gpu_count()
+    return torch.cuda.device_count() if count is None else count
+
+
+def gpu_names() -> list[str]:
+    """The GPUs' names as `nvidia-smi` lists them (a separate process: no CUDA here), or []."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return []
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
 
 
 def _cuda_build(torch) -> str:
@@ -139,10 +174,9 @@ def resolve_device(requested: str) -> str:
                 f"--device {requested}: CUDA is not available (torch {torch.__version__}, {_cuda_build(torch)})"
             )
         index = 0 if requested == "cuda" else requested.split(":", 1)[1]
-        if not str(index).isdigit() or int(index) >= torch.cuda.device_count():
-            raise UsageError(
-                f"--device {requested}: no such GPU; this machine has cuda:0 to cuda:{torch.cuda.device_count() - 1}"
-            )
+        count = gpu_count()
+        if not str(index).isdigit() or int(index) >= count:
+            raise UsageError(f"--device {requested}: no such GPU; this machine has cuda:0 to cuda:{count - 1}")
         return f"cuda:{int(index)}"
     raise UsageError(f"--device {requested!r}: use auto, cpu, cuda or cuda:N")
 

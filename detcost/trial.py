@@ -82,7 +82,10 @@ def child_main(spec_dict: dict, environ: dict, results_dir: str | None, machine:
     handle: it stops the sweep and kills this process, which so never prints a traceback."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     spec = TrialSpec.from_dict(spec_dict)
-    if torch.cuda.is_initialized():  # the invariant forked trials rest on, checked in every one
+    # The invariant forked trials rest on, checked in every one: no CUDA before the fork
+    # (is_initialized() is False in a child forked from a process that used CUDA, which
+    # torch marks as a bad fork instead).
+    if torch.cuda.is_initialized() or torch.cuda._is_in_bad_fork():
         record = failure_record(spec, Status.ERROR, "CUDA was initialised before the trial process started", machine)
     else:
         set_environ(environ.items())

@@ -283,10 +283,34 @@ def axis_values_text(values: dict) -> str:
 # ---- a sweep ------------------------------------------------------------------------
 
 
-def plan_text(specs, seconds: float) -> str:
-    return "\n".join(
-        [s.trial_id for s in specs] + [f"{len(specs)} trials planned; rough estimate {seconds / 60:.1f} min"]
-    )
+def plan_text(specs, estimate, gpu: str | None = None) -> str:
+    """The dry run: the planned trials, the estimate by kind and, on CUDA, what it assumes."""
+    kinds = ", ".join(f"{kind} {n} ({t / 60:.1f} min)" for kind, (n, t) in estimate.by_kind.items())
+    start = f"; before the first trial {estimate.once_s:.0f} s" if estimate.once_s else ""
+    lines = [s.trial_id for s in specs]
+    lines += [f"{len(specs)} trials planned; rough estimate {estimate.seconds / 60:.1f} min", f"  {kinds}{start}"]
+    return "\n".join(lines + cuda_estimate_lines(len(specs), estimate, gpu))
+
+
+def cuda_estimate_lines(trials: int, estimate, gpu: str | None) -> list[str]:
+    """How a CUDA estimate is made and what it assumes; nothing on the CPU, whose figures
+    per trial were measured."""
+    if not estimate.cuda:
+        return []
+    lines = [
+        "how the CUDA estimate is made: no GPU was available to measure these figures, so each is an "
+        "assumption: from the published figure or documentation it cites, else an estimate. A trial is its "
+        "start, a CUDA context, the cuDNN/cuBLAS libraries, staging its data, a warm-up, its timed steps (and "
+        "the profiler, or the audit's second pass); a step is its FLOPs (counted on the meta device) over a "
+        "sustained rate, times the setting's expected slowdown. The figures:",
+        *(f"  {line}" for line in estimate.assumptions()),
+        f"each 0.1 s more per trial adds {trials * 0.1 / 60:.1f} min; after a run, each record's process_wall_s "
+        "says what its trial took",
+    ]
+    if gpu is None:
+        return [*lines, "GPU: not named by nvidia-smi; the figures assume an H100-class GPU"]
+    same = any(name in gpu for name in ("H100", "H200"))
+    return [*lines, f"GPU: {gpu}" + ("" if same else "; the figures assume an H100-class GPU: expect other times")]
 
 
 def run_summary(df: pd.DataFrame, speed: pd.DataFrame, outcome, wall: float, report=None, rec=None) -> str:

@@ -1,0 +1,236 @@
+"""The GPU sweep's time: an honest estimate in `detcost run --dry-run`, trials started from
+a forkserver that never touches CUDA, a parent that asks NVML rather than CUDA whether a
+GPU is there, and one machine fingerprint per sweep. All on the CPU: CUDA is faked where
+the device check asks for it, and counted wherever torch could be asked for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from detcost import env, results, sweep
+from detcost.cli import main
+from detcost.settings import DEFAULT_SETTINGS
+from detcost.workloads import BUILTIN, data
+from tests.conftest import run_cli
+from tests.test_gpu_sizes import _meta_batch
+
+H100 = "NVIDIA H100 80GB HBM3"
+TARGET_MIN = 15.0
+# torch's ways into the CUDA runtime from Python: none may be called where CUDA must stay
+# untouched (the `torch._C` ones exist only in a CUDA build).
+CUDA_ENTRY_POINTS = {
+    torch.cuda: ("is_available", "device_count", "init", "_lazy_init", "get_device_properties", "current_device"),
+    torch._C: ("_cuda_init", "_cuda_getDeviceCount"),
+}
+
+
+@pytest.fixture
+def cuda_calls(monkeypatch) -> Counter:
+    """Counts every call into CUDA's entry points in this process (each still answers)."""
+    calls: Counter = Counter()
+
+    def counted(name, real):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        return call
+
+    for owner, names in CUDA_ENTRY_POINTS.items():
+        for name in names:
+            if hasattr(owner, name):
+                monkeypatch.setattr(owner, name, counted(name, getattr(owner, name)))
+    return calls
+
+
+@pytest.fixture
+def fake_h100(monkeypatch):
+    """One H100 as NVML and nvidia-smi would report it; torch is never asked. The
+    estimate's FLOP counts build each workload on the meta device at batch 1: its data is
+    made as meta tensors too, so the test draws nothing on the host."""
+    monkeypatch.setattr(env, "nvml_gpu_count", lambda: 1)
+    monkeypatch.setattr(env, "gpu_names", lambda: [H100])
+    monkeypatch.setattr(data, "make_batch", _meta_batch)
+
+
+def test_the_default_gpu_sweep_is_estimated_within_15_minutes_with_its_assumptions(
+    fake_h100, cuda_calls, capsys, tmp_path
+):
+    path = tmp_path / "r.jsonl"
+    assert main(["run", "--device", "cuda", "--dry-run", "--allow-busy", "--results", str(path)]) == 0
+    out = capsys.readouterr().out
+    planned = int(re.search(r"(\d+) trials planned", out)[1])
+    minutes = float(re.search(r"rough estimate ([\d.]+) min", out)[1])
+    assert minutes <= TARGET_MIN, out[-3000:]
+    assert planned == len(sweep.plan(_options("cuda:0")))
+    assert "no GPU was available to measure these figures" in out
+    for figure in sweep.CUDA_FIGURES.values():  # each assumed figure, with where it comes from
+        assert figure.basis in out
+    assert f"GPU: {H100}\n" in out
+    assert not path.exists()
+    assert not cuda_calls and not torch.cuda.is_initialized()
+
+
+def test_the_json_dry_run_gives_the_estimate_and_its_assumptions(fake_h100, cuda_calls, capsys, tmp_path):
+    argv = ["run", "--device", "cuda:0", "--workloads", "resnet18", "--dry-run", "--allow-busy", "--json"]
+    assert main([*argv, "--results", str(tmp_path / "r.jsonl")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["estimated_s"] == pytest.approx(
+        out["estimate"]["once_s"] + sum(t for _, t in out["estimate"]["by_kind"].values())
+    )
+    assert len(out["estimate"]["assumptions"]) == len(sweep.CUDA_FIGURES) and out["gpu"] == H100
+    assert not cuda_calls
+
+
+def test_on_the_cpu_the_estimate_is_per_trial_as_measured_and_assumes_nothing_of_a_gpu(capsys, tmp_path):
+    argv = ["run", "--device", "cpu", "--workloads", "simple_cnn", "--dry-run", "--allow-busy"]
+    assert main([*argv, "--results", str(tmp_path / "r.jsonl")]) == 0
+    out = capsys.readouterr().out
+    planned = int(re.search(r"(\d+) trials planned", out)[1])
+    minutes = float(re.search(r"rough estimate ([\d.]+) min", out)[1])
+    assert minutes == pytest.approx(planned * sweep.ESTIMATED_TRIAL_S["cpu"] / 60, abs=0.05)
+    assert "no GPU was available" not in out and "GPU:" not in out
+
+
+def test_a_slower_setting_or_a_bigger_step_makes_a_longer_estimate():
+    opts = _options("cuda:0", workloads=["resnet18"], settings=["default", "deterministic", "no_cudnn"])
+    timed = {s.setting: sweep.estimate([s], "gpu").seconds for s in sweep.plan(opts) if s.kind == "timed"}
+    assert timed["default"] < timed["deterministic"] < timed["no_cudnn"]
+    one = [s for s in sweep.plan(opts) if s.kind == "timed" and s.setting == "default"][:1]
+    more = [replace(s, steps=s.steps * 4) for s in one]
+    assert sweep.estimate(more, "gpu").seconds > sweep.estimate(one, "gpu").seconds
+
+
+def _options(device: str, **overrides) -> sweep.SweepOptions:
+    base = {
+        "workloads": list(BUILTIN),
+        "settings": list(DEFAULT_SETTINGS),
+        "repeats": 3,
+        "seed": 0,
+        "device": device,
+        "profile": "gpu" if device != "cpu" else "cpu",
+        "results": Path("r.jsonl"),
+        "run_id": "t",
+    }
+    return sweep.SweepOptions(**{**base, **overrides})
+
+
+def test_on_cuda_the_plan_leaves_out_profiles_and_audits_another_trial_already_shows():
+    on_cuda = sweep.plan(_options("cuda:0"))
+    profiled = {(s.workload, s.setting) for s in on_cuda if s.kind == "profiled"}
+    audited = {s.workload for s in on_cuda if s.kind == "audit"}
+    # strict_nofill runs strict's kernels less the NaN fill, which strict's own table shows
+    assert ("resnet18", "strict") in profiled and ("resnet18", "strict_nofill") not in profiled
+    # unet_lossfix is unet but for the loss: profiled where unet cannot run, audited never
+    assert {s for w, s in profiled if w == "unet_lossfix"} == {"strict"}
+    assert "unet" in audited and "unet_lossfix" not in audited
+    # the timed trials, the A/A control and the seed yardstick are all still there
+    kinds = Counter(s.kind for s in on_cuda)
+    assert kinds["timed"] == len(BUILTIN) * len(DEFAULT_SETTINGS) * 3 and kinds["aa"] == len(BUILTIN) * 3
+    assert kinds["seed"] == len(BUILTIN) * 3
+
+
+def test_on_the_cpu_every_setting_is_profiled_and_every_workload_audited():
+    on_cpu = sweep.plan(_options("cpu", repeats=2))
+    assert sum(s.kind == "profiled" for s in on_cpu) == len(BUILTIN) * len(DEFAULT_SETTINGS)
+    assert sum(s.kind == "audit" for s in on_cpu) == len(BUILTIN)
+
+
+def test_cuda_trials_start_from_the_forkserver():
+    assert sweep.start_method("auto", "cuda:0") == sweep.start_method("auto", "cpu") == "forkserver"
+    assert sweep.start_method("spawn", "cuda:0") == "spawn"
+
+
+PRELOAD_PROBE = """
+import importlib, json, sys
+import torch
+calls = []
+def counted(owner, name):
+    real = getattr(owner, name)
+    def call(*args, **kwargs):
+        calls.append(name)
+        return real(*args, **kwargs)
+    setattr(owner, name, call)
+for owner, names in {entry_points}:
+    for name in names:
+        if hasattr(owner, name):
+            counted(owner, name)
+for module in sys.argv[1:]:
+    importlib.import_module(module)
+print(json.dumps({{"calls": calls, "initialized": torch.cuda.is_initialized(),
+                  "bad_fork": torch.cuda._is_in_bad_fork()}}))
+"""
+
+
+def test_the_forkserver_preload_never_calls_into_cuda():
+    """What the forkserver imports, imported in a fresh interpreter with torch's CUDA entry
+    points counting calls: none is called, so every trial forked from it can use CUDA."""
+    entry_points = "[(torch.cuda, {!r}), (torch._C, {!r})]".format(*CUDA_ENTRY_POINTS.values())
+    probe = PRELOAD_PROBE.format(entry_points=entry_points)
+    environ = {k: v for k, v in os.environ.items() if k != "PYTORCH_NVML_BASED_CUDA_CHECK"}
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, *sweep.FORKSERVER_PRELOAD], capture_output=True, text=True, env=environ
+    )
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen == {"calls": [], "initialized": False, "bad_fork": False}
+
+
+def test_the_device_check_asks_nvml_and_never_torch_while_nvml_answers(monkeypatch, cuda_calls):
+    monkeypatch.setattr(env, "nvml_gpu_count", lambda: 2)
+    assert env.cuda_available() and env.gpu_count() == 2
+    assert env.resolve_device("auto") == "cuda:0" and env.resolve_device("cuda:1") == "cuda:1"
+    assert not cuda_calls
+
+
+def test_without_nvml_the_device_check_asks_torch_with_its_nvml_based_check(monkeypatch):
+    monkeypatch.setattr(env, "nvml_gpu_count", lambda: None)
+    monkeypatch.delenv("PYTORCH_NVML_BASED_CUDA_CHECK", raising=False)
+    asked = []
+
+    def is_available() -> bool:
+        asked.append(os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK"))
+        return False
+
+    monkeypatch.setattr(torch.cuda, "is_available", is_available)
+    assert env.cuda_available() is False
+    assert asked == ["1"]  # torch asked once, through NVML where it can
+
+
+def test_a_torch_without_cuda_is_answered_without_asking_anyone(cuda_calls):
+    if torch.backends.cuda.is_built():
+        pytest.skip("this torch is built with CUDA")
+    assert env.nvml_gpu_count() == 0 and env.cuda_available() is False
+    assert not cuda_calls
+
+
+def test_a_sweep_takes_one_fingerprint_and_never_initialises_cuda_in_its_parent(monkeypatch, cuda_calls, tmp_path):
+    """Every kind of trial once. The parent takes the fingerprint once and hands it to each
+    trial (a trial that took its own would lack the mark the parent's copy carries), and
+    calls none of CUDA's entry points."""
+    taken = []
+    real = env.fingerprint
+
+    def once(*args, **kwargs):
+        taken.append(args)
+        return {**real(*args, **kwargs), "taken_by": "parent"}
+
+    monkeypatch.setattr(env, "fingerprint", once)
+    path = tmp_path / "r.jsonl"
+    argv = ["--workloads", "simple_cnn", "--settings", "default", "--repeats", "1", "--seeds", "1"]
+    assert run_cli(*argv, "--results", str(path)) == 0
+    records = results.read_records(path)
+    assert {r["kind"] for r in records} == {"timed", "aa", "seed", "audit", "profiled"}
+    assert {r["status"] for r in records} == {"ok"}
+    assert len(taken) == 1 and all(r["env"]["taken_by"] == "parent" for r in records)
+    assert not cuda_calls and not torch.cuda.is_initialized()
