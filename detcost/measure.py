@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from detcost.env import gpu_processes
+from detcost.errors import is_out_of_memory
 from detcost.loader import batch_shapes, order_sha256
 from detcost.record import Outcome, StepTiming, TrialParts, TrialSpec
 from detcost.timing import (
@@ -27,6 +28,7 @@ from detcost.timing import (
     is_cuda,
     min_warmup_s,
     peak_memory,
+    release_cached_memory,
     reset_peak_memory,
     synchronize,
     trial_threads,
@@ -150,14 +152,27 @@ def warm_up(spec: TrialSpec, wl: Workload, log: StepLog, min_seconds: float | No
 
 def keep_warm(spec: TrialSpec, wl: Workload, batch, seconds: float) -> dict:
     """Train a copy of the model and optimizer on `batch` for `seconds`: the device
-    stays loaded, and the trial's own model, optimizer and generators never see it."""
+    stays loaded, and the trial's own model, optimizer and generators never see it. A
+    compiled model (the copy would compile again) or one the device has no room to copy
+    keeps the step-count warm-up alone, and the record says why."""
     if seconds <= 0:
         return {"clock_warmup_steps": 0}
+    if hasattr(wl.model, "_orig_mod"):
+        return {"clock_warmup_steps": 0, "clock_warmup_note": "not for a compiled model: the copy would compile again"}
+    wl.optimizer.zero_grad(set_to_none=True)  # every step starts with it: the copy holds no gradients twice
     try:
-        twin = copy.copy(wl)
-        twin.model, twin.optimizer, twin.scaler = copy.deepcopy((wl.model, wl.optimizer, wl.scaler))
-    except Exception as exc:  # noqa: BLE001 - e.g. a compiled model: the step count alone warms it
-        return {"clock_warmup_steps": 0, "clock_warmup_note": f"no copy to warm up: {type(exc).__name__}"}
+        return _train_twin(spec, wl, batch, seconds)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        note = f"no room to copy the model: {type(exc).__name__}"
+    release_cached_memory(spec.device)  # out of the except block: the copy went with the traceback
+    return {"clock_warmup_steps": 0, "clock_warmup_note": note}
+
+
+def _train_twin(spec: TrialSpec, wl: Workload, batch, seconds: float) -> dict:
+    twin = copy.copy(wl)
+    twin.model, twin.optimizer, twin.scaler = copy.deepcopy((wl.model, wl.optimizer, wl.scaler))
     steps, t0 = 0, time.perf_counter()
     with torch.random.fork_rng(devices=[torch.device(spec.device)] if is_cuda(spec.device) else []):
         while time.perf_counter() - t0 < seconds:

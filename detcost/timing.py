@@ -93,6 +93,13 @@ class StepTimer:
 # ---- peak memory -------------------------------------------------------------------
 
 
+def release_cached_memory(device: str) -> None:
+    """Give the CUDA caching allocator's free blocks back (after an allocation failed);
+    nothing to do on the CPU."""
+    if is_cuda(device):
+        torch.cuda.empty_cache()
+
+
 def reset_peak_memory(device: str) -> None:
     """Start a new peak: CUDA's allocator statistics, or the process's peak RSS on Linux."""
     if is_cuda(device):

@@ -19,6 +19,7 @@ import torch
 
 from detcost import audit, measure, profile
 from detcost import env as envmod
+from detcost.errors import is_out_of_memory
 from detcost.record import Kind, Status, TrialParts, TrialRecord, TrialSpec, one_line
 from detcost.settings import get_setting, read_flags, set_environ
 from detcost.train import trial_state
@@ -32,14 +33,9 @@ RUNNERS: dict[Kind, Callable[[TrialSpec, Path | None], TrialParts]] = {
 }
 
 
-# Out of memory as torch, cuDNN and cuBLAS word it (cuDNN and cuBLAS fail to allocate their
-# workspace rather than raise torch's OutOfMemoryError).
-OOM_MARKS = ("out of memory", "cudnn_status_alloc_failed", "cublas_status_alloc_failed")
-
-
 def failure_kind(exc: BaseException) -> Status:
     msg = str(exc)
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or any(m in msg.lower() for m in OOM_MARKS):
+    if is_out_of_memory(exc):
         return Status.OOM
     if "does not have a deterministic implementation" in msg:
         return Status.UNSUPPORTED

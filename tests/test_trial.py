@@ -134,3 +134,29 @@ def test_the_clock_warm_up_trains_a_copy_and_leaves_the_trials_bits_alone():
     assert warmed["clock_warmup_steps"] >= 1 and warmed["clock_warmup_s"] >= 0.2
     assert all(torch.equal(a, b) for a, b in zip(params, warmed_params))
     assert torch.equal(rng, warmed_rng)
+
+
+def test_no_room_for_the_warm_up_copy_is_a_note_and_other_errors_still_raise(monkeypatch):
+    import torch
+
+    from detcost import measure
+    from detcost.train import build, trial_state
+
+    spec = make_spec(steps=2, warmup=1)
+    with trial_state(spec):
+        wl = build(spec)
+        batch = wl.batches[0]
+
+        def no_room(*args):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        monkeypatch.setattr(measure, "_train_twin", no_room)
+        out = measure.keep_warm(spec, wl, batch, 0.5)
+        assert out == {"clock_warmup_steps": 0, "clock_warmup_note": "no room to copy the model: OutOfMemoryError"}
+
+        def broken(*args):
+            raise RuntimeError("a real bug")
+
+        monkeypatch.setattr(measure, "_train_twin", broken)
+        with pytest.raises(RuntimeError, match="a real bug"):
+            measure.keep_warm(spec, wl, batch, 0.5)
