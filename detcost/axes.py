@@ -46,6 +46,8 @@ class Axis:
     sweep_default: Callable[[str], list] | None = None  # a sweep's values when none are given (by device)
     # Why a value cannot run on a device (one line), or None: checked before any trial.
     check: Callable[[Any, str], str | None] | None = None
+    # Why a value cannot run on a workload (given its WorkloadSpec), one line, or None.
+    check_workload: Callable[[Any, Any], str | None] | None = None
     # Whether the value matters, given the other axes' values (a combination); where it
     # does not, a sweep runs the default only (no duplicate trials).
     applies: Callable[[Mapping[str, Any]], bool] | None = None
@@ -220,6 +222,15 @@ def _use_loader(workload, value: str, spec) -> None:
         )
 
 
+def _data_check_workload(value: str, workload) -> str | None:
+    if value == "staged" or not workload.input_size_varies:
+        return None
+    return (
+        f"--data {value}: {workload.name} changes its input size every step, and a DataLoader batches one "
+        "size; leave it out of --workloads"
+    )
+
+
 def _data_read_back(workload) -> str:
     loader = getattr(workload.batches, "loader", None)
     if loader is None:
@@ -246,6 +257,7 @@ register(
         help="comma list of staged (batches on the device before timing; default), loader (a shuffling "
         "DataLoader, seeded: generator + worker_init_fn), loader-unseeded (the same, seeded by nobody)",
         id_part=lambda v: None if v == "staged" else v,
+        check_workload=_data_check_workload,
         on_workload=_use_loader,
         read_back=_data_read_back,
         snippet=_data_snippet,

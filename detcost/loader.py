@@ -7,14 +7,17 @@ processes. Two ways to build it:
 - `loader`: seeded as PyTorch's reproducibility notes say: a `generator` drawn from the
   trial's data seed and a `worker_init_fn` that seeds each worker's `random` and numpy
   from its torch seed;
-- `loader-unseeded`: the common mistake: no generator, no `worker_init_fn`, and nothing
-  seeds the global generator the loader falls back on (detcost reseeds it from the
-  operating system's entropy when the loader is made, as a script that seeds only its
-  model, or nothing, leaves it).
+- `loader-unseeded`: the common mistake: no generator, no `worker_init_fn`, in a script
+  that seeds nothing (detcost reseeds the global generator the loader falls back on from
+  the operating system's entropy when the loader is made). A script that does call
+  `torch.manual_seed` before making its loader gets a repeatable order even without a
+  generator, but one that shifts whenever anything else draws from the global generator
+  first; a generator of its own keeps the data order independent of the model's code.
 
 `LoaderBatches` hands the loader's batches out one step at a time, on the device, inside
 the timed step: what the loader costs is part of step time. It is a sequence for the
-training loop, read in step order; reading an earlier step again starts a new pass.
+training loop, read once, in step order: reading an earlier step again is an IndexError
+(a loader does not rewind).
 """
 
 from __future__ import annotations
@@ -25,25 +28,38 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, get_worker_info
 
 SEEDED, UNSEEDED = "loader", "loader-unseeded"
 FLIP_P = 0.5  # the augmentation: horizontal flip with this probability
 
 
 class FlipDataset(Dataset):
-    """Samples kept on the CPU; each read flips an image (and a per-pixel label) at random
-    from torch's generator of the process that reads it (a worker's, or the trial's)."""
+    """Samples kept on the CPU; each read flips an image (and a per-pixel label) at random.
+    In a worker the flips draw from the worker's torch generator (seeded by the loader);
+    read in the trial's own process (no workers) they draw from a generator of their own
+    made from `flip_seed`, so in both cases they follow the data pipeline's seed, not what
+    the model's code did with the global generator. (Only the seed travels to workers.)"""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.x, self.y = x, y
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, flip_seed: int):
+        self.x, self.y, self.flip_seed, self._gen = x, y, flip_seed, None
 
     def __len__(self) -> int:
         return len(self.x)
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_gen": None}
+
+    def _flips(self) -> torch.Generator | None:
+        if get_worker_info() is not None:
+            return None
+        if self._gen is None:
+            self._gen = torch.Generator().manual_seed(self.flip_seed)
+        return self._gen
+
     def __getitem__(self, i: int):
         x, y = self.x[i], self.y[i]
-        if float(torch.rand(())) < FLIP_P:
+        if float(torch.rand((), generator=self._flips())) < FLIP_P:
             x = x.flip(-1)
             y = y.flip(-1) if y.dim() >= 1 else y
         return x, y
@@ -90,9 +106,11 @@ def make_loader(
     if mode == UNSEEDED:
         torch.seed()  # nobody seeded the generator the sampler falls back on
     gen = torch.Generator().manual_seed(data_seed) if mode == SEEDED else None
+    # the flips read in this process (no workers): from the data seed, or from entropy
+    flip_seed = data_seed + 1 if mode == SEEDED else torch.Generator().seed()
     sampler = RecordingSampler(RandomSampler(range(len(x)), generator=gen))
     loader = DataLoader(
-        FlipDataset(x, y),
+        FlipDataset(x, y, flip_seed),
         batch_size=batch,
         sampler=sampler,
         drop_last=True,
@@ -114,11 +132,7 @@ class LoaderBatches(Sequence):
         self.transforms: list[Callable] = []
         ds = loader.dataset
         self.sample_shapes = (tuple(ds.x.shape[1:]), ds.x.dtype, tuple(ds.y.shape[1:]), ds.y.dtype)
-        self._restart()
-
-    def _restart(self) -> None:
-        self._pos, self._epochs, self._it = 0, None, None
-        self.sampler.seen.clear()
+        self._pos, self._it = 0, None
 
     def _next(self):
         while True:
@@ -130,8 +144,8 @@ class LoaderBatches(Sequence):
                 self._it = None
 
     def fetch(self, i: int):
-        if i < self._pos:  # an earlier step again: a new pass over the loader
-            self._restart()
+        if i < self._pos:
+            raise IndexError(f"a DataLoader's steps are read once, in order: step {i} after step {self._pos - 1}")
         while self._pos < i:
             self._next()
             self._pos += 1

@@ -92,6 +92,9 @@ class SweepOptions:
             raise UsageError(f"unknown axes {', '.join(given)}; registered: {', '.join(axes.names())}")
         for axis, _ in axes.each({}):
             problems = [axis.check(v, self.device) for v in self.axes[axis.name]] if axis.check else []
+            if axis.check_workload:
+                specs = [get_workload(w) for w in self.workloads]
+                problems += [axis.check_workload(v, w) for v in self.axes[axis.name] for w in specs]
             if any(problems):
                 raise UsageError(next(p for p in problems if p))
         # The A/A control is `default` run under a second label, and the seed yardstick

@@ -116,6 +116,8 @@ class TrainStep:
     call runs one training step and synchronises on CUDA, as an external timer needs."""
 
     def __init__(self, spec: TrialSpec):
+        if spec.axes.get("data", "staged") != "staged":  # a loader is read once; these calls cycle
+            raise ValueError("TrainStep times staged batches; a --data loader is timed by detcost run")
         self.spec = spec
         setting = get_setting(spec.setting)
         # The setting's environment (CUBLAS_WORKSPACE_CONFIG) must be in place before the

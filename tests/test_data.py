@@ -87,6 +87,27 @@ def test_loader_batches_read_in_order_and_give_shapes_without_reading():
     assert [b[1].tolist() for b in again] == labels and again.order_sha256() == batches.order_sha256()
 
 
+def test_a_loader_is_read_once_in_order():
+    x, y = torch.zeros(8, 1, 2, 2), torch.arange(8)
+    batches = loader.LoaderBatches(*loader.make_loader(x, y, mode=loader.SEEDED, batch=4, workers=0, data_seed=0,
+                                                       device="cpu"), steps=3, device="cpu")  # fmt: skip
+    batches[0], batches[1]
+    with pytest.raises(IndexError, match="read once, in order: step 0 after step 1"):
+        batches[0]
+
+
+def test_without_workers_the_flips_follow_the_data_seed_not_the_global_generator():
+    x, y = torch.randn(16, 1, 2, 3), torch.arange(16)
+
+    def images(global_seed: int, data_seed: int):
+        torch.manual_seed(global_seed)  # what the model's code left the global generator at
+        made = loader.make_loader(x, y, mode=loader.SEEDED, batch=4, workers=0, data_seed=data_seed, device="cpu")
+        return torch.cat([b[0] for b in loader.LoaderBatches(*made, steps=8, device="cpu")])
+
+    assert torch.equal(images(1, 5), images(2, 5))
+    assert not torch.equal(images(1, 5), images(1, 6))
+
+
 def test_class_accuracy_counts_each_class_and_skips_absent_ones():
     preds, labels = torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2])
     assert class_accuracy(preds, labels, 4) == [1.0, 1.0, 0.5, None]

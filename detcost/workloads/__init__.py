@@ -47,6 +47,7 @@ class WorkloadSpec:
     description: str
     diagnostic: bool = False
     requires: tuple[str, str] | None = None  # (module, extra): an optional dependency it needs
+    input_size_varies: bool = False  # a new input size every step (no DataLoader can batch it)
 
     def size(self, profile: str) -> Size:
         return self.sizes[profile]
@@ -65,7 +66,9 @@ REGISTRY: dict[str, WorkloadSpec] = {
             unet.SIZES,
             "unet with cross_entropy(reduction='none').mean(), the strict-mode workaround",
         ),
-        WorkloadSpec("multiscale", multiscale.build, multiscale.SIZES, multiscale.DESCRIPTION),
+        WorkloadSpec(
+            "multiscale", multiscale.build, multiscale.SIZES, multiscale.DESCRIPTION, input_size_varies=True
+        ),
         WorkloadSpec("dilated", dilated.build, dilated.SIZES, dilated.DESCRIPTION),
         WorkloadSpec("transposed", transposed.build, transposed.SIZES, transposed.DESCRIPTION),
         WorkloadSpec("scatter", scatter.build, scatter.SIZES, scatter.DESCRIPTION),
