@@ -136,7 +136,7 @@ def id_parts(values: Mapping[str, Any]) -> list[str]:
 # ---- the axes ---------------------------------------------------------------------
 
 
-def _int_at_least(text: str, minimum: int) -> int:
+def int_at_least(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -147,7 +147,7 @@ def _int_at_least(text: str, minimum: int) -> int:
 
 
 def _positive_int(text: str) -> int:
-    return _int_at_least(text, 1)
+    return int_at_least(text, 1)
 
 
 def _set_threads(n: int | None) -> None:
@@ -271,7 +271,7 @@ register(
         default=0,
         help="DataLoader worker processes for --data loader modes, comma list (default: 0, the trial's own "
         "process reads the data)",
-        parse=lambda text: _int_at_least(text, 0),
+        parse=lambda text: int_at_least(text, 0),
         id_part=lambda n: f"w{n}" if n else None,
         applies=lambda combo: combo.get("data", "staged") != "staged",
     )

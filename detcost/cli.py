@@ -1,21 +1,26 @@
 """The `detcost` command: run | report | compare | variance | explain | audit | selfcheck | env.
 
-Bad input ends in one line on stderr and exit code 2; an internal error in exit code 1.
+Bad input ends in one line on stderr and exit code 2; an internal error in exit code 1
+(one line where detcost knows what went wrong); a failed selfcheck check in exit code 4.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
-from detcost.errors import UsageError
+from detcost.axes import int_at_least
+from detcost.errors import HarnessError, UsageError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-EXIT_CHECKS_FAILED = 1  # selfcheck: a check failed (its lines say which)
+EXIT_CHECKS_FAILED = 4  # selfcheck: a check failed (its lines say which)
 
 
 def _print_json(value) -> None:
@@ -41,12 +46,9 @@ def _positive_int(text: str) -> int:
 
 def _int_at_least(text: str, low: int) -> int:
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-    return value
+        return int_at_least(text, low)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _non_negative_int(text: str) -> int:
@@ -633,13 +635,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a cancelled CI job, `kill`) and SIGHUP (a closed terminal) stop detcost as
+    Ctrl-C does: the running trial and its workers are killed, finished trials kept."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return args.func(args)
+        with _terminate_as_interrupt():
+            return args.func(args)
     except UsageError as exc:
         print(f"detcost: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except HarnessError as exc:
+        print(f"detcost: error: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
     except BrokenPipeError:  # output piped into `head`: not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK

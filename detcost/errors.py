@@ -1,8 +1,14 @@
-"""The one exception type that means "the user asked for something invalid"."""
+"""The exception types the CLI turns into one line: bad input (exit 2) and a broken
+harness (exit 1), and what counts as running out of memory."""
 
 
 class UsageError(Exception):
     """Bad input from the user: the CLI prints it on one line and exits with code 2."""
+
+
+class HarnessError(Exception):
+    """detcost cannot measure honestly here (a trial process started with CUDA already in
+    use): the sweep stops at once; the CLI prints it on one line and exits with code 1."""
 
 
 # Out of memory as torch, cuDNN and cuBLAS word it (cuDNN and cuBLAS fail to allocate their

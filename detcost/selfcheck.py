@@ -27,7 +27,7 @@ usable children). A child's exception, crash or timeout comes back as a failed c
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
+import os
 import signal
 import statistics
 import subprocess
@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from detcost.env import gpu_count
 from detcost.profile import PROFILE_STEPS
 from detcost.record import Kind, TrialRecord, TrialSpec, one_line
 from detcost.settings import get_setting
@@ -55,7 +56,6 @@ EVENTS_TARGET = 0.02  # CUDA events against perf_counter between two synchronisa
 LONG_STEP_S = 0.2  # a region this long makes launch and synchronisation latency negligible
 EVENTS_TARGET_TEXT = f"within ±{EVENTS_TARGET:.0%}"
 CHILD_TIMEOUT_S = 600.0
-CHILD_JOIN_S = 10.0  # how long a check's process may take to exit after sending its result
 TRIAL_TIMEOUT_S = 300.0
 
 OVERHEAD = "harness overhead"
@@ -120,6 +120,7 @@ class ChildResult:
 
 def _child_main(fn: Callable, args: tuple, conn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    os.setpgid(0, 0)  # a process group of its own, as a trial's: killed with what it starts
     try:
         sent = ChildResult(value=fn(*args))
     except Exception as exc:
@@ -128,53 +129,21 @@ def _child_main(fn: Callable, args: tuple, conn) -> None:
     conn.close()
 
 
-def _context(device: str):
-    """The multiprocessing context the sweep starts its trials with on `device`."""
-    from detcost.sweep import FORKSERVER_PRELOAD, start_method
-
-    method = start_method("auto", device)
-    ctx = mp.get_context(method)
-    if method == "forkserver":
-        ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
-    return ctx
-
-
 def in_child(fn: Callable, *args, device: str, timeout: float = CHILD_TIMEOUT_S) -> ChildResult:
     """`fn(*args)` in a fresh process started as trials on `device` are, and its result;
     an exception, a crash or a timeout there is the result's `error`, never raised here.
     `fn` and its arguments and result must be picklable (`fn` at module level)."""
-    ctx = _context(device)
+    from detcost.sweep import exit_reason, process_context, receive, start_method
+
+    ctx = process_context(start_method("auto", device))
     receiver, sender = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child_main, args=(fn, args, sender), name=f"detcost-selfcheck {fn.__name__}")
-    proc.daemon = True
     proc.start()
     sender.close()  # the child holds the only writer: EOF means it is gone
-    try:
-        if not receiver.poll(timeout):
-            proc.kill()
-            return ChildResult(error=f"no result after {timeout:g} s; its process was killed")
-        try:
-            return receiver.recv()
-        except EOFError:
-            proc.join(CHILD_JOIN_S)
-            return ChildResult(error=_exit_reason(proc.exitcode))
-    except BaseException:  # Ctrl-C: the child dies with the selfcheck
-        proc.kill()
-        raise
-    finally:
-        receiver.close()
-        proc.join(CHILD_JOIN_S)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-
-
-def _exit_reason(exitcode: int | None) -> str:
-    if exitcode is None:
-        return "its process did not exit"
-    if exitcode < 0:
-        return f"its process was killed by signal {-exitcode} before reporting"
-    return f"its process exited with code {exitcode} before reporting"
+    sent, timed_out = receive(receiver, proc, timeout)
+    if timed_out:
+        return ChildResult(error=f"no result after {timeout:g} s; its process was killed")
+    return sent if sent is not None else ChildResult(error=exit_reason(proc.exitcode))
 
 
 def isolated(name: str, fn: Callable[..., Check], *args, device: str, target: str = "runs") -> Check:
@@ -422,7 +391,7 @@ class Acceptance:
             Step("CUDA events vs perf_counter", (EVENTS,), self.events),
             Step("a trial process's CUDA state", (), self.probe_child),
             Step("strict, unet and out-of-memory trials", (CUBLAS, STRICT, OOM), self.trial_sweep),
-            Step("cuda:N validation", (DEVICE_INDEX,), lambda: [device_index_check(torch.cuda.device_count())]),
+            Step("cuda:N validation", (DEVICE_INDEX,), lambda: [device_index_check(gpu_count())]),
             Step("profiled trials", (PLAN_LOG, ALGORITHMS, HOST_BOUND), self.profiled),
             Step("CUDA contexts", (CONTEXTS,), self.contexts),  # last: after every other process
         ]
@@ -670,7 +639,9 @@ def plans_differ(a: Plans, b: Plans) -> bool | None:
         known, other = (a, b) if a.chosen else (b, a)
         # a plan one trial ran that the other's log never names: they differ for certain
         return True if known.chosen - other.named else None
-    return a.named != b.named  # neither log says which ran: the plans they name
+    # neither log says which plan ran: the plans they name (autotuning names many more
+    # candidates than the heuristics do) are no evidence either way
+    return None
 
 
 def plan_log_check(records: list[TrialRecord]) -> Check:

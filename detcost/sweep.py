@@ -15,6 +15,7 @@ import datetime as _dt
 import functools
 import math
 import multiprocessing as mp
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -24,14 +25,14 @@ from pathlib import Path
 from detcost import axes, guard
 from detcost import env as envmod
 from detcost.audit import AUDIT_STEPS
-from detcost.errors import UsageError
+from detcost.errors import HarnessError, UsageError
 from detcost.measure import flops_per_step
 from detcost.profile import PROFILE_STEPS
 from detcost.record import ROUND_KINDS, Kind, Status, TrialRecord, TrialSpec, flops_key
 from detcost.results import ResultsWriter, open_for_sweep
 from detcost.settings import REFERENCE, get_setting
 from detcost.timing import is_cuda, trial_threads
-from detcost.trial import child_main, failure_record, trial_environ
+from detcost.trial import CUDA_AT_START, child_main, failure_record, trial_environ
 from detcost.workloads import WorkloadConfig, get_workload
 from detcost.workloads.data import POOL_BATCHES
 
@@ -231,10 +232,6 @@ def _fill_variant(name: str, settings: list[str]) -> bool:
     return any(get_setting(o).fill_uninitialized_memory and flags(o) == flags(name) for o in settings if o != name)
 
 
-def estimate_seconds(specs: list[TrialSpec], profile: str) -> float:
-    return estimate(specs, profile).seconds
-
-
 @dataclass(frozen=True)
 class Figure:
     """One figure the CUDA estimate assumes, and where it comes from."""
@@ -418,14 +415,14 @@ def start_method(method: str, device: str) -> str:
     return method
 
 
-def _context(method: str):
+def process_context(method: str):
     ctx = mp.get_context(method)
     if method == "forkserver":
         ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
     return ctx
 
 
-def _exit_reason(exitcode: int | None) -> str:
+def exit_reason(exitcode: int | None) -> str:
     if exitcode is None:
         return "the trial process did not exit"
     if exitcode < 0:
@@ -449,7 +446,7 @@ def run_isolated(
     process dies without sending a record is recorded as `crash`. `machine` is the
     sweep's fingerprint, taken once in the parent and handed to the child.
     """
-    ctx = _context(method)
+    ctx = process_context(method)
     receiver, sender = ctx.Pipe(duplex=False)
     args = (spec.to_dict(), trial_environ(spec, results_dir), str(results_dir) if results_dir else None, machine)
     # Not a daemon: a trial may start processes of its own (DataLoader workers). The
@@ -458,7 +455,7 @@ def run_isolated(
     started = time.perf_counter()
     proc.start()
     sender.close()  # the child holds the only writer: EOF now means the child is gone
-    sent, timed_out = _receive(receiver, proc, timeout)
+    sent, timed_out = receive(receiver, proc, timeout)
     if sent is not None:
         record = TrialRecord.from_json(sent)
     elif timed_out:
@@ -466,13 +463,13 @@ def run_isolated(
             spec, Status.TIMEOUT, f"no result after {timeout:g} s; the trial process was killed", machine
         )
     else:
-        record = failure_record(spec, Status.CRASH, _exit_reason(proc.exitcode), machine)
+        record = failure_record(spec, Status.CRASH, exit_reason(proc.exitcode), machine)
     # seen from the parent: process start, the trial, sending the record and exiting
     record.process_wall_s = time.perf_counter() - started
     return record
 
 
-def _receive(receiver, proc, timeout: float) -> tuple[dict | None, bool]:
+def receive(receiver, proc, timeout: float) -> tuple[dict | None, bool]:
     """The record the child sent (None if it sent none) and whether it was killed for
     running past `timeout`; the child process is reaped either way."""
     sent, timed_out = None, False
@@ -482,9 +479,9 @@ def _receive(receiver, proc, timeout: float) -> tuple[dict | None, bool]:
                 sent = receiver.recv()
         else:
             timed_out = True
-            proc.kill()
-    except BaseException:  # Ctrl-C in the parent: the trial dies with the sweep, at once
-        proc.kill()
+            kill(proc)
+    except BaseException:  # Ctrl-C (or SIGTERM) in the parent: the trial dies with the sweep, at once
+        kill(proc)
         raise
     finally:
         receiver.close()
@@ -492,11 +489,21 @@ def _receive(receiver, proc, timeout: float) -> tuple[dict | None, bool]:
     return sent, timed_out
 
 
+def kill(proc) -> None:
+    """A trial process and every process it started: it leads a process group of its own
+    (`trial.child_main`), which holds its DataLoader workers."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.kill()
+
+
 def _reap(proc) -> None:
     proc.join(JOIN_GRACE_S)
     if proc.is_alive():
-        proc.kill()
+        kill(proc)
         proc.join()
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # workers it left behind
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _check_same_options(existing: list[TrialRecord], planned: list[TrialSpec], path: Path) -> None:
@@ -639,6 +646,10 @@ class _Runner:
                 return True
             self.bar.set_postfix_str(spec.trial_id, refresh=True)
             record = self._one(spec)
+            if record.error == CUDA_AT_START:  # every later trial would start tainted too
+                raise HarnessError(
+                    f"{spec.trial_id}: {CUDA_AT_START} (the forkserver or this process used CUDA); the sweep stopped"
+                )
             retry = (
                 record.timing is not None and record.timing.is_busy and not (self.opts.allow_busy or self.out_of_time())
             )

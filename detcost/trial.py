@@ -10,6 +10,7 @@ in the current process (tests and benchmarks call it directly). The kinds (`meas
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -72,17 +73,21 @@ def run_trial(spec: TrialSpec, results_dir: Path | str | None = None, machine: d
     return record
 
 
+CUDA_AT_START = "CUDA was initialised before the trial process started"
+
+
 def child_main(spec_dict: dict, environ: dict, results_dir: str | None, machine: dict | None, conn) -> None:
     """Entry point of a trial process: set the environment the parent chose (before
     anything touches CUDA), run the trial, send the record back. Ctrl-C is the parent's to
     handle: it stops the sweep and kills this process, which so never prints a traceback."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.setpgid(0, 0)  # a process group of its own: the parent kills it with its DataLoader workers
     spec = TrialSpec.from_dict(spec_dict)
     # The invariant forked trials rest on, checked in every one: no CUDA before the fork
     # (is_initialized() is False in a child forked from a process that used CUDA, which
     # torch marks as a bad fork instead).
     if torch.cuda.is_initialized() or torch.cuda._is_in_bad_fork():
-        record = failure_record(spec, Status.ERROR, "CUDA was initialised before the trial process started", machine)
+        record = failure_record(spec, Status.ERROR, CUDA_AT_START, machine)
     else:
         set_environ(environ.items())
         record = run_trial(spec, results_dir, machine)

@@ -38,3 +38,23 @@ def not_a_module():
 
 def raises():
     raise ValueError("the config file is missing")
+
+
+HANG_MARK_ENV = "DETCOST_TEST_HANG_MARK"
+
+
+def hang_after_loading(config):
+    """simple_cnn whose first loss, read after its DataLoader started its workers, writes
+    the trial's process group to the file named by $DETCOST_TEST_HANG_MARK and hangs."""
+    import os
+    import time
+    from pathlib import Path
+
+    wl = simple_cnn.build(config)
+
+    def hang(out, y):
+        Path(os.environ[HANG_MARK_ENV]).write_text(str(os.getpgid(0)))
+        time.sleep(3600)
+
+    wl.loss_fn = hang
+    return wl

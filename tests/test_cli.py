@@ -14,7 +14,7 @@ import torch
 
 from detcost import results
 from detcost.cli import main
-from tests.conftest import QUICK, TIMED_ONLY
+from tests.conftest import QUICK, TIMED_ONLY, run_cli
 
 
 def one_line_error(capsys, argv) -> str:
@@ -225,3 +225,32 @@ def test_resume_with_other_options_is_refused_and_the_file_kept(capsys, tmp_path
     err = one_line_error(capsys, [*args, "--steps", "5", "--resume"])
     assert "made with other options" in err
     assert path.read_text() == before
+
+
+def test_sigterm_stops_detcost_as_ctrl_c_does_and_the_handler_is_restored():
+    import signal
+
+    from detcost import cli
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), cli._terminate_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_trial_that_starts_with_cuda_in_use_stops_the_sweep_in_one_line(capsys, monkeypatch, tmp_path):
+    from detcost import sweep
+    from detcost.record import Status
+    from detcost.trial import CUDA_AT_START, failure_record
+
+    ran = []
+
+    def tainted(opts, spec, machine):
+        ran.append(spec.trial_id)
+        return failure_record(spec, Status.ERROR, CUDA_AT_START, machine)
+
+    monkeypatch.setattr(sweep, "_run_one", tainted)
+    assert run_cli("--workloads", "simple_cnn", "--results", str(tmp_path / "r.jsonl")) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and CUDA_AT_START in err and "the sweep stopped" in err
+    assert len(ran) == 1

@@ -100,7 +100,7 @@ def test_selfcheck_prints_one_line_per_check_pass_or_fail_with_the_figure(capsys
         selfcheck.failed(selfcheck.EVENTS, "RuntimeError: CUDA error: an illegal memory access"),
     ]
     monkeypatch.setattr(selfcheck, "run_all", lambda *args, **kwargs: shown)
-    assert main(["selfcheck", "--device", "cpu"]) == 1  # a check failed
+    assert main(["selfcheck", "--device", "cpu"]) == 4  # a check failed
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == "  pass  harness overhead: 1.004 (target: <= 1.05); median of 7 rounds"
     assert lines[2].startswith(f"  FAIL  {selfcheck.EVENTS}: failed") and "illegal memory access" in lines[2]
@@ -145,14 +145,25 @@ def test_events_that_agree_with_perf_counter_pass_and_ones_that_do_not_fail():
 
 def test_benchmark_choosing_other_plans_on_one_workload_passes():
     records = [
-        record("resnet18", "default", cudnn_plans=plans("eng0", "eng1")),
-        record("resnet18", "benchmark", cudnn_plans=plans("eng0", "eng7_k2=1")),
-        record("dilated", "default", cudnn_plans=plans("eng3")),
-        record("dilated", "benchmark", cudnn_plans=plans("eng3")),
+        record("resnet18", "default", cudnn_plans=plans("eng0", "eng1", chosen=["eng0"])),
+        record("resnet18", "benchmark", cudnn_plans=plans("eng0", "eng7_k2=1", chosen=["eng7_k2=1"])),
+        record("dilated", "default", cudnn_plans=plans("eng3", chosen=["eng3"])),
+        record("dilated", "benchmark", cudnn_plans=plans("eng3", chosen=["eng3"])),
     ]
     check = selfcheck.algorithms_check(records)
     assert check.ok and check.value == 1 and check.figure == "differ on 1"
     assert "resnet18" in check.detail and "same plans: dilated" in check.detail
+
+
+def test_logs_that_only_name_candidates_cannot_tell_which_plan_ran():
+    """Autotuning names many more candidates than the heuristics: different lists of names
+    are no evidence that different plans ran."""
+    records = [
+        record("resnet18", "default", cudnn_plans=plans("eng0", "eng1")),
+        record("resnet18", "benchmark", cudnn_plans=plans("eng0", "eng1", "eng7_k2=1", "eng28")),
+    ]
+    check = selfcheck.algorithms_check(records)
+    assert check.ok is False and check.figure == "cannot tell"
 
 
 def test_logs_that_agree_everywhere_answer_the_question_and_unparsed_logs_do_not():

@@ -160,3 +160,39 @@ def test_no_room_for_the_warm_up_copy_is_a_note_and_other_errors_still_raise(mon
         monkeypatch.setattr(measure, "_train_twin", broken)
         with pytest.raises(RuntimeError, match="a real bug"):
             measure.keep_warm(spec, wl, batch, 0.5)
+
+
+def _alive_in_group(pgid: int) -> list[int]:
+    """Processes of a process group that still run (zombies waiting for a reaper aside)."""
+    from pathlib import Path
+
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+def test_a_killed_trial_takes_its_dataloader_workers_with_it(tmp_path, monkeypatch):
+    """A trial that hangs past --timeout is killed with its process group: its DataLoader
+    workers too, not left running until a watchdog notices."""
+    import time
+
+    from tests.probes import HANG_MARK_ENV
+
+    mark = tmp_path / "pgid"
+    monkeypatch.setenv(HANG_MARK_ENV, str(mark))  # the forkserver starts here and passes it on
+    hanging = spec(
+        workload="tests.probes:hang_after_loading", steps=2, axes={"threads": 1, "data": "loader", "workers": 2}
+    )
+    record = run_isolated(hanging, timeout=20)
+    assert record.status == "timeout"
+    pgid = int(mark.read_text())
+    deadline = time.monotonic() + 10
+    while _alive_in_group(pgid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _alive_in_group(pgid) == []

@@ -289,7 +289,10 @@ def plan_text(specs, estimate, gpu: str | None = None) -> str:
     start = f"; before the first trial {estimate.once_s:.0f} s" if estimate.once_s else ""
     lines = [s.trial_id for s in specs]
     lines += [f"{len(specs)} trials planned; rough estimate {estimate.seconds / 60:.1f} min", f"  {kinds}{start}"]
-    return "\n".join(lines + cuda_estimate_lines(len(specs), estimate, gpu))
+    cuda = cuda_estimate_lines(len(specs), estimate, gpu)
+    if cuda and any(s.axes.get("data", "staged") != "staged" for s in specs):
+        cuda.append("not in the estimate: reading a --data loader's batches (add what your loader costs a step)")
+    return "\n".join(lines + cuda)
 
 
 def cuda_estimate_lines(trials: int, estimate, gpu: str | None) -> list[str]:

@@ -66,9 +66,7 @@ REGISTRY: dict[str, WorkloadSpec] = {
             unet.SIZES,
             "unet with cross_entropy(reduction='none').mean(), the strict-mode workaround",
         ),
-        WorkloadSpec(
-            "multiscale", multiscale.build, multiscale.SIZES, multiscale.DESCRIPTION, input_size_varies=True
-        ),
+        WorkloadSpec("multiscale", multiscale.build, multiscale.SIZES, multiscale.DESCRIPTION, input_size_varies=True),
         WorkloadSpec("dilated", dilated.build, dilated.SIZES, dilated.DESCRIPTION),
         WorkloadSpec("transposed", transposed.build, transposed.SIZES, transposed.DESCRIPTION),
         WorkloadSpec("scatter", scatter.build, scatter.SIZES, scatter.DESCRIPTION),
