@@ -331,9 +331,10 @@ def _dry_run(opts, args) -> int:
     whether the machine is busy now. Nothing here initialises CUDA: the estimate counts
     FLOPs on the meta device and names the GPU through nvidia-smi."""
     from detcost import guard, results
+    from detcost.estimate import estimate
     from detcost.record import TrialRecord
     from detcost.report import text
-    from detcost.sweep import estimate, ok_trial_ids, plan
+    from detcost.sweep import ok_trial_ids, plan
     from detcost.timing import trial_threads
 
     specs = plan(opts)

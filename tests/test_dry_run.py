@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detcost import env, results, sweep
+from detcost import env, estimate, results, sweep
 from detcost.cli import main
 from detcost.settings import DEFAULT_SETTINGS
 from detcost.workloads import BUILTIN, data
@@ -74,7 +74,7 @@ def test_the_default_gpu_sweep_is_estimated_within_15_minutes_with_its_assumptio
     assert minutes <= TARGET_MIN, out[-3000:]
     assert planned == len(sweep.plan(_options("cuda:0")))
     assert "no GPU was available to measure these figures" in out
-    for figure in sweep.CUDA_FIGURES.values():  # each assumed figure, with where it comes from
+    for figure in estimate.CUDA_FIGURES.values():  # each assumed figure, with where it comes from
         assert figure.basis in out
     assert f"GPU: {H100}\n" in out
     assert not path.exists()
@@ -88,7 +88,7 @@ def test_the_json_dry_run_gives_the_estimate_and_its_assumptions(fake_h100, cuda
     assert out["estimated_s"] == pytest.approx(
         out["estimate"]["once_s"] + sum(t for _, t in out["estimate"]["by_kind"].values())
     )
-    assert len(out["estimate"]["assumptions"]) == len(sweep.CUDA_FIGURES) and out["gpu"] == H100
+    assert len(out["estimate"]["assumptions"]) == len(estimate.CUDA_FIGURES) and out["gpu"] == H100
     assert not cuda_calls
 
 
@@ -98,17 +98,17 @@ def test_on_the_cpu_the_estimate_is_per_trial_as_measured_and_assumes_nothing_of
     out = capsys.readouterr().out
     planned = int(re.search(r"(\d+) trials planned", out)[1])
     minutes = float(re.search(r"rough estimate ([\d.]+) min", out)[1])
-    assert minutes == pytest.approx(planned * sweep.ESTIMATED_TRIAL_S["cpu"] / 60, abs=0.05)
+    assert minutes == pytest.approx(planned * estimate.ESTIMATED_TRIAL_S["cpu"] / 60, abs=0.05)
     assert "no GPU was available" not in out and "GPU:" not in out
 
 
 def test_a_slower_setting_or_a_bigger_step_makes_a_longer_estimate():
     opts = _options("cuda:0", workloads=["resnet18"], settings=["default", "deterministic", "no_cudnn"])
-    timed = {s.setting: sweep.estimate([s], "gpu").seconds for s in sweep.plan(opts) if s.kind == "timed"}
+    timed = {s.setting: estimate.estimate([s], "gpu").seconds for s in sweep.plan(opts) if s.kind == "timed"}
     assert timed["default"] < timed["deterministic"] < timed["no_cudnn"]
     one = [s for s in sweep.plan(opts) if s.kind == "timed" and s.setting == "default"][:1]
     more = [replace(s, steps=s.steps * 4) for s in one]
-    assert sweep.estimate(more, "gpu").seconds > sweep.estimate(one, "gpu").seconds
+    assert estimate.estimate(more, "gpu").seconds > estimate.estimate(one, "gpu").seconds
 
 
 def _options(device: str, **overrides) -> sweep.SweepOptions:
