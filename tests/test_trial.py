@@ -178,21 +178,34 @@ def _alive_in_group(pgid: int) -> list[int]:
 
 
 def test_a_killed_trial_takes_its_dataloader_workers_with_it(tmp_path, monkeypatch):
-    """A trial that hangs past --timeout is killed with its process group: its DataLoader
-    workers too, not left running until a watchdog notices."""
+    """A trial killed (past its --timeout, or by Ctrl-C) goes with its process group: its
+    DataLoader workers too, not left running until a watchdog notices."""
     import time
 
+    from detcost import sweep
+    from detcost.trial import child_main, trial_environ
     from tests.probes import HANG_MARK_ENV
 
     mark = tmp_path / "pgid"
     monkeypatch.setenv(HANG_MARK_ENV, str(mark))  # the forkserver starts here and passes it on
-    hanging = spec(
-        workload="tests.probes:hang_after_loading", steps=2, axes={"threads": 1, "data": "loader", "workers": 2}
-    )
-    record = run_isolated(hanging, timeout=20)
-    assert record.status == "timeout"
-    pgid = int(mark.read_text())
-    deadline = time.monotonic() + 10
+    axes = {"threads": 1, "data": "loader", "workers": 2}
+    hanging = spec(workload="tests.probes:hang_after_loading", steps=2, axes=axes)
+    ctx = sweep.process_context("forkserver")
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=child_main, args=(hanging.to_dict(), trial_environ(hanging), None, None, sender))
+    proc.start()
+    try:
+        deadline = time.monotonic() + 300  # however slow the machine: until the workers run
+        while not mark.exists() and proc.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert mark.exists(), "the trial never reached its first loss"
+        pgid = int(mark.read_text())
+        # the trial, its 2 workers (and the process that started them, on a forkserver)
+        assert pgid == proc.pid and len(_alive_in_group(pgid)) >= 3
+    finally:
+        sweep.kill(proc)
+        proc.join()
+    deadline = time.monotonic() + 30
     while _alive_in_group(pgid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _alive_in_group(pgid) == []
