@@ -32,8 +32,9 @@ class Axis:
     parse: Callable[[str], Any] = str
     # How the value shows in the trial id; None leaves it out (the default value, usually).
     id_part: Callable[[Any], str | None] = lambda v: None
-    # In the trial process: before the workload is built (process state), after it is built.
-    before_build: Callable[[Any], None] | None = None
+    # In the trial process: before the workload is built (process state; it may return a
+    # callable that restores the state, run when the trial's state is left), after it is built.
+    before_build: Callable[[Any], Callable[[], None] | None] | None = None
     on_workload: Callable[[Any, Any, Any], None] | None = None  # (workload, value, spec)
     # What torch says is in force, stored as `<name>_read_back`.
     read_back: Callable[[Any], Any] | None = None  # (workload) -> value
@@ -150,11 +151,14 @@ def _positive_int(text: str) -> int:
     return int_at_least(text, 1)
 
 
-def _set_threads(n: int | None) -> None:
+def _set_threads(n: int | None) -> Callable[[], None] | None:
     import torch
 
-    if n:
-        torch.set_num_threads(n)
+    if not n:
+        return None
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    return lambda: torch.set_num_threads(before)
 
 
 def _threads_read_back(_workload) -> int:
@@ -227,7 +231,7 @@ def _data_check_workload(value: str, workload) -> str | None:
         return None
     return (
         f"--data {value}: {workload.name} changes its input size every step, and a DataLoader batches one "
-        "size; leave it out of --workloads"
+        f"size; name the workloads without it (--workloads), it is one of the defaults"
     )
 
 
@@ -337,12 +341,19 @@ TF32_MODES = ("torch", "on", "off")
 _FP32_PRECISION = {"on": "tf32", "off": "ieee"}
 
 
-def _set_tf32(value: str) -> None:
+def _set_tf32(value: str) -> Callable[[], None] | None:
     import torch
 
-    if value in _FP32_PRECISION:
-        torch.backends.cudnn.conv.fp32_precision = _FP32_PRECISION[value]
-        torch.backends.cuda.matmul.fp32_precision = _FP32_PRECISION[value]
+    if value not in _FP32_PRECISION:
+        return None
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = (conv.fp32_precision, matmul.fp32_precision)
+    conv.fp32_precision = matmul.fp32_precision = _FP32_PRECISION[value]
+
+    def restore() -> None:
+        conv.fp32_precision, matmul.fp32_precision = before
+
+    return restore
 
 
 def _tf32_read_back(_workload) -> str:

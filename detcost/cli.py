@@ -306,7 +306,7 @@ def cmd_run(args) -> int:
     if args.dry_run:
         return _dry_run(opts, args)
     if not opts.results.parent.exists():
-        print(f"note: created the folder {opts.results.parent} for the results", file=sys.stderr)
+        print(f"note: created the folder {opts.results.parent}/, where the results file goes", file=sys.stderr)
     t0 = time.monotonic()
     outcome = run_sweep(opts, resume=args.resume, progress=not args.quiet)
     wall = time.monotonic() - t0

@@ -92,12 +92,12 @@ def fingerprint(device: str = "cpu", gpu_properties: bool = True) -> dict:
     return info
 
 
-def for_trial(machine: dict, device: str) -> dict:
+def for_trial(machine: dict, device: str, threads: int | None = None) -> dict:
     """A trial's fingerprint: the machine's (taken once per sweep, in the parent) with what
     can differ per trial read in the trial process: its thread count and environment
     variables (the setting's CUBLAS_WORKSPACE_CONFIG), and on CUDA the GPU's properties,
     which the parent leaves out so as never to initialise CUDA itself."""
-    info = {**machine, "threads": torch.get_num_threads(), "env": relevant_env()}
+    info = {**machine, "threads": threads or torch.get_num_threads(), "env": relevant_env()}
     if device.startswith("cuda") and info.get("gpu") is None and torch.cuda.is_initialized():
         info.update(_gpu_properties(device))
     if device.startswith("cuda"):

@@ -60,14 +60,17 @@ def read_back(wl: Workload) -> dict:
 
 @contextlib.contextmanager
 def trial_state(spec: TrialSpec) -> Iterator[None]:
-    """The process state a trial runs under: each axis's process-wide part (threads), the
-    device, and the setting's flags (restored on exit)."""
-    for axis, value in axes.each(spec.axes):
-        if axis.before_build:
-            axis.before_build(value)
-    use_device(spec.device)
-    with applied(get_setting(spec.setting)):
-        yield
+    """The process state a trial runs under: each axis's process-wide part (threads, TF32),
+    the device, and the setting's flags, all restored on exit (a process that runs trials
+    in-process, as the tests and asv do, keeps its own state)."""
+    undo = [axis.before_build(value) for axis, value in axes.each(spec.axes) if axis.before_build]
+    try:
+        use_device(spec.device)
+        with applied(get_setting(spec.setting)):
+            yield
+    finally:
+        for restore in reversed([u for u in undo if u]):
+            restore()
 
 
 def train_step(wl: Workload, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -55,8 +55,10 @@ def run_trial(spec: TrialSpec, results_dir: Path | str | None = None, machine: d
     record = TrialRecord(spec, started_at=now())
     t0 = time.perf_counter()
     results_dir = Path(results_dir) if results_dir is not None else None
+    threads = None
     try:
         with trial_state(spec):
+            threads = torch.get_num_threads()  # the trial's (its state is restored on leaving)
             record.flags = read_flags()
             record.parts = RUNNERS[spec.kind](spec, results_dir)
         record.status, record.error = record.outcome.judge() if record.outcome else (Status.OK, None)
@@ -65,7 +67,8 @@ def run_trial(spec: TrialSpec, results_dir: Path | str | None = None, machine: d
     record.wall_s = time.perf_counter() - t0
     record.finished_at = now()
     try:
-        record.env = envmod.for_trial(machine if machine is not None else envmod.fingerprint(spec.device), spec.device)
+        machine = machine if machine is not None else envmod.fingerprint(spec.device)
+        record.env = envmod.for_trial(machine, spec.device, threads)
     except Exception as exc:  # the record still goes back, with the sweep's fingerprint and why
         record.env = machine
         if record.ok:

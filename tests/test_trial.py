@@ -100,7 +100,7 @@ def test_a_raising_workload_becomes_an_error_record_in_process():
 def test_a_failing_fingerprint_is_an_error_record_not_a_crash(monkeypatch):
     from detcost import env
 
-    def broken(machine, device):
+    def broken(machine, device, threads=None):
         raise RuntimeError("NVML went away")
 
     monkeypatch.setattr(env, "for_trial", broken)
@@ -177,7 +177,7 @@ def _alive_in_group(pgid: int) -> list[int]:
     return alive
 
 
-def test_a_killed_trial_takes_its_dataloader_workers_with_it(tmp_path, monkeypatch):
+def test_a_killed_trial_takes_its_dataloader_workers_with_it(tmp_path):
     """A trial killed (past its --timeout, or by Ctrl-C) goes with its process group: its
     DataLoader workers too, not left running until a watchdog notices."""
     import time
@@ -187,12 +187,12 @@ def test_a_killed_trial_takes_its_dataloader_workers_with_it(tmp_path, monkeypat
     from tests.probes import HANG_MARK_ENV
 
     mark = tmp_path / "pgid"
-    monkeypatch.setenv(HANG_MARK_ENV, str(mark))  # the forkserver starts here and passes it on
     axes = {"threads": 1, "data": "loader", "workers": 2}
     hanging = spec(workload="tests.probes:hang_after_loading", steps=2, axes=axes)
+    environ = {**trial_environ(hanging), HANG_MARK_ENV: str(mark)}  # set in the trial, as a setting's are
     ctx = sweep.process_context("forkserver")
     receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=child_main, args=(hanging.to_dict(), trial_environ(hanging), None, None, sender))
+    proc = ctx.Process(target=child_main, args=(hanging.to_dict(), environ, None, None, sender))
     proc.start()
     try:
         deadline = time.monotonic() + 300  # however slow the machine: until the workers run
@@ -209,3 +209,18 @@ def test_a_killed_trial_takes_its_dataloader_workers_with_it(tmp_path, monkeypat
     while _alive_in_group(pgid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _alive_in_group(pgid) == []
+
+
+def test_a_trials_process_state_is_restored_when_it_ends():
+    """Threads and TF32 are process-wide: a process that runs trials in-process (the tests,
+    asv) gets its own state back, or the next sweep would plan with the trial's threads."""
+    import torch
+
+    from detcost.train import trial_state
+
+    threads = torch.get_num_threads()
+    conv = torch.backends.cudnn.conv.fp32_precision
+    other = 1 if threads != 1 else 2
+    with trial_state(spec(axes={"threads": other, "tf32": "on"})):
+        assert torch.get_num_threads() == other and torch.backends.cudnn.conv.fp32_precision == "tf32"
+    assert torch.get_num_threads() == threads and torch.backends.cudnn.conv.fp32_precision == conv

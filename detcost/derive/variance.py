@@ -83,7 +83,8 @@ def compare(group: pd.DataFrame) -> dict:
     losses = group["final_loss"].astype(float)
     row = {
         "R": r,
-        "n_identical": int(hashes.iloc[0]) if r else 0,
+        # repeats that share their final parameters with another (none, when all differ)
+        "n_identical": int(hashes.iloc[0]) if r and (hashes.iloc[0] > 1 or r == 1) else 0,
         "bitwise_identical": bool(r > 1 and len(hashes) == 1),
         "loss_std": float(losses.std(ddof=1)) if r > 1 else np.nan,
         "loss_range": float(losses.max() - losses.min()) if r else np.nan,

@@ -306,7 +306,7 @@ def build_report(
         "sources": [str(p) for p in paths],
         "generated": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "machines": machines,
-        "cpu_note": text.cpu_note(df["setting"].dropna().unique()),
+        "cpu_note": text.cpu_note(text.priced_settings(df)),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     html = out_dir / "index.html"

@@ -16,6 +16,12 @@ from detcost.record import Kind, Status
 from detcost.settings import SETTINGS
 
 
+def priced_settings(df: pd.DataFrame) -> list[str]:
+    """The settings a run priced (its timed trials'), not those its audit or profile used."""
+    timed = df[df["kind"] == str(Kind.TIMED)] if "kind" in df else df
+    return list(timed["setting"].dropna().unique())
+
+
 def cpu_note(settings) -> str:
     """What the CPU does with the settings this run used: the cuDNN flags nothing (those
     settings are an A/A group), use_deterministic_algorithms a NaN fill that costs time."""
@@ -326,7 +332,7 @@ def run_summary(df: pd.DataFrame, speed: pd.DataFrame, outcome, wall: float, rep
         parts += ["", "samples/s, median over repeats (step time vs default; above 1.00x is slower):"]
         parts += [speed_pivot(speed).to_string(), *noise_lines(speed), detectable_text(speed), *host_bound_lines(speed)]
     if is_cpu(df):
-        parts += ["", "note: " + cpu_note(df["setting"].dropna().unique())]
+        parts += ["", "note: " + cpu_note(priced_settings(df))]
     failed = failures(df)
     if not failed.empty:
         parts += ["", f"{len(failed)} trial(s) did not finish (findings, not crashes of detcost):"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from dataclasses import dataclass
 
 from detcost.errors import UsageError
@@ -105,9 +104,12 @@ def _from_import_path(path: str) -> WorkloadSpec:
 
 def _available(spec: WorkloadSpec) -> WorkloadSpec:
     """The spec, or a one-line UsageError naming the extra its optional dependency is in."""
-    if spec.requires and importlib.util.find_spec(spec.requires[0]) is None:
+    if spec.requires:
         module, extra = spec.requires
-        raise UsageError(f"workload {spec.name} needs {module}: pip install 'detcost[{extra}]'")
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise UsageError(f"workload {spec.name} needs {module}: pip install 'detcost[{extra}]'") from None
     return spec
 
 
