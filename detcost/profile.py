@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from detcost.record import Kind, TrialParts, TrialSpec
+from detcost.stats import busy_share
 from detcost.timing import StepTimer, is_cuda, synchronize
 from detcost.train import build, read_back, run_steps
 
@@ -164,7 +165,7 @@ def host_bound(intervals, step_times: list[float]) -> dict:
     steps = len(step_times)
     busy = merged_busy_s(intervals) / steps if steps else 0.0
     step = sum(step_times) / steps if steps else 0.0
-    fraction = min(busy / step, 1.0) if step > 0 else None
+    fraction = float(busy_share(busy, step)) if step > 0 else None
     return {
         "kernel_busy_s": busy,
         "step_s": step,

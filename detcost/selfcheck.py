@@ -46,6 +46,7 @@ from detcost.env import gpu_count
 from detcost.profile import PROFILE_STEPS
 from detcost.record import Kind, TrialRecord, TrialSpec, one_line
 from detcost.settings import get_setting
+from detcost.stats import busy_share
 from detcost.timing import StepTimer, is_cuda, synchronize
 from detcost.train import TrainStep, run_steps, spec_at_profile
 from detcost.workloads import BUILTIN, get_workload
@@ -702,7 +703,7 @@ def host_bound_of(payload: dict, step_s: float | None = None) -> tuple[bool | No
         return (value if isinstance(value, bool) else None), None
     busy, threshold = value.get("kernel_busy_s"), value.get("threshold", 0.8)
     if step_s and isinstance(busy, (int, float)):
-        share = min(float(busy) / step_s, 1.0)
+        share = float(busy_share(busy, step_s))
         return share < threshold, share
     share = value.get("kernel_busy_fraction")
     share = float(share) if isinstance(share, (int, float)) and not isinstance(share, bool) else None

@@ -136,3 +136,10 @@ def unpaired_ratio(a: Mapping[Hashable, float], b: Mapping[Hashable, float], lev
     dof = (va + vb) ** 2 / (va**2 / (len(la) - 1) + vb**2 / (len(lb) - 1))
     half = float(_scipy_stats.t.ppf((1 + level) / 2, dof)) * se
     return PairedRatio(math.exp(mean), math.exp(mean - half), math.exp(mean + half), n)
+
+
+def busy_share(busy_s, step_s):
+    """How much of a step the device's kernels kept it busy: busy time over step time,
+    capped at 1 (overlapping streams can add up past the step). Scalars or arrays; NaN
+    stays NaN. Below the profiled trial's threshold a step is host-bound."""
+    return np.minimum(np.asarray(busy_s, dtype=float) / np.asarray(step_s, dtype=float), 1.0)

@@ -10,7 +10,7 @@ from detcost.derive.frame import AA_LABEL, busy_count, group_fields, is_busy, ok
 from detcost.record import ROUND_KINDS, Kind, StepTiming
 from detcost.results import frame
 from detcost.settings import REFERENCE
-from detcost.stats import PairedRatio, fastest, paired_ratio, per_round, unpaired_ratio
+from detcost.stats import PairedRatio, busy_share, fastest, paired_ratio, per_round, unpaired_ratio
 
 
 def kept_trials(g: pd.DataFrame) -> tuple[list[list[float]], list[int] | None]:
@@ -142,7 +142,7 @@ def _host_bound(table: pd.DataFrame, df: pd.DataFrame, keys: list[str]) -> pd.Da
     found = prof.dropna(subset=[busy]).drop_duplicates(on, keep="last")[on + cols]
     lookup = table[[k for k in on if k != "setting"]].assign(setting=table["setting"].replace({AA_LABEL: REFERENCE}))
     got = lookup.merge(found, on=on, how="left")  # a left merge keeps the table's row order
-    timed = got[busy] / table["step_time_s"].to_numpy()
+    timed = pd.Series(busy_share(got[busy], table["step_time_s"]), index=got.index)
     fraction = timed.fillna(got["host_bound.kernel_busy_fraction"]).clip(upper=1.0)
     bound = (fraction < got["host_bound.threshold"]).astype(object).where(fraction.notna(), None)
     return out.assign(kernel_busy_fraction=fraction.to_numpy(dtype=float), host_bound=bound.to_numpy())
