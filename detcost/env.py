@@ -36,20 +36,22 @@ def relevant_env() -> dict[str, str]:
     return {k: v for k, v in sorted(os.environ.items()) if k.startswith(RELEVANT_ENV_PREFIXES)}
 
 
-def _nvidia_driver() -> str | None:
+def nvidia_smi(query: str) -> list[str]:
+    """The CSV lines `nvidia-smi --<query> --format=csv,noheader` prints (a separate
+    process: no CUDA in this one), or [] where it is missing or fails."""
     exe = shutil.which("nvidia-smi")
     if not exe:
-        return None
+        return []
     try:
-        out = subprocess.run(
-            [exe, "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+        out = subprocess.run([exe, f"--{query}", "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
-        return None
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+def _nvidia_driver() -> str | None:
+    lines = nvidia_smi("query-gpu=driver_version")
+    return lines[0] if lines else None
 
 
 def _gpu_properties(device: str) -> dict:
@@ -145,17 +147,8 @@ def gpu_count() -> int:
 
 
 def gpu_names() -> list[str]:
-    """The GPUs' names as `nvidia-smi` lists them (a separate process: no CUDA here), or []."""
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return []
-    try:
-        out = subprocess.run(
-            [exe, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+    """The GPUs' names as `nvidia-smi` lists them (no CUDA here), or []."""
+    return nvidia_smi("query-gpu=name")
 
 
 def _cuda_build(torch) -> str:
@@ -198,9 +191,6 @@ def gpu_processes(device: str) -> str | None:
 
 
 def _nvidia_smi_processes(index: int, own: str) -> str | None:
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return None
     try:
         # Only a process that already uses CUDA (a trial) may ask torch which GPU it is: the
         # sweep's parent must not initialise CUDA. There, every GPU's processes count.
@@ -209,17 +199,10 @@ def _nvidia_smi_processes(index: int, own: str) -> str | None:
             if torch.cuda.is_initialized()
             else None
         )
-        out = subprocess.run(
-            [exe, "--query-compute-apps=pid,used_memory,gpu_uuid", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError, RuntimeError, AttributeError):
+    except (RuntimeError, AttributeError):
         return None
     lines = []
-    for row in out.stdout.splitlines():
+    for row in nvidia_smi("query-compute-apps=pid,used_memory,gpu_uuid"):
         parts = [p.strip() for p in row.split(",")]
         if len(parts) == 3 and parts[0] != own and uuid in (None, parts[2].lower().removeprefix("gpu-")):
             lines.append(f"process {parts[0]} uses {parts[1]}" + ("" if uuid else f" on GPU {parts[2]}"))

@@ -3,6 +3,7 @@ what a GPU reports, a fact it refuses, and NVML missing altogether."""
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 
@@ -77,3 +78,22 @@ def test_nvml_counts_all_gpus_and_cuda_only_the_visible_ones(nvml, monkeypatch):
     assert nv.asked == [3]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-abcd")  # by UUID: not mapped, no facts
     assert env.nvml_facts("cuda:0") == {}
+
+
+def test_nvidia_smi_answers_name_driver_and_other_processes_without_cuda(tmp_path, monkeypatch):
+    """The fallbacks that ask `nvidia-smi` (a separate process), on a fake one."""
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in\n'
+        '  --query-gpu=name) echo "NVIDIA H100 80GB HBM3";;\n'
+        "  --query-gpu=driver_version) echo 570.86;;\n"
+        '  *) echo "123, 100 MiB, GPU-ab"; echo "456, 9 MiB, GPU-cd";;\n'
+        "esac\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert env.gpu_names() == ["NVIDIA H100 80GB HBM3"] and env._nvidia_driver() == "570.86"
+    assert env._nvidia_smi_processes(0, own="456") == "process 123 uses 100 MiB on GPU GPU-ab"
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert env.gpu_names() == [] and env._nvidia_driver() is None and env._nvidia_smi_processes(0, "1") is None
