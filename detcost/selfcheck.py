@@ -49,6 +49,7 @@ from detcost.settings import get_setting
 from detcost.stats import busy_share
 from detcost.timing import StepTimer, is_cuda, synchronize
 from detcost.train import TrainStep, run_steps, spec_at_profile
+from detcost.trial import CUDA_AT_START
 from detcost.workloads import BUILTIN, get_workload
 
 OVERHEAD_TARGET = {"cuda": 1.01, "cpu": 1.05}
@@ -84,7 +85,7 @@ TIMED_STEPS = 10  # the timed trials whose median step a profiled kernel busy ti
 # these under `benchmark` as well (which algorithms cuDNN chose).
 ALGORITHM_WORKLOADS = ("resnet18", "dilated")
 # What a trial process says when CUDA was in use before it started.
-_CUDA_AT_START = ("cuda was initialised", "re-initialize cuda")
+_CUDA_AT_START = (CUDA_AT_START.lower(), "re-initialize cuda")  # detcost's own check; torch's bad-fork error
 
 VERDICT = {True: "pass", False: "FAIL", None: "note"}
 
