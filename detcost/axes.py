@@ -231,7 +231,7 @@ def _data_check_workload(value: str, workload) -> str | None:
         return None
     return (
         f"--data {value}: {workload.name} changes its input size every step, and a DataLoader batches one "
-        f"size; name the workloads without it (--workloads), it is one of the defaults"
+        "size; leave it out of --workloads (the default workloads include it)"
     )
 
 
