@@ -205,6 +205,13 @@ def _add_run_trials(g) -> None:
         default="auto",
         help="how trial processes start (default: the forkserver, on CPU and CUDA)",
     )
+    g.add_argument(
+        "--layout",
+        default="random",  # checked by SweepOptions (isolation.LAYOUTS), without importing torch here
+        help="random (default): a new forkserver each round and a random heap and environment pad in every "
+        "trial, so a memory layout's bias becomes round-to-round noise the intervals see; fixed: one "
+        "forkserver and no pads (as before; biased, see docs/layout-bias.md)",
+    )
 
 
 def _add_run_trust(g) -> None:
@@ -284,6 +291,7 @@ def _sweep_options(args):
         explain=not args.no_explain,
         keep_params=args.keep_params,
         start_method=args.start_method,
+        layout=args.layout,
         max_time=args.max_time,
         allow_busy=args.allow_busy,
         wait_quiet=args.wait_quiet,
@@ -334,14 +342,14 @@ def _dry_run(opts, args) -> int:
     from detcost.estimate import estimate
     from detcost.record import TrialRecord
     from detcost.report import text
-    from detcost.sweep import ok_trial_ids, plan
+    from detcost.sweep import new_servers, ok_trial_ids, plan
     from detcost.timing import trial_threads
 
     specs = plan(opts)
     if args.resume and opts.results.exists():
         done = ok_trial_ids([TrialRecord.from_json(r) for r in results.iter_records(opts.results)])
         specs = [s for s in specs if s.trial_id not in done]
-    est = estimate(specs, opts.profile)
+    est = estimate(specs, opts.profile, new_servers(opts, specs))
     gpu = _gpu_name(opts.device) if est.cuda else None
     load = guard.sample(opts.device, trial_threads(opts.device, opts.axes["threads"]))
     if args.json:
@@ -595,9 +603,9 @@ def _add_audit(sub) -> None:
 
 def cmd_audit(args) -> int:
     from detcost.env import resolve_device
+    from detcost.isolation import run_isolated, start_method
     from detcost.record import Kind
     from detcost.report import text
-    from detcost.sweep import run_isolated, start_method
     from detcost.timing import is_cuda
     from detcost.train import spec_at_profile
 

@@ -23,6 +23,9 @@ from detcost.workloads.data import POOL_BATCHES
 # sweep: 243 trials in 211 s; --quick: 79 s). On CUDA each trial is modelled from
 # CUDA_FIGURES instead (`estimate`): no GPU was at hand to measure a figure per trial.
 ESTIMATED_TRIAL_S = {"cpu": 0.9, "quick": 0.35}
+# A new forkserver (one a round under the random layout): importing torch, torch._dynamo
+# and the trial's modules again, measured on a 2-core CPU with a CPU-only torch.
+CPU_SERVER_S = 2.3
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,7 @@ class Estimate:
     seconds: float
     by_kind: dict[str, tuple[int, float]]  # kind -> (trials, seconds)
     cuda: bool = False  # modelled from CUDA_FIGURES rather than measured per trial
-    once_s: float = 0.0  # before the first trial: the forkserver's start, the first look at the machine
+    once_s: float = 0.0  # outside the trials: the forkservers' starts, the first look at the machine
 
     def assumptions(self) -> list[str]:
         """The figures a CUDA estimate rests on, one line each; none on the CPU."""
@@ -124,16 +127,20 @@ class Estimate:
         return [f"{f.value:g}{'' if f.unit.startswith('x') else ' '}{f.unit}: {f.basis}" for f in CUDA_FIGURES.values()]
 
 
-def estimate(specs: list[TrialSpec], profile: str) -> Estimate:
+def estimate(specs: list[TrialSpec], profile: str, new_servers: int = 0) -> Estimate:
     """How long `specs` would take: measured seconds per trial on the CPU; on CUDA a model
-    of each trial (CUDA_FIGURES), with each workload's FLOPs counted on the meta device."""
+    of each trial (CUDA_FIGURES), with each workload's FLOPs counted on the meta device;
+    plus `new_servers` forkserver starts (one a round under the random layout)."""
     cuda = any(is_cuda(s.device) for s in specs)
     by_kind: dict[str, tuple[int, float]] = {}
     for spec in specs:
         seconds = _cuda_trial_s(spec) if cuda else ESTIMATED_TRIAL_S[profile]
         n, total = by_kind.get(str(spec.kind), (0, 0.0))
         by_kind[str(spec.kind)] = (n + 1, total + seconds)
+    # the first server is in `once` on CUDA, and in the measured seconds a trial on the CPU
+    server_s = CUDA_FIGURES["server_s"].value if cuda else CPU_SERVER_S
     once = CUDA_FIGURES["server_s"].value + guard.SAMPLE_S if cuda and specs else 0.0
+    once += max(new_servers - 1, 0) * server_s if specs else 0.0
     return Estimate(once + sum(t for _, t in by_kind.values()), by_kind, cuda, once)
 
 

@@ -306,7 +306,18 @@ class TrialParts:
     read_back: dict = field(default_factory=dict)  # each axis's value as torch reported it
 
 
-_RUN_FIELDS = ("status", "error", "started_at", "finished_at", "wall_s", "process_wall_s", "sidecar", "flags", "env")
+_RUN_FIELDS = (
+    "status",
+    "error",
+    "started_at",
+    "finished_at",
+    "wall_s",
+    "process_wall_s",
+    "sidecar",
+    "flags",
+    "env",
+    "layout",
+)
 
 
 @dataclass
@@ -323,6 +334,9 @@ class TrialRecord:
     finished_at: str | None = None
     wall_s: float | None = None
     process_wall_s: float | None = None  # seen from the parent: process start to exit
+    # the layout the trial process was given (isolation.py): its heap and environment pads
+    # and the forkserver it forked from
+    layout: dict | None = None
     results_path: str | None = None  # the file it was loaded from (not stored)
 
     @property
@@ -362,6 +376,8 @@ class TrialRecord:
         out.update(wall_s=self.wall_s, finished_at=self.finished_at, env=self.env)
         if self.process_wall_s is not None:
             out["process_wall_s"] = self.process_wall_s
+        if self.layout is not None:
+            out["layout"] = self.layout
         return out
 
     @classmethod

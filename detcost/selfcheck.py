@@ -135,7 +135,7 @@ def in_child(fn: Callable, *args, device: str, timeout: float = CHILD_TIMEOUT_S)
     """`fn(*args)` in a fresh process started as trials on `device` are, and its result;
     an exception, a crash or a timeout there is the result's `error`, never raised here.
     `fn` and its arguments and result must be picklable (`fn` at module level)."""
-    from detcost.sweep import exit_reason, process_context, receive, start_method
+    from detcost.isolation import exit_reason, process_context, receive, start_method
 
     ctx = process_context(start_method("auto", device))
     receiver, sender = ctx.Pipe(duplex=False)
@@ -232,7 +232,7 @@ def timer_agreement(spec: TrialSpec, rounds: int = 5, min_run_time: float = 0.5)
 
 def repeatability(spec: TrialSpec, trials: int = 5) -> Check:
     """CV of samples/s over trials of one setting, each in a fresh process."""
-    from detcost.sweep import run_isolated, start_method
+    from detcost.isolation import run_isolated, start_method
 
     method = start_method("auto", spec.device)
     return judge_repeatability([run_isolated(replace(spec, repeat=r), method=method) for r in range(trials)])
@@ -381,7 +381,7 @@ class Acceptance:
     this process only starts processes and judges what they report."""
 
     def __init__(self, spec: TrialSpec, tmp: Path):
-        from detcost.sweep import start_method
+        from detcost.isolation import start_method
 
         self.spec, self.device, self.tmp = spec, spec.device, tmp
         self.method = start_method("auto", self.device)
@@ -448,7 +448,7 @@ class Acceptance:
 
     def _trial(self, workload: str, setting: str, kind: Kind) -> TrialRecord:
         """One trial at the acceptance sizes; a profiled one with its cuDNN log beside it."""
-        from detcost.sweep import run_isolated
+        from detcost.isolation import run_isolated
 
         profiled = kind == Kind.PROFILED
         spec = spec_at_profile(

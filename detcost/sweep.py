@@ -1,20 +1,16 @@
 """A sweep: plan every trial, run each in a fresh process, append each record as it ends.
 
 Fresh processes are the point: cuDNN picks algorithms once per process and shape, so
-repeats inside one process would hide the variance detcost measures. Trials are forked
-from a forkserver that has imported torch (and `torch._dynamo`) but run no op and never
-touched CUDA: a trial then starts in ~10 ms instead of ~2 s, with the same results as a
-spawned interpreter (tested). On CUDA too: each trial initialises CUDA itself, after the
-fork, and records an error if CUDA was initialised before it started.
+repeats inside one process would hide the variance detcost measures. How a trial's
+process starts, and why its memory layout is varied from round to round, is
+`detcost.isolation`'s; here are the plan (rounds in a Williams design's orders), resume,
+--precision's added rounds and the runner that appends each record as it arrives.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import multiprocessing as mp
-import os
-import signal
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -23,27 +19,14 @@ from pathlib import Path
 from detcost import axes, guard
 from detcost import env as envmod
 from detcost.errors import HarnessError, UsageError
+from detcost.isolation import LAYOUTS, Layout, new_server, run_isolated, start_method
 from detcost.profile import PROFILE_STEPS
-from detcost.record import ROUND_KINDS, Kind, Status, TrialRecord, TrialSpec, flops_key
+from detcost.record import ROUND_KINDS, Kind, TrialRecord, TrialSpec, derive_seed, flops_key
 from detcost.results import ResultsWriter, open_for_sweep
 from detcost.settings import REFERENCE, get_setting
 from detcost.timing import is_cuda, trial_threads
-from detcost.trial import CUDA_AT_START, child_main, failure_record, trial_environ
+from detcost.trial import CUDA_AT_START
 from detcost.workloads import get_workload
-
-# Imported once by the forkserver; each trial forks from it, on the CPU and on CUDA. None
-# of these may call torch.cuda at import time: a process that has used CUDA cannot fork
-# usable children (PyTorch's "poison fork"). tests/test_dry_run.py imports each of them
-# with torch's CUDA entry points counting calls, and checks that none is called.
-FORKSERVER_PRELOAD = [
-    "torch",
-    "torch._dynamo",
-    "torch.utils.flop_counter",
-    "torch.profiler",
-    "numpy",
-    "detcost.trial",
-]
-JOIN_GRACE_S = 10.0  # how long a trial process may take to exit after sending its record
 
 
 @dataclass
@@ -67,6 +50,11 @@ class SweepOptions:
     explain: bool = True
     keep_params: bool = False
     start_method: str = "auto"
+    # "random": a new forkserver each round and a random heap and environment pad in every
+    # trial, so memory-layout bias becomes noise the intervals see (isolation.py); "fixed":
+    # one forkserver for the sweep and no pads (what detcost did before; biased, see
+    # docs/layout-bias.md).
+    layout: str = "random"
     max_time: float | None = None
     # The quiet-machine guard: wait up to `wait_quiet` s for a busy machine (before the
     # sweep, and before running a busy trial again); `allow_busy` skips both.
@@ -78,6 +66,8 @@ class SweepOptions:
     max_repeats: int = 20
 
     def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise UsageError(f"unknown layout {self.layout!r}; valid: {', '.join(LAYOUTS)}")
         given = dict(self.axes)
         self.axes = {a.name: list(given.pop(a.name, None) or a.defaults_for(self.device)) for a, _ in axes.each({})}
         if given:
@@ -146,33 +136,50 @@ def _spec(opts: SweepOptions, kind: Kind, workload: str, setting: str, repeat: i
     return replace(spec, sidecar=f"{opts.results.stem}/{safe}.{'json' if kind == Kind.PROFILED else 'npz'}")
 
 
-def _van_der_corput(r: int) -> float:
-    """0, 1/2, 1/4, 3/4, 1/8, ...: round r's place in [0, 1), spread evenly however many
-    rounds follow (so the rounds --precision adds keep moving every setting's position)."""
-    x, base = 0.0, 0.5
-    while r:
-        x, r, base = x + base * (r & 1), r >> 1, base / 2
-    return x
+def williams_rows(n: int) -> list[list[int]]:
+    """A Williams design for n labels: n orders (2n where n is odd) in which every label
+    takes every position equally often and directly follows every other label equally
+    often, so what one trial leaves behind (a warm core, a full cache) lands on every label
+    alike instead of always on the same one, as it does under cyclic shifts."""
+    first, lo, hi = [0], 1, n - 1
+    while lo <= hi:
+        first.append(lo)
+        if lo != hi:
+            first.append(hi)
+        lo, hi = lo + 1, hi - 1
+    rows = [[(x + i) % n for x in first[:n]] for i in range(n)]
+    return rows + [row[::-1] for row in rows] if n % 2 else rows
+
+
+def round_order(r: int, n: int, seed: int) -> list[int]:
+    """The order of n labels in round r: a row of the Williams design, the rows taken in a
+    shuffled order that is drawn again for each pass through the design, and the labels
+    assigned to the design's symbols once per sweep; all from `seed`, so any record's
+    place in its round can be recomputed and rounds added later continue the design."""
+    rows = williams_rows(n)
+    symbols = list(range(n))
+    random.Random(derive_seed(seed, "round-labels")).shuffle(symbols)
+    passes, at = divmod(r, len(rows))
+    sequence = list(range(len(rows)))
+    random.Random(derive_seed(seed, "round-rows", passes)).shuffle(sequence)
+    return [symbols[x] for x in rows[sequence[at]]]
 
 
 def plan(opts: SweepOptions) -> list[TrialSpec]:
     """Every trial of the sweep, in the order they run.
 
     Repeat-major: repeat r is a round, every setting (and the A/A label) once, back to
-    back. Round r's order is rotated by vdc(r) * n places (van der Corput: 0, 1/2, 1/4,
-    3/4, ...), a function of r alone, so between two rounds each setting moves by half the
-    order, rounds added later keep spreading positions, and any record's place in its
-    round can be recomputed.
+    back, in the order `round_order` gives (a Williams design: positions and predecessors
+    balanced over the rounds).
     """
     first = opts.first_axes()
     specs = [_spec(opts, Kind.AUDIT, w, "strict", 0, opts.seed, first) for w in audited(opts)] if opts.audit else []
     labels = [(Kind.TIMED, s) for s in opts.settings] + ([(Kind.AA, REFERENCE)] if opts.aa else [])
     for r in range(opts.repeats):
-        shift = int(_van_der_corput(r) * len(labels))
-        rotated = labels[shift:] + labels[:shift]
+        ordered = [labels[i] for i in round_order(r, len(labels), opts.seed)]
         for w in opts.workloads:
             for combo in opts.axis_combinations():
-                specs += [_spec(opts, kind, w, s, r, opts.seed, combo) for kind, s in rotated]
+                specs += [_spec(opts, kind, w, s, r, opts.seed, combo) for kind, s in ordered]
     if opts.explain:  # after the timed trials, so profiling never disturbs them
         specs += [
             _spec(opts, Kind.PROFILED, w, s, 0, opts.seed, first)
@@ -223,109 +230,6 @@ def _fill_variant(name: str, settings: list[str]) -> bool:
     return any(get_setting(o).fill_uninitialized_memory and flags(o) == flags(name) for o in settings if o != name)
 
 
-def start_method(method: str, device: str) -> str:
-    """How trial processes start. `auto` is the forkserver on every device: on CUDA a
-    spawned trial would spend seconds importing torch again, and the forkserver is safe
-    there because it never touches CUDA (FORKSERVER_PRELOAD, tested) and each trial checks
-    that CUDA was not initialised before it started (`trial.child_main`)."""
-    if method == "auto":
-        method = "forkserver"
-    if method not in mp.get_all_start_methods():
-        method = "spawn"
-    return method
-
-
-def process_context(method: str):
-    ctx = mp.get_context(method)
-    if method == "forkserver":
-        ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
-    return ctx
-
-
-def exit_reason(exitcode: int | None) -> str:
-    if exitcode is None:
-        return "the trial process did not exit"
-    if exitcode < 0:
-        name = signal.Signals(-exitcode).name if -exitcode in signal.valid_signals() else str(-exitcode)
-        hint = " (often the kernel's out-of-memory killer)" if name == "SIGKILL" else ""
-        return f"the trial process was killed by {name}{hint} before reporting"
-    return f"the trial process exited with code {exitcode} before reporting"
-
-
-def run_isolated(
-    spec: TrialSpec,
-    *,
-    method: str = "forkserver",
-    timeout: float = 600.0,
-    results_dir: Path | None = None,
-    machine: dict | None = None,
-) -> TrialRecord:
-    """Run one trial in a fresh process and return its record, whatever happens to it.
-
-    A trial that hangs past `timeout` is killed and recorded as `timeout`; one whose
-    process dies without sending a record is recorded as `crash`. `machine` is the
-    sweep's fingerprint, taken once in the parent and handed to the child.
-    """
-    ctx = process_context(method)
-    receiver, sender = ctx.Pipe(duplex=False)
-    args = (spec.to_dict(), trial_environ(spec, results_dir), str(results_dir) if results_dir else None, machine)
-    # Not a daemon: a trial may start processes of its own (DataLoader workers). The
-    # parent still reaps it on every path, Ctrl-C included.
-    proc = ctx.Process(target=child_main, args=(*args, sender), name=f"detcost-trial {spec.trial_id}")
-    started = time.perf_counter()
-    proc.start()
-    sender.close()  # the child holds the only writer: EOF now means the child is gone
-    sent, timed_out = receive(receiver, proc, timeout)
-    if sent is not None:
-        record = TrialRecord.from_json(sent)
-    elif timed_out:
-        record = failure_record(
-            spec, Status.TIMEOUT, f"no result after {timeout:g} s; the trial process was killed", machine
-        )
-    else:
-        record = failure_record(spec, Status.CRASH, exit_reason(proc.exitcode), machine)
-    # seen from the parent: process start, the trial, sending the record and exiting
-    record.process_wall_s = time.perf_counter() - started
-    return record
-
-
-def receive(receiver, proc, timeout: float) -> tuple[dict | None, bool]:
-    """The record the child sent (None if it sent none) and whether it was killed for
-    running past `timeout`; the child process is reaped either way."""
-    sent, timed_out = None, False
-    try:
-        if receiver.poll(timeout):
-            with contextlib.suppress(EOFError):  # EOF: the process died before sending
-                sent = receiver.recv()
-        else:
-            timed_out = True
-            kill(proc)
-    except BaseException:  # Ctrl-C (or SIGTERM) in the parent: the trial dies with the sweep, at once
-        kill(proc)
-        raise
-    finally:
-        receiver.close()
-        _reap(proc)
-    return sent, timed_out
-
-
-def kill(proc) -> None:
-    """A trial process and every process it started: it leads a process group of its own
-    (`trial.child_main`), which holds its DataLoader workers."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.kill()
-
-
-def _reap(proc) -> None:
-    proc.join(JOIN_GRACE_S)
-    if proc.is_alive():
-        kill(proc)
-        proc.join()
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # workers it left behind
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
 def _check_same_options(existing: list[TrialRecord], planned: list[TrialSpec], path: Path) -> None:
     """--resume continues the same sweep: a trial already in the file must have been run
     with the device and sizes planned now, or the table would mix two configurations."""
@@ -340,6 +244,14 @@ def _check_same_options(existing: list[TrialRecord], planned: list[TrialSpec], p
             f"{path} was made with other options ({r.trial_id}: {changed}); resume with the same options "
             "(--quick, --steps, --warmup, --device) or choose another --results"
         )
+
+
+def new_servers(opts: SweepOptions, specs: list[TrialSpec]) -> int:
+    """How many forkservers running `specs` starts: one a round under the random layout
+    (`_Runner._layout_for`), none with a fixed layout or spawned trials."""
+    if opts.layout == "fixed" or start_method(opts.start_method, opts.device) != "forkserver":
+        return 0
+    return len({s.repeat for s in specs if s.kind in ROUND_KINDS})
 
 
 def latest_by_trial(records: list[TrialRecord]) -> dict[str, TrialRecord]:
@@ -430,6 +342,11 @@ class _Runner:
         }
         # once per sweep, without touching CUDA; each trial adds its own part
         self.machine = envmod.fingerprint(opts.device, gpu_properties=False)
+        self.method = start_method(opts.start_method, opts.device)
+        # the layouts' draws: from the sweep, so a sweep's layouts can be drawn again
+        self.layout_rng = random.Random(f"{opts.run_id}:{opts.seed}:layout")
+        self.round: int | None = None  # the round whose forkserver is running
+        self.started = False  # whether this sweep has started a forkserver of its own
         self.threads = trial_threads(opts.device, opts.axes.get("threads"))
         self.new: list[TrialRecord] = []
         self.events: list[str] = []
@@ -480,7 +397,8 @@ class _Runner:
         return False
 
     def _one(self, spec: TrialSpec) -> TrialRecord:
-        record = _run_one(self.opts, replace(spec, known_flops=self.flops.get(flops_key(spec))), self.machine)
+        spec = replace(spec, known_flops=self.flops.get(flops_key(spec)))
+        record = _run_one(self.opts, spec, self.machine, self._layout_for(spec))
         if record.timing and record.timing.flops_per_step:
             self.flops[flops_key(spec)] = record.timing.flops_per_step
         self.writer.write(record.to_json())
@@ -488,6 +406,20 @@ class _Runner:
         if self.on_record:
             self.on_record(record)
         return record
+
+    def _layout_for(self, spec: TrialSpec) -> Layout | None:
+        """The trial's layout pads; with the forkserver, a server of this sweep's own for its
+        first trial and a new one at each later round, so the labels of one round share a
+        layout and the next round draws another."""
+        if self.opts.layout == "fixed":
+            return None
+        if self.method == "forkserver":
+            later_round = spec.kind in ROUND_KINDS and self.round not in (None, spec.repeat)
+            if not self.started or later_round:
+                new_server(self.layout_rng)
+            self.started = True
+            self.round = spec.repeat if spec.kind in ROUND_KINDS else self.round
+        return Layout.draw(self.layout_rng)
 
     def out_of_time(self) -> bool:
         return self.opts.max_time is not None and time.monotonic() - self.t0 > self.opts.max_time
@@ -528,9 +460,11 @@ class _Runner:
         self.bar.set_description_str(f"detcost (widest {shown}, target ±{self.opts.precision:.1%})")
 
 
-def _run_one(opts: SweepOptions, spec: TrialSpec, machine: dict) -> TrialRecord:
+def _run_one(opts: SweepOptions, spec: TrialSpec, machine: dict, layout: Layout | None) -> TrialRecord:
     method = start_method(opts.start_method, opts.device)
-    return run_isolated(spec, method=method, timeout=opts.timeout, results_dir=opts.results.parent, machine=machine)
+    return run_isolated(
+        spec, method=method, timeout=opts.timeout, results_dir=opts.results.parent, machine=machine, layout=layout
+    )
 
 
 def _progress(total: int, enabled: bool):

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import random
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -78,11 +80,48 @@ def run_trial(spec: TrialSpec, results_dir: Path | str | None = None, machine: d
 
 CUDA_AT_START = "CUDA was initialised before the trial process started"
 
+# A trial's layout pad (see detcost/isolation.py for why). A heap pad below glibc's smallest
+# mmap threshold (128 KiB) comes from the main heap and moves every later small and medium
+# allocation; 64 KiB spans sixteen 4 KiB pages, so every offset that aliases in the caches
+# (address mod 4096) is reachable. The environment pad moves the initial stack of a
+# process exec'd with it (a new forkserver, a spawned trial), as Mytkowicz et al. moved it.
+HEAP_PAD_MAX = 64 * 1024
+ENV_PAD_MAX = 4096
+ENV_PAD_VAR = "DETCOST_LAYOUT_PAD"
 
-def child_main(spec_dict: dict, environ: dict, results_dir: str | None, machine: dict | None, conn) -> None:
-    """Entry point of a trial process: set the environment the parent chose (before
-    anything touches CUDA), run the trial, send the record back. Ctrl-C is the parent's to
-    handle: it stops the sweep and kills this process, which so never prints a traceback."""
+
+@dataclass(frozen=True)
+class Layout:
+    """What a trial process does to its own memory layout before anything else: bytes of
+    heap it takes and keeps for the trial, and the length of an environment variable it
+    sets. Drawn by the parent from the sweep's seed, and stored in the record."""
+
+    heap_pad: int = 0
+    env_pad: int = 0
+
+    @classmethod
+    def draw(cls, rng: random.Random) -> Layout:
+        return cls(heap_pad=16 * rng.randrange(HEAP_PAD_MAX // 16), env_pad=rng.randrange(ENV_PAD_MAX))
+
+    def apply(self) -> bytearray:
+        """Set the variable and take the heap; keep the returned block alive for the trial."""
+        if self.env_pad:
+            os.environ[ENV_PAD_VAR] = "x" * self.env_pad
+        return bytearray(self.heap_pad)
+
+    def to_json(self) -> dict:
+        return {"heap_pad": self.heap_pad, "env_pad": self.env_pad}
+
+
+def child_main(
+    spec_dict: dict, environ: dict, results_dir: str | None, machine: dict | None, conn, layout: dict | None = None
+) -> None:
+    """Entry point of a trial process: move its layout as the parent drew it (first, so
+    that everything the trial allocates lands after the pad), set the environment the
+    parent chose (before anything touches CUDA), run the trial, send the record back.
+    Ctrl-C is the parent's to handle: it stops the sweep and kills this process, which so
+    never prints a traceback."""
+    pad = Layout(**layout).apply() if layout else None  # held until the trial ends
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.setpgid(0, 0)  # a process group of its own: the parent kills it with its DataLoader workers
     spec = TrialSpec.from_dict(spec_dict)
@@ -96,6 +135,7 @@ def child_main(spec_dict: dict, environ: dict, results_dir: str | None, machine:
         record = run_trial(spec, results_dir, machine)
     conn.send(record.to_json())
     conn.close()
+    del pad
 
 
 def trial_environ(spec: TrialSpec, results_dir: Path | None = None) -> dict:

@@ -58,3 +58,15 @@ def hang_after_loading(config):
 
     wl.loss_fn = hang
     return wl
+
+
+def layout_probe(config):
+    """simple_cnn whose notes say how long the trial's layout pad variable was when it was
+    built: the pad is in place before the workload allocates anything."""
+    import os
+
+    from detcost.trial import ENV_PAD_VAR
+
+    wl = simple_cnn.build(config)
+    wl.notes["env_pad_seen"] = len(os.environ.get(ENV_PAD_VAR, ""))
+    return wl

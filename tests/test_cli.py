@@ -245,7 +245,7 @@ def test_a_trial_that_starts_with_cuda_in_use_stops_the_sweep_in_one_line(capsys
 
     ran = []
 
-    def tainted(opts, spec, machine):
+    def tainted(opts, spec, machine, layout):
         ran.append(spec.trial_id)
         return failure_record(spec, Status.ERROR, CUDA_AT_START, machine)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detcost import env, estimate, results, sweep
+from detcost import env, estimate, isolation, results, sweep
 from detcost.cli import main
 from detcost.settings import DEFAULT_SETTINGS
 from detcost.workloads import BUILTIN, data
@@ -147,8 +147,8 @@ def test_on_the_cpu_every_setting_is_profiled_and_every_workload_audited():
 
 
 def test_cuda_trials_start_from_the_forkserver():
-    assert sweep.start_method("auto", "cuda:0") == sweep.start_method("auto", "cpu") == "forkserver"
-    assert sweep.start_method("spawn", "cuda:0") == "spawn"
+    assert isolation.start_method("auto", "cuda:0") == isolation.start_method("auto", "cpu") == "forkserver"
+    assert isolation.start_method("spawn", "cuda:0") == "spawn"
 
 
 PRELOAD_PROBE = """
@@ -179,7 +179,7 @@ def test_the_forkserver_preload_never_calls_into_cuda():
     probe = PRELOAD_PROBE.format(entry_points=entry_points)
     environ = {k: v for k, v in os.environ.items() if k != "PYTORCH_NVML_BASED_CUDA_CHECK"}
     proc = subprocess.run(
-        [sys.executable, "-c", probe, *sweep.FORKSERVER_PRELOAD], capture_output=True, text=True, env=environ
+        [sys.executable, "-c", probe, *isolation.FORKSERVER_PRELOAD], capture_output=True, text=True, env=environ
     )
     assert proc.returncode == 0, proc.stderr
     seen = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -15,8 +15,8 @@ import pytest
 from detcost import results
 from detcost.cli import main
 from detcost.derive import attribution, variance
+from detcost.isolation import run_isolated
 from detcost.settings import DEFAULT_SETTINGS
-from detcost.sweep import run_isolated
 from detcost.trial import run_trial
 from tests.conftest import TIMED_ONLY, make_spec, run_cli
 

@@ -2,8 +2,8 @@
 
 import pytest
 
+from detcost.isolation import run_isolated
 from detcost.measure import checkpoint_steps
-from detcost.sweep import run_isolated
 from detcost.trial import run_trial
 from tests.conftest import make_spec
 
@@ -182,7 +182,7 @@ def test_a_killed_trial_takes_its_dataloader_workers_with_it(tmp_path):
     DataLoader workers too, not left running until a watchdog notices."""
     import time
 
-    from detcost import sweep
+    from detcost import isolation
     from detcost.trial import child_main, trial_environ
     from tests.probes import HANG_MARK_ENV
 
@@ -190,7 +190,7 @@ def test_a_killed_trial_takes_its_dataloader_workers_with_it(tmp_path):
     axes = {"threads": 1, "data": "loader", "workers": 2}
     hanging = spec(workload="tests.probes:hang_after_loading", steps=2, axes=axes)
     environ = {**trial_environ(hanging), HANG_MARK_ENV: str(mark)}  # set in the trial, as a setting's are
-    ctx = sweep.process_context("forkserver")
+    ctx = isolation.process_context("forkserver")
     receiver, sender = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=child_main, args=(hanging.to_dict(), environ, None, None, sender))
     proc.start()
@@ -203,7 +203,7 @@ def test_a_killed_trial_takes_its_dataloader_workers_with_it(tmp_path):
         # the trial, its 2 workers (and the process that started them, on a forkserver)
         assert pgid == proc.pid and len(_alive_in_group(pgid)) >= 3
     finally:
-        sweep.kill(proc)
+        isolation.kill(proc)
         proc.join()
     deadline = time.monotonic() + 30
     while _alive_in_group(pgid) and time.monotonic() < deadline:

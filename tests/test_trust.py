@@ -31,7 +31,7 @@ class SyntheticTrials:
         self.rng, self.noise, self.busy = np.random.default_rng(0), noise, busy
         self.attempts: dict[str, int] = {}
 
-    def __call__(self, opts, spec, machine) -> TrialRecord:
+    def __call__(self, opts, spec, machine, layout=None) -> TrialRecord:
         attempt = self.attempts[spec.trial_id] = self.attempts.get(spec.trial_id, 0) + 1
         t = STEP_S.get(spec.setting, 0.010) * math.exp(self.rng.normal(0, self.noise))
         busy = self.busy(spec, attempt)

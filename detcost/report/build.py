@@ -307,6 +307,7 @@ def build_report(
         "generated": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "machines": machines,
         "cpu_note": text.cpu_note(text.priced_settings(df)),
+        "layout": text.layout_text(df),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     html = out_dir / "index.html"

@@ -4,6 +4,8 @@ noise", how an audit reads) is written once."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -128,6 +130,21 @@ def speed_pivot(table: pd.DataFrame) -> pd.DataFrame:
     return pivot[cols].fillna("-")
 
 
+def layout_text(df: pd.DataFrame) -> str:
+    """How the run varied its trials' memory layout (the records' `layout`), in one sentence."""
+    measured = of_kind(df, Kind.TIMED)
+    if "layout.heap_pad" in measured and measured["layout.heap_pad"].notna().all() and len(measured):
+        return (
+            "Each round's trials forked from a server process of their own, and every trial first took a random "
+            "amount of heap and environment, so the memory layout changed from round to round and its effect on "
+            "a label's speed shows in the intervals instead of biasing them (docs/layout-bias.md)."
+        )
+    return (
+        "The trials did not vary their memory layout (--layout fixed, or a detcost before it did): a label may "
+        "carry a bias of its layout for the whole run that no interval from rounds can see (docs/layout-bias.md)."
+    )
+
+
 def noise_lines(speed: pd.DataFrame) -> list[str]:
     """One line per A/A control: the noise floor, and a warning where it left its interval."""
     lines = []
@@ -144,6 +161,12 @@ def noise_lines(speed: pd.DataFrame) -> list[str]:
             lines.append(
                 f"  warning: on {where} default differed from itself beyond its 95% interval (by chance on 1 "
                 "workload in 20; more often, the machine was not steady): read the prices there with care"
+            )
+        if r.get("label_bias", 0) > 0:
+            lines.append(
+                f"  it strayed further than its rounds allow: every price's interval on {where} also takes in a "
+                f"fixed effect of its label of {math.expm1(r.label_bias):.1%} (one standard deviation, added to "
+                "the rounds' own spread), which this run's prices may carry too"
             )
     return lines
 
@@ -292,7 +315,11 @@ def axis_values_text(values: dict) -> str:
 def plan_text(specs, estimate, gpu: str | None = None) -> str:
     """The dry run: the planned trials, the estimate by kind and, on CUDA, what it assumes."""
     kinds = ", ".join(f"{kind} {n} ({t / 60:.1f} min)" for kind, (n, t) in estimate.by_kind.items())
-    start = f"; before the first trial {estimate.once_s:.0f} s" if estimate.once_s else ""
+    start = (
+        f"; outside the trials (forkserver starts, a look at the machine) {estimate.once_s:.0f} s"
+        if estimate.once_s
+        else ""
+    )
     lines = [s.trial_id for s in specs]
     lines += [f"{len(specs)} trials planned; rough estimate {estimate.seconds / 60:.1f} min", f"  {kinds}{start}"]
     cuda = cuda_estimate_lines(len(specs), estimate, gpu)
