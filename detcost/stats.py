@@ -79,8 +79,14 @@ class PairedRatio:
         return cls(1.0, 1.0, 1.0, rounds)
 
 
-def paired_ratio(a: Mapping[Hashable, float], b: Mapping[Hashable, float], level: float = 0.95) -> PairedRatio:
-    """Ratio of typical step times a / b, each given per round ({round: seconds})."""
+def paired_ratio(
+    a: Mapping[Hashable, float], b: Mapping[Hashable, float], level: float = 0.95, bias_var: float = 0.0
+) -> PairedRatio:
+    """Ratio of typical step times a / b, each given per round ({round: seconds}).
+
+    `bias_var` is a variance (of the log ratio) that the rounds cannot see, a fixed effect
+    of the sweep on this pair of labels (`label_bias_var`); it is added to the rounds'
+    own before the interval is drawn."""
     common = [r for r in a if r in b]
     logs = np.log([a[r] / b[r] for r in common])
     n = len(logs)
@@ -89,8 +95,24 @@ def paired_ratio(a: Mapping[Hashable, float], b: Mapping[Hashable, float], level
     mean = float(logs.mean())
     if n == 1:
         return PairedRatio(math.exp(mean), 0.0, math.inf, 1)
-    half = float(_scipy_stats.t.ppf((1 + level) / 2, n - 1)) * float(logs.std(ddof=1)) / math.sqrt(n)
+    se = math.sqrt(float(logs.var(ddof=1)) / n + bias_var)
+    half = float(_scipy_stats.t.ppf((1 + level) / 2, n - 1)) * se
     return PairedRatio(math.exp(mean), math.exp(mean - half), math.exp(mean + half), n)
+
+
+def label_bias_var(aa: Mapping[Hashable, float], ref: Mapping[Hashable, float]) -> float:
+    """The variance a fixed, sweep-long effect of its label adds to a price's log ratio,
+    measured by the A/A control (`ref` run again under a second label, so its true ratio
+    is 1): with d the mean of the A/A's within-round log ratios over n rounds and s^2
+    their variance, E[d^2] = 2 tau^2 + s^2 / n, where tau^2 is one label's fixed-effect
+    variance, and a price between two labels carries 2 tau^2 of it. So the estimate is
+    max(0, d^2 - s^2 / n): zero where the A/A control strays no further than its rounds
+    say it may, and otherwise what it strayed beyond that (docs/layout-bias.md)."""
+    common = [r for r in aa if r in ref]
+    if len(common) < 2:
+        return 0.0
+    logs = np.log([aa[r] / ref[r] for r in common])
+    return max(0.0, float(logs.mean()) ** 2 - float(logs.var(ddof=1)) / len(logs))
 
 
 def per_round(trials: list[tuple[Hashable, list[float]]], strata: list[int] | None = None) -> dict[Hashable, float]:

@@ -3,6 +3,8 @@ workload group, with an interval; the ratio to `default`; the A/A control's nois
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -10,7 +12,7 @@ from detcost.derive.frame import AA_LABEL, busy_count, group_fields, is_busy, ok
 from detcost.record import ROUND_KINDS, Kind, StepTiming
 from detcost.results import frame
 from detcost.settings import REFERENCE
-from detcost.stats import PairedRatio, busy_share, fastest, paired_ratio, per_round, unpaired_ratio
+from detcost.stats import PairedRatio, busy_share, fastest, label_bias_var, paired_ratio, per_round, unpaired_ratio
 
 
 def kept_trials(g: pd.DataFrame) -> tuple[list[list[float]], list[int] | None]:
@@ -48,10 +50,11 @@ def rounds_of(g: pd.DataFrame) -> dict:
     return per_round(list(zip(rounds, steps)), strata)
 
 
-def _ratio(a: dict, b: dict) -> PairedRatio:
-    """Paired within rounds; where busy trials left the two labels no round in common,
-    unpaired (drift then does not cancel, and the interval is wider for it)."""
-    paired = paired_ratio(a, b)
+def _ratio(a: dict, b: dict, bias_var: float = 0.0) -> PairedRatio:
+    """Paired within rounds, the labels' fixed effect `bias_var` included; where busy
+    trials left the two labels no round in common, unpaired (drift then does not cancel,
+    and the interval is wider for it)."""
+    paired = paired_ratio(a, b, bias_var=bias_var)
     return paired if paired.rounds else unpaired_ratio(a, b)
 
 
@@ -61,11 +64,24 @@ def _label_rows(keys: list[str], key: tuple, per_label: dict, busy: dict) -> lis
     rounds = {label: rounds_of(g) for label, g in per_label.items()}
     timed = {k: v for k, v in rounds.items() if k != AA_LABEL}
     best = fastest(timed)
+    # what the A/A control strayed beyond its rounds: a fixed effect of the label that
+    # every price between two labels may carry too (the A/A's own interval is the test of it)
+    bias = label_bias_var(rounds[AA_LABEL], rounds[REFERENCE]) if AA_LABEL in rounds and REFERENCE in timed else 0.0
     rows = []
     for label, g in per_label.items():
-        ref_label = REFERENCE if label == AA_LABEL and REFERENCE in timed else best
-        price = PairedRatio.identity(len(rounds[label])) if label == best else _ratio(rounds[label], rounds[ref_label])
-        vs_default = _ratio(rounds[label], rounds[REFERENCE]) if REFERENCE in timed else None
+        is_aa = label == AA_LABEL
+        ref_label = REFERENCE if is_aa and REFERENCE in timed else best
+        extra = 0.0 if is_aa else bias
+        price = (
+            PairedRatio.identity(len(rounds[label]))
+            if label == best
+            else _ratio(rounds[label], rounds[ref_label], extra)
+        )
+        vs_default = (
+            _ratio(rounds[label], rounds[REFERENCE], 0.0 if label == REFERENCE else extra)
+            if REFERENCE in timed
+            else None
+        )
         sps = g["samples_per_s"]
         rows.append(
             {
@@ -86,6 +102,7 @@ def _label_rows(keys: list[str], key: tuple, per_label: dict, busy: dict) -> lis
                 "cold_start_s": _median(g, "cold_start_s"),
                 "peak_memory_bytes": _median(g, "peak_memory_bytes"),
                 "achieved_flops": _median(g, "achieved_flops"),
+                "label_bias": math.sqrt(bias),  # the log-ratio sd added to this group's prices
                 "busy_trials": busy[label],
                 "busy_trials_priced": busy_count(g),
             }

@@ -17,6 +17,7 @@ from torch import nn
 
 from detcost.workloads.base import Size, Workload, WorkloadConfig
 from detcost.workloads.common import classification
+from detcost.workloads.simple_cnn import SIZES as SIMPLE_CNN_SIZES
 from detcost.workloads.simple_cnn import SimpleCNN
 
 SIZES = {
@@ -89,16 +90,19 @@ class _Alert(nn.Module):
 
 
 INJECTED_PRICE = 1.20  # diag_price: step time under cudnn.benchmark, relative to without it
+# diag_price_cnn: simple_cnn itself at its own sizes, where a quiet 2-core CPU prices to
+# a few percent: a known price of the size users read, not one far outside the noise.
+INJECTED_PRICE_CNN = 1.10
 
 
-def _priced(cfg: WorkloadConfig) -> Workload:
-    """simple_cnn whose steps take INJECTED_PRICE times as long while cudnn.benchmark is on
+def _priced(cfg: WorkloadConfig, width: int = 8, price: float = INJECTED_PRICE) -> Workload:
+    """simple_cnn whose steps take `price` times as long while cudnn.benchmark is on
     (the `benchmark` settings): after each optimizer step it spins for (price - 1) times
     the step's own compute. On the CPU cudnn.benchmark changes nothing else, so the true
     price of `benchmark` against `default` is known exactly; the price realised in each
     trial is read back into the record (`workload_notes.injected_price`)."""
-    wl = classification(SimpleCNN(width=8), cfg)
-    extra = INJECTED_PRICE - 1 if torch.backends.cudnn.benchmark else 0.0
+    wl = classification(SimpleCNN(width=width), cfg)
+    extra = price - 1 if torch.backends.cudnn.benchmark else 0.0
     state = {"t0": 0.0, "compute_s": 0.0, "spun_s": 0.0}
 
     def start(module, args):
@@ -184,7 +188,12 @@ DIAGNOSTICS = {
     "diag_noise": (_wrapped(_Noise), "adds unseeded noise to the logits: never reproducible"),
     "diag_alert": (_wrapped(_Alert), "uses put_, which strict mode rejects even on the CPU"),
     "diag_price": (_priced, f"steps take {INJECTED_PRICE:g}x as long under cudnn.benchmark: a known price (CPU)"),
+    "diag_price_cnn": (
+        functools.partial(_priced, width=32, price=INJECTED_PRICE_CNN),
+        f"simple_cnn at its own sizes, {INJECTED_PRICE_CNN:g}x as long under cudnn.benchmark: a known price of "
+        "the size users read (CPU)",
+    ),
     "diag_oom": (_oversized, "at its gpu size a batch needs 12 TiB on the device: recorded as oom"),
 }
 # Sizes of the diagnostics whose faults live in their sizes; the others use SIZES.
-OWN_SIZES = {"diag_oom": OOM_SIZES}
+OWN_SIZES = {"diag_oom": OOM_SIZES, "diag_price_cnn": SIMPLE_CNN_SIZES}

@@ -1,0 +1,167 @@
+"""The calibration's logic on synthetic timings (scripts/calibrate.py runs it for real).
+
+A label bias fixed for a whole sweep is planted, as one forkserver's memory layout plants
+it: the interval built from rounds alone misses it. When each round gets a layout of its
+own (a new server), the same bias is drawn again each round, becomes round-to-round noise,
+and the intervals cover the truths again. A bias that stays fixed whatever the layout is
+what the A/A control measures, and every price's interval takes it in."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from detcost import results, sweep
+from detcost.record import Kind, Outcome, Status, StepTiming, TrialParts, TrialRecord
+from detcost.stats import label_bias_var, paired_ratio
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("calibrate", ROOT / "scripts" / "calibrate.py")
+calibrate = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(calibrate)
+
+TRUE_PRICE = 1.10  # benchmark's, as diag_price_cnn injects it
+STEP_S = 0.014
+
+
+class PlantedBias:
+    """Trials whose step time is the label's true price times a label bias that holds for
+    as long as one layout does (one forkserver: the whole sweep when it is fixed, one
+    round when each round starts a new one), times per-trial noise. `fixed_too` plants a
+    bias that holds for the whole sweep whatever the layout."""
+
+    def __init__(self, rng, bias_sd: float, noise_sd: float, fixed_too: float = 0.0):
+        self.rng, self.bias_sd, self.noise_sd = rng, bias_sd, noise_sd
+        self.layout_epoch, self.bias = 0, {}
+        self.sweep_bias = {label: rng.normal(0, fixed_too) for label in ("default", "benchmark", "aa")}
+
+    def new_server(self, rng) -> bool:
+        self.layout_epoch += 1
+        return True
+
+    def __call__(self, opts, spec, machine, layout=None) -> TrialRecord:
+        label = "aa" if spec.kind == Kind.AA else spec.setting
+        key = (self.layout_epoch, label)
+        if key not in self.bias:
+            self.bias[key] = self.rng.normal(0, self.bias_sd)
+        price = TRUE_PRICE if spec.setting == "benchmark" else 1.0
+        t = STEP_S * price * math.exp(self.bias[key] + self.sweep_bias[label] + self.rng.normal(0, self.noise_sd))
+        timing = StepTiming(step_times_s=[t] * 5, batch_size=spec.batch_size, busy={"busy": False})
+        outcome = Outcome(final_loss=1.0, eval_accuracy=0.5, params_sha256="p", logits_sha256="l")
+        notes = {"workload_notes": {"injected_price": price, "price_applies_to": "cudnn.benchmark"}}
+        return TrialRecord(spec, Status.OK, parts=TrialParts(timing=timing, outcome=outcome, payload=notes))
+
+
+def _cell(tmp_path, monkeypatch, layout: str, sweeps: int = 20, rounds: int = 10, **planted) -> dict:
+    monkeypatch.setattr(sweep, "start_method", lambda method, device: "forkserver")
+    rng, rows = np.random.default_rng(0), []
+    for k in range(sweeps):
+        trials = PlantedBias(rng, **planted)
+        monkeypatch.setattr(sweep, "new_server", trials.new_server)
+        monkeypatch.setattr(sweep, "_run_one", trials)
+        rows.append(calibrate.one_sweep(tmp_path, k, "tight", rounds, layout, allow_busy=True))
+    return calibrate.summary(pd.DataFrame(rows))
+
+
+def _rounds_alone(monkeypatch) -> None:
+    """Intervals from the spread across rounds alone, as detcost drew them before."""
+    monkeypatch.setattr("detcost.derive.prices.label_bias_var", lambda aa, ref: 0.0)
+
+
+def test_a_bias_fixed_for_the_sweep_is_missed_by_intervals_from_rounds(tmp_path, monkeypatch):
+    _rounds_alone(monkeypatch)
+    cell = _cell(tmp_path, monkeypatch, "fixed", bias_sd=0.05, noise_sd=0.01)
+    assert cell["aa_coverage"] < 0.6 and cell["known_price_coverage"] < 0.6
+    assert cell["aa_one_sided"] >= 12  # per-round A/A ratios on one side of 1 in most sweeps
+
+
+def test_with_one_layout_per_sweep_the_aa_control_still_widens_the_prices_it_biased(tmp_path, monkeypatch):
+    cell = _cell(tmp_path, monkeypatch, "fixed", bias_sd=0.05, noise_sd=0.01)
+    assert cell["aa_coverage"] < 0.6  # the A/A's own interval is the test: it shows the bias
+    assert cell["widened_sweeps"] >= 15 and cell["known_price_coverage"] >= 0.7
+
+
+def test_a_new_layout_each_round_turns_the_same_bias_into_noise_the_intervals_cover(tmp_path, monkeypatch):
+    cell = _cell(tmp_path, monkeypatch, "random", bias_sd=0.05, noise_sd=0.01)
+    assert cell["aa_covered"] >= 18 and cell["known_price_covered"] >= 18
+    assert cell["aa_one_sided"] <= 5
+    assert cell["price_half_width_median"] < 0.10  # still a usable width, not coverage by blowing up
+
+
+def test_a_bias_no_layout_moves_widens_every_price_by_what_the_aa_control_measured(tmp_path, monkeypatch):
+    planted = dict(bias_sd=0.0, noise_sd=0.01, fixed_too=0.04)
+    widened = _cell(tmp_path, monkeypatch, "random", **planted)
+    with monkeypatch.context() as m:
+        _rounds_alone(m)
+        narrow = _cell(tmp_path / "narrow", monkeypatch, "random", **planted)
+    assert widened["widened_sweeps"] >= 15 and narrow["widened_sweeps"] == 0
+    assert narrow["known_price_coverage"] < 0.6
+    assert widened["known_price_coverage"] >= narrow["known_price_coverage"] + 0.25
+
+
+def test_the_aa_control_measures_a_label_bias_only_beyond_what_its_rounds_allow():
+    rng = np.random.default_rng(1)
+    ref = {r: 1.0 for r in range(10)}
+    noise_only = [label_bias_var({r: math.exp(rng.normal(0, 0.02)) for r in range(10)}, ref) for _ in range(400)]
+    assert np.mean([v == 0 for v in noise_only]) > 0.55  # zero in most sweeps where there is no bias
+    biased = {r: 1.05 * math.exp(rng.normal(0, 0.01)) for r in range(10)}
+    assert math.sqrt(label_bias_var(biased, ref)) == pytest.approx(math.log(1.05), rel=0.1)
+    assert label_bias_var({0: 1.2}, {0: 1.0}) == 0.0  # one round: nothing to measure it against
+
+
+def test_a_label_bias_widens_the_interval_and_leaves_the_point():
+    a = {r: 1.1 * (1.01 if r % 2 else 0.99) for r in range(8)}
+    b = {r: 1.0 for r in range(8)}
+    plain, wide = paired_ratio(a, b), paired_ratio(a, b, bias_var=0.03**2)
+    assert wide.ratio == plain.ratio and wide.lo < plain.lo and wide.hi > plain.hi
+    assert wide.half_width > 0.03 * 2  # t(7) times at least the added sd
+
+
+def test_the_summary_counts_each_truth_and_the_one_sided_sweeps():
+    table = pd.DataFrame(
+        {
+            "size": ["tight"] * 3, "sweep": [0, 1, 2], "busy_events": [0, 0, 1], "rounds": [10] * 3,
+            "aa": [1.0, 1.05, 0.99], "aa_lo": [0.98, 1.02, 0.97], "aa_hi": [1.02, 1.08, 1.01],
+            "truth": [1.1] * 3, "price": [1.1, 1.2, 1.09], "price_lo": [1.08, 1.15, 1.0], "price_hi": [1.12, 1.25, 1.2],
+            "label_bias": [0.0, 0.03, 0.0], "aa_above_1": [5, 9, 2], "aa_ratios": [10] * 3,
+        }
+    )  # fmt: skip
+    cell = calibrate.summary(table)
+    assert (cell["aa_covered"], cell["known_price_covered"], cell["aa_one_sided"]) == (2, 2, 2)
+    assert cell["widened_sweeps"] == 1 and cell["busy_events"] == 1
+    assert "2 of 3" in calibrate.markdown({"tight/10": cell}, _meta())
+
+
+def _meta() -> dict:
+    return {"command": "c", "date": "d", "wall_s": 60, "layout": "random", "machine": "m", "torch": "t"}
+
+
+def test_judge_reads_a_real_sweeps_file(small_sweep):
+    """judge() on the shared small sweep (no known price there: only its A/A side is read)."""
+    df = results.load(small_sweep)
+    df = df[df["workload"] == "simple_cnn"].assign(**{"workload_notes.injected_price": 1.0})
+    df.loc[df["setting"] == "benchmark", "workload_notes.injected_price"] = 1.1
+    judged = calibrate.judge(df)
+    assert judged["aa_ratios"] == 2 and judged["truth"] == pytest.approx(1.1) and judged["rounds"] == 2
+
+
+def test_only_prices_between_two_labels_are_widened_not_default_against_itself(tmp_path, monkeypatch):
+    from detcost.derive.prices import speed_table
+
+    monkeypatch.setattr(sweep, "start_method", lambda method, device: "forkserver")
+    trials = PlantedBias(np.random.default_rng(3), bias_sd=0.0, noise_sd=0.01)
+    trials.sweep_bias.update(default=0.0, benchmark=0.0, aa=0.06)  # the A/A control strays 6%
+    monkeypatch.setattr(sweep, "new_server", trials.new_server)
+    monkeypatch.setattr(sweep, "_run_one", trials)
+    calibrate.one_sweep(tmp_path, 0, "tight", 10, "random", allow_busy=True)
+    speed = speed_table(results.load(tmp_path / "tight-10-0.jsonl")).set_index("setting")
+    assert speed.loc["default", "label_bias"] == pytest.approx(0.06, abs=0.015)
+    assert speed.loc["default", ["vs_default_lo", "vs_default_hi"]].tolist() == [1.0, 1.0]
+    bench, aa = speed.loc["benchmark"], speed.loc["A/A control"]
+    assert bench["vs_default_hi"] / bench["vs_default"] - 1 > 0.06  # takes in the A/A's 6%
+    assert not aa["price_lo"] <= 1.0 <= aa["price_hi"]  # the A/A's own interval shows the bias
