@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sstats
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -102,11 +104,22 @@ def one_sided(table: pd.DataFrame) -> pd.Series:
     return np.maximum(above, n - above) >= ONE_SIDED_SHARE * n
 
 
+def rounds_alone(table: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """The known price's interval without the label bias the A/A control measured: the
+    rounds' own variance, recovered from the widened half-width (log scale)."""
+    t = pd.Series(sstats.t.ppf(0.975, table["rounds"] - 1), index=table.index)
+    widened = np.log(table["price_hi"] / table["price"]) / t
+    own = np.sqrt(np.maximum(widened**2 - table["label_bias"] ** 2, 0.0)) * t
+    return table["price"] * np.exp(-own), table["price"] * np.exp(own)
+
+
 def summary(table: pd.DataFrame) -> dict:
     """Coverage and widths of one cell (one size at one round count)."""
     aa_cover = (table["aa_lo"] <= 1.0) & (table["aa_hi"] >= 1.0)
     price_cover = (table["price_lo"] <= table["truth"]) & (table["price_hi"] >= table["truth"])
+    lo, hi = rounds_alone(table)
     return {
+        "known_price_covered_rounds_alone": int(((lo <= table["truth"]) & (hi >= table["truth"])).sum()),
         "sweeps": len(table),
         "rounds_per_sweep": int(table["rounds"].median()),
         "aa_covered": int(aa_cover.sum()),
@@ -160,8 +173,8 @@ def markdown(cells: dict, meta: dict) -> str:
         "(simple_cnn at its CPU size, 1.10 injected).",
         "",
         "| size | rounds | sweeps | known price covered | A/A covers 1.00 | median half-width (price, A/A) "
-        "| A/A one-sided | prices widened |",
-        "|---|---|---|---|---|---|---|---|",
+        "| A/A one-sided | prices widened | known price covered by the rounds alone |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for key, c in cells.items():
         size, rounds = key.split("/")
@@ -169,7 +182,8 @@ def markdown(cells: dict, meta: dict) -> str:
             f"| {size} | {rounds} | {c['sweeps']} | {c['known_price_covered']} of {c['sweeps']} "
             f"({c['known_price_coverage']:.0%}) | {c['aa_covered']} of {c['sweeps']} ({c['aa_coverage']:.0%}) "
             f"| ±{c['price_half_width_median']:.1%}, ±{c['aa_half_width_median']:.1%} "
-            f"| {c['aa_one_sided']} of {c['sweeps']} | {c['widened_sweeps']} of {c['sweeps']} |"
+            f"| {c['aa_one_sided']} of {c['sweeps']} | {c['widened_sweeps']} of {c['sweeps']} "
+            f"| {c['known_price_covered_rounds_alone']} of {c['sweeps']} |"
         )
     met = all(c["aa_coverage"] >= TARGET and c["known_price_coverage"] >= TARGET for c in cells.values())
     lines += [
@@ -178,12 +192,46 @@ def markdown(cells: dict, meta: dict) -> str:
         f'"A/A one-sided": sweeps whose per-round A/A ratios sat on one side of 1 in at least '
         f"{ONE_SIDED_SHARE:.0%} of rounds (with no label bias about 11% of sweeps at 10 rounds, 38% at 5). "
         '"Prices widened": sweeps where the A/A control strayed beyond its rounds and every price\'s '
-        "interval took that in (`label_bias`).",
+        "interval took that in (`label_bias`); the last column is the known price's coverage without that "
+        "(the interval from the rounds' spread alone).",
         "",
         "![calibration](calibration.png)",
         "",
     ]
     return "\n".join(lines)
+
+
+def run_cells(sizes: list[str], round_counts: list[int], sweeps: int, layout: str) -> pd.DataFrame:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            for rounds in round_counts:
+                for k in range(sweeps):
+                    r = one_sweep(Path(tmp), k, size, rounds, layout)
+                    rows.append(r)
+                    print(
+                        f"{size}/{rounds} sweep {k + 1}/{sweeps}: A/A {r['aa']:.3f} [{r['aa_lo']:.3f}, "
+                        f"{r['aa_hi']:.3f}]  known {r['truth']:.3f}: {r['price']:.3f} [{r['price_lo']:.3f}, "
+                        f"{r['price_hi']:.3f}]  A/A above 1 in {r['aa_above_1']}/{r['aa_ratios']}",
+                        flush=True,
+                    )
+    return pd.DataFrame(rows)
+
+
+def write(table: pd.DataFrame, meta: dict, out: Path) -> str:
+    """The cells' summaries, the figure and the Markdown page, from the per-sweep table."""
+    cells = {
+        f"{size}/{rounds}": summary(table[(table["size"] == size) & (table["rounds"] == rounds)])
+        for size in dict.fromkeys(table["size"])
+        for rounds in dict.fromkeys(table["rounds"])
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out.with_suffix(".csv"), index=False)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "cells": cells}, indent=2))
+    figure(table, cells, out.with_suffix(".png"))
+    page = markdown(cells, meta)
+    out.with_suffix(".md").write_text(page)
+    return page
 
 
 def main() -> None:
@@ -193,29 +241,18 @@ def main() -> None:
     p.add_argument("--sizes", default="small,tight", help=f"comma list of {', '.join(SIZES)}")
     p.add_argument("--layout", default="random", choices=("random", "fixed"))
     p.add_argument("--out", type=Path, default=Path("reports/calibration"))
+    p.add_argument("--from-csv", type=Path, help="render an earlier run's per-sweep table again, run nothing")
     args = p.parse_args()
+    if args.from_csv:
+        table = pd.read_csv(args.from_csv)
+        meta = json.loads(args.from_csv.with_suffix(".json").read_text())["meta"]
+        print(write(table, meta, args.out))
+        return
     sizes, round_counts = args.sizes.split(","), [int(r) for r in args.rounds.split(",")]
     if set(sizes) - set(SIZES):
         p.error(f"unknown sizes {', '.join(set(sizes) - set(SIZES))}; valid: {', '.join(SIZES)}")
-    rows, t0 = [], time.monotonic()
-    with tempfile.TemporaryDirectory() as tmp:
-        for size in sizes:
-            for rounds in round_counts:
-                for k in range(args.sweeps):
-                    r = one_sweep(Path(tmp), k, size, rounds, args.layout)
-                    rows.append(r)
-                    print(
-                        f"{size}/{rounds} sweep {k + 1}/{args.sweeps}: A/A {r['aa']:.3f} [{r['aa_lo']:.3f}, "
-                        f"{r['aa_hi']:.3f}]  known {r['truth']:.3f}: {r['price']:.3f} [{r['price_lo']:.3f}, "
-                        f"{r['price_hi']:.3f}]  A/A above 1 in {r['aa_above_1']}/{r['aa_ratios']}",
-                        flush=True,
-                    )
-    table = pd.DataFrame(rows)
-    cells = {
-        f"{size}/{rounds}": summary(table[(table["size"] == size) & (table["rounds"] == rounds)])
-        for size in sizes
-        for rounds in round_counts
-    }
+    t0 = time.monotonic()
+    table = run_cells(sizes, round_counts, args.sweeps, args.layout)
     import torch
 
     meta = {
@@ -223,15 +260,10 @@ def main() -> None:
         "date": _dt.date.today().isoformat(),
         "wall_s": round(time.monotonic() - t0, 1),
         "layout": args.layout,
-        "machine": f"{platform.machine()} CPU, {len(__import__('os').sched_getaffinity(0))} cores",
+        "machine": f"{platform.machine()} CPU, {len(os.sched_getaffinity(0))} cores",
         "torch": torch.__version__,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out.with_suffix(".csv"), index=False)
-    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "cells": cells}, indent=2))
-    figure(table, cells, args.out.with_suffix(".png"))
-    args.out.with_suffix(".md").write_text(markdown(cells, meta))
-    print(markdown(cells, meta))
+    print(write(table, meta, args.out))
 
 
 if __name__ == "__main__":

@@ -102,6 +102,8 @@ def test_a_bias_no_layout_moves_widens_every_price_by_what_the_aa_control_measur
     assert widened["widened_sweeps"] >= 15 and narrow["widened_sweeps"] == 0
     assert narrow["known_price_coverage"] < 0.6
     assert widened["known_price_coverage"] >= narrow["known_price_coverage"] + 0.25
+    # the same synthetic sweeps: the report's "rounds alone" column recovers the narrow intervals
+    assert widened["known_price_covered_rounds_alone"] == narrow["known_price_covered"]
 
 
 def test_the_aa_control_measures_a_label_bias_only_beyond_what_its_rounds_allow():
