@@ -301,8 +301,7 @@ def _sweep_options(args):
 
 
 def cmd_run(args) -> int:
-    from detcost import results as results_mod
-    from detcost.derive.prices import speed_table
+    from detcost.derive.analysis import analyse
     from detcost.report import text
     from detcost.sweep import run_sweep
 
@@ -318,19 +317,17 @@ def cmd_run(args) -> int:
     t0 = time.monotonic()
     outcome = run_sweep(opts, resume=args.resume, progress=not args.quiet)
     wall = time.monotonic() - t0
-    df = results_mod.load(outcome.results)
-    # the whole file, as the report reads it (a --precision run may have added rounds)
+    # the sweep's records, every planned trial's latest (a --precision run may have added rounds)
+    analysis = analyse(outcome.records, args.max_slowdown)
     paths = None
-    if not args.no_report and not df.empty:
+    if not args.no_report and outcome.records:
         from detcost.report.build import build_report
 
-        paths = build_report([outcome.results], args.report, max_slowdown=args.max_slowdown)
-    speed = speed_table(df)
-    rec = _recommendation(df, speed, args.max_slowdown)
+        paths = build_report(analysis, args.report, [outcome.results])
     if args.json:
-        _print_json(text.run_summary_json(df, speed, outcome, wall, paths, rec))
+        _print_json(text.run_summary_json(analysis, outcome, wall, paths))
     else:
-        print(text.run_summary(df, speed, outcome, wall, paths, rec))
+        print(text.run_summary(analysis, outcome, wall, paths))
     return EXIT_STOPPED if outcome.stopped_early else EXIT_OK
 
 
@@ -380,13 +377,6 @@ def _gpu_name(device: str) -> str | None:
     return names[index] if index < len(names) else None
 
 
-def _recommendation(df, speed, max_slowdown: float):
-    from detcost.derive.variance import variance_table
-    from detcost.report.recommend import recommend
-
-    return recommend(df, speed, variance_table(df), max_slowdown) if not speed.empty else None
-
-
 def _add_env(sub) -> None:
     p = sub.add_parser("env", help="print the environment fingerprint stored with every result")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -431,24 +421,33 @@ def _add_variance(sub) -> None:
 
 def cmd_variance(args) -> int:
     from detcost import results as results_mod
-    from detcost.derive import variance
+    from detcost.derive.analysis import analyse
     from detcost.report import text
 
-    df = results_mod.load(args.results)
-    table = variance.variance_table(df)
-    curves = variance.divergence_curves(df) if args.curves or args.json else None
+    analysis = analyse(results_mod.load_records(args.results))
+    machines = analysis.machines
     if args.json:
-        _print_json({"variance": text.records_json(table), "divergence": text.records_json(curves)})
+        _print_json(
+            {
+                "variance": [row for m in machines for row in text.records_json(m.spread_frame())],
+                "divergence": [row for m in machines for row in text.records_json(m.curve_frame())]
+                if args.curves or args.json
+                else None,
+            }
+        )
         return EXIT_OK
-    if table.empty:
+    if not any(m.spreads for m in machines):
         print("no ok timed or seed trials in these results: nothing to compare")
         return EXIT_OK
-    print("spread across repeats (same seed, fresh processes) and across seeds (the yardstick):")
-    print(text.variance_display(table).to_string(index=False))
+    for m in machines:
+        if len(machines) > 1:
+            print(f"== machine: {m.machine}")
+        print("spread across repeats (same seed, fresh processes) and across seeds (the yardstick):")
+        print(text.variance_display(m).to_string(index=False))
+        if args.curves and m.curves:
+            print("\ndivergence between repeats at each checkpoint step (rel L2; 0: bitwise identical):")
+            print(text.divergence_text(m))
     print("\n" + text.VARIANCE_LEGEND)
-    if curves is not None and not curves.empty:
-        print("\ndivergence between repeats at each checkpoint step (rel L2; 0: bitwise identical):")
-        print(text.divergence_text(curves))
     return EXIT_OK
 
 
@@ -463,7 +462,7 @@ def _fraction(text: str) -> float:
 
 
 def _add_max_slowdown(p) -> None:
-    from detcost.report.recommend import DEFAULT_MAX_SLOWDOWN
+    from detcost.derive.recommend import DEFAULT_MAX_SLOWDOWN
 
     p.add_argument(
         "--max-slowdown",
@@ -483,11 +482,16 @@ def _add_report(sub) -> None:
 
 
 def cmd_report(args) -> int:
+    from detcost import results as results_mod
+    from detcost.derive.analysis import analyse
     from detcost.report.build import build_report
+    from detcost.report.sweep_text import recommendation_json
 
-    paths = build_report(args.results, args.out, args.max_slowdown)
+    analysis = analyse(results_mod.load_records(args.results), args.max_slowdown)
+    paths = build_report(analysis, args.out, args.results)
     if args.json:
-        print(json.dumps({"html": str(paths.html), "markdown": str(paths.markdown)}))
+        recs = [recommendation_json(m.recommendation) | {"machine": m.machine} for m in analysis.machines]
+        _print_json({"html": str(paths.html), "markdown": str(paths.markdown), "recommendation": recs})
     else:
         print(f"report:  {paths.html}\n         {paths.markdown}")
     return EXIT_OK
@@ -503,17 +507,23 @@ def _add_compare(sub) -> None:
 
 
 def cmd_compare(args) -> int:
+    from detcost import results as results_mod
+    from detcost.derive.analysis import analyse
     from detcost.derive.compare import compare_runs
     from detcost.report import compare, text
 
+    a, b = results_mod.load_records(args.a), results_mod.load_records(args.b)
+    ma, mb = analyse(a).only, analyse(b).only
+    deltas, missing = compare_runs(a, b, ma.prices if ma else [], mb.prices if mb else [])
+    html = None
     if args.out:
-        table, missing, html = compare.write_html(args.a, args.b, args.out)
-    else:
-        (table, missing), html = compare_runs(args.a, args.b), None
+        machines = (ma.machine if ma else "?", mb.machine if mb else "?")
+        html = compare.write_html(deltas, missing, (args.a, args.b), machines, args.out)
     if args.json:
+        table = [d.row() for d in deltas]
         _print_json({"comparison": text.records_json(table), "missing": missing, "html": str(html) if html else None})
         return EXIT_OK
-    print(compare.compare_text(table, missing))
+    print(compare.compare_text(deltas, missing))
     if html:
         print(f"html: {html}")
     return EXIT_OK
@@ -569,21 +579,21 @@ def _add_explain(sub) -> None:
 
 def cmd_explain(args) -> int:
     from detcost import results as results_mod
-    from detcost.derive.attribution import attribution
-    from detcost.derive.frame import is_cpu
-    from detcost.derive.prices import speed_table
+    from detcost.derive.analysis import analyse
     from detcost.report import text
 
-    df = results_mod.load(args.results)
+    records = results_mod.load_records(args.results)
     if args.workloads:
-        df = df[df["workload"].isin([w.strip() for w in args.workloads.split(",")])]
-    table = attribution(df, speed_table(df), top=args.top)
+        wanted = {w.strip() for w in args.workloads.split(",")}
+        records = [r for r in records if r.spec.workload in wanted]
+    m = analyse(records).only
+    table = m.attribution.groupby(["workload", "setting"], sort=False).head(args.top) if m else None
     if args.json:
-        _print_json(text.records_json(table))
-    elif table.empty:
+        _print_json(text.records_json(table if table is not None else []))
+    elif table is None or table.empty:
         print("no profiled trials in these results (the sweep ran with --no-explain?): nothing to explain")
     else:
-        print(text.explain_text(table, cpu=is_cpu(df)))
+        print(text.explain_text(table, cpu=m.cpu))
     return EXIT_OK
 
 
@@ -623,7 +633,9 @@ def cmd_audit(args) -> int:
             ]
         )
     else:
-        print(text.audit_text(records))
+        from detcost.derive.analysis import AuditFinding
+
+        print(text.audit_text([AuditFinding.of(r) for r in records]))
     return EXIT_OK
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from detcost.errors import UsageError
-from detcost.record import SCHEMA_VERSION, TABLE_COLUMNS, Kind, table_rows
+from detcost.record import SCHEMA_VERSION, TABLE_COLUMNS, Kind, TrialRecord, table_rows
 
 
 def iter_records(path: str | Path) -> Iterator[dict]:
@@ -57,8 +57,15 @@ def read_records(paths: str | Path | Iterable[str | Path]) -> list[dict]:
     return list(latest.values())
 
 
+def load_records(paths: str | Path | Iterable[str | Path]) -> list[TrialRecord]:
+    """All records of one or more files as `TrialRecord`s (latest record of a trial wins),
+    each knowing the file it came from: what the analysis reads."""
+    return [TrialRecord.from_json(r) for r in read_records(paths)]
+
+
 def load(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
-    """One call: results file(s) -> a DataFrame, one row per trial (latest record wins).
+    """One call: results file(s) -> a DataFrame, one row per trial (latest record wins):
+    the pandas export for users, built from the same records the analysis reads.
 
     The columns are the record's (`detcost.record.TrialRecord.row`): nested fields
     flattened with dots (`flags.cudnn_benchmark`, `env.gpu`, `busy.busy`), statistics
@@ -119,14 +126,6 @@ def _microbench_row(b: dict, data: dict, path) -> dict:
         "rounds": stats["rounds"],
         "results_path": str(path),
     }
-
-
-def sidecar_path(record) -> Path | None:
-    """Where a record's sidecar file is: stored relative to its results file's folder."""
-    rel = record.get("sidecar")
-    if not isinstance(rel, str) or not rel:
-        return None
-    return Path(record.get("results_path", ".")).parent / rel
 
 
 class ResultsWriter:

@@ -285,9 +285,12 @@ def run_sweep(
         if opts.precision is not None and not stopped:
             opts, planned, stopped, precision = _add_rounds(opts, runner, planned)
     latest = latest_by_trial(existing + runner.new)
+    records = [latest[s.trial_id] for s in planned if s.trial_id in latest]
+    for r in records:  # where their sidecars are: beside the results file
+        r.results_path = str(opts.results)
     return SweepOutcome(
         planned=planned,
-        records=[latest[s.trial_id] for s in planned if s.trial_id in latest],
+        records=records,
         ran=len(runner.new) - runner.reruns,
         reruns=runner.reruns,
         skipped=len({s.trial_id for s in planned} & runner.done_before),

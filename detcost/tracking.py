@@ -3,43 +3,36 @@ training step a timer can call. Keeps the asv files in benchmarks/ declarative."
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
-from detcost import results
-from detcost.derive.prices import speed_table
-from detcost.derive.variance import same_seed_rows, variance_table
+from detcost.derive.analysis import MachineAnalysis, analyse
 from detcost.record import Status
 from detcost.sweep import SweepOptions, run_sweep
 from detcost.train import TrainStep, spec_at_profile
 
 
-def _row(table: pd.DataFrame, workload: str, setting: str) -> pd.DataFrame:
-    return table[(table["workload"] == workload) & (table["setting"] == setting)] if not table.empty else table
-
-
-def _figures(df: pd.DataFrame, speed: pd.DataFrame, var: pd.DataFrame, workload: str, setting: str) -> dict:
+def _figures(m: MachineAnalysis, workload: str, setting: str) -> dict:
     """The tracked figures of one workload x setting, or its failure status."""
-    row, v = _row(speed, workload, setting), _row(var, workload, setting)
-    trials = _row(df, workload, setting)
-    if row.empty:
-        failed = trials[trials["status"] != str(Status.OK)]["status"]
-        return {"status": failed.iloc[0] if len(failed) else "missing"}
-    r = row.iloc[0]
+    price, spread = m.price_of(workload, setting), m.spread_of(workload, setting)
+    trials = [r for r in m.records if r.spec.workload == workload and r.spec.setting == setting]
+    ok = [r.timing.step_time_median_s for r in trials if r.ok and r.timing]
+    if price is None or not ok:
+        failed = [str(r.status) for r in trials if r.status != Status.OK]
+        return {"status": failed[0] if failed else "missing"}
+    ok.sort()
     return {
         "status": str(Status.OK),
-        "samples_per_s": float(r["samples_per_s"]),
-        "step_time_s": float(trials["step_time_median_s"].median()),
-        "cold_start_s": float(r["cold_start_s"]),
-        "peak_memory_bytes": float(r["peak_memory_bytes"]),
-        "achieved_flops": float(r["achieved_flops"]),
+        "samples_per_s": price.samples_per_s,
+        "step_time_s": (ok[(len(ok) - 1) // 2] + ok[len(ok) // 2]) / 2,
+        "cold_start_s": price.cold_start_s,
+        "peak_memory_bytes": price.peak_memory_bytes,
+        "achieved_flops": price.achieved_flops,
         # the report's statistic: step time over default's, paired within rounds
-        "slowdown_vs_default": float(r["vs_default"]),
-        "divergence": float(v["rel_l2"].iloc[0]) if len(v) else np.nan,
-        "identical_fraction": float(v["n_identical"].iloc[0] / v["R"].iloc[0]) if len(v) else np.nan,
+        "slowdown_vs_default": price.vs_default.ratio if price.vs_default else math.nan,
+        "divergence": spread.rel_l2 if spread else math.nan,
+        "identical_fraction": spread.n_identical / spread.R if spread else math.nan,
     }
 
 
@@ -65,11 +58,11 @@ def sweep_figures(
             explain=False,
             allow_busy=allow_busy,
         )
-        run_sweep(opts, progress=False)
-        df = results.load(opts.results)
-        speed = speed_table(df)
-        var = same_seed_rows(variance_table(df))
-    return {(w, s): _figures(df, speed, var, w, s) for w in workloads for s in settings}
+        outcome = run_sweep(opts, progress=False)
+        m = analyse(outcome.records).only
+    if m is None:
+        return {(w, s): {"status": "missing"} for w in workloads for s in settings}
+    return {(w, s): _figures(m, w, s) for w in workloads for s in settings}
 
 
 def train_step(workload: str, setting: str, device: str, profile: str) -> TrainStep:

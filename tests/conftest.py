@@ -183,3 +183,26 @@ def explain_sweep(tmp_path_factory):
     )
     assert code == 0
     return path
+
+
+def analysis_of(path, max_slowdown: float = 0.10):
+    """The one analysis of a results file (its only machine's)."""
+    from detcost.derive.analysis import analyse
+
+    return analyse(results.load_records(path), max_slowdown).only
+
+
+def speed_of(path):
+    """The price table of a results file, as the JSON and the figures read it."""
+    m = analysis_of(path)
+    import pandas as pd
+
+    return m.price_frame() if m else pd.DataFrame()
+
+
+def variance_of(path):
+    """The variance table of a results file, as the JSON reads it."""
+    m = analysis_of(path)
+    import pandas as pd
+
+    return m.spread_frame() if m else pd.DataFrame()

@@ -14,16 +14,14 @@ import pytest
 
 from detcost import axes, results
 from detcost.derive.compare import match_fields
-from detcost.derive.frame import group_fields
-from detcost.derive.prices import speed_table
-from detcost.derive.variance import variance_table
+from detcost.derive.keys import group_fields
+from detcost.derive.recommend import axis_snippet
 from detcost.isolation import run_isolated
 from detcost.record import TrialRecord, TrialSpec
-from detcost.report.recommend import axis_snippet
 from detcost.report.text import axis_values_text
 from detcost.sweep import SweepOptions, plan
 from detcost.trial import run_trial
-from tests.conftest import V1_SAMPLE, make_spec
+from tests.conftest import V1_SAMPLE, make_spec, speed_of, variance_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +51,7 @@ def test_the_import_contracts_hold():
         ("measure.py", "import pandas", "A trial process loads no tables, figures or report"),
         ("record.py", "from detcost import sweep", "Layers"),
         ("train.py", "from detcost.report import text", "Layers"),
-        ("derive/frame.py", "from detcost import report", "Layers"),
+        ("derive/keys.py", "from detcost import report", "Layers"),
     ],
 )
 def test_a_forbidden_import_breaks_a_contract(tmp_path, module, line, contract):
@@ -141,11 +139,11 @@ def test_a_toy_axis_reaches_plan_trial_record_tables_compare_and_snippet(toy_axi
     # tables, resume/compare matching and the report's words and snippet
     path = tmp_path / "r.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in stored))
-    df = results.load(path)
+    loaded = results.load_records(path)
     assert "loss_scale" in group_fields() and "loss_scale" in match_fields()
-    assert sorted(speed_table(df)["loss_scale"]) == [1, 2]
+    assert sorted(speed_of(path)["loss_scale"]) == [1, 2]
     assert axis_values_text({"threads": 2, "loss_scale": 2}).endswith("loss_scale 2")
-    assert "# loss scaled by [1, 2]" in axis_snippet(df, cpu=True)
+    assert "# loss scaled by [1, 2]" in axis_snippet(loaded, cpu=True)
 
 
 # ---- results written by the released detcost still load -----------------------------
@@ -155,9 +153,9 @@ def test_the_v1_sample_loads_into_the_same_tables():
     df = results.load(V1_SAMPLE)
     assert set(df["kind"]) == {"timed", "aa", "seed", "audit", "profiled"}
     assert (df["status"] == "ok").all()
-    speed = speed_table(df)
+    speed = speed_of(V1_SAMPLE)
     assert set(speed["setting"]) >= {"default", "strict"}
-    var = variance_table(df)
+    var = variance_of(V1_SAMPLE)
     same_seed = var[var["setting"].isin(["default", "strict"])].set_index("setting")
     assert same_seed["bitwise_identical"].to_dict() == {"default": True, "strict": True}
 

@@ -145,15 +145,15 @@ def _meta() -> dict:
 
 def test_judge_reads_a_real_sweeps_file(small_sweep):
     """judge() on the shared small sweep (no known price there: only its A/A side is read)."""
-    df = results.load(small_sweep)
-    df = df[df["workload"] == "simple_cnn"].assign(**{"workload_notes.injected_price": 1.0})
-    df.loc[df["setting"] == "benchmark", "workload_notes.injected_price"] = 1.1
-    judged = calibrate.judge(df)
+    records = [r for r in results.load_records(small_sweep) if r.spec.workload == "simple_cnn"]
+    for r in records:
+        r.parts.payload["workload_notes"] = {"injected_price": 1.1 if r.spec.setting == "benchmark" else 1.0}
+    judged = calibrate.judge(records)
     assert judged["aa_ratios"] == 2 and judged["truth"] == pytest.approx(1.1) and judged["rounds"] == 2
 
 
 def test_only_prices_between_two_labels_are_widened_not_default_against_itself(tmp_path, monkeypatch):
-    from detcost.derive.prices import speed_table
+    from detcost.derive.prices import prices
 
     monkeypatch.setattr(sweep, "start_method", lambda method, device: "forkserver")
     trials = PlantedBias(np.random.default_rng(3), bias_sd=0.0, noise_sd=0.01)
@@ -161,9 +161,9 @@ def test_only_prices_between_two_labels_are_widened_not_default_against_itself(t
     monkeypatch.setattr(sweep, "new_server", trials.new_server)
     monkeypatch.setattr(sweep, "_run_one", trials)
     calibrate.one_sweep(tmp_path, 0, "tight", 10, "random", allow_busy=True)
-    speed = speed_table(results.load(tmp_path / "tight-10-0.jsonl")).set_index("setting")
-    assert speed.loc["default", "label_bias"] == pytest.approx(0.06, abs=0.015)
-    assert speed.loc["default", ["vs_default_lo", "vs_default_hi"]].tolist() == [1.0, 1.0]
-    bench, aa = speed.loc["benchmark"], speed.loc["A/A control"]
-    assert bench["vs_default_hi"] / bench["vs_default"] - 1 > 0.06  # takes in the A/A's 6%
-    assert not aa["price_lo"] <= 1.0 <= aa["price_hi"]  # the A/A's own interval shows the bias
+    rows = {p.label: p for p in prices(results.load_records(tmp_path / "tight-10-0.jsonl"), cpu=False)}
+    assert rows["default"].label_bias == pytest.approx(0.06, abs=0.015)
+    assert (rows["default"].vs_default.lo, rows["default"].vs_default.hi) == (1.0, 1.0)
+    bench, aa = rows["benchmark"].vs_default, rows["A/A control"].price
+    assert bench.hi / bench.ratio - 1 > 0.06  # takes in the A/A's 6%
+    assert not aa.includes_one  # the A/A's own interval shows the bias

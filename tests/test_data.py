@@ -7,17 +7,15 @@ import importlib.util
 import sys
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from detcost import axes, loader, results
 from detcost.cli import main
-from detcost.derive.variance import variance_table
 from detcost.measure import class_accuracy
 from detcost.report.text import variance_display
 from detcost.sweep import SweepOptions, plan
-from tests.conftest import TIMED_ONLY, run_cli
+from tests.conftest import TIMED_ONLY, analysis_of, make_spec, run_cli, variance_of
 
 HAS_SKLEARN = importlib.util.find_spec("sklearn") is not None
 
@@ -32,11 +30,12 @@ def loader_sweep(tmp_path_factory):
         "--data", "loader,loader-unseeded", "--workers", "1", "--threads", "1", "--results", str(path),
     )  # fmt: skip
     assert code == 0
-    return results.load(path)
+    return path
 
 
 def test_the_seeded_loader_repeats_its_order_and_training_bitwise(loader_sweep):
-    seeded = loader_sweep[loader_sweep["data"] == "loader"]
+    df = results.load(loader_sweep)
+    seeded = df[df["data"] == "loader"]
     assert len(seeded) == 2 and (seeded["status"] == "ok").all()
     assert seeded["data_order_sha256"].nunique() == 1
     assert seeded["params_sha256"].nunique() == 1
@@ -44,14 +43,15 @@ def test_the_seeded_loader_repeats_its_order_and_training_bitwise(loader_sweep):
 
 
 def test_the_unseeded_loader_differs_from_the_first_step_and_the_table_says_so(loader_sweep):
-    unseeded = loader_sweep[loader_sweep["data"] == "loader-unseeded"]
+    df = results.load(loader_sweep)
+    unseeded = df[df["data"] == "loader-unseeded"]
     assert len(unseeded) == 2 and (unseeded["status"] == "ok").all()
     assert unseeded["data_order_sha256"].nunique() == 2
-    table = variance_table(loader_sweep).set_index("data")
+    table = variance_of(loader_sweep).set_index("data")
     assert not table.loc["loader-unseeded", "bitwise_identical"]
     assert table.loc["loader-unseeded", "first_diff_step"] == 1
     assert table.loc["loader", "bitwise_identical"]
-    shown = variance_display(variance_table(loader_sweep)).set_index("data")
+    shown = variance_display(analysis_of(loader_sweep)).set_index("data")
     assert shown.loc["loader-unseeded", "data order"] == "differs"
     assert shown.loc["loader", "data order"] == "same"
 
@@ -117,21 +117,19 @@ def test_class_accuracy_counts_each_class_and_skips_absent_ones():
 def test_one_class_moves_more_than_the_top_line():
     """Two runs that each miss a different class's samples: overall accuracy equal,
     each class's accuracy far apart."""
-    df = pd.DataFrame(
-        {
-            "params_sha256": ["a", "b"],
-            "final_loss": [1.0, 1.0],
-            "eval_accuracy": [0.9, 0.9],
-            "class_accuracy": [[1.0, 0.8], [0.8, 1.0]],
-            "data_order_sha256": [None, None],
-        }
-    )
+    from detcost.derive.keys import GroupKey
     from detcost.derive.variance import compare
+    from detcost.record import Outcome, Status, TrialParts, TrialRecord
 
-    row = compare(df)
-    assert row["accuracy_range"] == 0.0
-    assert row["class_accuracy_range"] == pytest.approx(0.2)
-    assert row["same_data_order"] is None
+    records = [
+        TrialRecord(make_spec(repeat=k), Status.OK, parts=TrialParts(outcome=Outcome(
+            final_loss=1.0, eval_accuracy=0.9, params_sha256=h, class_accuracy=acc)))
+        for k, (h, acc) in enumerate([("a", [1.0, 0.8]), ("b", [0.8, 1.0])])
+    ]  # fmt: skip
+    row = compare(GroupKey.of(records[0]), "default", records, {})
+    assert row.accuracy_range == 0.0
+    assert row.class_accuracy_range == pytest.approx(0.2)
+    assert row.same_data_order is None
 
 
 def test_digits_without_scikit_learn_is_one_line(capsys, monkeypatch):
@@ -152,10 +150,10 @@ def test_digits_reports_test_accuracy_and_its_per_class_spread_across_seeds(tmp_
     df = results.load(path)
     assert df["eval_accuracy"].between(0.3, 1.0).all()  # it learns real digits from 30 steps
     assert all(len(v) == 10 for v in df["class_accuracy"])
-    seeds = variance_table(df).set_index("setting").loc["seed yardstick"]
+    seeds = variance_of(path).set_index("setting").loc["seed yardstick"]
     assert np.isfinite(seeds["class_accuracy_range"])
     # A class's accuracy spreads at least as far as the top line (the overall accuracy
     # is a weighted mean of the classes'), and here further.
     assert seeds["class_accuracy_range"] >= seeds["accuracy_range"]
-    repeats = variance_table(df).set_index("setting").loc["default"]
+    repeats = variance_of(path).set_index("setting").loc["default"]
     assert repeats["bitwise_identical"] and repeats["class_accuracy_range"] == 0

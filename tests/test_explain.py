@@ -14,15 +14,15 @@ import pytest
 
 from detcost import results
 from detcost.cli import main
-from detcost.derive import attribution, variance
+from detcost.derive import attribution
 from detcost.isolation import run_isolated
 from detcost.settings import DEFAULT_SETTINGS
 from detcost.trial import run_trial
-from tests.conftest import TIMED_ONLY, make_spec, run_cli
+from tests.conftest import TIMED_ONLY, analysis_of, make_spec, run_cli, variance_of
 
 
 def test_profiling_attributes_strict_to_the_nan_fill_and_not_strict_nofill(explain_sweep):
-    attr = attribution.attribution(results.load(explain_sweep))
+    attr = analysis_of(explain_sweep).attribution
     strict = attr[attr["setting"] == "strict"].set_index("op")
     assert (attr["reference"] == "default").all()
     assert strict.loc["aten::fill_", "delta_calls"] > 10  # hundreds of NaN fills per step
@@ -44,7 +44,7 @@ def test_strict_nofill_reads_back_no_fill_and_its_repeats_are_bitwise_identical(
     assert len(nofill) == 2
     assert not nofill["flags.fill_uninitialized_memory"].any() and nofill["flags.deterministic_algorithms"].all()
     assert nofill["params_sha256"].nunique() == 1
-    row = variance.variance_table(df).set_index("setting").loc["strict_nofill"]
+    row = variance_of(explain_sweep).set_index("setting").loc["strict_nofill"]
     assert row["n_identical"] == 2 and row["rel_l2"] == 0
 
 

@@ -10,12 +10,11 @@ import pytest
 import torch
 
 from detcost import profile
-from detcost.derive.frame import AA_LABEL
-from detcost.derive.prices import speed_table
+from detcost.derive.analysis import analyse
+from detcost.derive.keys import AA_LABEL
 from detcost.profile import HOST_BOUND_BELOW, host_bound, merged_busy_s
 from detcost.record import Status, StepTiming, TrialParts, TrialRecord
-from detcost.report import build, text
-from detcost.results import frame
+from detcost.report import prices_text, text
 from detcost.trial import run_trial
 from tests.conftest import make_spec
 
@@ -89,19 +88,19 @@ def _profiled(setting: str, workload: str, cuda: bool = True) -> TrialRecord:
     return TrialRecord(spec, Status.OK, parts=TrialParts(payload={"host_bound": measured}))
 
 
-def _results(profiled: list[TrialRecord]):
+def _analysis(profiled: list[TrialRecord]):
     timed = [
         _timed(kind, setting, repeat, workload)
         for workload in ("simple_cnn", "resnet18")
         for repeat in range(2)
         for kind, setting in (("timed", "default"), ("timed", "benchmark"), ("aa", "default"))
     ]
-    return frame([r.to_json() for r in timed + profiled])
+    return analyse(timed + profiled).only
 
 
 def test_the_price_table_marks_a_setting_host_bound_against_its_timed_step():
-    speed = speed_table(_results([_profiled("default", "simple_cnn"), _profiled("benchmark", "simple_cnn")]))
-    row = {(r.workload, r.setting): r for r in speed.itertuples()}
+    m = _analysis([_profiled("default", "simple_cnn"), _profiled("benchmark", "simple_cnn")])
+    row = {(p.key.workload, p.label): p for p in m.prices}
     assert row["simple_cnn", "default"].host_bound is True
     assert row["simple_cnn", "default"].kernel_busy_fraction == pytest.approx(0.4)
     # the timed step, not the profiled one, is the yardstick: 95% busy is kernel-bound
@@ -112,21 +111,20 @@ def test_the_price_table_marks_a_setting_host_bound_against_its_timed_step():
 
 
 def test_cpu_results_have_no_host_bound_prices_and_no_mark():
-    speed = speed_table(_results([_profiled("default", "simple_cnn", cuda=False)]))
-    assert speed["host_bound"].isna().all()
-    assert text.host_bound_lines(speed) == []
-    assert "host-bound" not in text.speed_pivot(speed).to_string()
+    m = _analysis([_profiled("default", "simple_cnn", cuda=False)])
+    assert all(p.host_bound is None for p in m.prices)
+    assert text.host_bound_lines(m.prices) == []
+    assert "host-bound" not in str(text.price_matrix(m))
 
 
 def test_the_text_and_html_reports_say_a_host_bound_price_is_understated():
-    speed = speed_table(_results([_profiled("default", "simple_cnn"), _profiled("benchmark", "simple_cnn")]))
-    (sentence,) = text.host_bound_lines(speed)
+    m = _analysis([_profiled("default", "simple_cnn"), _profiled("benchmark", "simple_cnn")])
+    (sentence,) = text.host_bound_lines(m.prices)
     assert sentence.startswith("host-bound: the price is understated") and "simple_cnn default 40%" in sentence
     assert "benchmark" not in sentence and "resnet18" not in sentence
-    pivot = text.speed_pivot(speed)
-    assert (
-        "host-bound" in pivot.loc["simple_cnn", "default"] and "host-bound" not in pivot.loc["simple_cnn", "benchmark"]
-    )
-    _, rows, _ = build._price_rows(speed, cpu=False)
+    header, rows = text.price_matrix(m)
+    cells = {(r["head"][0], s): c for r in rows for s, (c, _) in zip(header[len(r["head"]) :], r["cells"])}
+    assert "host-bound" in cells["simple_cnn", "default"] and "host-bound" not in cells["simple_cnn", "benchmark"]
+    _, rows, _ = prices_text.price_details(m)
     marked = {r["cells"][1] for r in rows if any(text.HOST_BOUND_NOTE in c for c in r["cells"])}
     assert marked == {"default"}

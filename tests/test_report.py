@@ -1,18 +1,21 @@
 """The report: what a team lead opens. Built from a real small sweep's results file."""
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from detcost.cli import main
-from detcost.derive.frame import AA_LABEL
-from detcost.derive.variance import SEED_LABEL
-from detcost.report.recommend import recommend
-from tests.conftest import V1_SAMPLE
+from detcost.derive.keys import AA_LABEL, SEED_LABEL, GroupKey
+from detcost.derive.prices import Price, Verdict
+from detcost.derive.recommend import recommend
+from detcost.derive.variance import Spread
+from detcost.record import Status, TrialRecord
+from detcost.stats import PairedRatio
+from tests.conftest import V1_SAMPLE, make_spec
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [
@@ -160,40 +163,27 @@ def test_compare_leaves_out_busy_trials_as_the_report_does(tmp_path, capsys):
 # ---- recommendation logic on hand-made tables -----------------------------------------
 
 
+def _price(label: str, p: float) -> Price:
+    nan = math.nan
+    verdict = Verdict.NOISE_FLOOR if label == AA_LABEL else Verdict.WITHIN_NOISE
+    return Price(GroupKey("w", ()), label, (label,), 3, 100.0, nan, 0.01, PairedRatio(p, p - 0.01, p + 0.01, 3),
+                 "default", None, nan, nan, nan, 0.0, 0, 0, detectable=0.01, verdict=verdict)  # fmt: skip
+
+
+def _spread(setting: str, identical: bool, rel_l2: float) -> Spread:
+    nan = math.nan
+    return Spread(GroupKey("w", ()), setting, 3, 3 if identical else 1, identical, nan, nan, nan, nan, nan, None,
+                  rel_l2=0.0 if identical else rel_l2)  # fmt: skip
+
+
 def _tables(prices: dict, identical: dict, rel_l2: dict | None = None, statuses: dict | None = None):
-    df = pd.DataFrame(
-        [
-            {
-                "kind": "timed",
-                "workload": "w",
-                "setting": s,
-                "status": (statuses or {}).get(s, "ok"),
-                "device": "cuda:0",
-                "threads": 1,
-            }
-            for s in prices
-        ]
-    )
-    speed = pd.DataFrame(
-        [
-            {"workload": "w", "setting": s, "price": p, "price_lo": p - 0.01, "price_hi": p + 0.01}
-            for s, p in prices.items()
-        ]
-        + [{"workload": "w", "setting": AA_LABEL, "price": 1.0, "price_lo": 0.99, "price_hi": 1.01}]
-    )
-    var = pd.DataFrame(
-        [
-            {
-                "workload": "w",
-                "setting": s,
-                "R": 3,
-                "n_identical": 3 if identical[s] else 1,
-                "rel_l2": 0.0 if identical[s] else (rel_l2 or {}).get(s, 1e-6),
-            }
-            for s in prices
-        ]
-    )
-    return df, speed, var
+    """Records, prices and spreads made by hand: the recommendation's logic alone."""
+    records = [
+        TrialRecord(make_spec(setting=s, device="cuda:0"), Status((statuses or {}).get(s, "ok"))) for s in prices
+    ]
+    rows = [_price(s, p) for s, p in prices.items()] + [_price(AA_LABEL, 1.0)]
+    spreads = [_spread(s, identical[s], (rel_l2 or {}).get(s, 1e-6)) for s in prices]
+    return records, rows, spreads
 
 
 def test_the_most_reproducible_setting_within_budget_wins():

@@ -5,16 +5,15 @@ trial processes and the machine's load are synthetic, so no test depends on the 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from detcost import guard, results, sweep
-from detcost.derive.prices import speed_table
-from detcost.derive.variance import variance_table
+from detcost.derive.analysis import analyse
+from detcost.derive.prices import prices
 from detcost.record import Outcome, Status, StepTiming, TrialParts, TrialRecord
-from detcost.report.recommend import recommend
 from detcost.sweep import SweepOptions, run_sweep
 from detcost.trial import run_trial
 from detcost.workloads.diagnostic import INJECTED_PRICE
@@ -61,9 +60,8 @@ def test_precision_adds_rounds_until_every_price_is_that_precise(tmp_path, monke
     out = run_sweep(options(tmp_path, precision=0.02, max_repeats=20), progress=False)
     assert out.precision["reached"] and not out.precision["unmet"]
     assert 3 <= out.precision["rounds"] < 20  # more than the 2 asked for, far fewer than allowed
-    speed = speed_table(results.load(out.results))
-    strict = speed[speed["setting"] == "strict"].iloc[0]
-    assert strict["price"] == pytest.approx(1.2, rel=0.01) and strict["price_hi"] / strict["price"] - 1 <= 0.02
+    strict = next(p for p in prices(out.records, cpu=False) if p.label == "strict").price
+    assert strict.ratio == pytest.approx(1.2, rel=0.01) and strict.half_width <= 0.02
 
 
 def test_added_rounds_keep_moving_each_settings_place_in_the_round(tmp_path, monkeypatch, quiet_machine):
@@ -111,43 +109,43 @@ def test_a_sweep_on_a_busy_machine_waits_then_says_it_went_on(tmp_path, monkeypa
 # ---- a recommendation that knows its limits -------------------------------------------
 
 
-def _records(tmp_path, noise: float, repeats: int, busy=lambda spec, attempt: False) -> pd.DataFrame:
-    """A synthetic sweep (--allow-busy, so busy trials stay in the results as they came)."""
+def _records(tmp_path, noise: float, repeats: int, busy=lambda spec, attempt: False):
+    """A synthetic sweep (--allow-busy, so busy trials stay in the results as they came),
+    judged as a GPU run: no CPU pooling of settings."""
     sweep_run = SyntheticTrials(noise=noise, busy=busy)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sweep, "_run_one", sweep_run)
         out = run_sweep(options(tmp_path, repeats=repeats, allow_busy=True), progress=False)
-    df = results.load(out.results)
-    return df.assign(device="cuda:0")  # judged as a GPU run: no CPU pooling of settings
+    records = results.load_records(out.results)
+    for r in records:
+        r.spec = replace(r.spec, device="cuda:0")
+    return records
+
+
+def _recommendation(records):
+    return analyse(records, 0.10).only.recommendation
 
 
 def test_quiet_narrow_prices_get_a_speed_judgement(tmp_path):
-    df = _records(tmp_path, noise=0.005, repeats=8)
-    speed = speed_table(df)
-    rec = recommend(df, speed, variance_table(df), max_slowdown=0.10)
+    rec = _recommendation(_records(tmp_path, noise=0.005, repeats=8))
     assert rec.speed_caveat is None and "within the" in rec.reason or "reaches into" in rec.reason
 
 
 def test_noise_wider_than_the_budget_refuses_a_speed_judgement(tmp_path):
-    df = _records(tmp_path, noise=0.3, repeats=3)
-    speed = speed_table(df)
-    rec = recommend(df, speed, variance_table(df), max_slowdown=0.10)
+    rec = _recommendation(_records(tmp_path, noise=0.3, repeats=3))
     assert rec.speed_caveat and "larger than the 10% budget" in rec.speed_caveat
     assert "reproducibility alone" in rec.reason and "budget" not in rec.reason
 
 
 def test_prices_resting_on_busy_trials_refuse_a_speed_judgement(tmp_path):
-    df = _records(tmp_path, noise=0.005, repeats=8, busy=lambda spec, attempt: True)
-    speed = speed_table(df)
-    rec = recommend(df, speed, variance_table(df), max_slowdown=0.10)
+    rec = _recommendation(_records(tmp_path, noise=0.005, repeats=8, busy=lambda spec, attempt: True))
     assert rec.speed_caveat and "busy" in rec.speed_caveat
 
 
 def test_the_report_opens_with_the_caveat(tmp_path):
     from detcost.report.build import build_report
 
-    _records(tmp_path, noise=0.3, repeats=3)
-    paths = build_report([tmp_path / "r.jsonl"], tmp_path / "report")
+    paths = build_report(analyse(_records(tmp_path, noise=0.3, repeats=3)), tmp_path / "report", [])
     html, md = paths.html.read_text(), paths.markdown.read_text()
     assert "cannot judge speed" in html[: html.index('id="recommendation"')]
     assert md.index("cannot judge speed") < md.index("## Recommendation")
@@ -166,6 +164,6 @@ def test_the_known_price_workload_reads_its_true_price_back():
 
 
 def test_a_run_where_only_the_aa_control_finished_prices_nothing_and_does_not_crash():
-    df = results.load(V1_SAMPLE)
-    only_aa = df[~((df["kind"] == "timed") & (df["status"] == "ok"))]
-    assert speed_table(only_aa).empty
+    only_aa = [r for r in results.load_records(V1_SAMPLE) if not (r.spec.kind == "timed" and r.ok)]
+    m = analyse(only_aa).only
+    assert m.prices == [] and m.recommendation.setting is None

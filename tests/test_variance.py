@@ -6,17 +6,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detcost import results
 from detcost.cli import main
 from detcost.derive import variance
+from detcost.derive.keys import SEED_LABEL, GroupKey
 from detcost.ops import op_base
 from detcost.trial import run_trial
-from tests.conftest import TIMED_ONLY, make_spec, run_cli
+from tests.conftest import TIMED_ONLY, analysis_of, make_spec, run_cli, variance_of
 
 
 @pytest.fixture(scope="module")
 def table(variance_sweep):
-    return variance.variance_table(results.load(variance_sweep))
+    return variance_of(variance_sweep)
 
 
 def rows(table, workload, threads):
@@ -53,7 +53,7 @@ def test_different_thread_counts_give_different_numbers_on_a_conv_net(table):
 
 
 def test_spread_is_shown_as_a_fraction_of_the_seed_yardstick(table):
-    seeds = table[(table["workload"] == "simple_cnn") & (table["setting"] == variance.SEED_LABEL)].iloc[0]
+    seeds = table[(table["workload"] == "simple_cnn") & (table["setting"] == SEED_LABEL)].iloc[0]
     assert seeds["R"] == 2 and seeds["rel_l2"] > 0
     assert seeds["rel_l2_vs_seeds"] == pytest.approx(1.0)
     cross = rows(table, "simple_cnn", "1 vs 2").iloc[0]
@@ -61,7 +61,7 @@ def test_spread_is_shown_as_a_fraction_of_the_seed_yardstick(table):
 
 
 def test_divergence_curves_have_a_point_per_checkpoint(variance_sweep):
-    curves = variance.divergence_curves(results.load(variance_sweep))
+    curves = analysis_of(variance_sweep).curve_frame()
     noisy = curves[(curves["workload"] == "diag_noise") & (curves["setting"] == "default") & (curves["threads"] == 2)]
     assert list(noisy["step"]) == [1, 2, 4, 5]  # 1 warm-up + 4 timed steps
     assert (noisy["rel_l2"] > 0).all()
@@ -93,24 +93,20 @@ def test_vary_init_makes_repeats_differ_from_the_first_step(tmp_path):
         )
         == 0
     )
-    table = variance.variance_table(results.load(path)).set_index("vary")
+    table = variance_of(path).set_index("vary")
     assert table.loc["impl", "n_identical"] == 2
     assert table.loc["init", "n_identical"] == 0 and table.loc["init", "first_diff_step"] == 1
 
 
 def test_keep_params_gives_exact_distances_from_the_full_parameters(tmp_path):
     spec = make_spec(run_id="k", workload="diag_noise", axes={"threads": 1}, keep_params=True)
-    records = [
-        {
-            **run_trial(replace(spec, repeat=r, sidecar=f"s/{r}.npz"), tmp_path).to_json(),
-            "results_path": str(tmp_path / "k.jsonl"),
-        }
-        for r in range(2)
-    ]
+    records = [run_trial(replace(spec, repeat=r, sidecar=f"s/{r}.npz"), tmp_path) for r in range(2)]
+    for r in records:
+        r.results_path = str(tmp_path / "k.jsonl")
     a, b = (variance.load_sidecar(r) for r in records)
     assert a["params"].size > a["param_samples"].shape[1]
-    row = variance.compare(pd.DataFrame(records))
-    assert row["max_abs_dtheta"] == pytest.approx(float(np.max(np.abs(a["params"] - b["params"]))))
+    spread = variance.compare(GroupKey.of(records[0]), "default", records, variance.load_sidecars(records))
+    assert spread.max_abs_dtheta == pytest.approx(float(np.max(np.abs(a["params"] - b["params"]))))
 
 
 def test_the_audit_lists_an_alert_with_the_module_it_came_from():

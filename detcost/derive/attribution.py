@@ -11,42 +11,42 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 
-from detcost.derive.frame import is_cpu, ok_trials
-from detcost.record import Kind
-from detcost.results import sidecar_path
+from detcost.derive.keys import ok_of, sidecar_path
+from detcost.derive.prices import Price, Verdict
+from detcost.record import Kind, TrialRecord
 from detcost.settings import REFERENCE
 
 TOP_OPS = 8
 
 
-def load_profiles(df: pd.DataFrame) -> pd.DataFrame:
+def load_profiles(records: list[TrialRecord]) -> pd.DataFrame:
     """The op tables of all profiled trials: one row per workload x setting x op."""
-    trials = ok_trials(df, (Kind.PROFILED,))
     frames = []
-    for rec in trials.to_dict(orient="records"):
+    for rec in ok_of(records, (Kind.PROFILED,)):
         path = sidecar_path(rec)
         if path is None or not path.is_file():
             continue
         ops = pd.DataFrame(json.loads(path.read_text()))
-        frames.append(ops.assign(workload=rec["workload"], setting=rec["setting"], device=rec["device"]))
+        frames.append(ops.assign(workload=rec.spec.workload, setting=rec.spec.setting))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def reference_setting(df: pd.DataFrame, workload: str, speed: pd.DataFrame | None) -> str:
+def reference_setting(workload: str, prices: list[Price], cpu: bool) -> str:
     """`default` on the CPU (where the fastest cuDNN-only setting is picked by noise);
     the fastest timed setting elsewhere."""
-    if is_cpu(df) or speed is None or speed.empty:
+    if cpu:
         return REFERENCE
-    rows = speed[(speed["workload"] == workload) & (speed["price"] == 1.0)]
-    return str(rows["setting"].iloc[0]) if len(rows) else REFERENCE
+    fastest = [p.label for p in prices if p.key.workload == workload and p.verdict == Verdict.FASTEST]
+    return fastest[0] if fastest else REFERENCE
 
 
-def _step_ms(df: pd.DataFrame, workload: str, setting: str) -> float:
-    timed = ok_trials(df)
-    timed = timed[(timed["workload"] == workload) & (timed["setting"] == setting)]
-    return float(timed["step_time_median_s"].median() * 1e3) if len(timed) else float("nan")
+def _step_ms(records: list[TrialRecord], workload: str, setting: str) -> float:
+    steps = [r.timing.step_time_median_s for r in ok_of(records) if r.timing and r.spec.workload == workload
+             and r.spec.setting == setting]  # fmt: skip
+    return float(np.median(steps) * 1e3) if steps else float("nan")
 
 
 MIN_CALL_CHANGE = 0.5  # calls per step; smaller changes are the profiler's edges
@@ -103,22 +103,23 @@ def _rows(common: dict, diff: pd.DataFrame) -> list[dict]:
     ]
 
 
-def attribution(df: pd.DataFrame, speed: pd.DataFrame | None = None, top: int = TOP_OPS) -> pd.DataFrame:
+def attribution(records: list[TrialRecord], prices: list[Price], cpu: bool, top: int | None = None) -> pd.DataFrame:
     """Per workload x setting: the ops whose per-step calls or self time changed most
-    against the reference setting, with the change in the whole step's median time."""
-    profiles = load_profiles(df)
+    against the reference setting (the `top` of them; all by default, ranked), with the
+    change in the whole step's median time."""
+    profiles = load_profiles(records)
     if profiles.empty:
         return pd.DataFrame()
-    cuda = not is_cpu(df)
     rows = []
     for workload, ops in profiles.groupby("workload", sort=False):
-        ref = reference_setting(df, workload, speed)
+        ref = reference_setting(workload, prices, cpu)
         base = ops[ops["setting"] == ref].set_index(["name", "kind"])
         if base.empty:
             continue
-        ref_ms = _step_ms(df, workload, ref)
+        ref_ms = _step_ms(records, workload, ref)
         for setting, other in ops[ops["setting"] != ref].groupby("setting", sort=False):
-            diff = rank_changes(_diff(other, base), cuda, ref_ms).head(top)
+            diff = rank_changes(_diff(other, base), not cpu, ref_ms)
+            diff = diff.head(top) if top else diff
             common = {"workload": workload, "setting": setting, "reference": ref}
-            rows += _rows({**common, "delta_step_ms": _step_ms(df, workload, setting) - ref_ms}, diff)
+            rows += _rows({**common, "delta_step_ms": _step_ms(records, workload, setting) - ref_ms}, diff)
     return pd.DataFrame(rows)

@@ -1,16 +1,16 @@
-"""Two runs side by side: the same price table for each, and B's speed relative to A."""
+"""Two runs side by side: B's step time relative to A's for every group both ran, from
+the records of each, with each run's own prices beside it."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import math
+from dataclasses import dataclass
 
-import numpy as np
-import pandas as pd
-
-from detcost import axes, results
-from detcost.derive.frame import ok_trials
-from detcost.derive.prices import rounds_of, speed_table, without_busy
-from detcost.stats import unpaired_ratio
+from detcost import axes
+from detcost.derive.keys import by_key, ok_of
+from detcost.derive.prices import Price, rounds_of, without_busy
+from detcost.record import TrialRecord
+from detcost.stats import PairedRatio, unpaired_ratio
 
 
 def match_fields() -> tuple[str, ...]:
@@ -19,49 +19,79 @@ def match_fields() -> tuple[str, ...]:
     return ("workload", "setting", *axes.names(), "batch_size", "image_size")
 
 
-def compare_runs(a_path: Path, b_path: Path) -> tuple[pd.DataFrame, list[dict]]:
-    """Per workload x setting (x axes) in both runs: samples/s of each, and B's step time
-    over A's (above 1: B is slower, the direction of every price) with a 95% interval
-    over each run's rounds. Busy trials are left out and "within noise" follows the
-    report's rule (the interval includes 1, or the ratio is inside what either run could
-    detect). Also the groups found in one run only."""
-    a_df, b_df = results.load(a_path), results.load(b_path)
-    a_speed, b_speed = speed_table(a_df), speed_table(b_df)
-    match = list(match_fields())
-    a_groups = dict(list(ok_trials(a_df).groupby(match, sort=True)))
-    b_groups = dict(list(ok_trials(b_df).groupby(match, sort=True)))
+def _match_key(record: TrialRecord) -> tuple:
+    spec = record.spec
+    return (spec.workload, spec.setting, *(spec.axes.get(a) for a in axes.names()), spec.batch_size, spec.image_size)
+
+
+@dataclass(frozen=True)
+class RunDelta:
+    """One workload x setting (x axes) that both runs ran: B's step time over A's."""
+
+    match: dict
+    a_samples_per_s: float
+    b_samples_per_s: float
+    b_vs_a: PairedRatio
+    within_noise: bool
+    a_price: float
+    b_price: float
+
+    def row(self) -> dict:
+        r = self.b_vs_a
+        return {**self.match, "a_samples_per_s": self.a_samples_per_s, "b_samples_per_s": self.b_samples_per_s,
+                "b_vs_a": r.ratio, "b_vs_a_lo": r.lo, "b_vs_a_hi": r.hi, "within_noise": self.within_noise,
+                "a_price": self.a_price, "b_price": self.b_price}  # fmt: skip
+
+
+def _groups(records: list[TrialRecord]) -> dict[tuple, list[TrialRecord]]:
+    out: dict[tuple, list[TrialRecord]] = {}
+    for r in ok_of(records):
+        if r.timing:
+            out.setdefault(_match_key(r), []).append(r)
+    return out
+
+
+def _price_of(prices: list[Price], record: TrialRecord) -> float:
+    """The price a run's own table gives this trial's group and setting (NaN if none)."""
+    key = next(iter(by_key([record])))
+    for p in prices:
+        if p.key.without("steps") == key.without("steps") and p.prices(record.spec.setting) and not p.is_aa:
+            return p.price.ratio
+    return math.nan
+
+
+def compare_runs(
+    a: list[TrialRecord], b: list[TrialRecord], a_prices: list[Price], b_prices: list[Price]
+) -> tuple[list[RunDelta], list[dict]]:
+    """Per group in both runs: samples/s of each, and B's step time over A's (above 1: B is
+    slower, the direction of every price) with a 95% interval over each run's rounds
+    (unpaired: the runs share no rounds). Busy trials are left out. "Within noise" is the
+    interval's verdict, as in a price table: it includes 1. Also the groups found in one
+    run only."""
+    a_groups, b_groups = _groups(a), _groups(b)
+    match = match_fields()
     rows, missing = [], []
     for key in sorted(set(a_groups) | set(b_groups), key=str):
         if key not in a_groups or key not in b_groups:
             missing.append({**dict(zip(match, key)), "only_in": "A" if key in a_groups else "B"})
             continue
-        a, b = without_busy(a_groups[key]), without_busy(b_groups[key])
-        ratio = unpaired_ratio(rounds_of(b), rounds_of(a))
-        a_row, b_row = _speed_row(a_speed, match, key), _speed_row(b_speed, match, key)
-        detectable = np.nanmax([a_row.get("detectable", np.nan), b_row.get("detectable", np.nan), 0.0])
+        ga, gb = without_busy(a_groups[key]), without_busy(b_groups[key])
+        ratio = unpaired_ratio(rounds_of(gb), rounds_of(ga))
         rows.append(
-            {
-                **dict(zip(match, key)),
-                "a_samples_per_s": float(a["samples_per_s"].median()),
-                "b_samples_per_s": float(b["samples_per_s"].median()),
-                "b_vs_a": ratio.ratio,
-                "b_vs_a_lo": ratio.lo,
-                "b_vs_a_hi": ratio.hi,
-                "within_noise": bool(ratio.includes_one or abs(ratio.ratio - 1) <= detectable),
-                "a_price": a_row.get("price", np.nan),
-                "b_price": b_row.get("price", np.nan),
-            }
+            RunDelta(
+                match=dict(zip(match, key)),
+                a_samples_per_s=_median_sps(ga),
+                b_samples_per_s=_median_sps(gb),
+                b_vs_a=ratio,
+                within_noise=ratio.includes_one,
+                a_price=_price_of(a_prices, ga[0]),
+                b_price=_price_of(b_prices, gb[0]),
+            )
         )
-    return pd.DataFrame(rows), missing
+    return rows, missing
 
 
-def _speed_row(speed: pd.DataFrame, match: list[str], key: tuple) -> dict:
-    """This key's row of its own run's speed table ({} if it has none)."""
-    if speed.empty:
-        return {}
-    mask = pd.Series(True, index=speed.index)
-    for col, value in zip(match, key):
-        if col in speed:
-            mask &= speed[col] == value
-    row = speed[mask]
-    return row.iloc[0].to_dict() if len(row) else {}
+def _median_sps(records: list[TrialRecord]) -> float:
+    values = sorted(r.timing.samples_per_s for r in records)
+    n = len(values)
+    return float((values[(n - 1) // 2] + values[n // 2]) / 2)

@@ -1,53 +1,134 @@
-"""The price of each setting: step time relative to the fastest setting of the same
-workload group, with an interval; the ratio to `default`; the A/A control's noise floor."""
+"""The price of each setting, from records: step time relative to the fastest label of the
+same group, with an interval from within-round ratios; the ratio to `default`; the A/A
+control's noise floor; host-bound marks; and a verdict that follows the interval.
+
+On the CPU the cuDNN-only settings run the same kernels as `default` (DESIGN: a further
+A/A group): they are priced as one label with `default`, so noise cannot make one of them
+"the fastest" that prices everyone else. Except where the data disagrees: a cuDNN-only
+setting whose interval against `default` excludes 1 while the A/A control's covers it is
+priced on its own, as measured, and marked (the model or the machine reacts to the flag).
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
+from enum import Enum
 
 import numpy as np
-import pandas as pd
 
-from detcost.derive.frame import AA_LABEL, busy_count, group_fields, is_busy, ok_trials, setting_order, varying_axes
-from detcost.record import ROUND_KINDS, Kind, StepTiming
-from detcost.results import frame
+from detcost.derive.keys import AA_LABEL, GroupKey, by_key, cudnn_only, is_busy, label_order, ok_of, varying_fields
+from detcost.record import ROUND_KINDS, Kind, TrialRecord
 from detcost.settings import REFERENCE
 from detcost.stats import PairedRatio, busy_share, fastest, label_bias_var, paired_ratio, per_round, unpaired_ratio
 
 
-def kept_trials(g: pd.DataFrame) -> tuple[list[list[float]], list[int] | None]:
-    """Each trial's step times without its snapshot steps, and the shared strata."""
-    kept = [_timing(row).kept for row in g.to_dict(orient="records")]
-    return [t for t, _ in kept], kept[0][1]
+class Verdict(str, Enum):
+    """What a price row says, decided from its own interval only."""
+
+    FASTEST = "fastest"  # the reference of its group: 1.00 by definition, no interval of its own
+    NOISE_FLOOR = "noise floor"  # the A/A control
+    WITHIN_NOISE = "within noise"  # the interval includes 1.00
+    REAL = "real"  # the interval excludes 1.00 on a steady machine
+    UNCONFIRMED = "unconfirmed"  # excludes 1.00, but the run cannot stand behind it (see `why`)
+
+    def __str__(self) -> str:
+        return self.value
 
 
-def _timing(row: dict) -> StepTiming:
-    """A table row's timing part (a missing list is NaN in a table)."""
-    strata = row.get("step_strata")
-    strata = _list(strata) if isinstance(strata, (list, tuple, np.ndarray)) else None
-    return StepTiming.from_json({**row, "excluded_steps": _list(row.get("excluded_steps")), "step_strata": strata})
+@dataclass(frozen=True)
+class Price:
+    """One label of one group: a setting (or several priced as one), or the A/A control."""
+
+    key: GroupKey
+    label: str
+    members: tuple[str, ...]  # the settings this row prices (several: pooled on the CPU)
+    n: int
+    samples_per_s: float
+    samples_per_s_cv: float
+    step_time_s: float
+    price: PairedRatio  # step time over `price_vs`'s
+    price_vs: str
+    vs_default: PairedRatio | None
+    cold_start_s: float
+    peak_memory_bytes: float
+    achieved_flops: float
+    label_bias: float  # the log-ratio sd of the label's fixed effect, added to this group's intervals
+    busy_trials: int
+    busy_trials_priced: int
+    kernel_busy_fraction: float | None = None
+    host_bound: bool | None = None
+    detectable: float = math.nan  # the group's smallest detectable price
+    verdict: Verdict = Verdict.UNCONFIRMED
+    why: str = ""  # the verdict's reason where it is not the interval alone
+    flag_reacts: bool = False  # a cuDNN-only setting that the CPU data says is not free
+
+    @property
+    def is_aa(self) -> bool:
+        return self.label == AA_LABEL
+
+    @property
+    def pooled(self) -> bool:
+        return len(self.members) > 1
+
+    def prices(self, setting: str) -> bool:
+        return setting in self.members
+
+    def row(self, fields: list[str]) -> dict:
+        """The row of the exported price table (derived columns only)."""
+        vs = self.vs_default or PairedRatio(math.nan, math.nan, math.nan, 0)
+        return {
+            **self.key.shown(fields),
+            "setting": self.label,
+            "priced_as_one": ", ".join(self.members) if self.pooled else None,
+            "n": self.n,
+            "rounds": self.price.rounds,
+            "samples_per_s": self.samples_per_s,
+            "samples_per_s_cv": self.samples_per_s_cv,
+            "step_time_s": self.step_time_s,
+            "price": self.price.ratio,
+            "price_lo": self.price.lo,
+            "price_hi": self.price.hi,
+            "price_vs": self.price_vs,
+            "vs_default": vs.ratio,
+            "vs_default_lo": vs.lo,
+            "vs_default_hi": vs.hi,
+            "cold_start_s": self.cold_start_s,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "achieved_flops": self.achieved_flops,
+            "label_bias": self.label_bias,
+            "busy_trials": self.busy_trials,
+            "busy_trials_priced": self.busy_trials_priced,
+            "kernel_busy_fraction": self.kernel_busy_fraction,
+            "host_bound": self.host_bound,
+            "detectable": self.detectable,
+            "verdict": str(self.verdict),
+            "why": self.why or None,
+            "flag_reacts": self.flag_reacts,
+            "machine": self.key.machine,
+        }
 
 
-def _list(value) -> list:
-    return list(value) if isinstance(value, (list, tuple, np.ndarray)) else []
+# ---- per label ----------------------------------------------------------------------
 
 
-def without_busy(g: pd.DataFrame) -> pd.DataFrame:
+def rounds_of(records: list[TrialRecord]) -> dict:
+    """{round: typical step time} of one label's trials; a round is a repeat of one run."""
+    kept = [r.timing.kept for r in records]
+    pairs = [((r.spec.run_id, r.spec.repeat), times) for r, (times, _) in zip(records, kept)]
+    return per_round(pairs, kept[0][1] if kept else None)
+
+
+def without_busy(records: list[TrialRecord]) -> list[TrialRecord]:
     """Trials run while other processes took the CPU are left out of prices (they stay in
     the results and are counted), unless no other trial of the label is left."""
-    quiet = g[~is_busy(g)]
-    return quiet if len(quiet) else g
+    quiet = [r for r in records if not is_busy(r)]
+    return quiet or records
 
 
-def _median(g: pd.DataFrame, col: str) -> float:
-    return float(g[col].median()) if col in g and g[col].notna().any() else np.nan
-
-
-def rounds_of(g: pd.DataFrame) -> dict:
-    """{round: typical step time} of one label's trials; a round is a repeat of one run."""
-    steps, strata = kept_trials(g)
-    rounds = list(zip(g.get("run_id", pd.Series(None, index=g.index)), g["repeat"]))
-    return per_round(list(zip(rounds, steps)), strata)
+def _median(values) -> float:
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.median(values)) if values else math.nan
 
 
 def _ratio(a: dict, b: dict, bias_var: float = 0.0) -> PairedRatio:
@@ -58,165 +139,201 @@ def _ratio(a: dict, b: dict, bias_var: float = 0.0) -> PairedRatio:
     return paired if paired.rounds else unpaired_ratio(a, b)
 
 
-def _label_rows(keys: list[str], key: tuple, per_label: dict, busy: dict) -> list[dict]:
-    """The price rows of one workload group, one per label (setting or the A/A control):
-    each label against the fastest and against `default`, paired within rounds."""
-    rounds = {label: rounds_of(g) for label, g in per_label.items()}
+def _sps(records: list[TrialRecord]) -> tuple[float, float]:
+    sps = np.array([r.timing.samples_per_s for r in records])
+    cv = float(sps.std(ddof=1) / sps.mean()) if len(sps) > 1 else math.nan
+    return float(np.median(sps)), cv
+
+
+def _group(key: GroupKey, per_label: dict[str, list[TrialRecord]], members: dict[str, tuple]) -> list[Price]:
+    """The price rows of one group, one per label: each label against the fastest and
+    against `default`, paired within rounds, the A/A control's label bias taken in.
+    `default` there is always its own trials (the A/A control is default against itself),
+    even where other settings are priced as one with it."""
+    busy = {label: sum(map(is_busy, recs)) for label, recs in per_label.items()}
+    per_label = {label: without_busy(recs) for label, recs in per_label.items()}
+    rounds = {label: rounds_of(recs) for label, recs in per_label.items()}
     timed = {k: v for k, v in rounds.items() if k != AA_LABEL}
     best = fastest(timed)
+    own = [r for r in per_label.get(REFERENCE, []) if r.spec.setting == REFERENCE]
+    default = rounds_of(own) if own else None
     # what the A/A control strayed beyond its rounds: a fixed effect of the label that
     # every price between two labels may carry too (the A/A's own interval is the test of it)
-    bias = label_bias_var(rounds[AA_LABEL], rounds[REFERENCE]) if AA_LABEL in rounds and REFERENCE in timed else 0.0
+    bias = label_bias_var(rounds[AA_LABEL], default) if AA_LABEL in rounds and default else 0.0
     rows = []
-    for label, g in per_label.items():
+    for label, recs in per_label.items():
         is_aa = label == AA_LABEL
-        ref_label = REFERENCE if is_aa and REFERENCE in timed else best
+        ref = REFERENCE if is_aa and default else best
         extra = 0.0 if is_aa else bias
-        price = (
-            PairedRatio.identity(len(rounds[label]))
-            if label == best
-            else _ratio(rounds[label], rounds[ref_label], extra)
-        )
-        vs_default = (
-            _ratio(rounds[label], rounds[REFERENCE], 0.0 if label == REFERENCE else extra)
-            if REFERENCE in timed
-            else None
-        )
-        sps = g["samples_per_s"]
+        if label == best:
+            price = PairedRatio.identity(len(rounds[label]))
+        else:
+            price = _ratio(rounds[label], default if ref == REFERENCE and is_aa else rounds[ref], extra)
+        vs = None if not default else PairedRatio.identity(len(default)) if label == REFERENCE else _ratio(
+            rounds[label], default, extra)  # fmt: skip
+        sps, cv = _sps(recs)
+        timings = [r.timing for r in recs]
         rows.append(
-            {
-                **dict(zip(keys, key)),
-                "setting": label,
-                "n": len(g),
-                "rounds": price.rounds,
-                "samples_per_s": float(sps.median()),
-                "samples_per_s_cv": float(sps.std(ddof=1) / sps.mean()) if len(g) > 1 else np.nan,
-                "step_time_s": _median(g, "step_time_median_s"),
-                "price": price.ratio,
-                "price_lo": price.lo,
-                "price_hi": price.hi,
-                "price_vs": ref_label,
-                "vs_default": vs_default.ratio if vs_default else np.nan,
-                "vs_default_lo": vs_default.lo if vs_default else np.nan,
-                "vs_default_hi": vs_default.hi if vs_default else np.nan,
-                "cold_start_s": _median(g, "cold_start_s"),
-                "peak_memory_bytes": _median(g, "peak_memory_bytes"),
-                "achieved_flops": _median(g, "achieved_flops"),
-                "label_bias": math.sqrt(bias),  # the log-ratio sd added to this group's prices
-                "busy_trials": busy[label],
-                "busy_trials_priced": busy_count(g),
-            }
+            Price(
+                key=key,
+                label=label,
+                members=members.get(label, (REFERENCE,) if is_aa else (label,)),
+                n=len(recs),
+                samples_per_s=sps,
+                samples_per_s_cv=cv,
+                step_time_s=_median(t.step_time_median_s for t in timings),
+                price=price,
+                price_vs=ref,
+                vs_default=vs,
+                cold_start_s=_median(t.cold_start_s for t in timings),
+                peak_memory_bytes=_median(t.peak_memory_bytes for t in timings),
+                achieved_flops=_median(t.achieved_flops for t in timings),
+                label_bias=math.sqrt(bias),
+                busy_trials=busy[label],
+                busy_trials_priced=sum(map(is_busy, recs)),
+            )
         )
     return rows
 
 
-def speed_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per workload x setting (x axes): samples/s; the price (step time over the
-    fastest setting's, above 1 is slower) and the same time ratio against `default`, both
-    from within-round ratios with a t-interval across rounds; cold start, memory, FLOP/s;
-    on CUDA, whether the steps were host-bound (`host_bound`: the price is understated).
-
-    The A/A control (`kind == "aa"`) appears as its own label: its price against
-    `default` is the noise floor of the machine, and `detectable` (per group) the smallest
-    price this run can tell apart from noise.
-    """
-    trials = ok_trials(df, ROUND_KINDS).copy()
-    if trials.empty:
-        return pd.DataFrame()
-    trials["label"] = np.where(trials["kind"] == str(Kind.AA), AA_LABEL, trials["setting"])
-    keys = ["workload", *varying_axes(trials)]
-    rows = []
-    for key, group in trials.groupby(keys, sort=False):
-        per_label = {label: g for label, g in group.groupby("label", sort=False)}
-        busy = {label: busy_count(g) for label, g in per_label.items()}
-        per_label = {label: without_busy(g) for label, g in per_label.items()}
-        if any(label != AA_LABEL for label in per_label):
-            rows += _label_rows(keys, key if isinstance(key, tuple) else (key,), per_label, busy)
-    if not rows:  # only A/A trials finished: nothing to price
-        return pd.DataFrame()
-    table = _host_bound(pd.DataFrame(rows), df, keys)
-    table["detectable"] = _detectable(table, keys)
-    table["within_noise"] = _within_noise(table)
-    order = {s: i for i, s in enumerate(setting_order(table["setting"]) + [AA_LABEL])}
-    table["_o"] = table["setting"].map(lambda s: order.get(s, len(order)))
-    return table.sort_values(keys + ["_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
+# ---- a group's labels, pooled on the CPU --------------------------------------------
 
 
-def _host_bound(table: pd.DataFrame, df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Each row's `kernel_busy_fraction` and `host_bound` (True, False, or None where no
-    profiled trial measured it: the CPU, or no --explain): the profiled trial's kernel time
-    per step over this label's median timed step, below the threshold the trial recorded.
-    The profiled trial's own step is slowed by the profiler, so its fraction stands in only
-    where the timed step is missing. The A/A control runs `default`, and takes its row."""
-    out = table.assign(kernel_busy_fraction=np.nan, host_bound=None)
-    prof = ok_trials(df, (Kind.PROFILED,))
-    busy = "host_bound.kernel_busy_s"
-    if prof.empty or busy not in prof or prof[busy].isna().all():
-        return out
-    # a profiled trial runs its own step count, so steps never separate it from its group
-    on = [k for k in keys if k != "steps" and k in prof] + ["setting"]
-    cols = [busy, "host_bound.kernel_busy_fraction", "host_bound.threshold"]
-    found = prof.dropna(subset=[busy]).drop_duplicates(on, keep="last")[on + cols]
-    lookup = table[[k for k in on if k != "setting"]].assign(setting=table["setting"].replace({AA_LABEL: REFERENCE}))
-    got = lookup.merge(found, on=on, how="left")  # a left merge keeps the table's row order
-    timed = pd.Series(busy_share(got[busy], table["step_time_s"]), index=got.index)
-    fraction = timed.fillna(got["host_bound.kernel_busy_fraction"]).clip(upper=1.0)
-    bound = (fraction < got["host_bound.threshold"]).astype(object).where(fraction.notna(), None)
-    return out.assign(kernel_busy_fraction=fraction.to_numpy(dtype=float), host_bound=bound.to_numpy())
+def _label(record: TrialRecord) -> str:
+    return AA_LABEL if record.spec.kind == Kind.AA else record.spec.setting
 
 
-def _detectable(table: pd.DataFrame, keys: list[str]) -> pd.Series:
-    """Per group, the smallest price this run can tell apart from noise: how far the A/A
-    control (default against itself) may stray, its point or its interval's far edge;
-    without an A/A control, the median half-width of the group's price intervals."""
-    out = pd.Series(np.nan, index=table.index)
-    for _, group in table.groupby(keys, sort=False):
-        aa = group[group["setting"] == AA_LABEL]
-        if len(aa):
-            r = aa.iloc[0]
-            out[group.index] = max(abs(r["price"] - 1), r["price_hi"] - 1, 1 - r["price_lo"])
-        else:
-            half = _half_width(group[group["price_lo"] < group["price_hi"]])
-            out[group.index] = float(half.median()) if len(half) else np.nan
+def _labels(records: list[TrialRecord], pool: tuple[str, ...]) -> tuple[dict, dict]:
+    """{label: records} and {label: members}, the settings in `pool` under one label."""
+    head = REFERENCE if REFERENCE in pool else (pool[0] if pool else None)
+    per_label: dict[str, list[TrialRecord]] = {}
+    for r in records:
+        label = _label(r)
+        per_label.setdefault(head if label in pool else label, []).append(r)
+    members = {head: tuple(p for p in label_order(pool))} if len(pool) > 1 else {}
+    return per_label, members
+
+
+def _reacting(rows: list[Price]) -> set[str]:
+    """cuDNN-only settings whose interval against `default` excludes 1 while the A/A
+    control's covers it (or there is none): on the CPU their flags change no kernel, so
+    the model or the machine reacts to the flag, and their price is shown as measured."""
+    aa = next((p for p in rows if p.is_aa), None)
+    steady = aa is None or (aa.vs_default is not None and aa.vs_default.includes_one)
+    return {
+        p.label
+        for p in rows
+        if steady and cudnn_only(p.label) and p.vs_default is not None and p.vs_default.rounds >= 2
+        and not p.vs_default.includes_one
+    }  # fmt: skip
+
+
+def _priced_group(key: GroupKey, records: list[TrialRecord], cpu: bool) -> list[Price]:
+    per_label, _ = _labels(records, ())
+    if not any(label != AA_LABEL for label in per_label):
+        return []  # only A/A trials finished: nothing to price
+    rows = _group(key, per_label, {})
+    if not cpu:
+        return rows
+    reacting = _reacting(rows)
+    pool = tuple(s for s in label_order(per_label) if (s == REFERENCE or cudnn_only(s)) and s not in reacting)
+    if len(pool) > 1:
+        rows = _group(key, *_labels(records, pool))
+    return [replace(p, flag_reacts=p.label in reacting) for p in rows]
+
+
+# ---- the table ----------------------------------------------------------------------
+
+
+def prices(records: list[TrialRecord], cpu: bool) -> list[Price]:
+    """Every group's price rows, labels in the matrix's order, A/A control last; with
+    host-bound marks, each group's smallest detectable price and each row's verdict."""
+    out = []
+    for key, recs in by_key(ok_of(records, ROUND_KINDS)).items():
+        rows = _priced_group(key, [r for r in recs if r.timing], cpu)
+        order = {label: i for i, label in enumerate(label_order(p.label for p in rows))}
+        rows = sorted(rows, key=lambda p: order[p.label])
+        detectable = _detectable(rows)
+        rows = [replace(p, detectable=detectable) for p in rows]
+        out += [_judged(_host_bound(p, records), rows) for p in rows]
     return out
 
 
-def _half_width(rows: pd.DataFrame) -> pd.Series:
-    """Each price interval's larger distance from its point, relative to it (as
-    `stats.PairedRatio.half_width`)."""
-    return np.maximum(rows["price_hi"] / rows["price"] - 1, 1 - rows["price_lo"] / rows["price"])
+def _detectable(rows: list[Price]) -> float:
+    """The smallest price this group can tell apart from noise: how far the A/A control
+    (default against itself) may stray, its point or its interval's far edge; without an
+    A/A control, the median half-width of the group's price intervals."""
+    aa = next((p for p in rows if p.is_aa), None)
+    if aa is not None:
+        r = aa.price
+        return max(abs(r.ratio - 1), r.hi - 1, 1 - r.lo)
+    halves = [p.price.half_width for p in rows if p.price.lo < p.price.hi]
+    return float(np.median(halves)) if halves else math.nan
 
 
-def _within_noise(table: pd.DataFrame) -> pd.Series:
-    """A price is within noise when its interval includes 1.00, or when it is no further
-    from 1.00 than the A/A control of its group may stray (`detectable`)."""
-    inside = (table["price_lo"] <= 1.0) & (table["price_hi"] >= 1.0)
-    return inside | ((table["price"] - 1).abs() <= table["detectable"].fillna(0))
+def _judged(p: Price, rows: list[Price]) -> Price:
+    """The verdict of a row, from its own interval (and whether the run can stand behind it)."""
+    if p.is_aa:
+        return replace(p, verdict=Verdict.NOISE_FLOOR)
+    if p.price_vs == p.label:
+        return replace(p, verdict=Verdict.FASTEST)
+    r = p.price
+    if r.rounds < 2 or not math.isfinite(r.hi):
+        return replace(p, verdict=Verdict.UNCONFIRMED, why="one round: no interval")
+    if r.lo == r.hi:
+        return replace(p, verdict=Verdict.UNCONFIRMED, why=f"no spread across its {r.rounds} rounds: no interval")
+    if r.includes_one:
+        return replace(p, verdict=Verdict.WITHIN_NOISE)
+    if p.busy_trials_priced:
+        return replace(p, verdict=Verdict.UNCONFIRMED, why="it rests on trials run while the machine was busy")
+    aa = next((q for q in rows if q.is_aa), None)
+    if aa is not None and not aa.price.includes_one:
+        return replace(p, verdict=Verdict.UNCONFIRMED, why="the A/A control strayed beyond its own interval")
+    return replace(p, verdict=Verdict.REAL)
 
 
-def half_widths(records) -> dict[str, float]:
-    """Each price's interval half-width (0.03: ±3%), keyed `workload/setting` (with the
-    axes that vary): what --precision drives down. The fastest setting of each group
-    (price 1.00 by definition) has none."""
-    speed = speed_table(frame([r.to_json() for r in records]))
-    if speed.empty:
-        return {}
-    keys = [c for c in speed.columns if c in ("workload", *varying_axes(speed))]
-    priced = speed[~((speed["price_lo"] == 1.0) & (speed["price_hi"] == 1.0))]
-    half = _half_width(priced)
-    names = priced[keys].astype(str).agg("/".join, axis=1) + ": " + priced["setting"]
-    return dict(zip(names, half.fillna(np.inf)))
+def _host_bound(p: Price, records: list[TrialRecord]) -> Price:
+    """The row's kernel busy fraction and `host_bound` (None where no profiled trial
+    measured it: the CPU, or no --explain): the profiled trial's kernel time per step
+    over this label's median timed step, below the threshold the trial recorded. The
+    profiled trial's own step is slowed by the profiler, so its fraction stands in only
+    where the timed step is missing. The A/A control runs `default`, and takes its row."""
+    setting = REFERENCE if p.is_aa else p.label
+    found = None
+    for r in ok_of(records, (Kind.PROFILED,)):
+        hb = host_bound_part(r)
+        if hb and r.spec.setting == setting and GroupKey.of(r).without("steps") == p.key.without("steps"):
+            found = hb  # the latest profiled trial of the label wins
+    if found is None:
+        return p
+    timed = float(busy_share(found["kernel_busy_s"], p.step_time_s))
+    fraction = min(timed if math.isfinite(timed) else found.get("kernel_busy_fraction", math.nan), 1.0)
+    if not math.isfinite(fraction):
+        return p
+    return replace(p, kernel_busy_fraction=fraction, host_bound=bool(fraction < found["threshold"]))
 
 
-def noise_floors(table: pd.DataFrame) -> pd.DataFrame:
-    """The A/A control's rows, with the CV of `default`'s samples/s in the same group."""
-    if table.empty:
-        return table
-    keys = [c for c in ("workload", *group_fields()) if c in table]
-    aa = table[table["setting"] == AA_LABEL]
-    ref = table[table["setting"] == REFERENCE][[*keys, "samples_per_s_cv"]].rename(
-        columns={"samples_per_s_cv": "default_cv"}
-    )
-    aa = aa.merge(ref, on=keys, how="left")  # each group's own default, not the workload's first
-    aa["steady"] = (aa["price_lo"] <= 1.0) & (aa["price_hi"] >= 1.0)
-    return aa
+def host_bound_part(record: TrialRecord) -> dict | None:
+    """The profiled trial's host-bound measurement, where it made one."""
+    hb = record.payload.get("host_bound")
+    return hb if isinstance(hb, dict) and hb.get("kernel_busy_s") is not None else None
+
+
+def price_frame_rows(rows: list[Price]) -> list[dict]:
+    """The price table as rows of derived columns (the JSON and the figures read these)."""
+    fields = varying_fields(p.key for p in rows)
+    return [p.row(fields) for p in rows]
+
+
+def half_widths(records: list[TrialRecord]) -> dict[str, float]:
+    """Each price's interval half-width (0.03: ±3%), keyed `workload/axes: label`: what
+    --precision drives down. The fastest label of each group has none."""
+    cpu = all(r.spec.device.startswith("cpu") for r in records)
+    rows = prices(records, cpu)
+    fields = varying_fields(p.key for p in rows)
+    out = {}
+    for p in rows:
+        if p.verdict != Verdict.FASTEST:
+            name = "/".join(str(v) for v in p.key.shown(fields).values())
+            out[f"{name}: {p.label}"] = p.price.half_width
+    return out

@@ -8,28 +8,76 @@ the sweep ran with --keep-params.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 
 import numpy as np
-import pandas as pd
 
 from detcost import axes as axes_mod
-from detcost.derive.frame import ok_trials, setting_order, varying_axes
-from detcost.record import SIZE_FIELDS, Kind
-from detcost.results import sidecar_path
+from detcost.derive.keys import SEED_LABEL, GroupKey, by_key, ok_of, setting_order, sidecar_path, varying_fields
+from detcost.record import SIZE_FIELDS, Kind, TrialRecord
 
-SEED_LABEL = "seed yardstick"
 # Ratios to the seed yardstick are only shown when the yardstick itself moved.
 MIN_SEED_SPREAD = 1e-12
 
 
-def load_sidecar(record: pd.Series | dict) -> dict[str, np.ndarray] | None:
+def load_sidecar(record: TrialRecord) -> dict[str, np.ndarray] | None:
     """The arrays a trial stored beside the results file, or None if it stored none."""
     path = sidecar_path(record)
-    if path is None or not path.is_file():
+    if path is None or not path.is_file() or path.suffix != ".npz":
         return None
     with np.load(path) as data:
         return {k: data[k] for k in data.files}
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The spread across the trials of one group: repeats of a setting, the seed yardstick,
+    or one seed across the values of an axis that changes numerics (`across`)."""
+
+    key: GroupKey
+    setting: str
+    R: int
+    n_identical: int
+    bitwise_identical: bool
+    loss_std: float
+    loss_range: float
+    accuracy_std: float
+    accuracy_range: float
+    class_accuracy_range: float
+    same_data_order: bool | None
+    max_abs_dtheta: float = math.nan
+    rel_l2: float = math.nan
+    disagreement: float = math.nan
+    max_abs_dlogits: float = math.nan
+    first_diff_step: int | None = None
+    across: str | None = None
+    across_values: str | None = None
+    vs_seeds: dict = field(default_factory=dict)  # rel_l2, loss_std, disagreement over the yardstick's
+
+    @property
+    def same_seed(self) -> bool:
+        """Repeats of one configuration: what a setting guarantees."""
+        return self.setting != SEED_LABEL and self.across is None
+
+    @property
+    def all_identical(self) -> bool:
+        return self.R >= 2 and self.n_identical == self.R
+
+    def row(self, fields: list[str]) -> dict:
+        out = {**self.key.shown(fields), "setting": self.setting}
+        out.update({k: getattr(self, k) for k in _METRICS})
+        out.update({f"{m}_vs_seeds": self.vs_seeds.get(m, math.nan) for m in _VS_SEEDS})
+        return {**out, "across": self.across, "across_values": self.across_values, "machine": self.key.machine}
+
+
+_METRICS = (
+    "R", "n_identical", "bitwise_identical", "loss_std", "loss_range", "accuracy_std", "accuracy_range",
+    "class_accuracy_range", "same_data_order", "max_abs_dtheta", "rel_l2", "disagreement", "max_abs_dlogits",
+    "first_diff_step",
+)  # fmt: skip
+_VS_SEEDS = ("rel_l2", "loss_std", "disagreement")
 
 
 def _final_params(side: dict) -> np.ndarray:
@@ -52,61 +100,39 @@ def _first_difference(a: dict, b: dict) -> int | None:
     return None
 
 
-def _range(group: pd.DataFrame, column: str) -> float:
-    values = group[column].dropna().astype(float) if column in group else pd.Series(dtype=float)
-    return float(values.max() - values.min()) if len(values) > 1 else np.nan
+def _std(values: list[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
 
-def _class_accuracy_range(group: pd.DataFrame) -> float:
+def _range(values: list[float]) -> float:
+    return float(max(values) - min(values)) if len(values) > 1 else math.nan
+
+
+def _class_accuracy_range(outcomes) -> float:
     """The largest spread of one class's accuracy across the group (max - min, over the
     classes every trial evaluated): implementation noise shows here long before it
     moves the top-line accuracy."""
-    lists = [v for v in group.get("class_accuracy", pd.Series(dtype=object)) if isinstance(v, list | tuple)]
+    lists = [o.class_accuracy for o in outcomes if isinstance(o.class_accuracy, list | tuple)]
     if len(lists) < 2:
-        return np.nan
+        return math.nan
     per_class = np.array([[np.nan if a is None else a for a in v] for v in lists], dtype=float)
     per_class = per_class[:, np.isfinite(per_class).all(axis=0)]  # the classes every trial evaluated
-    return float((per_class.max(axis=0) - per_class.min(axis=0)).max()) if per_class.size else np.nan
+    return float((per_class.max(axis=0) - per_class.min(axis=0)).max()) if per_class.size else math.nan
 
 
-def _same_data_order(group: pd.DataFrame) -> bool | None:
-    """Whether every trial of the group read its data in the same order (None: staged
-    batches, whose order is fixed by the data seed, or one trial)."""
-    orders = group["data_order_sha256"].dropna() if "data_order_sha256" in group else pd.Series(dtype=object)
-    return bool(orders.nunique() == 1) if len(orders) > 1 else None
+def _same_data_order(outcomes) -> bool | None:
+    """Whether every trial read its data in the same order (None: staged batches, whose
+    order is fixed by the data seed, or one trial)."""
+    orders = [o.data_order_sha256 for o in outcomes if o.data_order_sha256]
+    return len(set(orders)) == 1 if len(orders) > 1 else None
 
 
-def compare(group: pd.DataFrame) -> dict:
-    """Spread across the trials of one group (repeats, or seeds): the variance metrics."""
-    r = len(group)
-    hashes = group["params_sha256"].value_counts()
-    losses = group["final_loss"].astype(float)
-    row = {
-        "R": r,
-        # repeats that share their final parameters with another (none, when all differ)
-        "n_identical": int(hashes.iloc[0]) if r and (hashes.iloc[0] > 1 or r == 1) else 0,
-        "bitwise_identical": bool(r > 1 and len(hashes) == 1),
-        "loss_std": float(losses.std(ddof=1)) if r > 1 else np.nan,
-        "loss_range": float(losses.max() - losses.min()) if r else np.nan,
-        "accuracy_std": float(group["eval_accuracy"].std(ddof=1)) if r > 1 and "eval_accuracy" in group else np.nan,
-        "accuracy_range": _range(group, "eval_accuracy"),
-        "class_accuracy_range": _class_accuracy_range(group),
-        "same_data_order": _same_data_order(group),
-    }
-    sides = [load_sidecar(rec) for _, rec in group.iterrows()]
+def _distances(sides: list[dict | None]) -> dict:
     pairs = [(a, b) for a, b in combinations(sides, 2) if a is not None and b is not None]
     if not pairs:
-        return {
-            **row,
-            "max_abs_dtheta": np.nan,
-            "rel_l2": np.nan,
-            "disagreement": np.nan,
-            "max_abs_dlogits": np.nan,
-            "first_diff_step": None,
-        }
+        return {}
     firsts = [s for s in (_first_difference(a, b) for a, b in pairs) if s is not None]
     return {
-        **row,
         "max_abs_dtheta": max(float(np.max(np.abs(_final_params(a) - _final_params(b)))) for a, b in pairs),
         "rel_l2": float(np.mean([_rel_l2(_final_params(a), _final_params(b)) for a, b in pairs])),
         "disagreement": float(np.mean([np.mean(a["eval_preds"] != b["eval_preds"]) for a, b in pairs])),
@@ -115,87 +141,127 @@ def compare(group: pd.DataFrame) -> dict:
     }
 
 
-def variance_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per workload x setting (x axes): spread across repeats, the seed yardstick as its
-    own row, the same seed across the values of an axis that changes numerics (threads:
-    column `across` names the axis, `across_values` the values), and each row's spread as
-    a fraction of the seed yardstick's."""
-    timed, seeds = ok_trials(df, (Kind.TIMED,)), ok_trials(df, (Kind.SEED,))
-    if timed.empty and seeds.empty:
-        return pd.DataFrame()
-    axes = varying_axes(df)
-    sizes = [a for a in axes if a in SIZE_FIELDS]
-    rows = []
-    for key, group in timed.groupby(["workload", "setting", *axes], sort=False):
-        rows.append({**dict(zip(["workload", "setting", *axes], key)), **compare(group)})
-    for key, group in seeds.groupby(["workload", *sizes], sort=False):
-        fixed = {a: group[a].iloc[0] for a in axes if a not in sizes}
-        rows.append({**dict(zip(["workload", *sizes], key)), "setting": SEED_LABEL, **fixed, **compare(group)})
-    for axis in filter(axes_mod.compares_across, axes):
-        rows += _across(timed, axis, [a for a in axes if a != axis])
-    table = _relative_to_seeds(pd.DataFrame(rows), sizes)
-    order = {s: i for i, s in enumerate([*setting_order(table["setting"].unique()), SEED_LABEL])}
-    table["_o"] = table["setting"].map(lambda s: order.get(s, len(order)))
-    if "across" not in table:
-        table["across"] = None
-    sort = ["workload", "_o", *[a for a in axes if not axes_mod.compares_across(a)]]
-    return table.sort_values(sort, kind="stable").drop(columns="_o").reset_index(drop=True)
+def compare(key: GroupKey, setting: str, records: list[TrialRecord], sides: dict, **extra) -> Spread:
+    """Spread across the trials of one group (repeats, or seeds): the variance metrics."""
+    outcomes = [r.outcome for r in records if r.outcome]
+    hashes = [o.params_sha256 for o in outcomes]
+    top = max((hashes.count(h) for h in set(hashes)), default=0)
+    losses = [o.final_loss for o in outcomes if o.final_loss is not None]
+    acc = [o.eval_accuracy for o in outcomes if o.eval_accuracy is not None]
+    r = len(records)
+    return Spread(
+        key=key,
+        setting=setting,
+        R=r,
+        # repeats that share their final parameters with another (none, when all differ)
+        n_identical=top if (top > 1 or r == 1) else 0,
+        bitwise_identical=r > 1 and len(set(hashes)) == 1,
+        loss_std=_std(losses),
+        loss_range=float(max(losses) - min(losses)) if losses else math.nan,
+        accuracy_std=_std(acc),
+        accuracy_range=_range(acc),
+        class_accuracy_range=_class_accuracy_range(outcomes),
+        same_data_order=_same_data_order(outcomes),
+        **_distances([sides.get(rec.trial_id) for rec in records]),
+        **extra,
+    )
 
 
-def _across(timed: pd.DataFrame, axis: str, others: list[str]) -> list[dict]:
-    """The same seed at different values of `axis`: one trial per value (repeat 0)."""
+def load_sidecars(records: list[TrialRecord]) -> dict[str, dict | None]:
+    """Every timed and seed trial's sidecar arrays, read once, by trial id."""
+    return {r.trial_id: load_sidecar(r) for r in ok_of(records, (Kind.TIMED, Kind.SEED))}
+
+
+def spreads(records: list[TrialRecord], sides: dict | None = None) -> list[Spread]:
+    """Per workload x setting (x axes): spread across repeats; the seed yardstick as its
+    own row; the same seed across the values of an axis that changes numerics; and each
+    row's spread as a fraction of the seed yardstick's. Sidecars are read once here."""
+    timed, seeds = ok_of(records, (Kind.TIMED,)), ok_of(records, (Kind.SEED,))
+    sides = load_sidecars(records) if sides is None else sides
     rows = []
-    for key, group in timed.groupby(["workload", "setting", *others], sort=False):
-        if group[axis].nunique() < 2:
+    for (key, setting), group in _by_setting(timed).items():
+        rows.append(compare(key, setting, group, sides))
+    for key, group in by_key(seeds).items():
+        rows.append(compare(key, SEED_LABEL, group, sides))
+    for axis in axes_mod.names():
+        if axes_mod.compares_across(axis):
+            rows += _across(timed, axis, sides)
+    rows = _relative_to_seeds(rows)
+    order = {s: i for i, s in enumerate([*setting_order(r.setting for r in rows), SEED_LABEL])}
+    return sorted(rows, key=lambda s: (s.key.workload, order[s.setting], s.across or ""))
+
+
+def _by_setting(records: list[TrialRecord]) -> dict[tuple, list[TrialRecord]]:
+    out: dict[tuple, list[TrialRecord]] = {}
+    for r in records:
+        out.setdefault((GroupKey.of(r), r.spec.setting), []).append(r)
+    return out
+
+
+def _across(timed: list[TrialRecord], axis: str, sides: dict) -> list[Spread]:
+    """The same seed at different values of `axis`: one trial per value (the first repeat)."""
+    groups: dict[tuple, dict] = {}
+    for r in sorted(timed, key=lambda r: r.spec.repeat):
+        per_value = groups.setdefault((GroupKey.of(r).without(axis), r.spec.setting), {})
+        per_value.setdefault(r.spec.axes[axis], r)
+    rows = []
+    for (key, setting), per_value in groups.items():
+        if len(per_value) < 2:
             continue
-        first = group.sort_values("repeat").groupby(axis, sort=True).head(1)
-        values = " vs ".join(str(v) for v in sorted(first[axis]))
-        keys = dict(zip(["workload", "setting", *others], key))
-        rows.append({**keys, **compare(first), "across": axis, "across_values": values})
+        values = sorted(per_value)
+        first = [per_value[v] for v in values]
+        text = " vs ".join(str(v) for v in values)
+        rows.append(compare(key, setting, first, sides, across=axis, across_values=text))
     return rows
 
 
-def same_seed_rows(table: pd.DataFrame) -> pd.DataFrame:
-    """Repeats of one configuration: what a setting guarantees (not the seed yardstick,
-    not the rows across an axis's values)."""
-    if table.empty:
-        return table
-    rows = table[table["setting"] != SEED_LABEL]
-    return rows[rows["across"].isna()] if "across" in rows else rows
+def _seed_key(key: GroupKey) -> GroupKey:
+    """The yardstick a row is measured against: the same workload, sizes and machine."""
+    return key.without(*(a for a in axes_mod.names() if a not in SIZE_FIELDS))
 
 
-def _relative_to_seeds(table: pd.DataFrame, sizes: list[str]) -> pd.DataFrame:
-    """Each row's spread as a fraction of the seed yardstick's (same workload and sizes)."""
-    keys = ["workload", *sizes]
-    seeds = table[table["setting"] == SEED_LABEL]
-    metrics = ("rel_l2", "loss_std", "disagreement")
-    ref = table[keys].merge(seeds[keys + list(metrics)], on=keys, how="left")
-    for metric in metrics:
-        scale = ref[metric].where(ref[metric] > MIN_SEED_SPREAD).to_numpy()
-        table[f"{metric}_vs_seeds"] = table[metric].to_numpy() / scale
-    return table
+def _relative_to_seeds(rows: list[Spread]) -> list[Spread]:
+    yardsticks = {_seed_key(s.key): s for s in rows if s.setting == SEED_LABEL}
+    out = []
+    for s in rows:
+        seed = yardsticks.get(_seed_key(s.key))
+        ratios = {}
+        for m in _VS_SEEDS:
+            scale = getattr(seed, m) if seed else math.nan
+            ratios[m] = getattr(s, m) / scale if scale > MIN_SEED_SPREAD else math.nan
+        out.append(replace(s, vs_seeds=ratios))
+    return out
 
 
-def divergence_curves(df: pd.DataFrame) -> pd.DataFrame:
-    """Distance between repeats at each checkpoint (mean over pairs): data for a log-log
-    plot of how one rounding difference grows. One row per group x checkpoint."""
-    timed = ok_trials(df, (Kind.TIMED,))
-    axes = varying_axes(df)
-    rows = []
-    for key, group in timed.groupby(["workload", "setting", *axes], sort=False):
-        sides = [s for s in (load_sidecar(rec) for _, rec in group.iterrows()) if s is not None]
-        pairs = list(combinations(sides, 2))
-        if not pairs:
-            continue
-        for k, step in enumerate(sides[0]["checkpoints"]):
+def spread_rows(rows: list[Spread], records: list[TrialRecord]) -> list[dict]:
+    """The variance table as rows of derived columns (the JSON and the display read these)."""
+    from detcost.derive.keys import measured_keys
+
+    fields = varying_fields(measured_keys(records))
+    return [s.row(fields) for s in rows]
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Distance between the repeats of one group at one checkpoint (mean over pairs)."""
+
+    key: GroupKey
+    setting: str
+    step: int
+    rel_l2: float
+    max_abs_dtheta: float
+
+
+def divergence_curves(records: list[TrialRecord], sides: dict | None = None) -> list[Divergence]:
+    """How one rounding difference grows: data for a log-log plot, one point per group x
+    checkpoint."""
+    sides = load_sidecars(records) if sides is None else sides
+    out = []
+    for (key, setting), group in _by_setting(ok_of(records, (Kind.TIMED,))).items():
+        arrays = [a for a in (sides.get(r.trial_id) for r in group) if a is not None]
+        pairs = list(combinations(arrays, 2))
+        for k, step in enumerate(arrays[0]["checkpoints"] if pairs else []):
             rel = [_rel_l2(a["param_samples"][k], b["param_samples"][k]) for a, b in pairs]
             mx = [float(np.max(np.abs(a["param_samples"][k] - b["param_samples"][k]))) for a, b in pairs]
-            rows.append(
-                {
-                    **dict(zip(["workload", "setting", *axes], key)),
-                    "step": int(step),
-                    "rel_l2": float(np.mean(rel)),
-                    "max_abs_dtheta": max(mx),
-                }
-            )
-    return pd.DataFrame(rows)
+            out.append(Divergence(key, setting, int(step), float(np.mean(rel)), max(mx)))
+    return out

@@ -8,27 +8,26 @@ from pathlib import Path
 
 import pandas as pd
 
-from detcost import results
-from detcost.derive.compare import compare_runs
-from detcost.report.text import axis_values_text
+from detcost.derive.compare import RunDelta
+from detcost.report.fmt import fmt, ratio_text
+from detcost.report.keys_text import axis_values_text
 
 HEADER = ["workload", "setting", "axes", "A samples/s", "B samples/s", "B time / A [95% CI]", "A price", "B price"]
 
 
-def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+def display_rows(deltas: list[RunDelta]) -> tuple[list[str], list[list[str]]]:
     rows = [
         [
-            r["workload"],
-            r["setting"],
-            axis_values_text(r),
-            f"{r['a_samples_per_s']:,.1f}",
-            f"{r['b_samples_per_s']:,.1f}",
-            f"{r['b_vs_a']:.2f}x [{r['b_vs_a_lo']:.2f}, {r['b_vs_a_hi']:.2f}]"
-            + (" within noise" if r["within_noise"] else ""),
-            f"{r['a_price']:.2f}",
-            f"{r['b_price']:.2f}",
+            d.match["workload"],
+            d.match["setting"],
+            axis_values_text(d.match),
+            f"{d.a_samples_per_s:,.1f}",
+            f"{d.b_samples_per_s:,.1f}",
+            ratio_text(d.b_vs_a) + (" within noise" if d.within_noise else " real"),
+            fmt(d.a_price),
+            fmt(d.b_price),
         ]
-        for r in table.to_dict(orient="records")
+        for d in deltas
     ]
     return HEADER, rows
 
@@ -42,31 +41,32 @@ def missing_text(missing: list[dict]) -> list[str]:
     ]
 
 
-def compare_text(table: pd.DataFrame, missing: list[dict]) -> str:
-    header, rows = display_rows(table)
+def compare_text(deltas: list[RunDelta], missing: list[dict]) -> str:
+    header, rows = display_rows(deltas)
     if rows:
         lines = [pd.DataFrame(rows, columns=header).to_string(index=False)]
     else:
         lines = ["no workload x setting ran in both runs at the same axes and sizes (batch, image): nothing to compare"]
     if missing:
         lines.append("only in one run:\n  " + "\n  ".join(missing_text(missing)))
-    lines.append("B time / A: B's step time over A's; above 1.00x B is slower (the direction of every price)")
+    lines.append(
+        "B time / A: B's step time over A's; above 1.00x B is slower (the direction of every price); within noise: "
+        "the interval includes 1.00 (the runs share no rounds, so drift between them is in it)"
+    )
     return "\n".join(lines)
 
 
-def write_html(a_path: Path, b_path: Path, out: Path) -> tuple[pd.DataFrame, list[dict], Path]:
-    """Compare two runs and write the comparison as a self-contained HTML page."""
-    from detcost.report.build import machine_name, template_env
+def write_html(deltas: list[RunDelta], missing: list[dict], names: tuple, machines: tuple, out: Path) -> Path:
+    """The comparison as a self-contained HTML page."""
+    from detcost.report.build import template_env
 
-    table, missing = compare_runs(a_path, b_path)
-    header, rows = display_rows(table)
-    machines = [machine_name(results.load(p).iloc[0]) for p in (a_path, b_path)]
+    header, rows = display_rows(deltas)
     html = (
         template_env()
         .get_template("compare.html.j2")
         .render(
-            a_name=str(a_path),
-            b_name=str(b_path),
+            a_name=str(names[0]),
+            b_name=str(names[1]),
             a_machine=machines[0],
             b_machine=machines[1],
             header=header,
@@ -77,4 +77,4 @@ def write_html(a_path: Path, b_path: Path, out: Path) -> tuple[pd.DataFrame, lis
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
-    return table, missing, out
+    return out

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
 
-from detcost.derive.frame import AA_LABEL, group_fields, setting_order  # noqa: E402
+from detcost.derive.keys import AA_LABEL, group_fields, setting_order  # noqa: E402
 from detcost.settings import SETTINGS  # noqa: E402
 
 _PALETTE = plt.get_cmap("tab10").colors
@@ -104,9 +104,10 @@ def price_bars(speed: pd.DataFrame) -> bytes:
 
 
 def variance_vs_price(points: pd.DataFrame) -> bytes:
-    """One point per setting: mean price across workloads against mean spread between
-    repeats (relative L2 of parameters); bitwise-identical settings sit on the floor line.
-    Points on the Pareto front (nothing both cheaper and more reproducible) are ringed."""
+    """One point per setting: its worst price across workloads against its mean spread
+    between repeats (relative L2 of parameters); bitwise-identical settings sit on the
+    floor line. Points on the Pareto front (nothing both cheaper beyond the intervals and
+    more reproducible) are ringed; points whose price is unconfirmed are hollow."""
     fig, ax = plt.subplots(figsize=(7.0, 4.4))
     pts = points.assign(y=points["rel_l2"].fillna(0).clip(lower=FLOOR)).sort_values(["y", "price"])
     for i, (_, p) in enumerate(pts.iterrows()):
@@ -114,8 +115,8 @@ def variance_vs_price(points: pd.DataFrame) -> bytes:
             p["price"],
             p["y"],
             s=70,
-            color=color(p["setting"]),
-            edgecolor="black",
+            color="white" if p.get("unconfirmed") else color(p["setting"]),
+            edgecolor=color(p["setting"]) if p.get("unconfirmed") and not p["pareto"] else "black",
             linewidth=1.8 if p["pareto"] else 0.3,
             zorder=3,
         )
@@ -138,7 +139,7 @@ def variance_vs_price(points: pd.DataFrame) -> bytes:
         color="grey",
     )
     ax.margins(x=0.2)
-    ax.set_xlabel("mean price across workloads (step time / fastest)")
+    ax.set_xlabel("worst price across workloads (step time / fastest)")
     ax.set_ylabel("spread between repeats (rel. L2 of θ)")
     ax.set_title("What each setting buys against what it costs (ringed: Pareto front)", fontsize=10)
     return _png(fig)

@@ -1,0 +1,209 @@
+"""One analysis of a set of records, computed once: `analyse(records) -> Analysis`.
+
+Prices, variance, divergence curves, attribution, audit findings, failures, the noise
+floor, host-bound marks and the recommendation, per machine, each a typed value keyed by a
+`GroupKey` built from the spec. The CLI hands a sweep's records straight in, or loads
+files once at the top; text, HTML, Markdown, JSON, asv tracking and the gate only render
+or judge an `Analysis`, and none of them computes a statistic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from detcost.derive.attribution import attribution
+from detcost.derive.keys import (
+    AA_LABEL,
+    GroupKey,
+    is_busy,
+    is_cpu,
+    machine_of,
+    measured_keys,
+    ok_of,
+    varying_fields,
+)
+from detcost.derive.prices import Price, price_frame_rows, prices
+from detcost.derive.recommend import DEFAULT_MAX_SLOWDOWN, Recommendation, recommend
+from detcost.derive.variance import Divergence, Spread, divergence_curves, load_sidecars, spreads
+from detcost.ops import workaround
+from detcost.record import Kind, Status, TrialRecord
+from detcost.settings import REFERENCE
+
+# The machine's fingerprint fields a report shows, in this order (detcost.env.fingerprint).
+ENV_FIELDS = (
+    "torch", "cuda", "cudnn", "gpu", "driver", "cpu", "cpu_count", "threads", "python", "platform", "hostname",
+    "detcost",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A trial that did not finish, with its reason (strict-mode errors are findings)."""
+
+    key: GroupKey
+    kind: str
+    setting: str
+    repeat: int
+    seed: int
+    status: str
+    error: str | None
+    workaround: str | None
+
+    def row(self, fields: list[str]) -> dict:
+        return {"kind": self.kind, **self.key.shown(fields), "setting": self.setting, "repeat": self.repeat,
+                "seed": self.seed, "status": self.status, "error": self.error}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AuditFinding:
+    """What one audit trial found: the ops without a deterministic implementation."""
+
+    workload: str
+    device: str
+    ok: bool
+    error: str | None
+    alerts: list = field(default_factory=list)  # {op, count, modules}
+    strict_fails: bool = False
+    strict_error: str | None = None
+    steps: int | None = None
+
+    @classmethod
+    def of(cls, r: TrialRecord) -> AuditFinding:
+        audit = r.payload.get("audit") if r.ok else None
+        if not audit:
+            return cls(r.spec.workload, r.spec.device, False, r.error)
+        return cls(r.spec.workload, r.spec.device, True, None, list(audit.get("alerts") or []),
+                   bool(audit.get("strict_fails")), audit.get("strict_error"), audit.get("steps"))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MachineAnalysis:
+    """Everything derived from one machine's records."""
+
+    machine: str
+    records: list[TrialRecord]
+    cpu: bool
+    fields: list[str]  # the group fields that vary (the tables' extra key columns)
+    prices: list[Price]
+    spreads: list[Spread]
+    curves: list[Divergence]
+    attribution: pd.DataFrame
+    audits: list[AuditFinding]
+    failures: list[Failure]
+    recommendation: Recommendation
+    busy_trials: int
+    layout_varied: bool
+    environment: list[tuple[str, str]]
+    priced_settings: list[str]
+    cudnn_plans: list[tuple[str, str, dict]]  # (workload, setting, what the profiled trial's cuDNN log said)
+
+    @property
+    def aa(self) -> list[Price]:
+        return [p for p in self.prices if p.is_aa]
+
+    def price_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(price_frame_rows(self.prices))
+
+    def spread_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([s.row(self.fields) for s in self.spreads])
+
+    def curve_frame(self) -> pd.DataFrame:
+        rows = [{**c.key.shown(self.fields), "setting": c.setting, "step": c.step, "rel_l2": c.rel_l2,
+                 "max_abs_dtheta": c.max_abs_dtheta} for c in self.curves]  # fmt: skip
+        return pd.DataFrame(rows, columns=None if rows else ["workload", "setting", "step", "rel_l2"])
+
+    def failure_frame(self) -> pd.DataFrame:
+        rows = [f.row(self.fields) for f in self.failures]
+        return pd.DataFrame(rows)
+
+    def price_of(self, workload: str, setting: str) -> Price | None:
+        """The row that prices `setting` on `workload` (its pooled row on the CPU)."""
+        return next((p for p in self.prices if p.key.workload == workload and p.prices(setting) and not p.is_aa), None)
+
+    def spread_of(self, workload: str, setting: str) -> Spread | None:
+        return next((s for s in self.spreads if s.key.workload == workload and s.setting == setting and s.same_seed),
+                    None)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """The analysis of a set of records: one `MachineAnalysis` per machine they ran on."""
+
+    records: list[TrialRecord]
+    machines: list[MachineAnalysis]
+    max_slowdown: float
+
+    @property
+    def run_ids(self) -> list[str]:
+        return list(dict.fromkeys(r.spec.run_id for r in self.records))
+
+    @property
+    def only(self) -> MachineAnalysis | None:
+        """The one machine's analysis (the first where several machines ran)."""
+        return self.machines[0] if self.machines else None
+
+
+def analyse(records: list[TrialRecord], max_slowdown: float = DEFAULT_MAX_SLOWDOWN) -> Analysis:
+    """Every table and verdict of these records, computed once."""
+    per_machine: dict[str, list[TrialRecord]] = {}
+    for r in records:
+        per_machine.setdefault(machine_of(r), []).append(r)
+    machines = [analyse_machine(name, recs, max_slowdown) for name, recs in per_machine.items()]
+    return Analysis(list(records), machines, max_slowdown)
+
+
+def analyse_machine(name: str, records: list[TrialRecord], max_slowdown: float) -> MachineAnalysis:
+    cpu = is_cpu(records)
+    priced = prices(records, cpu)
+    sides = load_sidecars(records)
+    spread = spreads(records, sides)
+    timed = [r for r in records if r.spec.kind == Kind.TIMED]
+    return MachineAnalysis(
+        machine=name,
+        records=records,
+        cpu=cpu,
+        fields=varying_fields(measured_keys(records)),
+        prices=priced,
+        spreads=spread,
+        curves=divergence_curves(records, sides),
+        attribution=attribution(records, priced, cpu),
+        audits=[AuditFinding.of(r) for r in records if r.spec.kind == Kind.AUDIT],
+        failures=_failures(records),
+        recommendation=recommend(records, priced, spread, max_slowdown),
+        busy_trials=sum(map(is_busy, records)),
+        layout_varied=bool(timed) and all(r.layout and r.layout.get("heap_pad") is not None for r in timed),
+        environment=_environment(records),
+        priced_settings=list(dict.fromkeys(r.spec.setting for r in timed)),
+        cudnn_plans=[
+            (r.spec.workload, r.spec.setting, r.payload["cudnn_plans"])
+            for r in ok_of(records, (Kind.PROFILED,))
+            if isinstance(r.payload.get("cudnn_plans"), dict)
+        ],
+    )
+
+
+def _failures(records: list[TrialRecord]) -> list[Failure]:
+    return [
+        Failure(GroupKey.of(r), str(r.spec.kind), r.spec.setting, r.spec.repeat, r.spec.seed, str(r.status), r.error,
+                workaround(r.error))
+        for r in records
+        if r.status != Status.OK
+    ]  # fmt: skip
+
+
+def _environment(records: list[TrialRecord]) -> list[tuple[str, str]]:
+    """The machine's fingerprint as a `default` trial saw it (other settings add their own
+    variables, such as CUBLAS_WORKSPACE_CONFIG)."""
+    with_env = [r for r in records if r.env]
+    plain = [r for r in with_env if r.spec.setting == REFERENCE]
+    env = (plain or with_env or [None])[0]
+    env = env.env if env else {}
+    rows = [(k, str(env.get(k))) for k in ENV_FIELDS if k in env]
+    if isinstance(env.get("env"), dict) and env["env"]:
+        rows.append(("env vars", ", ".join(f"{k}={v}" for k, v in env["env"].items())))
+    return rows
+
+
+__all__ = ["AA_LABEL", "Analysis", "AuditFinding", "Failure", "MachineAnalysis", "analyse", "ok_of"]

@@ -1,0 +1,147 @@
+"""Prices as a reader sees them: the price matrix (workloads down, settings across, each
+cell the price with its interval and its verdict), the detailed price table, the noise
+floor and the sentences around them. Every word here is read off an analysis's `Price`
+rows: a verdict is the row's own, never recomputed."""
+
+from __future__ import annotations
+
+import math
+
+from detcost.derive.analysis import MachineAnalysis
+from detcost.derive.keys import AA_LABEL, label_order
+from detcost.derive.prices import Price, Verdict
+from detcost.report.fmt import fmt, percent_text, ratio_text, si
+from detcost.report.keys_text import axis_values_text, key_cells
+
+HOST_BOUND_NOTE = "host-bound: the price is understated"
+
+
+def price_cell(p: Price, setting: str | None = None) -> str:
+    """One cell: `1.05 [1.02, 1.08] real`, `1.00 (fastest)`, and what else the row says."""
+    setting = setting or p.label
+    if p.verdict == Verdict.FASTEST:
+        text = "1.00 (fastest)"
+    else:
+        text = f"{ratio_text(p.price)} {p.verdict}" + (f" ({p.why})" if p.why else "")
+    if p.pooled:
+        text += f"; {len(p.members)} settings priced as one" if setting == p.label else f"; as one with {p.label}"
+    if p.flag_reacts:
+        text += "; the CPU reacts to this cuDNN flag"
+    if p.host_bound and not p.is_aa:
+        text += f" ({HOST_BOUND_NOTE})"
+    return text
+
+
+def matrix_columns(prices: list[Price]) -> list[str]:
+    """The settings a matrix shows (every setting some row prices), then the A/A control."""
+    return label_order({m for p in prices if not p.is_aa for m in p.members} | {p.label for p in prices if p.is_aa})
+
+
+def price_matrix(m: MachineAnalysis) -> tuple[list[str], list[dict]]:
+    """Workloads (and the fields that vary) down, settings across. Returns the key
+    columns' names and one row per group: {"head": [...], "cells": [(text, verdict)]}."""
+    columns = matrix_columns(m.prices)
+    groups: dict = {}
+    for p in m.prices:
+        groups.setdefault(p.key, []).append(p)
+    rows = []
+    for key, group in groups.items():
+        cells = []
+        for s in columns:
+            p = next((q for q in group if (q.is_aa if s == AA_LABEL else (q.prices(s) and not q.is_aa))), None)
+            cells.append(("-", "") if p is None else (price_cell(p, s), str(p.verdict)))
+        rows.append({"head": key_cells(key, m.fields), "cells": cells})
+    return ["workload", *m.fields, *columns], rows
+
+
+DETAIL_HEADER = [
+    "setting", "samples/s", "CV across repeats", "price vs fastest [95% CI]", "time vs default [95% CI]",
+    "cold start", "peak memory", "achieved FLOP/s",
+]  # fmt: skip
+
+
+def price_details(m: MachineAnalysis) -> tuple[list[str], list[dict], int]:
+    """The full price table: one row per group x label, every figure measured."""
+    header = ["workload", *m.fields, *DETAIL_HEADER]
+    rows = []
+    for p in m.prices:
+        busy = f" (busy machine: {p.busy_trials} trial(s))" if p.busy_trials else ""
+        label = p.label + (f" (+ {', '.join(x for x in p.members if x != p.label)})" if p.pooled else "")
+        cells = [
+            *key_cells(p.key, m.fields), label, f"{p.samples_per_s:,.1f}{busy}", fmt(p.samples_per_s_cv, ".1%"),
+            price_cell(p), ratio_text(p.vs_default), fmt(p.cold_start_s, ".3f") + " s",
+            si(p.peak_memory_bytes, "B"), si(p.achieved_flops, "FLOP/s"),
+        ]  # fmt: skip
+        rows.append({"cls": "aa" if p.is_aa else "", "cells": cells, "verdict": str(p.verdict)})
+    return header, rows, len(m.fields) + 2
+
+
+def detectable_text(prices: list[Price]) -> str:
+    """One sentence: the smallest price each workload's run can tell apart from noise."""
+    per: dict[str, float] = {}
+    for p in prices:
+        d = p.detectable if math.isfinite(p.detectable) else math.inf
+        per[p.key.workload] = max(per.get(p.key.workload, -math.inf), d)
+    if not per:
+        return ""
+    parts = [f"{w} {percent_text(d)}" for w, d in per.items()]
+    return (
+        "Smallest price this run can detect (how far its A/A control may stray from 1.00; a price closer to 1.00 "
+        "than this is not told apart from noise, however narrow its own interval): " + ", ".join(parts) + "."
+    )
+
+
+def host_bound_lines(prices: list[Price]) -> list[str]:
+    """One sentence naming the host-bound prices and how busy their kernels kept the GPU."""
+    per: dict[str, list[str]] = {}
+    for p in prices:
+        if p.host_bound and not p.is_aa:
+            per.setdefault(p.key.workload, []).append(f"{p.label} {p.kernel_busy_fraction:.0%}")
+    if not per:
+        return []
+    return [
+        f"{HOST_BOUND_NOTE} where the GPU waited on the host: kernels kept it busy for only this share of a "
+        "step, so kernel launches, not cuDNN's algorithms, set the pace (a larger batch or image shows the "
+        "price): " + "; ".join(f"{w} " + ", ".join(v) for w, v in per.items()) + "."
+    ]
+
+
+def noise_lines(m: MachineAnalysis) -> list[str]:
+    """One line per A/A control: the noise floor, and a warning where it left its interval."""
+    lines = []
+    for aa in m.aa:
+        shown = axis_values_text(aa.key.shown(m.fields))
+        where = aa.key.workload if shown == "-" else f"{aa.key.workload}, {shown}"
+        ref = next((p for p in m.prices if p.key == aa.key and p.label == aa.price_vs), None)
+        cv = f"; CV of samples/s across repeats {ref.samples_per_s_cv:.1%}" if ref and math.isfinite(
+            ref.samples_per_s_cv) else ""  # fmt: skip
+        lines.append(
+            f"noise floor ({where}): default vs itself {ratio_text(aa.price)}{cv} - differences inside this are noise"
+        )
+        if not aa.price.includes_one:
+            lines.append(
+                f"  warning: on {where} default differed from itself beyond its 95% interval (by chance on 1 "
+                "workload in 20; more often, the machine was not steady): prices there that exclude 1.00 are "
+                "marked unconfirmed"
+            )
+        if aa.label_bias > 0:
+            lines.append(
+                f"  it strayed further than its rounds allow: every price's interval on {where} also takes in a "
+                f"fixed effect of its label of {math.expm1(aa.label_bias):.1%} (one standard deviation, added to "
+                "the rounds' own spread), which this run's prices may carry too"
+            )
+    return lines
+
+
+def layout_text(varied: bool) -> str:
+    """How the run varied its trials' memory layout, in one sentence."""
+    if varied:
+        return (
+            "Each round's trials forked from a server process of their own, and every trial first took a random "
+            "amount of heap and environment, so the memory layout changed from round to round and its effect on "
+            "a label's speed shows in the intervals instead of biasing them (docs/layout-bias.md)."
+        )
+    return (
+        "The trials did not vary their memory layout (--layout fixed, or a detcost before it did): a label may "
+        "carry a bias of its layout for the whole run that no interval from rounds can see (docs/layout-bias.md)."
+    )

@@ -1,0 +1,174 @@
+"""What `detcost run` prints: the dry run's plan and estimate, and the summary at the end
+of a sweep (terminal and JSON), rendered from one analysis."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from detcost.derive.analysis import Analysis, MachineAnalysis
+from detcost.report.prices_text import detectable_text, host_bound_lines, noise_lines, price_matrix
+
+VERDICT_LEGEND = (
+    "each cell: price = step time over the fastest setting's, 95% interval across rounds, and its verdict "
+    "(real: the interval excludes 1.00; within noise: it includes 1.00; unconfirmed: excludes 1.00, but the run "
+    "cannot stand behind it)"
+)
+
+
+def plan_text(specs, estimate, gpu: str | None = None) -> str:
+    """The dry run: the planned trials, the estimate by kind and, on CUDA, what it assumes."""
+    kinds = ", ".join(f"{kind} {n} ({t / 60:.1f} min)" for kind, (n, t) in estimate.by_kind.items())
+    start = (
+        f"; outside the trials (forkserver starts, a look at the machine) {estimate.once_s:.0f} s"
+        if estimate.once_s
+        else ""
+    )
+    lines = [s.trial_id for s in specs]
+    lines += [f"{len(specs)} trials planned; rough estimate {estimate.seconds / 60:.1f} min", f"  {kinds}{start}"]
+    cuda = cuda_estimate_lines(len(specs), estimate, gpu)
+    if cuda and any(s.axes.get("data", "staged") != "staged" for s in specs):
+        cuda.append("not in the estimate: reading a --data loader's batches (add what your loader costs a step)")
+    return "\n".join(lines + cuda)
+
+
+def cuda_estimate_lines(trials: int, estimate, gpu: str | None) -> list[str]:
+    """How a CUDA estimate is made and what it assumes; nothing on the CPU, whose figures
+    per trial were measured."""
+    if not estimate.cuda:
+        return []
+    lines = [
+        "how the CUDA estimate is made: no GPU was available to measure these figures, so each is an "
+        "assumption: from the published figure or documentation it cites, else an estimate. A trial is its "
+        "start, a CUDA context, the cuDNN/cuBLAS libraries, staging its data, a warm-up, its timed steps (and "
+        "the profiler, or the audit's second pass); a step is its FLOPs (counted on the meta device) over a "
+        "sustained rate, times the setting's expected slowdown. The figures:",
+        *(f"  {line}" for line in estimate.assumptions()),
+        f"each 0.1 s more per trial adds {trials * 0.1 / 60:.1f} min; after a run, each record's process_wall_s "
+        "says what its trial took",
+    ]
+    if gpu is None:
+        return [*lines, "GPU: not named by nvidia-smi; the figures assume an H100-class GPU"]
+    same = any(name in gpu for name in ("H100", "H200"))
+    return [*lines, f"GPU: {gpu}" + ("" if same else "; the figures assume an H100-class GPU: expect other times")]
+
+
+def price_matrix_text(m: MachineAnalysis) -> str:
+    """The price matrix for a terminal: settings down, workloads across (the report's is
+    the other way round; a terminal is narrower than it is long)."""
+    header, rows = price_matrix(m)
+    nkeys = len(header) - len(rows[0]["cells"]) if rows else 0
+    index = [" / ".join(r["head"]) for r in rows]
+    frame = pd.DataFrame([[c for c, _ in r["cells"]] for r in rows], index=index, columns=header[nkeys:])
+    return frame.T.to_string()
+
+
+def _machine_lines(m: MachineAnalysis, several: bool) -> list[str]:
+    rec = m.recommendation
+    parts = [f"== machine: {m.machine}"] if several else []
+    if rec.speed_caveat:
+        parts += [f"THIS RUN CANNOT JUDGE SPEED: {rec.speed_caveat}. Read every price below as unconfirmed."]
+    if m.prices:
+        parts += ["", VERDICT_LEGEND + ":", price_matrix_text(m), *noise_lines(m), detectable_text(m.prices)]
+        parts += host_bound_lines(m.prices)
+    parts += ["", *(f"note: {n}" for n in rec.notes)] if rec.notes else []
+    failed = m.failure_frame()
+    if not failed.empty:
+        parts += ["", f"{len(failed)} trial(s) did not finish (findings, not crashes of detcost):"]
+        parts.append(failed.to_string(index=False, max_colwidth=90))
+    if m.busy_trials:
+        parts += [
+            "",
+            f"warning: {m.busy_trials} trial(s) ran while other processes used the CPU; their times are suspect "
+            "(busy.busy in the results)",
+        ]
+    return parts
+
+
+def run_summary(analysis: Analysis, outcome, wall: float, report=None) -> str:
+    """What `detcost run` prints at the end: per machine a speed caveat first where there is
+    one, then the price matrix, the noise floor, notes, failures and warnings; then the
+    guard, precision and the recommendation."""
+    several = len(analysis.machines) > 1
+    parts = [line for m in analysis.machines for line in _machine_lines(m, several)]
+    parts += [f"quiet-machine guard: {e}" for e in outcome.events]
+    if outcome.precision:
+        parts += ["", precision_text(outcome.precision)]
+    if outcome.stopped_early:
+        parts += ["", f"stopped by --max-time; rerun with --resume --results {outcome.results} to finish"]
+    for m in analysis.machines:
+        parts += ["", recommendation_text(m.recommendation) + (f" [{m.machine}]" if several else "")]
+    ok = sum(1 for r in analysis.records if str(r.spec.kind) == "timed" and r.ok)
+    again = f" ({outcome.reruns} run again after a busy machine)" if outcome.reruns else ""
+    parts += [
+        "",
+        f"{len(outcome.planned)} trials: {outcome.ran} run now{again}, {outcome.skipped} already done; "
+        f"{ok} timed trial(s) ok; {wall:.0f} s",
+    ]
+    parts.append(f"results: {outcome.results}")
+    if report:
+        parts.append(f"report:  {report.html}\n         {report.markdown}")
+    return "\n".join(parts)
+
+
+def precision_text(p: dict) -> str:
+    """Whether --precision was reached, and where not, what each price reached."""
+    if p["reached"]:
+        return (
+            f"precision: every price's interval within ±{p['target']:.1%} after {p['rounds']} rounds (the width of "
+            "each interval; the smallest detectable price above is how far the A/A control strays, a separate figure)"
+        )
+    unmet = ", ".join(
+        f"{k} ±{w:.1%}" if np.isfinite(w) else f"{k} (no interval)" for k, w in sorted(p["unmet"].items())
+    )
+    return (
+        f"precision ±{p['target']:.1%} NOT reached after {p['rounds']} rounds (stopped by {p['stopped_by']}): {unmet}"
+    )
+
+
+def recommendation_text(rec) -> str:
+    if not rec.setting:
+        return f"no recommendation: {rec.reason}"
+    return f"recommendation: use {rec.setting} ({rec.reason})\n" + "\n".join(
+        "    " + ln for ln in rec.snippet.splitlines()
+    )
+
+
+def records_json(rows) -> list[dict]:
+    """Rows (a table or a list of dicts) as JSON-ready records (NaN becomes None)."""
+    rows = rows.to_dict(orient="records") if isinstance(rows, pd.DataFrame) else list(rows or [])
+    return [{k: _plain(v) for k, v in r.items()} for r in rows]
+
+
+def _plain(v):
+    if isinstance(v, float | np.floating):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, np.integer | np.bool_):
+        return v.item()
+    return v
+
+
+def recommendation_json(rec) -> dict:
+    return {"setting": rec.setting, "reason": rec.reason, "snippet": rec.snippet, "speed_caveat": rec.speed_caveat,
+            "notes": rec.notes}  # fmt: skip
+
+
+def run_summary_json(analysis: Analysis, outcome, wall: float, report=None) -> dict:
+    machines = analysis.machines
+    return {
+        "results": str(outcome.results),
+        "wall_s": wall,
+        "ran": outcome.ran,
+        "skipped": outcome.skipped,
+        "stopped_early": outcome.stopped_early,
+        "timed_ok": sum(1 for r in analysis.records if str(r.spec.kind) == "timed" and r.ok),
+        "busy_trials": sum(m.busy_trials for m in machines),
+        "guard": outcome.events,
+        "precision": outcome.precision,
+        "speed": [row for m in machines for row in records_json(m.price_frame())],
+        "failures": [row for m in machines for row in records_json(m.failure_frame())],
+        "report": {"html": str(report.html), "markdown": str(report.markdown)} if report else None,
+        "recommendation": recommendation_json(machines[0].recommendation) if machines else None,
+    }
