@@ -310,6 +310,7 @@ def cmd_run(args) -> int:
         print(
             "note: default added to the settings: the A/A control and the seed yardstick run under it", file=sys.stderr
         )
+    _check_paths(opts, args)  # every path the run will write, before its first trial
     if args.dry_run:
         return _dry_run(opts, args)
     if not opts.results.parent.exists():
@@ -323,12 +324,23 @@ def cmd_run(args) -> int:
     if not args.no_report and outcome.records:
         from detcost.report.build import build_report
 
-        paths = build_report(analysis, args.report, [outcome.results])
+        try:
+            paths = build_report(analysis, args.report, [outcome.results])
+        except OSError as exc:  # the results are safe: say so, and print the summary anyway
+            print(f"detcost: could not write the report: {exc}; the results are in {outcome.results}", file=sys.stderr)
     if args.json:
         _print_json(text.run_summary_json(analysis, outcome, wall, paths))
     else:
         print(text.run_summary(analysis, outcome, wall, paths))
     return EXIT_STOPPED if outcome.stopped_early else EXIT_OK
+
+
+def _check_paths(opts, args) -> None:
+    from detcost.results import check_writable
+
+    check_writable(opts.results, "results file")
+    if not args.no_report:
+        check_writable(args.report or Path("reports") / opts.run_id, "report folder")
 
 
 def _dry_run(opts, args) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -170,6 +171,21 @@ def _jsonable(value: object) -> object:
     raise TypeError(f"cannot store {type(value).__name__} in a record")
 
 
+def check_writable(path: str | Path, what: str) -> None:
+    """Fail now, in one line, where `path` (a file or a folder still to be made) could not
+    be written later: its nearest existing ancestor must be a folder this process may
+    write into (or `path` itself an existing writable one). Creates nothing."""
+    path = Path(path).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if existing != path and not existing.is_dir():
+        raise UsageError(f"cannot write {what} {path}: {existing} is a file, not a folder")
+    folder = existing if existing.is_dir() else existing.parent
+    try:  # a real attempt: permissions alone say nothing for root, or on /proc
+        os.rmdir(tempfile.mkdtemp(prefix=".detcost-check-", dir=folder))
+    except OSError as exc:
+        raise UsageError(f"cannot write {what} {path}: {folder}: {exc.strerror or exc}") from None
+
+
 def open_for_sweep(path: str | Path, resume: bool) -> list[dict]:
     """Check that a sweep may write `path`; return the records already there (resume).
 
@@ -177,6 +193,7 @@ def open_for_sweep(path: str | Path, resume: bool) -> list[dict]:
     UsageError. The file's directory is created; an unwritable path is a UsageError.
     """
     path = Path(path)
+    check_writable(path, "results file")
     existing: list[dict] = []
     if path.exists() and path.stat().st_size > 0:
         if not resume:

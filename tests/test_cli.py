@@ -254,3 +254,19 @@ def test_a_trial_that_starts_with_cuda_in_use_stops_the_sweep_in_one_line(capsys
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and CUDA_AT_START in err and "the sweep stopped" in err
     assert len(ran) == 1
+
+
+@pytest.mark.parametrize("where", ["report", "results-under-a-file", "dry-run"])
+def test_an_unwritable_output_path_is_refused_before_the_first_trial(tmp_path, capsys, where):
+    """Every path a run will write is checked first: one line, exit 2, no trial run."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    args = {
+        "report": ["--results", str(tmp_path / "r.jsonl"), "--report", str(blocker / "rep")],
+        "results-under-a-file": ["--results", str(blocker / "r.jsonl")],
+        "dry-run": ["--dry-run", "--results", str(blocker / "r.jsonl")],
+    }[where]
+    assert main(["run", "--quick", "--device", "cpu", "--workloads", "simple_cnn", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is a file, not a folder" in err
+    assert not (tmp_path / "r.jsonl").exists()

@@ -241,3 +241,32 @@ def test_the_report_opens_in_headless_chromium_without_errors(report):
     assert errors == []
     assert len(images) == 5 and all(images)
     assert heading == "Recommendation" and recommendation.startswith(("Use ", "No recommendation"))
+
+
+def test_a_run_computes_each_table_once_and_reads_no_file_back(tmp_path, monkeypatch):
+    """The sweep's records go straight into one analysis, which the summary and the
+    report both render."""
+    from detcost import results
+    from detcost.derive import analysis
+    from tests.conftest import run_cli
+
+    calls: dict[str, int] = {}
+
+    def counted(name, fn):
+        def wrapper(*a, **k):
+            calls[name] = calls.get(name, 0) + 1
+            return fn(*a, **k)
+
+        return wrapper
+
+    for name in ("prices", "spreads", "divergence_curves", "attribution", "recommend", "load_sidecars"):
+        monkeypatch.setattr(analysis, name, counted(name, getattr(analysis, name)))
+    monkeypatch.setattr(results, "read_records", counted("read_records", results.read_records))
+    code = run_cli(
+        "--workloads", "simple_cnn", "--settings", "default,strict", "--repeats", "2", "--seeds", "0",
+        "--no-audit", "--results", str(tmp_path / "r.jsonl"), "--report", str(tmp_path / "rep"),
+    )  # fmt: skip
+    assert code == 0 and (tmp_path / "rep" / "summary.md").is_file()
+    assert calls == dict.fromkeys(
+        ("prices", "spreads", "divergence_curves", "attribution", "recommend", "load_sidecars"), 1
+    )
