@@ -306,6 +306,12 @@ class TrialParts:
     read_back: dict = field(default_factory=dict)  # each axis's value as torch reported it
 
 
+# The machine's fingerprint fields a report shows, in this order (detcost.env.fingerprint).
+ENV_FIELDS = (
+    "torch", "cuda", "cudnn", "gpu", "driver", "cpu", "cpu_count", "threads", "python", "platform", "hostname",
+    "detcost",
+)  # fmt: skip
+
 _RUN_FIELDS = (
     "status",
     "error",
@@ -358,6 +364,27 @@ class TrialRecord:
     @property
     def payload(self) -> dict:
         return self.parts.payload
+
+    @property
+    def machine(self) -> str:
+        """The machine the trial ran on, as a report names it: host (GPU, else CPU model)."""
+        env = self.env or {}
+        gpu = env.get("gpu")
+        return f"{env.get('hostname', '?')} ({gpu if isinstance(gpu, str) and gpu else env.get('cpu', '?')})"
+
+    @property
+    def layout_varied(self) -> bool:
+        """Whether the trial was given a random heap and environment pad (isolation.py)."""
+        return bool(self.layout and self.layout.get("heap_pad") is not None)
+
+    def environment(self) -> list[tuple[str, str]]:
+        """The machine's fingerprint as a report shows it: ENV_FIELDS in order, then the
+        relevant environment variables."""
+        env = self.env or {}
+        rows = [(k, str(env.get(k))) for k in ENV_FIELDS if k in env]
+        if isinstance(env.get("env"), dict) and env["env"]:
+            rows.append(("env vars", ", ".join(f"{k}={v}" for k, v in env["env"].items())))
+        return rows
 
     def fail(self, status: Status, error: str) -> TrialRecord:
         self.status, self.error = Status(status), error

@@ -19,7 +19,6 @@ from detcost.derive.keys import (
     GroupKey,
     is_busy,
     is_cpu,
-    machine_of,
     measured_keys,
     ok_of,
     varying_fields,
@@ -30,12 +29,6 @@ from detcost.derive.variance import Divergence, Spread, divergence_curves, load_
 from detcost.ops import workaround
 from detcost.record import Kind, Status, TrialRecord
 from detcost.settings import REFERENCE
-
-# The machine's fingerprint fields a report shows, in this order (detcost.env.fingerprint).
-ENV_FIELDS = (
-    "torch", "cuda", "cudnn", "gpu", "driver", "cpu", "cpu_count", "threads", "python", "platform", "hostname",
-    "detcost",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -149,7 +142,7 @@ def analyse(records: list[TrialRecord], max_slowdown: float = DEFAULT_MAX_SLOWDO
     """Every table and verdict of these records, computed once."""
     per_machine: dict[str, list[TrialRecord]] = {}
     for r in records:
-        per_machine.setdefault(machine_of(r), []).append(r)
+        per_machine.setdefault(r.machine, []).append(r)
     machines = [analyse_machine(name, recs, max_slowdown) for name, recs in per_machine.items()]
     return Analysis(list(records), machines, max_slowdown)
 
@@ -173,7 +166,7 @@ def analyse_machine(name: str, records: list[TrialRecord], max_slowdown: float) 
         failures=_failures(records),
         recommendation=recommend(records, priced, spread, max_slowdown),
         busy_trials=sum(map(is_busy, records)),
-        layout_varied=bool(timed) and all(r.layout and r.layout.get("heap_pad") is not None for r in timed),
+        layout_varied=bool(timed) and all(r.layout_varied for r in timed),
         environment=_environment(records),
         priced_settings=list(dict.fromkeys(r.spec.setting for r in timed)),
         cudnn_plans=[
@@ -198,12 +191,7 @@ def _environment(records: list[TrialRecord]) -> list[tuple[str, str]]:
     variables, such as CUBLAS_WORKSPACE_CONFIG)."""
     with_env = [r for r in records if r.env]
     plain = [r for r in with_env if r.spec.setting == REFERENCE]
-    env = (plain or with_env or [None])[0]
-    env = env.env if env else {}
-    rows = [(k, str(env.get(k))) for k in ENV_FIELDS if k in env]
-    if isinstance(env.get("env"), dict) and env["env"]:
-        rows.append(("env vars", ", ".join(f"{k}={v}" for k, v in env["env"].items())))
-    return rows
+    return (plain or with_env)[0].environment() if with_env else []
 
 
 __all__ = ["AA_LABEL", "Analysis", "AuditFinding", "Failure", "MachineAnalysis", "analyse", "ok_of"]

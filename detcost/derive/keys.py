@@ -36,13 +36,6 @@ def group_fields() -> tuple[str, ...]:
     return (*axes.names(), *SIZE_FIELDS)
 
 
-def machine_of(record: TrialRecord) -> str:
-    """The machine a trial ran on, as a report names it: host (GPU, else CPU model)."""
-    env = record.env or {}
-    gpu = env.get("gpu")
-    return f"{env.get('hostname', '?')} ({gpu if isinstance(gpu, str) and gpu else env.get('cpu', '?')})"
-
-
 @dataclass(frozen=True)
 class GroupKey:
     """One workload at one value of every axis and size, on one machine: trials with the
@@ -56,7 +49,7 @@ class GroupKey:
     def of(cls, record: TrialRecord) -> GroupKey:
         spec = record.spec
         sizes = {"batch_size": spec.batch_size, "image_size": spec.image_size, "steps": spec.steps}
-        return cls(spec.workload, tuple({**spec.axes, **sizes}.get(f) for f in group_fields()), machine_of(record))
+        return cls(spec.workload, tuple({**spec.axes, **sizes}.get(f) for f in group_fields()), record.machine)
 
     def get(self, name: str):
         return self.as_dict()[name]

@@ -169,10 +169,12 @@ def machine_section(m: MachineAnalysis) -> dict:
         "failures": failed.astype(str).values.tolist(),
         "audit": [dict(zip(("alerts", "strict"), audit_cells(a)), workload=a.workload) for a in m.audits if a.ok],
         "explain": _explain_section(m),
-        "busy": f"{busy} trial(s) ran while other processes used the CPU; their times are suspect." if busy else "",
+        "busy_note": f"{busy} trial(s) ran while other processes used the CPU; their times are suspect."
+        if busy
+        else "",
         "detectable": detectable_text(m.prices),
-        "host_bound": " ".join(host_bound_lines(m.prices)),
-        "env": m.environment,
+        "host_bound_note": " ".join(host_bound_lines(m.prices)),
+        "environment": m.environment,
         "cpu_note": cpu_note(m.priced_settings),
         "layout": layout_text(m.layout_varied),
     }
@@ -217,8 +219,8 @@ def _md_recommendation(m: dict) -> list[str]:
     if rec.speed_caveat:
         parts += [f"**This run cannot judge speed:** {rec.speed_caveat}. The recommendation rests on "
                   "reproducibility alone; read every price as unconfirmed.", ""]  # fmt: skip
-    if m["busy"]:
-        parts += [f"**Warning:** {m['busy']}", ""]
+    if m["busy_note"]:
+        parts += [f"**Warning:** {m['busy_note']}", ""]
     parts += ["## Recommendation", ""]
     if rec.setting:
         parts += [f"**Use `{rec.setting}`**: {rec.reason}.", "", "```python", rec.snippet, "```", ""]
@@ -238,13 +240,13 @@ def markdown_summary(context: dict) -> str:
             parts += ["## Price", "", "Step time over the fastest setting's, 95% interval across rounds, verdict.", ""]
             parts += [_md_table(m["matrix_header"], cells), ""]
             parts += [m["detectable"], ""] if m["detectable"] else []
-            parts += [m["host_bound"], ""] if m["host_bound"] else []
+            parts += [m["host_bound_note"], ""] if m["host_bound_note"] else []
             parts += ["### Every price", "", _md_table(m["price_header"], [r["cells"] for r in m["price_rows"]]), ""]
         if m["variance_rows"]:
             parts += ["## Variance", "", _md_table(m["variance_header"], m["variance_rows"]), ""]
         if m["failures"]:
             parts += ["## Failures", "", _md_table(m["failure_header"], m["failures"]), ""]
-        parts += ["## Environment", "", _md_table(["", ""], [list(r) for r in m["env"]]), ""]
+        parts += ["## Environment", "", _md_table(["", ""], [list(r) for r in m["environment"]]), ""]
     return "\n".join(parts)
 
 
