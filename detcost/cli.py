@@ -180,6 +180,12 @@ def _add_run_trials(g) -> None:
         "--warmup", type=_non_negative_int, default=None, help="warm-up steps before timing (default: per workload)"
     )
     g.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=None,
+        help="batch size of every workload, --model's too (default: per workload and device; the tables show it)",
+    )
+    g.add_argument(
         "--timeout",
         type=_positive_float,
         default=600.0,
@@ -284,6 +290,7 @@ def _sweep_options(args):
         run_id=run_id,
         steps=args.steps,
         warmup=args.warmup,
+        batch=args.batch,
         timeout=args.timeout,
         seeds=args.seeds,
         aa=not args.no_aa,

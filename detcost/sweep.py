@@ -43,6 +43,7 @@ class SweepOptions:
     axes: dict[str, list] = field(default_factory=dict)
     steps: int | None = None
     warmup: int | None = None
+    batch: int | None = None  # the batch of every workload (default: each one's own size)
     timeout: float = 600.0
     seeds: int = 3
     aa: bool = True
@@ -125,7 +126,7 @@ def _spec(opts: SweepOptions, kind: Kind, workload: str, setting: str, repeat: i
         device=opts.device,
         steps=PROFILE_STEPS if kind == Kind.PROFILED else (opts.steps or size.steps),
         warmup=size.warmup if opts.warmup is None else opts.warmup,
-        batch_size=size.batch,
+        batch_size=opts.batch or size.batch,
         image_size=size.image,
         axes=axes,
         keep_params=opts.keep_params,
@@ -242,7 +243,7 @@ def _check_same_options(existing: list[TrialRecord], planned: list[TrialSpec], p
         changed = ", ".join(f"{k} {then[k]} -> {now[k]}" for k in now if then[k] != now[k])
         raise UsageError(
             f"{path} was made with other options ({r.trial_id}: {changed}); resume with the same options "
-            "(--quick, --steps, --warmup, --device) or choose another --results"
+            "(--quick, --steps, --warmup, --batch, --device) or choose another --results"
         )
 
 

@@ -123,7 +123,9 @@ def test_the_text_and_html_reports_say_a_host_bound_price_is_understated():
     assert sentence.startswith("host-bound: the price is understated") and "simple_cnn default 40%" in sentence
     assert "benchmark" not in sentence and "resnet18" not in sentence
     header, rows = text.price_matrix(m)
-    cells = {(r["head"][0], s): c for r in rows for s, (c, _) in zip(header[len(r["head"]) :], r["cells"])}
+    cells = {
+        (r["head"][0].split(" (")[0], s): c for r in rows for s, (c, _) in zip(header[len(r["head"]) :], r["cells"])
+    }
     assert "host-bound" in cells["simple_cnn", "default"] and "host-bound" not in cells["simple_cnn", "benchmark"]
     _, rows, _ = prices_text.price_details(m)
     marked = {r["cells"][1] for r in rows if any(text.HOST_BOUND_NOTE in c for c in r["cells"])}

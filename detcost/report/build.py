@@ -20,6 +20,7 @@ from detcost.derive.recommend import Recommendation, cpu_note
 from detcost.report import figures
 from detcost.report.explain_text import CPU_RANKING_NOTE, audit_cells, headline
 from detcost.report.fmt import compact, fmt, si
+from detcost.report.keys_text import models_rows
 from detcost.report.prices_text import (
     detectable_text,
     host_bound_lines,
@@ -174,7 +175,7 @@ def machine_section(m: MachineAnalysis) -> dict:
         else "",
         "detectable": detectable_text(m.prices),
         "host_bound_note": " ".join(host_bound_lines(m.prices)),
-        "environment": m.environment,
+        "environment": m.environment + models_rows(p.key.workload for p in m.prices),
         "cpu_note": cpu_note(m.priced_settings),
         "layout": layout_text(m.layout_varied),
     }

@@ -8,6 +8,7 @@ import pandas as pd
 from detcost.derive.analysis import MachineAnalysis
 from detcost.derive.keys import SEED_LABEL
 from detcost.report.fmt import compact, share
+from detcost.report.keys_text import key_cells
 
 VARIANCE_COLUMNS = {
     "identical": "identical",
@@ -42,6 +43,7 @@ def variance_display(m: MachineAnalysis) -> pd.DataFrame:
     if table.empty:
         return table
     out = table.copy()
+    out["workload"] = [key_cells(v.key, m.fields)[0] for v in m.spreads]
     out["identical"] = [
         f"{r.R} seeds" if r.setting == SEED_LABEL else f"{r.n_identical}/{r.R}" for r in out.itertuples()
     ]
