@@ -305,7 +305,7 @@ def audit_text(records) -> str:
 def axis_values_text(values: dict) -> str:
     """`threads 2, memory_format channels_last`: the axes of a key that are not at their
     default, for a sentence ("-" when all are)."""
-    shown = [f"{a.name} {v}" for a, v in axes.each(values) if a.name in values and v != a.default]
+    shown = [a.describe(v) for a, v in axes.each(values) if a.name in values and v != a.default]
     return ", ".join(shown) or "-"
 
 
@@ -323,9 +323,8 @@ def plan_text(specs, estimate, gpu: str | None = None) -> str:
     lines = [s.trial_id for s in specs]
     lines += [f"{len(specs)} trials planned; rough estimate {estimate.seconds / 60:.1f} min", f"  {kinds}{start}"]
     cuda = cuda_estimate_lines(len(specs), estimate, gpu)
-    if cuda and any(s.axes.get("data", "staged") != "staged" for s in specs):
-        cuda.append("not in the estimate: reading a --data loader's batches (add what your loader costs a step)")
-    return "\n".join(lines + cuda)
+    axes_in = [] if estimate.cuda else [f"  the axes add: {line}" for line in estimate.assumptions()]
+    return "\n".join(lines + axes_in + cuda)
 
 
 def cuda_estimate_lines(trials: int, estimate, gpu: str | None) -> list[str]:
