@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from detcost import axes
 from detcost.ops import ALERT_MARK, alert_op, op_base
 from detcost.record import TrialParts, TrialSpec, one_line
 from detcost.settings import applied, get_setting
@@ -88,6 +89,9 @@ def _strict_error(spec: TrialSpec, steps: int) -> str | None:
     except Exception as exc:
         return one_line(exc)
     return None
+
+
+axes.reserve(("audit",), "the audit's field")
 
 
 def run(spec: TrialSpec, results_dir=None, steps: int = AUDIT_STEPS) -> TrialParts:

@@ -1,19 +1,34 @@
 """The axis registry: the dimensions a trial varies along besides its workload and setting.
 
-An axis is one entry here, and everything that needs to know the axes iterates over the
-registry: the CLI flag, the sweep's plan, a trial's identity (`trial_id`), how the trial
-process applies the value and reads it back, resume and compare matching, the FLOP cache
-key, the table's group keys and the snippet. Adding an axis means adding one `Axis` below
-(and its test); nothing else is edited.
+An axis is one `Axis` subclass here (or in a user's module), registered once, and
+everything that needs to know the axes iterates over the registry: the CLI flag, the
+sweep's plan, a trial's identity (`trial_id`), how the trial process applies the value
+and reads it back, resume and compare matching, the FLOP cache key, the dry run's
+estimate, the tables' group keys and the snippet. Adding an axis edits nothing else.
 
-The hooks run in the trial process and import torch there, not here: this module is part
-of the record's bottom layer and loads without the training stack.
+Every hook has one signature, the axis's value first, then what the hook acts on, then
+the trial's spec where it needs one:
+
+- in the trial process: `apply(value, spec)` (process state; returns what restores it),
+  `wrap_model(value, model, spec)`, `wrap_step(value, step, spec)` (a `StepWrapper`),
+  `batches(value, batches, spec)`, and `read_back(workload)`: what torch says is in force,
+  stored as `<name>_read_back` (None: nothing to read), given no value so that it cannot
+  echo the one asked for;
+- in the parent: `id_part(value)`, `estimate(value, spec)` (a `Cost`, for the dry run),
+  `describe(value)` (a table's words), `snippet(values, cpu)` (the recommendation's
+  lines), `check(value, device)` and `check_workload(value, workload)` (why a value
+  cannot run, one line), `applies(others)` (whether the axis matters, given the other
+  axes' values), `varies_seed(value, purpose)`, `host_threads(value, device)` (for the
+  busy guard) and `defaults_for(device)` (a sweep's values when none are given).
+
+The hooks import torch in the trial process, not here: this module sits below the record
+and loads without the training stack.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,37 +36,101 @@ from detcost.errors import UsageError
 
 
 @dataclass(frozen=True)
+class Cost:
+    """What one axis value adds to a trial, for the dry run's estimate: seconds once per
+    build of the workload (cold start), seconds per step, and where the figures come from."""
+
+    cold_start_s: float = 0.0
+    step_s: float = 0.0
+    basis: tuple[str, ...] = ()
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.cold_start_s + other.cold_start_s, self.step_s + other.step_s, self.basis + other.basis)
+
+
+class StepWrapper:
+    """A training step around another (what `wrap_step` returns): each part runs the inner
+    step's unless a subclass overrides it. The parts: `forward(wl, x, y)` (model and
+    loss, returns the loss) and `update(wl, loss)` (backward, the optimizer's step). Its
+    state lives on the wrapper, so a copy of the workload's step copies it too."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def forward(self, wl, x, y):
+        return self.inner.forward(wl, x, y)
+
+    def update(self, wl, loss) -> None:
+        self.inner.update(wl, loss)
+
+
+def wrapper_of(step, cls: type) -> Any:
+    """The wrapper of type `cls` in a chain of steps, or None (for a read-back)."""
+    while step is not None and not isinstance(step, cls):
+        step = getattr(step, "inner", None)
+    return step
+
+
+@dataclass(frozen=True)
 class Axis:
     """One axis. `name` is the record field, the table column and (with `-` for `_`) the
-    CLI flag; `values` the allowed values (None: `parse` decides)."""
+    CLI flag; `values` the allowed values (None: `parse` decides). The hooks (see the
+    module's notes) do nothing unless a subclass overrides them."""
 
     name: str
     default: Any
     help: str
     values: tuple | None = None
     parse: Callable[[str], Any] = str
-    # How the value shows in the trial id; None leaves it out (the default value, usually).
-    id_part: Callable[[Any], str | None] = lambda v: None
-    # In the trial process: before the workload is built (process state; it may return a
-    # callable that restores the state, run when the trial's state is left), after it is built.
-    before_build: Callable[[Any], Callable[[], None] | None] | None = None
-    on_workload: Callable[[Any, Any, Any], None] | None = None  # (workload, value, spec)
-    # What torch says is in force, stored as `<name>_read_back`.
-    read_back: Callable[[Any], Any] | None = None  # (workload) -> value
-    # Lines of the recommendation's snippet for the values a run used, on the CPU or not.
-    snippet: Callable[[list, bool], list[str]] | None = None
-    # Whether repeats under this value draw a new seed for a purpose ("init", "data").
-    varies_seed: Callable[[Any, str], bool] | None = None
     affects_flops: bool = False  # part of the FLOP cache key (the model's layout, not the machine's)
     compare_across: bool = False  # the variance table compares one seed across this axis's values
-    sweep_default: Callable[[str], list] | None = None  # a sweep's values when none are given (by device)
-    # Why a value cannot run on a device (one line), or None: checked before any trial.
-    check: Callable[[Any, str], str | None] | None = None
-    # Why a value cannot run on a workload (given its WorkloadSpec), one line, or None.
-    check_workload: Callable[[Any, Any], str | None] | None = None
-    # Whether the value matters, given the other axes' values (a combination); where it
-    # does not, a sweep runs the default only (no duplicate trials).
-    applies: Callable[[Mapping[str, Any]], bool] | None = None
+
+    # ---- in the trial process
+    def apply(self, value, spec) -> Callable[[], None] | None:
+        return None
+
+    def wrap_model(self, value, model, spec):
+        return model
+
+    def wrap_step(self, value, step, spec):
+        return step
+
+    def batches(self, value, batches, spec):
+        return batches
+
+    def read_back(self, workload) -> Any:
+        return None
+
+    # ---- in the parent
+    def id_part(self, value) -> str | None:
+        return None
+
+    def estimate(self, value, spec) -> Cost:
+        return Cost()
+
+    def describe(self, value) -> str:
+        return f"{self.name} {value}"
+
+    def snippet(self, values: list, cpu: bool) -> list[str]:
+        return []
+
+    def check(self, value, device: str) -> str | None:
+        return None
+
+    def check_workload(self, value, workload) -> str | None:
+        return None
+
+    def applies(self, others: Mapping[str, Any]) -> bool:
+        return True
+
+    def varies_seed(self, value, purpose: str) -> bool:
+        return False
+
+    def host_threads(self, value, device: str) -> int | None:
+        return None
+
+    def defaults_for(self, device: str) -> list:
+        return [self.default]
 
     @property
     def flag(self) -> str:
@@ -62,8 +141,7 @@ class Axis:
         items = [t.strip() for t in text.split(",") if t.strip()]
         if not items:
             raise UsageError(f"{self.flag}: give at least one value")
-        values = [self._parse_one(t) for t in items]
-        return list(dict.fromkeys(values))
+        return list(dict.fromkeys(self._parse_one(t) for t in items))
 
     def _parse_one(self, text: str):
         try:
@@ -74,14 +152,34 @@ class Axis:
             raise UsageError(f"{self.flag}: unknown value {text!r}; valid: {', '.join(map(str, self.values))}")
         return value
 
-    def defaults_for(self, device: str) -> list:
-        return self.sweep_default(device) if self.sweep_default else [self.default]
-
 
 REGISTRY: dict[str, Axis] = {}
+# Names an axis may not take, with what holds them: the record's fields and the derived
+# tables' columns (their owners reserve them), where an axis's value would be overwritten.
+RESERVED: dict[str, str] = {}
+
+
+def _clash(name: str) -> str | None:
+    for taken in (name, f"{name}_read_back"):
+        if taken in RESERVED:
+            return f"axis {name!r} clashes with {taken!r}, {RESERVED[taken]}; choose another name"
+    return None
+
+
+def reserve(names: Iterable[str], what: str) -> None:
+    """Keep `names` from the axes; a registered axis that already holds one is a ValueError."""
+    for name in names:
+        RESERVED.setdefault(name, what)
+    problem = next(filter(None, map(_clash, REGISTRY)), None)
+    if problem:
+        raise ValueError(problem)
 
 
 def register(axis: Axis) -> Axis:
+    """Add an axis; a name the record or a derived table already uses is a ValueError."""
+    problem = _clash(axis.name)
+    if problem:
+        raise ValueError(problem)
     REGISTRY[axis.name] = axis
     return axis
 
@@ -110,6 +208,11 @@ def complete(values: Mapping[str, Any] | None) -> dict[str, Any]:
     return {axis.name: value for axis, value in each(values)}
 
 
+def first_defaults(device: str) -> dict[str, Any]:
+    """Each axis at the first of its sweep defaults on `device` (one trial outside a sweep)."""
+    return {axis.name: axis.defaults_for(device)[0] for axis, _ in each({})}
+
+
 def combinations(values: Mapping[str, list]) -> list[dict]:
     """Every combination of the given axes' values, where an axis that does not apply
     to a combination takes its default (and the duplicates that makes are dropped)."""
@@ -118,10 +221,34 @@ def combinations(values: Mapping[str, list]) -> list[dict]:
         combo = dict(zip(values, combo))
         for name in combo:
             axis = REGISTRY.get(name)
-            if axis and axis.applies and not axis.applies(combo):
+            if axis and not axis.applies({k: v for k, v in combo.items() if k != name}):
                 combo[name] = axis.default
         out.setdefault(tuple(combo.items()), combo)
     return list(out.values())
+
+
+def first_problem(values: Mapping[str, list], device: str, workloads: list) -> str | None:
+    """Why some axis value cannot run on `device` or one of `workloads` (WorkloadSpecs), one line."""
+    for axis, _ in each({}):
+        for value in values.get(axis.name, []):
+            problems = [axis.check(value, device), *(axis.check_workload(value, w) for w in workloads)]
+            if any(problems):
+                return next(p for p in problems if p)
+    return None
+
+
+def host_threads(values: Mapping[str, list], device: str) -> int:
+    """The host threads a trial of these axes' values keeps busy, at most (at least 1)."""
+    counts = [axis.host_threads(v, device) for axis, _ in each({}) for v in values.get(axis.name, [])]
+    return max([n for n in counts if n] or [1])
+
+
+def cost(spec) -> Cost:
+    """What every axis's value adds to the trial of `spec`, for the dry run's estimate."""
+    total = Cost()
+    for axis, value in each(spec.axes):
+        total = total + axis.estimate(value, spec)
+    return total
 
 
 def compares_across(name: str) -> bool:
@@ -151,61 +278,73 @@ def _positive_int(text: str) -> int:
     return int_at_least(text, 1)
 
 
-def _set_threads(n: int | None) -> Callable[[], None] | None:
-    import torch
+class Threads(Axis):
+    """torch's CPU thread count, set for the trial's process."""
 
-    if not n:
-        return None
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    return lambda: torch.set_num_threads(before)
+    def apply(self, value, spec):
+        import torch
 
+        if not value:
+            return None
+        before = torch.get_num_threads()
+        torch.set_num_threads(value)
+        return lambda: torch.set_num_threads(before)
 
-def _threads_read_back(_workload) -> int:
-    import torch
+    def read_back(self, workload) -> int:
+        import torch
 
-    return torch.get_num_threads()
+        return torch.get_num_threads()
 
+    def id_part(self, value) -> str:
+        return f"t{value}"
 
-def _threads_snippet(values: list, cpu: bool) -> list[str]:
-    if not cpu:
-        return []
-    n = values[0] if len(values) == 1 else "N"
-    return [f"torch.set_num_threads({n})  # on the CPU, results depend on the thread count: fix it"]
+    def snippet(self, values, cpu):
+        if not cpu:
+            return []
+        n = values[0] if len(values) == 1 else "N"
+        return [f"torch.set_num_threads({n})  # on the CPU, results depend on the thread count: fix it"]
 
+    def host_threads(self, value, device):
+        from detcost.timing import trial_threads
 
-def _torch_threads(device: str) -> list[int]:
-    import torch
+        return trial_threads(device, [value])
 
-    return [torch.get_num_threads()]
+    def defaults_for(self, device):
+        import torch
+
+        return [torch.get_num_threads()]
 
 
 register(
-    Axis(
+    Threads(
         name="threads",
         default=None,
         help="CPU thread counts, comma list; each trial runs at each (default: torch's default)",
         parse=_positive_int,
-        id_part=lambda n: f"t{n}",
-        before_build=_set_threads,
-        read_back=_threads_read_back,
-        snippet=_threads_snippet,
         compare_across=True,
-        sweep_default=_torch_threads,
     )
 )
 
 VARY_MODES = ("impl", "init", "data", "all")
 
+
+class Vary(Axis):
+    """What differs between repeats: a new seed per repeat for the purposes it names."""
+
+    def id_part(self, value):
+        return None if value == "impl" else f"vary-{value}"
+
+    def varies_seed(self, value, purpose):
+        return value in ("all", purpose)
+
+
 register(
-    Axis(
+    Vary(
         name="vary",
         default="impl",
         values=VARY_MODES,
         help="what differs between repeats, comma list: impl (only the kernels: same seed, fresh processes; "
         "default), init (initialisation), data (data order and samples), all",
-        id_part=lambda v: None if v == "impl" else f"vary-{v}",
-        varies_seed=lambda v, purpose: v in ("all", purpose),
     )
 )
 
@@ -214,84 +353,99 @@ register(
 # `workers` worker processes, seeded as PyTorch's notes say or not seeded at all (the
 # common mistake). A loader's batches are read inside the timed step. See detcost.loader.
 DATA_MODES = ("staged", "loader", "loader-unseeded")
+# What reading a loader's batch adds to a step, for the dry run. Measured on a 2-core CPU
+# (torch 2.13, simple_cnn and resnet18 at their cpu and quick sizes, LoaderBatches): read in
+# the trial's own process, 6-7 us a sample (the flip, the collate); with worker processes
+# the samples are read beside the step and a batch costs 0.6-0.9 ms to hand over; a
+# worker's start, 0.01-0.02 s. The copy to a GPU (pinned memory) is not in these figures.
+LOADER_SAMPLE_S = 7e-6
+LOADER_WORKER_BATCH_S = 0.9e-3
+LOADER_WORKER_START_S = 0.02
 
 
-def _use_loader(workload, value: str, spec) -> None:
-    if value != "staged":
-        from detcost.loader import use_loader
+class Data(Axis):
+    """A shuffling DataLoader in place of the staged batches (see detcost.loader)."""
+
+    def batches(self, value, batches, spec):
+        if value == "staged":
+            return batches
+        from detcost.loader import loader_batches
 
         workers = spec.axes.get("workers", 0)
-        use_loader(
-            workload, value, workers=workers, data_seed=spec.data_seed, steps=spec.total_steps, device=spec.device
+        return loader_batches(batches, value, workers, spec.data_seed, spec.total_steps, spec.device)
+
+    def read_back(self, workload) -> str:
+        loader = getattr(workload.batches, "loader", None)
+        if loader is None:
+            return "staged"
+        seeded = "seeded" if loader.generator is not None else "unseeded"
+        return f"DataLoader ({seeded}, {loader.num_workers} workers)"
+
+    def id_part(self, value):
+        return None if value == "staged" else value
+
+    def estimate(self, value, spec) -> Cost:
+        if value == "staged":
+            return Cost()
+        workers = spec.axes.get("workers", 0)
+        step = LOADER_WORKER_BATCH_S if workers else spec.batch_size * LOADER_SAMPLE_S
+        basis = (
+            f"--data {value}: {LOADER_SAMPLE_S * 1e6:g} us a sample read in the trial's process, "
+            f"{LOADER_WORKER_BATCH_S * 1e3:g} ms a batch from workers, {LOADER_WORKER_START_S:g} s a worker's "
+            "start (measured on a 2-core CPU; the copy to a GPU is not in them)"
+        )
+        return Cost(cold_start_s=workers * LOADER_WORKER_START_S, step_s=step, basis=(basis,))
+
+    def snippet(self, values, cpu):
+        if values != ["loader"]:
+            return []
+        return [
+            "# a seeded DataLoader, as priced: g = torch.Generator().manual_seed(seed)",
+            "# def seed_worker(_): s = torch.initial_seed() % 2**32; numpy.random.seed(s); random.seed(s)",
+            "# DataLoader(dataset, shuffle=True, generator=g, worker_init_fn=seed_worker, num_workers=...)",
+        ]
+
+    def check_workload(self, value, workload):
+        if value == "staged" or not workload.input_size_varies:
+            return None
+        return (
+            f"--data {value}: {workload.name} changes its input size every step, and a DataLoader batches one "
+            "size; leave it out of --workloads (the default workloads include it)"
         )
 
 
-def _data_check_workload(value: str, workload) -> str | None:
-    if value == "staged" or not workload.input_size_varies:
-        return None
-    return (
-        f"--data {value}: {workload.name} changes its input size every step, and a DataLoader batches one "
-        "size; leave it out of --workloads (the default workloads include it)"
-    )
-
-
-def _data_read_back(workload) -> str:
-    loader = getattr(workload.batches, "loader", None)
-    if loader is None:
-        return "staged"
-    seeded = "seeded" if loader.generator is not None else "unseeded"
-    return f"DataLoader ({seeded}, {loader.num_workers} workers)"
-
-
-def _data_snippet(values: list, cpu: bool) -> list[str]:
-    if values != ["loader"]:
-        return []
-    return [
-        "# a seeded DataLoader, as priced: g = torch.Generator().manual_seed(seed)",
-        "# def seed_worker(_): s = torch.initial_seed() % 2**32; numpy.random.seed(s); random.seed(s)",
-        "# DataLoader(dataset, shuffle=True, generator=g, worker_init_fn=seed_worker, num_workers=...)",
-    ]
-
-
 register(
-    Axis(
+    Data(
         name="data",
         default="staged",
         values=DATA_MODES,
         help="comma list of staged (batches on the device before timing; default), loader (a shuffling "
         "DataLoader, seeded: generator + worker_init_fn), loader-unseeded (the same, seeded by nobody)",
-        id_part=lambda v: None if v == "staged" else v,
-        check_workload=_data_check_workload,
-        on_workload=_use_loader,
-        read_back=_data_read_back,
-        snippet=_data_snippet,
     )
 )
 
 
+class Workers(Axis):
+    """DataLoader worker processes: the data axis reads them; they matter only with a loader."""
+
+    def id_part(self, value):
+        return f"w{value}" if value else None
+
+    def applies(self, others):
+        return others.get("data", "staged") != "staged"
+
+
 register(
-    Axis(
+    Workers(
         name="workers",
         default=0,
         help="DataLoader worker processes for --data loader modes, comma list (default: 0, the trial's own "
         "process reads the data)",
         parse=lambda text: int_at_least(text, 0),
-        id_part=lambda n: f"w{n}" if n else None,
-        applies=lambda combo: combo.get("data", "staged") != "staged",
     )
 )
 
 MEMORY_FORMATS = ("contiguous", "channels_last")
-
-
-def _to_channels_last(workload, value: str, _spec) -> None:
-    import torch
-
-    from detcost.loader import map_batches
-
-    if value == "channels_last":
-        workload.model.to(memory_format=torch.channels_last)
-        workload.batches = map_batches(workload.batches, _channels_last_pair)
 
 
 def _channels_last_pair(pair):
@@ -301,35 +455,47 @@ def _channels_last_pair(pair):
     return x.contiguous(memory_format=torch.channels_last), y
 
 
-def _memory_format_of(workload) -> str:
-    import torch
+class MemoryFormat(Axis):
+    """channels_last: the model's weights and every input batch."""
 
-    for p in workload.model.parameters():
-        if p.dim() == 4:
-            last = p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-            return "channels_last" if last else "contiguous"
-    return "contiguous"
+    def wrap_model(self, value, model, spec):
+        import torch
 
+        return model.to(memory_format=torch.channels_last) if value == "channels_last" else model
 
-def _memory_format_snippet(values: list, cpu: bool) -> list[str]:
-    if values != ["channels_last"]:
-        return []
-    return [
-        "# channels_last: the model and every input batch",
-        "# model = model.to(memory_format=torch.channels_last); x = x.contiguous(memory_format=torch.channels_last)",
-    ]
+    def batches(self, value, batches, spec):
+        from detcost.loader import map_batches
+
+        return map_batches(batches, _channels_last_pair) if value == "channels_last" else batches
+
+    def read_back(self, workload) -> str:
+        import torch
+
+        for p in workload.model.parameters():
+            if p.dim() == 4:
+                last = p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+                return "channels_last" if last else "contiguous"
+        return "contiguous"
+
+    def id_part(self, value):
+        return None if value == "contiguous" else value
+
+    def snippet(self, values, cpu):
+        if values != ["channels_last"]:
+            return []
+        return [
+            "# channels_last: the model and every input batch",
+            "# model = model.to(memory_format=torch.channels_last); "
+            "x = x.contiguous(memory_format=torch.channels_last)",
+        ]
 
 
 register(
-    Axis(
+    MemoryFormat(
         name="memory_format",
         default="contiguous",
         values=MEMORY_FORMATS,
         help="comma list of contiguous, channels_last: each trial runs in each (default: contiguous)",
-        id_part=lambda v: None if v == "contiguous" else v,
-        on_workload=_to_channels_last,
-        read_back=_memory_format_of,
-        snippet=_memory_format_snippet,
         affects_flops=True,
     )
 )
@@ -341,49 +507,49 @@ TF32_MODES = ("torch", "on", "off")
 _FP32_PRECISION = {"on": "tf32", "off": "ieee"}
 
 
-def _set_tf32(value: str) -> Callable[[], None] | None:
-    import torch
+class Tf32(Axis):
+    """TF32 for convolutions and matmul, set for the trial's process."""
 
-    if value not in _FP32_PRECISION:
-        return None
-    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
-    before = (conv.fp32_precision, matmul.fp32_precision)
-    conv.fp32_precision = matmul.fp32_precision = _FP32_PRECISION[value]
+    def apply(self, value, spec):
+        import torch
 
-    def restore() -> None:
-        conv.fp32_precision, matmul.fp32_precision = before
+        if value not in _FP32_PRECISION:
+            return None
+        conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+        before = (conv.fp32_precision, matmul.fp32_precision)
+        conv.fp32_precision = matmul.fp32_precision = _FP32_PRECISION[value]
 
-    return restore
+        def restore() -> None:
+            conv.fp32_precision, matmul.fp32_precision = before
 
+        return restore
 
-def _tf32_read_back(_workload) -> str:
-    import torch
+    def read_back(self, workload) -> str:
+        import torch
 
-    return f"conv={torch.backends.cudnn.conv.fp32_precision},matmul={torch.backends.cuda.matmul.fp32_precision}"
+        return f"conv={torch.backends.cudnn.conv.fp32_precision},matmul={torch.backends.cuda.matmul.fp32_precision}"
 
+    def id_part(self, value):
+        return None if value == "torch" else f"tf32-{value}"
 
-def _tf32_snippet(values: list, cpu: bool) -> list[str]:
-    if values not in (["on"], ["off"]):
-        return []
-    p = _FP32_PRECISION[values[0]]
-    note = "  # TF32 changes nothing on the CPU" if cpu else ""
-    return [
-        f'torch.backends.cudnn.conv.fp32_precision = "{p}"{note}',
-        f'torch.backends.cuda.matmul.fp32_precision = "{p}"',
-    ]
+    def snippet(self, values, cpu):
+        if values not in (["on"], ["off"]):
+            return []
+        p = _FP32_PRECISION[values[0]]
+        note = "  # TF32 changes nothing on the CPU" if cpu else ""
+        return [
+            f'torch.backends.cudnn.conv.fp32_precision = "{p}"{note}',
+            f'torch.backends.cuda.matmul.fp32_precision = "{p}"',
+        ]
 
 
 register(
-    Axis(
+    Tf32(
         name="tf32",
         default="torch",
         values=TF32_MODES,
         help="comma list of torch (its defaults: TF32 convolutions, IEEE matmul), on, off: TF32 for "
         "convolutions and matmul together; each trial runs at each (default: torch)",
-        id_part=lambda v: None if v == "torch" else f"tf32-{v}",
-        before_build=_set_tf32,
-        read_back=_tf32_read_back,
-        snippet=_tf32_snippet,
     )
 )
 
@@ -392,38 +558,53 @@ register(
 # turns deterministic too (torch._inductor.config.deterministic follows it) and skips
 # autotuning, so determinism's price differs with compile; the read-back shows both.
 COMPILE_MODES = ("off", "on")
+# What compiling adds to a trial's cold start, for the dry run. On the CPU, measured on a
+# 2-core CPU (torch 2.13, Inductor's C++ backend, quick sizes): 13 s for simple_cnn, 22 s
+# for resnet18, a trial's process wall time compiled less uncompiled. On CUDA an
+# assumption, not a measurement (no GPU was at hand): Inductor compiles the forward and
+# backward graphs and its Triton kernels, tens of seconds for a small net on a cold cache.
+COMPILE_CPU_S = 15.0
+COMPILE_CUDA_S = 40.0
 
 
-def _compile_model(workload, value: str, _spec) -> None:
-    import torch
+class Compile(Axis):
+    """torch.compile of the model, after the build: the first warm-up step compiles."""
 
-    if value == "on":
-        workload.model = torch.compile(workload.model)
+    def wrap_model(self, value, model, spec):
+        import torch
 
+        return torch.compile(model) if value == "on" else model
 
-def _compile_read_back(workload) -> str:
-    if not hasattr(workload.model, "_orig_mod"):  # torch.compile's OptimizedModule
-        return "off"
-    import torch._inductor.config as inductor
+    def read_back(self, workload) -> str:
+        if not hasattr(workload.model, "_orig_mod"):  # torch.compile's OptimizedModule
+            return "off"
+        import torch._inductor.config as inductor
 
-    return f"on (inductor deterministic={bool(inductor.deterministic)})"
+        return f"on (inductor deterministic={bool(inductor.deterministic)})"
 
+    def id_part(self, value):
+        return None if value == "off" else "compiled"
 
-def _compile_snippet(values: list, cpu: bool) -> list[str]:
-    return ["model = torch.compile(model)  # compiled, as priced"] if values == ["on"] else []
+    def estimate(self, value, spec) -> Cost:
+        if value != "on":
+            return Cost()
+        if spec.device.startswith("cuda"):
+            basis = f"--compile on: {COMPILE_CUDA_S:g} s compiling a trial on CUDA (an assumption: no GPU measured it)"
+            return Cost(cold_start_s=COMPILE_CUDA_S, basis=(basis,))
+        basis = f"--compile on: {COMPILE_CPU_S:g} s compiling a trial on the CPU (13-22 s measured on 2 cores)"
+        return Cost(cold_start_s=COMPILE_CPU_S, basis=(basis,))
+
+    def snippet(self, values, cpu):
+        return ["model = torch.compile(model)  # compiled, as priced"] if values == ["on"] else []
 
 
 register(
-    Axis(
+    Compile(
         name="compile",
         default="off",
         values=COMPILE_MODES,
         help="comma list of off, on: torch.compile the model (default mode); compile time goes into the "
         "cold start (default: off)",
-        id_part=lambda v: None if v == "off" else "compiled",
-        on_workload=_compile_model,
-        read_back=_compile_read_back,
-        snippet=_compile_snippet,
     )
 )
 
@@ -434,68 +615,92 @@ AMP_MODES = ("off", "bf16", "fp16")
 _AMP_DTYPE = {"bf16": "bfloat16", "fp16": "float16"}
 
 
-def _amp_check(value: str, device: str) -> str | None:
-    """On the CPU, a dtype torch's CPU autocast refuses. On CUDA nothing is asked here:
-    asking would initialise CUDA in the sweep's parent (a GPU without bf16 shows in the
-    trials' read-back instead)."""
-    if value == "off" or not device.startswith("cpu"):
+class Autocast(StepWrapper):
+    """The forward pass under autocast at `dtype`; with a GradScaler, the update goes
+    through it (it owns backward and the optimizer's step: the inner update is not run)."""
+
+    def __init__(self, inner, dtype, scaler=None):
+        super().__init__(inner)
+        self.dtype, self.scaler = dtype, scaler
+
+    def forward(self, wl, x, y):
+        import torch
+
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            return self.inner.forward(wl, x, y)
+
+    def update(self, wl, loss) -> None:
+        if self.scaler is None:
+            self.inner.update(wl, loss)
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(wl.optimizer)
+        self.scaler.update()
+
+
+class Amp(Axis):
+    """Mixed precision: the training step's forward pass under autocast (fp16 with a GradScaler)."""
+
+    def wrap_step(self, value, step, spec):
+        import torch
+
+        if value == "off":
+            return step
+        scaler = torch.amp.GradScaler(torch.device(spec.device).type) if value == "fp16" else None
+        return Autocast(step, getattr(torch, _AMP_DTYPE[value]), scaler)
+
+    def read_back(self, workload) -> str:
+        amp = wrapper_of(workload.step, Autocast)
+        if amp is None:
+            return "off"
+        import torch
+
+        x = workload.eval_batch[0][:1]
+        conv = torch.nn.Conv2d(x.shape[1], 1, 1).to(x.device)
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=amp.dtype):
+            produced = conv(x).dtype
+        return str(produced).removeprefix("torch.") + (" + GradScaler" if amp.scaler is not None else "")
+
+    def id_part(self, value):
+        return None if value == "off" else f"amp-{value}"
+
+    def snippet(self, values, cpu):
+        if values not in (["bf16"], ["fp16"]):
+            return []
+        dtype = _AMP_DTYPE[values[0]]
+        lines = [f"# mixed precision, as priced: with torch.autocast(device.type, dtype=torch.{dtype}): forward"]
+        if values == ["fp16"]:
+            lines.append(
+                "# scaler = torch.amp.GradScaler(device.type); scaler.scale(loss).backward(); scaler.step(opt)"
+            )
+        return lines
+
+    def check(self, value, device):
+        """On the CPU, a dtype torch's CPU autocast refuses. On CUDA nothing is asked here:
+        asking would initialise CUDA in the sweep's parent (a GPU without bf16 shows in the
+        trials' read-back instead)."""
+        if value == "off" or not device.startswith("cpu"):
+            return None
+        import warnings
+
+        import torch
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # torch warns, and disables autocast, for a dtype it cannot use
+            try:
+                with torch.autocast(torch.device(device).type, dtype=getattr(torch, _AMP_DTYPE[value])):
+                    pass
+            except Exception as exc:  # noqa: BLE001 - any refusal is the user's one-line answer
+                return f"--amp {value} is not supported on {device}: {str(exc).splitlines()[0]}"
         return None
-    import warnings
-
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # torch warns, and disables autocast, for a dtype it cannot use
-        try:
-            with torch.autocast(torch.device(device).type, dtype=getattr(torch, _AMP_DTYPE[value])):
-                pass
-        except Exception as exc:  # noqa: BLE001 - any refusal is the user's one-line answer
-            return f"--amp {value} is not supported on {device}: {str(exc).splitlines()[0]}"
-    return None
-
-
-def _set_amp(workload, value: str, _spec) -> None:
-    import torch
-
-    if value != "off":
-        workload.autocast = getattr(torch, _AMP_DTYPE[value])
-        if value == "fp16":
-            workload.scaler = torch.amp.GradScaler(workload.eval_batch[0].device.type)
-
-
-def _amp_read_back(workload) -> str:
-    if workload.autocast is None:
-        return "off"
-    import torch
-
-    x = workload.eval_batch[0][:1]
-    conv = torch.nn.Conv2d(x.shape[1], 1, 1).to(x.device)
-    with torch.no_grad(), torch.autocast(x.device.type, dtype=workload.autocast):
-        produced = conv(x).dtype
-    return str(produced).removeprefix("torch.") + (" + GradScaler" if workload.scaler is not None else "")
-
-
-def _amp_snippet(values: list, cpu: bool) -> list[str]:
-    if values not in (["bf16"], ["fp16"]):
-        return []
-    dtype = _AMP_DTYPE[values[0]]
-    lines = [f"# mixed precision, as priced: with torch.autocast(device.type, dtype=torch.{dtype}): forward"]
-    if values == ["fp16"]:
-        lines.append("# scaler = torch.amp.GradScaler(device.type); scaler.scale(loss).backward(); scaler.step(opt)")
-    return lines
 
 
 register(
-    Axis(
+    Amp(
         name="amp",
         default="off",
         values=AMP_MODES,
         help="comma list of off, bf16, fp16: autocast the forward pass (fp16 with a GradScaler); each trial "
         "runs at each (default: off)",
-        id_part=lambda v: None if v == "off" else f"amp-{v}",
-        on_workload=_set_amp,
-        read_back=_amp_read_back,
-        snippet=_amp_snippet,
-        check=_amp_check,
     )
 )

@@ -354,12 +354,11 @@ def _dry_run(opts, args) -> int:
     """The trials a run would start (with --resume: those still to do), a rough time, and
     whether the machine is busy now. Nothing here initialises CUDA: the estimate counts
     FLOPs on the meta device and names the GPU through nvidia-smi."""
-    from detcost import guard, results
+    from detcost import axes, guard, results
     from detcost.estimate import estimate
     from detcost.record import TrialRecord
     from detcost.report import text
     from detcost.sweep import new_servers, ok_trial_ids, plan
-    from detcost.timing import trial_threads
 
     specs = plan(opts)
     if args.resume and opts.results.exists():
@@ -367,7 +366,7 @@ def _dry_run(opts, args) -> int:
         specs = [s for s in specs if s.trial_id not in done]
     est = estimate(specs, opts.profile, new_servers(opts, specs))
     gpu = _gpu_name(opts.device) if est.cuda else None
-    load = guard.sample(opts.device, trial_threads(opts.device, opts.axes["threads"]))
+    load = guard.sample(opts.device, axes.host_threads(opts.axes, opts.device))
     if args.json:
         _print_json(
             {

@@ -2,6 +2,8 @@
 model of each trial (process start, CUDA context, libraries, staging, warm-up, timed steps
 from FLOPs over an assumed sustained rate, the setting's expected slowdown), every figure
 it assumes listed with where it comes from (`CUDA_FIGURES`), since no GPU measured them.
+On both, each axis adds what its value costs (`axes.cost`: compiling in the cold start, a
+DataLoader's reads in every step), with the figures it rests on.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import functools
 import math
 from dataclasses import dataclass
 
-from detcost import guard
+from detcost import axes, guard
 from detcost.audit import AUDIT_STEPS
 from detcost.measure import flops_per_step
 from detcost.record import Kind, TrialSpec
@@ -119,12 +121,13 @@ class Estimate:
     by_kind: dict[str, tuple[int, float]]  # kind -> (trials, seconds)
     cuda: bool = False  # modelled from CUDA_FIGURES rather than measured per trial
     once_s: float = 0.0  # outside the trials: the forkservers' starts, the first look at the machine
+    axis_figures: tuple[str, ...] = ()  # what the axes' costs rest on (axes.Cost.basis), once each
 
     def assumptions(self) -> list[str]:
-        """The figures a CUDA estimate rests on, one line each; none on the CPU."""
-        if not self.cuda:
-            return []
-        return [f"{f.value:g}{'' if f.unit.startswith('x') else ' '}{f.unit}: {f.basis}" for f in CUDA_FIGURES.values()]
+        """The figures the estimate rests on, one line each: on CUDA the trial's model
+        (none on the CPU, measured per trial), then the axes' own."""
+        cuda = [f"{f.value:g}{'' if f.unit.startswith('x') else ' '}{f.unit}: {f.basis}" for f in CUDA_FIGURES.values()]
+        return (cuda if self.cuda else []) + list(self.axis_figures)
 
 
 def estimate(specs: list[TrialSpec], profile: str, new_servers: int = 0) -> Estimate:
@@ -133,15 +136,26 @@ def estimate(specs: list[TrialSpec], profile: str, new_servers: int = 0) -> Esti
     plus `new_servers` forkserver starts (one a round under the random layout)."""
     cuda = any(is_cuda(s.device) for s in specs)
     by_kind: dict[str, tuple[int, float]] = {}
+    figures: dict[str, None] = {}
     for spec in specs:
-        seconds = _cuda_trial_s(spec) if cuda else ESTIMATED_TRIAL_S[profile]
+        cost = axes.cost(spec)
+        figures.update(dict.fromkeys(cost.basis))
+        seconds = (_cuda_trial_s(spec) if cuda else ESTIMATED_TRIAL_S[profile]) + _axes_s(spec, cost)
         n, total = by_kind.get(str(spec.kind), (0, 0.0))
         by_kind[str(spec.kind)] = (n + 1, total + seconds)
     # the first server is in `once` on CUDA, and in the measured seconds a trial on the CPU
     server_s = CUDA_FIGURES["server_s"].value if cuda else CPU_SERVER_S
     once = CUDA_FIGURES["server_s"].value + guard.SAMPLE_S if cuda and specs else 0.0
     once += max(new_servers - 1, 0) * server_s if specs else 0.0
-    return Estimate(once + sum(t for _, t in by_kind.values()), by_kind, cuda, once)
+    return Estimate(once + sum(t for _, t in by_kind.values()), by_kind, cuda, once, tuple(figures))
+
+
+def _axes_s(spec: TrialSpec, cost: axes.Cost) -> float:
+    """What the axes add to one trial: their cold start each time the workload is built
+    (the audit builds it twice, for its two passes), their step cost each step it runs."""
+    if spec.kind == Kind.AUDIT:
+        return 2 * (cost.cold_start_s + AUDIT_STEPS * cost.step_s)
+    return cost.cold_start_s + spec.total_steps * cost.step_s
 
 
 @dataclass(frozen=True)

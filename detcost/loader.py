@@ -66,8 +66,10 @@ class FlipDataset(Dataset):
 
 
 def seed_worker(worker_id: int) -> None:
-    """PyTorch's recipe: each worker's `random` and numpy from its torch seed (which the
-    loader draws from its generator)."""
+    """PyTorch's recipe, the DataLoader's `worker_init_fn`: each worker's `random` and numpy
+    from its torch seed. torch seeds a worker with `base_seed + worker_id`, `base_seed`
+    drawn from the loader's generator; `random` and numpy are left alone unless seeded here.
+    (`detcost.seeding.worker_init_fn` is this function.)"""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
@@ -126,6 +128,8 @@ def make_loader(
 class LoaderBatches(Sequence):
     """`steps` batches from a DataLoader, epoch after epoch, moved to the device as each
     step reads them (through `transforms`, e.g. a memory format)."""
+
+    read_once = True  # a loader does not rewind: a caller that cycles through batches cannot use it
 
     def __init__(self, loader: DataLoader, sampler: RecordingSampler, steps: int, device: str):
         self.loader, self.sampler, self.steps, self.device = loader, sampler, steps, device
@@ -201,12 +205,12 @@ class _View(Sequence):
         return self.parent.shapes(start, stop)
 
 
-def use_loader(workload, mode: str, *, workers: int, data_seed: int, steps: int, device: str) -> None:
-    """Replace a built workload's staged batches with a DataLoader's."""
-    x, y = pool_of(workload.batches)
-    batch = len(workload.batches[0][0])
+def loader_batches(staged: Sequence, mode: str, workers: int, data_seed: int, steps: int, device: str) -> LoaderBatches:
+    """A DataLoader's batches over the samples of a workload's staged ones, at their batch size."""
+    x, y = pool_of(staged)
+    batch = len(staged[0][0])
     loader, sampler = make_loader(x, y, mode=mode, batch=batch, workers=workers, data_seed=data_seed, device=device)
-    workload.batches = LoaderBatches(loader, sampler, steps, device)
+    return LoaderBatches(loader, sampler, steps, device)
 
 
 def map_batches(batches: Sequence, fn: Callable) -> Sequence:

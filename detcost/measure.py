@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from detcost import axes
 from detcost.env import gpu_processes
 from detcost.errors import is_out_of_memory
 from detcost.loader import batch_shapes, order_sha256
@@ -95,7 +96,6 @@ def flops_per_step(model: torch.nn.Module, loss_fn, batches) -> float | None:
     from torch.utils.flop_counter import FlopCounterMode
 
     try:
-        model = getattr(model, "_orig_mod", model)  # a compiled model computes what the original does
         meta = copy.deepcopy(model).to("meta").train()
         shapes = Counter(batch_shapes(batches, 0, len(batches)))
         total = 0
@@ -153,12 +153,14 @@ def warm_up(spec: TrialSpec, wl: Workload, log: StepLog, min_seconds: float | No
 def keep_warm(spec: TrialSpec, wl: Workload, batch, seconds: float) -> dict:
     """Train a copy of the model and optimizer on `batch` for `seconds`: the device
     stays loaded, and the trial's own model, optimizer and generators never see it. A
-    compiled model (the copy would compile again) or one the device has no room to copy
-    keeps the step-count warm-up alone, and the record says why."""
+    model an axis wrapped in another module (torch.compile: the copy would compile again)
+    or one the device has no room to copy keeps the step-count warm-up alone, and the
+    record says why."""
     if seconds <= 0:
         return {"clock_warmup_steps": 0}
-    if hasattr(wl.model, "_orig_mod"):
-        return {"clock_warmup_steps": 0, "clock_warmup_note": "not for a compiled model: the copy would compile again"}
+    if wl.model_as_built is not None and wl.model is not wl.model_as_built:
+        wrapped = f"not for a model wrapped in a {type(wl.model).__name__}: the copy would be wrapped again"
+        return {"clock_warmup_steps": 0, "clock_warmup_note": wrapped}
     wl.optimizer.zero_grad(set_to_none=True)  # every step starts with it: the copy holds no gradients twice
     try:
         return _train_twin(spec, wl, batch, seconds)
@@ -172,7 +174,7 @@ def keep_warm(spec: TrialSpec, wl: Workload, batch, seconds: float) -> dict:
 
 def _train_twin(spec: TrialSpec, wl: Workload, batch, seconds: float) -> dict:
     twin = copy.copy(wl)
-    twin.model, twin.optimizer, twin.scaler = copy.deepcopy((wl.model, wl.optimizer, wl.scaler))
+    twin.model, twin.optimizer, twin.step = copy.deepcopy((wl.model, wl.optimizer, wl.step))
     steps, t0 = 0, time.perf_counter()
     with torch.random.fork_rng(devices=[torch.device(spec.device)] if is_cuda(spec.device) else []):
         while time.perf_counter() - t0 < seconds:
@@ -266,7 +268,8 @@ def _flops(spec: TrialSpec, wl: Workload) -> dict:
     if spec.known_flops:
         return {"flops_per_step": spec.known_flops, "flops_source": "earlier trial"}
     return {
-        "flops_per_step": flops_per_step(wl.model, wl.loss_fn, wl.batches[: spec.total_steps]),
+        # on the model as built: a wrapper (torch.compile's) computes what it does
+        "flops_per_step": flops_per_step(wl.model_as_built or wl.model, wl.loss_fn, wl.batches[: spec.total_steps]),
         "flops_source": "counted",
     }
 
@@ -280,6 +283,9 @@ def _save_sidecar(spec: TrialSpec, results_dir: Path | None, arrays: dict, log: 
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **arrays)
     return spec.sidecar
+
+
+axes.reserve(("workload_notes",), "a timed trial's field")
 
 
 def run(spec: TrialSpec, results_dir: Path | None) -> TrialParts:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from detcost import axes
 from detcost.record import Kind, TrialParts, TrialSpec
 from detcost.stats import busy_share
 from detcost.timing import StepTimer, is_cuda, synchronize
@@ -101,6 +102,9 @@ def _save_ops(spec: TrialSpec, results_dir: Path | None, rows: list[dict]) -> st
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows))
     return spec.sidecar
+
+
+axes.reserve(("profiled_steps", "profiled_step_s", "cudnn_plans", "host_bound", "top_ops"), "a profiled trial's field")
 
 
 def run(spec: TrialSpec, results_dir: Path | None) -> TrialParts:

@@ -65,7 +65,8 @@ SIZE_FIELDS = ("batch_size", "image_size", "steps")
 def derive_seed(seed: int, purpose: str, index: int = 0) -> int:
     """A seed for one purpose ("init", "data", ...) derived stably from a trial seed.
 
-    Stable across Python processes and versions (not `hash()`, which is salted).
+    Stable across Python processes and versions (not `hash()`, which is salted). The one
+    rule: `detcost.seeding.derive_seed` is this function.
     """
     digest = hashlib.sha256(f"{seed}:{purpose}:{index}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
@@ -448,6 +449,15 @@ def _known_fields(spec: TrialSpec) -> set[str]:
     read_backs = {f"{a}_read_back" for a in axes_mod.names()}
     return set(spec.identity()) | set(_RUN_FIELDS) | _TIMING_FIELDS | _OUTCOME_FIELDS | read_backs | {"results_path"}
 
+
+def _fields_besides_axes() -> set[str]:
+    """Every name a record writes besides its axes and their read-backs."""
+    probe = TrialSpec("", Kind.TIMED, "", "", 0, 0, "cpu", 1, 0, 1, 1)
+    return _known_fields(probe) - set(probe.axes) - {f"{a}_read_back" for a in probe.axes}
+
+
+# An axis of one of these names would be overwritten in the record that stores it.
+axes_mod.reserve(_fields_besides_axes(), "a field of the record")
 
 # Columns every table has, even an empty one (the identity and the status).
 TABLE_COLUMNS = ("schema_version", "run_id", "trial_id", "kind", "workload", "setting", "status")

@@ -4,18 +4,23 @@
 generator and the generator of every CUDA device (`torch.manual_seed` covers both;
 it does not initialise CUDA). DataLoader order needs two more pieces, which users
 forget: a seeded `torch.Generator` for the sampler and a `worker_init_fn` that seeds
-each worker's `random` and NumPy from the seed torch gives that worker.
+each worker's `random` and NumPy from the seed torch gives that worker. The derived
+seeds (`derive_seed`) are the record's rule and the worker seeding (`worker_init_fn`) the
+loader's, the functions the trials call, imported here rather than written twice.
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
 
 import numpy as np
 import torch
 
 from detcost.errors import UsageError
+from detcost.loader import seed_worker as worker_init_fn
+from detcost.record import derive_seed
+
+__all__ = ["MAX_SEED", "check_seed", "data_generator", "derive_seed", "seed_everything", "worker_init_fn"]
 
 MAX_SEED = 2**32 - 1  # NumPy's legacy seeding accepts 0 .. 2**32 - 1
 
@@ -35,28 +40,8 @@ def seed_everything(seed: int) -> int:
     return seed
 
 
-def derive_seed(seed: int, purpose: str, index: int = 0) -> int:
-    """A seed for one purpose ("init", "data", ...) derived stably from a trial seed.
-
-    Stable across Python processes and versions (not `hash()`, which is salted).
-    """
-    digest = hashlib.sha256(f"{seed}:{purpose}:{index}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
-
-
 def data_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
     """A seeded generator, e.g. `DataLoader(..., generator=data_generator(seed))`."""
     gen = torch.Generator(device=device)
     gen.manual_seed(check_seed(seed))
     return gen
-
-
-def worker_init_fn(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: seed a worker's `random` and NumPy from torch's seed.
-
-    torch seeds each worker with `base_seed + worker_id`, where `base_seed` comes from
-    the DataLoader's generator; `random` and NumPy are left alone unless seeded here.
-    """
-    worker_seed = torch.initial_seed() % (MAX_SEED + 1)
-    random.seed(worker_seed)
-    np.random.seed(worker_seed)

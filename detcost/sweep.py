@@ -24,7 +24,7 @@ from detcost.profile import PROFILE_STEPS
 from detcost.record import ROUND_KINDS, Kind, TrialRecord, TrialSpec, derive_seed, flops_key
 from detcost.results import ResultsWriter, open_for_sweep
 from detcost.settings import REFERENCE, get_setting
-from detcost.timing import is_cuda, trial_threads
+from detcost.timing import is_cuda
 from detcost.trial import CUDA_AT_START
 from detcost.workloads import get_workload
 
@@ -73,13 +73,9 @@ class SweepOptions:
         self.axes = {a.name: list(given.pop(a.name, None) or a.defaults_for(self.device)) for a, _ in axes.each({})}
         if given:
             raise UsageError(f"unknown axes {', '.join(given)}; registered: {', '.join(axes.names())}")
-        for axis, _ in axes.each({}):
-            problems = [axis.check(v, self.device) for v in self.axes[axis.name]] if axis.check else []
-            if axis.check_workload:
-                specs = [get_workload(w) for w in self.workloads]
-                problems += [axis.check_workload(v, w) for v in self.axes[axis.name] for w in specs]
-            if any(problems):
-                raise UsageError(next(p for p in problems if p))
+        problem = axes.first_problem(self.axes, self.device, [get_workload(w) for w in self.workloads])
+        if problem:
+            raise UsageError(problem)
         # The A/A control is `default` run under a second label, and the seed yardstick
         # runs under `default` (contract): both need `default` in the sweep.
         if (self.aa or self.seeds) and REFERENCE not in self.settings:
@@ -351,7 +347,7 @@ class _Runner:
         self.layout_rng = random.Random(f"{opts.run_id}:{opts.seed}:layout")
         self.round: int | None = None  # the round whose forkserver is running
         self.started = False  # whether this sweep has started a forkserver of its own
-        self.threads = trial_threads(opts.device, opts.axes.get("threads"))
+        self.threads = axes.host_threads(opts.axes, opts.device)
         self.new: list[TrialRecord] = []
         self.events: list[str] = []
         self.reruns = 0  # busy trials run again once the machine was quiet

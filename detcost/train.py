@@ -21,8 +21,8 @@ from detcost.workloads import Batch, Workload, WorkloadConfig, get_workload
 
 def spec_at_profile(workload: str, setting: str, device: str, profile: str, **fields) -> TrialSpec:
     """A trial of `workload` under `setting` at the sizes its `profile` declares; other
-    fields (kind, repeat, seed, axes, steps, ...) default to one timed trial at this
-    process's thread count."""
+    fields (kind, repeat, seed, axes, steps, ...) default to one timed trial, each axis at
+    its first sweep default (threads: this process's thread count)."""
     size = get_workload(workload).size(profile)
     base = {
         "run_id": "adhoc",
@@ -33,13 +33,14 @@ def spec_at_profile(workload: str, setting: str, device: str, profile: str, **fi
         "warmup": size.warmup,
         "batch_size": size.batch,
         "image_size": size.image,
-        "axes": {"threads": torch.get_num_threads()},
+        "axes": axes.first_defaults(device),
     }
     return TrialSpec(workload=workload, setting=setting, device=device, **{**base, **fields})
 
 
 def build(spec: TrialSpec) -> Workload:
-    """The workload of a spec, from its seeds, with every axis applied to it."""
+    """The workload of a spec, from its seeds, with every axis applied to it in registry
+    order: its model, its batches and its training step, each as the axis wraps them."""
     seed_everything(spec.init_seed)  # module initialisers draw from the global generators
     config = WorkloadConfig(
         spec.device, spec.init_seed, spec.data_seed, spec.batch_size, spec.image_size, spec.total_steps
@@ -47,15 +48,19 @@ def build(spec: TrialSpec) -> Workload:
     wl = get_workload(spec.workload).factory(config)
     if len(wl.batches) < spec.total_steps:
         raise ValueError(f"workload gave {len(wl.batches)} batches for {spec.total_steps} steps")
+    wl.model_as_built, wl.step = wl.model, Step()
     for axis, value in axes.each(spec.axes):
-        if axis.on_workload:
-            axis.on_workload(wl, value, spec)
+        wl.model = axis.wrap_model(value, wl.model, spec)
+        wl.batches = axis.batches(value, wl.batches, spec)
+        wl.step = axis.wrap_step(value, wl.step, spec)
     return wl
 
 
 def read_back(wl: Workload) -> dict:
-    """Each axis's value as torch reports it inside the trial."""
-    return {axis.name: axis.read_back(wl) for axis, _ in axes.each({}) if axis.read_back}
+    """Each axis's value as torch reports it inside the trial (axes with nothing to read
+    back leave theirs out)."""
+    values = {axis.name: axis.read_back(wl) for axis, _ in axes.each({})}
+    return {name: value for name, value in values.items() if value is not None}
 
 
 @contextlib.contextmanager
@@ -63,7 +68,7 @@ def trial_state(spec: TrialSpec) -> Iterator[None]:
     """The process state a trial runs under: each axis's process-wide part (threads, TF32),
     the device, and the setting's flags, all restored on exit (a process that runs trials
     in-process, as the tests and asv do, keeps its own state)."""
-    undo = [axis.before_build(value) for axis, value in axes.each(spec.axes) if axis.before_build]
+    undo = [axis.apply(value, spec) for axis, value in axes.each(spec.axes)]
     try:
         use_device(spec.device)
         with applied(get_setting(spec.setting)):
@@ -73,20 +78,26 @@ def trial_state(spec: TrialSpec) -> Iterator[None]:
             restore()
 
 
-def train_step(wl: Workload, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """One step: forward (under autocast where the amp axis set it), backward, update
-    (through the GradScaler where float16 needs one)."""
-    wl.optimizer.zero_grad(set_to_none=True)
-    amp = torch.autocast(x.device.type, dtype=wl.autocast) if wl.autocast else contextlib.nullcontext()
-    with amp:
-        loss = wl.loss_fn(wl.model(x), y)
-    if wl.scaler is None:
+class Step:
+    """The plain training step, in the two parts an axis's `wrap_step` may wrap (see
+    `axes.StepWrapper`): the forward pass (model and loss) and the update (backward, the
+    optimizer's step)."""
+
+    def forward(self, wl: Workload, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return wl.loss_fn(wl.model(x), y)
+
+    def update(self, wl: Workload, loss: torch.Tensor) -> None:
         loss.backward()
         wl.optimizer.step()
-    else:
-        wl.scaler.scale(loss).backward()
-        wl.scaler.step(wl.optimizer)
-        wl.scaler.update()
+
+
+def train_step(wl: Workload, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One step through the step the axes wrapped (the plain one for a workload that was
+    not built here): gradients cleared, forward, update."""
+    step = wl.step or Step()
+    wl.optimizer.zero_grad(set_to_none=True)
+    loss = step.forward(wl, x, y)
+    step.update(wl, loss)
     return loss
 
 
@@ -119,8 +130,6 @@ class TrainStep:
     call runs one training step and synchronises on CUDA, as an external timer needs."""
 
     def __init__(self, spec: TrialSpec):
-        if spec.axes.get("data", "staged") != "staged":  # a loader is read once; these calls cycle
-            raise ValueError("TrainStep times staged batches; a --data loader is timed by detcost run")
         self.spec = spec
         setting = get_setting(spec.setting)
         # The setting's environment (CUBLAS_WORKSPACE_CONFIG) must be in place before the
@@ -131,6 +140,10 @@ class TrainStep:
         self._state.__enter__()
         try:
             self.wl = build(spec)
+            if getattr(self.wl.batches, "read_once", False):  # e.g. a DataLoader's; these calls cycle
+                raise ValueError(
+                    "TrainStep cycles through its batches; these are read once: time them with detcost run"
+                )
             self.batches = self.wl.batches[spec.warmup : spec.total_steps]  # the steps a trial would time
             self.i = 0
             run_steps(self.wl, self.wl.batches[: spec.warmup])

@@ -16,6 +16,7 @@ from detcost import axes, results
 from detcost.derive.compare import match_fields
 from detcost.derive.keys import group_fields
 from detcost.derive.recommend import axis_snippet
+from detcost.estimate import estimate
 from detcost.isolation import run_isolated
 from detcost.record import TrialRecord, TrialSpec
 from detcost.report.text import axis_values_text
@@ -73,26 +74,47 @@ def test_a_trial_process_loads_no_tables_figures_or_report():
     assert record.status == "ok", record.error
 
 
-# ---- a toy axis: one registry entry, and every part of detcost knows it ---------------
+# ---- a toy axis: one class in this file, and every part of detcost knows it ----------
 
 
-def _scale_loss(workload, value: int, _spec) -> None:
-    base = workload.loss_fn
-    workload.loss_fn = lambda out, y: base(out, y) * value
-    workload.loss_scale = value
+class ScaledLoss(axes.StepWrapper):
+    """The training step with its loss multiplied by `scale`, counting the forward passes."""
+
+    def __init__(self, inner, scale: int):
+        super().__init__(inner)
+        self.scale, self.calls = scale, 0
+
+    def forward(self, wl, x, y):
+        self.calls += 1
+        return self.inner.forward(wl, x, y) * self.scale
 
 
-TOY = axes.Axis(
-    name="loss_scale",
-    default=1,
-    values=(1, 2),
-    parse=int,
-    help="multiply the loss (a toy axis of the architecture test)",
-    id_part=lambda v: None if v == 1 else f"ls{v}",
-    on_workload=_scale_loss,
-    read_back=lambda wl: getattr(wl, "loss_scale", 1),
-    snippet=lambda values, cpu: [f"# loss scaled by {values}"] if values != [1] else [],
-)
+class LossScale(axes.Axis):
+    """A toy axis of the architecture test: it wraps the training step, and nothing else."""
+
+    def wrap_step(self, value, step, spec):
+        return ScaledLoss(step, value) if value != 1 else step
+
+    def read_back(self, workload):
+        scaled = axes.wrapper_of(workload.step, ScaledLoss)
+        return {"scale": scaled.scale if scaled else 1, "steps": scaled.calls if scaled else None}
+
+    def id_part(self, value):
+        return None if value == 1 else f"ls{value}"
+
+    def estimate(self, value, spec):
+        if value == 1:
+            return axes.Cost()
+        return axes.Cost(step_s=0.5 * (value - 1), basis=("--loss-scale: half a second a step more per unit",))
+
+    def describe(self, value):
+        return f"loss x{value}"
+
+    def snippet(self, values, cpu):
+        return [f"# loss scaled by {values}"] if values != [1] else []
+
+
+TOY = LossScale(name="loss_scale", default=1, values=(1, 2), parse=int, help="multiply the loss (a toy axis)")
 
 
 @pytest.fixture
@@ -102,37 +124,32 @@ def toy_axis():
     axes.unregister(TOY.name)
 
 
+def _toy_options(tmp_path) -> SweepOptions:
+    return SweepOptions(
+        workloads=["simple_cnn"], settings=["default"], repeats=1, seed=0, device="cpu", profile="quick",
+        results=tmp_path / "r.jsonl", run_id="toy", axes={"threads": [2], "loss_scale": [1, 2]},
+        seeds=0, aa=False, audit=False, explain=False, steps=2, warmup=1,
+    )  # fmt: skip
+
+
 def test_a_toy_axis_reaches_plan_trial_record_tables_compare_and_snippet(toy_axis, tmp_path):
-    # the CLI's option and the sweep's plan
+    # the CLI's option, the sweep's plan and the dry run's estimate
     from detcost.cli import build_parser
 
     args = build_parser().parse_args(["run", "--loss-scale", "1,2"])
     assert args.axis_loss_scale == [1, 2]
-    opts = SweepOptions(
-        workloads=["simple_cnn"],
-        settings=["default"],
-        repeats=1,
-        seed=0,
-        device="cpu",
-        profile="quick",
-        results=tmp_path / "r.jsonl",
-        run_id="toy",
-        axes={"threads": [2], "loss_scale": [1, 2]},
-        seeds=0,
-        aa=False,
-        audit=False,
-        explain=False,
-        steps=2,
-        warmup=0,
-    )
-    ids = [s.trial_id for s in plan(opts)]
-    assert ids == ["timed/simple_cnn/default/r0/s0/t2", "timed/simple_cnn/default/r0/s0/t2/ls2"]
+    specs = plan(_toy_options(tmp_path))
+    assert [s.trial_id for s in specs] == ["timed/simple_cnn/default/r0/s0/t2", "timed/simple_cnn/default/r0/s0/t2/ls2"]
+    plain, scaled = (estimate([s], "quick") for s in specs)
+    assert scaled.seconds - plain.seconds == pytest.approx(0.5 * specs[1].total_steps)
+    assert scaled.assumptions() == ["--loss-scale: half a second a step more per unit"] and not plain.assumptions()
 
-    # the trial applies it and reads it back; the record stores both and loads again
-    records = [run_trial(s) for s in plan(opts)]
-    stored = [r.to_json() for r in records]
+    # the trial wraps its step and reads it back; the record stores both and loads again
+    stored = [run_trial(s).to_json() for s in specs]
     assert [r["status"] for r in stored] == ["ok", "ok"]
-    assert [(r["loss_scale"], r["loss_scale_read_back"]) for r in stored] == [(1, 1), (2, 2)]
+    assert [r["loss_scale"] for r in stored] == [1, 2]
+    assert stored[0]["loss_scale_read_back"] == {"scale": 1, "steps": None}
+    assert stored[1]["loss_scale_read_back"] == {"scale": 2, "steps": specs[1].total_steps}  # every step, wrapped
     assert stored[1]["params_sha256"] != stored[0]["params_sha256"]  # applied: a doubled loss trains apart
     assert TrialRecord.from_json(stored[1]).to_json() == stored[1]
 
@@ -142,8 +159,26 @@ def test_a_toy_axis_reaches_plan_trial_record_tables_compare_and_snippet(toy_axi
     loaded = results.load_records(path)
     assert "loss_scale" in group_fields() and "loss_scale" in match_fields()
     assert sorted(speed_of(path)["loss_scale"]) == [1, 2]
-    assert axis_values_text({"threads": 2, "loss_scale": 2}).endswith("loss_scale 2")
+    assert axis_values_text({"threads": 2, "loss_scale": 2}) == "threads 2, loss x2"
     assert "# loss scaled by [1, 2]" in axis_snippet(loaded, cpu=True)
+
+
+@pytest.mark.parametrize("name", ["status", "steps", "price", "params_sha256", "audit", "top_ops", "cold_start_s"])
+def test_an_axis_named_as_a_record_field_or_a_table_column_is_refused(name):
+    with pytest.raises(ValueError, match=f"axis '{name}' clashes with '{name}'") as refused:
+        axes.register(axes.Axis(name=name, default=0, help="a clash"))
+    assert "\n" not in str(refused.value) and name not in axes.REGISTRY
+
+
+def test_every_field_of_a_stored_record_and_every_derived_column_is_reserved():
+    """What the v1 sample's records hold and what the derived tables make of them: every
+    name that is not an axis (or its read-back) is one no axis may take."""
+    stored = {k for line in V1_SAMPLE.read_text().splitlines() for k in json.loads(line)}
+    columns = stored | set(speed_of(V1_SAMPLE).columns) | set(variance_of(V1_SAMPLE).columns)
+    ours = set(axes.names()) | {f"{a}_read_back" for a in axes.names()}
+    assert columns - ours - set(axes.RESERVED) == set()
+    taken = [a for a in axes.names() if a in axes.RESERVED]
+    assert not taken
 
 
 # ---- results written by the released detcost still load -----------------------------

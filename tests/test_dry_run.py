@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detcost import env, estimate, isolation, results, sweep
+from detcost import axes, env, estimate, isolation, results, sweep
 from detcost.cli import main
 from detcost.settings import DEFAULT_SETTINGS
 from detcost.workloads import BUILTIN, data
@@ -109,6 +109,35 @@ def test_a_slower_setting_or_a_bigger_step_makes_a_longer_estimate():
     one = [s for s in sweep.plan(opts) if s.kind == "timed" and s.setting == "default"][:1]
     more = [replace(s, steps=s.steps * 4) for s in one]
     assert estimate.estimate(more, "gpu").seconds > estimate.estimate(one, "gpu").seconds
+
+
+@pytest.mark.parametrize(("device", "figure"), [("cpu", axes.COMPILE_CPU_S), ("cuda:0", axes.COMPILE_CUDA_S)])
+def test_a_compiled_sweep_is_estimated_with_its_compile_time_and_says_where_it_comes_from(fake_h100, device, figure):
+    """--compile on adds its compile time to each build of a workload (the audit builds
+    twice), and the figure's basis is among the estimate's assumptions; off adds nothing."""
+    one = {"workloads": ["simple_cnn"], "settings": ["default"], "repeats": 1}
+    off = sweep.plan(_options(device, **one))
+    on = sweep.plan(_options(device, **one, axes={"compile": ["on"]}))
+    profile = "cpu" if device == "cpu" else "gpu"
+    plain, compiled = estimate.estimate(off, profile), estimate.estimate(on, profile)
+    builds = sum(2 if s.kind == "audit" else 1 for s in on)
+    assert compiled.seconds - plain.seconds == pytest.approx(builds * figure)
+    assert [a for a in compiled.assumptions() if a not in plain.assumptions()] == [
+        next(iter(axes.REGISTRY["compile"].estimate("on", on[0]).basis))
+    ]
+
+
+def test_a_dry_run_with_a_loader_prices_its_reads_and_prints_the_figures(capsys, tmp_path):
+    argv = ["run", "--device", "cpu", "--workloads", "simple_cnn", "--dry-run", "--allow-busy"]
+    argv += ["--results", str(tmp_path / "r.jsonl")]
+    loader = ["--data", "loader", "--workers", "2"]
+    seconds = []
+    for extra in ([], loader):
+        assert main([*argv, *extra, "--json"]) == 0
+        seconds.append(json.loads(capsys.readouterr().out)["estimated_s"])
+    assert seconds[1] > seconds[0]
+    assert main([*argv, *loader]) == 0
+    assert "the axes add: --data loader:" in capsys.readouterr().out
 
 
 def _options(device: str, **overrides) -> sweep.SweepOptions:

@@ -109,15 +109,17 @@ def test_a_failing_fingerprint_is_an_error_record_not_a_crash(monkeypatch):
     assert record.env == {"torch": "x"} and record.timing is not None  # what it measured is kept
 
 
-def test_the_clock_warm_up_trains_a_copy_and_leaves_the_trials_bits_alone():
+@pytest.mark.parametrize("amp", ["off", "fp16"])
+def test_the_clock_warm_up_trains_a_copy_and_leaves_the_trials_bits_alone(amp):
     """On CUDA the warm-up lasts at least 0.5 s; the extra steps train a copy, so the
-    trial's parameters are those of a warm-up of its step count alone (run on the CPU)."""
+    trial's parameters are those of a warm-up of its step count alone (run on the CPU).
+    The copy takes the training step as the axes wrapped it: fp16's GradScaler too."""
     import torch
 
     from detcost import measure
     from detcost.train import build, trial_state
 
-    spec = make_spec(steps=2, warmup=2)
+    spec = make_spec(steps=2, warmup=2, axes={"threads": 2, "amp": amp})
 
     def trained(extra_seconds: float):
         with trial_state(spec):
@@ -126,14 +128,34 @@ def test_the_clock_warm_up_trains_a_copy_and_leaves_the_trials_bits_alone():
             measure.warm_up(spec, wl, log)  # on the CPU: the step count alone
             out = measure.keep_warm(spec, wl, wl.batches[spec.warmup - 1], extra_seconds)
             measure.run_steps(wl, wl.batches[spec.warmup : spec.total_steps])
-            return out, [p.detach().clone() for p in wl.model.parameters()], torch.random.get_rng_state()
+            scaler = getattr(wl.step, "scaler", None)
+            assert (scaler is not None) == (amp == "fp16")
+            scale = scaler.get_scale() if scaler else None
+            return out, [p.detach().clone() for p in wl.model.parameters()], torch.random.get_rng_state(), scale
 
-    plain, params, rng = trained(0.0)
-    warmed, warmed_params, warmed_rng = trained(0.2)
+    plain, params, rng, scale = trained(0.0)
+    warmed, warmed_params, warmed_rng, warmed_scale = trained(0.2)
     assert plain == {"clock_warmup_steps": 0}
     assert warmed["clock_warmup_steps"] >= 1 and warmed["clock_warmup_s"] >= 0.2
     assert all(torch.equal(a, b) for a, b in zip(params, warmed_params))
-    assert torch.equal(rng, warmed_rng)
+    assert torch.equal(rng, warmed_rng) and scale == warmed_scale
+
+
+def test_a_model_an_axis_wrapped_keeps_the_step_count_warm_up_alone():
+    """A wrapped model (torch.compile's OptimizedModule) is not copied for the clock
+    warm-up: its copy would be wrapped (compiled) again. The record says so."""
+    import torch
+
+    from detcost import measure
+    from detcost.train import build, trial_state
+
+    spec = make_spec(steps=2, warmup=1)
+    with trial_state(spec):
+        wl = build(spec)
+        wl.model = torch.nn.Sequential(wl.model)  # wrapped, as an axis's wrap_model may
+        out = measure.keep_warm(spec, wl, wl.batches[0], 0.5)
+    note = "not for a model wrapped in a Sequential: the copy would be wrapped again"
+    assert out == {"clock_warmup_steps": 0, "clock_warmup_note": note}
 
 
 def test_no_room_for_the_warm_up_copy_is_a_note_and_other_errors_still_raise(monkeypatch):

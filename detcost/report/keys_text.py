@@ -32,5 +32,5 @@ def key_cells(key: GroupKey, fields: list[str]) -> list[str]:
 def axis_values_text(values: dict) -> str:
     """`threads 2, memory_format channels_last`: the axes of a key that are not at their
     default, for a sentence ("-" when all are)."""
-    shown = [f"{a.name} {v}" for a, v in axes.each(values) if a.name in values and v != a.default]
+    shown = [a.describe(v) for a, v in axes.each(values) if a.name in values and v != a.default]
     return ", ".join(shown) or "-"

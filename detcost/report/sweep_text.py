@@ -29,9 +29,8 @@ def plan_text(specs, estimate, gpu: str | None = None) -> str:
     lines = [s.trial_id for s in specs]
     lines += [f"{len(specs)} trials planned; rough estimate {estimate.seconds / 60:.1f} min", f"  {kinds}{start}"]
     cuda = cuda_estimate_lines(len(specs), estimate, gpu)
-    if cuda and any(s.axes.get("data", "staged") != "staged" for s in specs):
-        cuda.append("not in the estimate: reading a --data loader's batches (add what your loader costs a step)")
-    return "\n".join(lines + cuda)
+    axes_in = [] if estimate.cuda else [f"  the axes add: {line}" for line in estimate.assumptions()]
+    return "\n".join(lines + axes_in + cuda)
 
 
 def cuda_estimate_lines(trials: int, estimate, gpu: str | None) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,10 +52,11 @@ class Workload:
     batches: Sequence[Batch]
     eval_batch: Batch
     notes: dict = field(default_factory=dict)
-    # Mixed precision (the amp axis sets them): the autocast dtype of the forward pass, and
-    # the GradScaler that float16 needs.
-    autocast: torch.dtype | None = None
-    scaler: torch.amp.GradScaler | None = None
+    # Set when a trial applies its axes (train.build), never by a factory: the training
+    # step as the axes wrapped it (None: the plain step), and the model before any axis
+    # wrapped it (torch.compile's module computes what this one does).
+    step: Any = None
+    model_as_built: nn.Module | None = None
 
 
 Factory = Callable[[WorkloadConfig], Workload]
