@@ -262,8 +262,8 @@ def _results_path(given: Path | None, run_id: str) -> Path:
 def _sweep_options(args):
     from detcost import axes
     from detcost.env import resolve_device
+    from detcost.plan import SweepOptions, new_run_id
     from detcost.settings import DEFAULT_SETTINGS, parse_settings
-    from detcost.sweep import SweepOptions, new_run_id
     from detcost.timing import is_cuda
 
     workloads = _workload_names(args)
@@ -340,9 +340,10 @@ def _dry_run(opts, args) -> int:
     FLOPs on the meta device and names the GPU through nvidia-smi."""
     from detcost import guard, results
     from detcost.estimate import estimate
+    from detcost.plan import new_servers, plan
     from detcost.record import TrialRecord
     from detcost.report import text
-    from detcost.sweep import new_servers, ok_trial_ids, plan
+    from detcost.sweep import ok_trial_ids
     from detcost.timing import trial_threads
 
     specs = plan(opts)

@@ -276,7 +276,8 @@ def _where_time_went(records, wall: float) -> dict[str, float]:
 def sweep_efficiency(workloads: list[str], device: str, profile: str, threads: int) -> tuple[Check, dict]:
     """Share of a sweep's wall time in timed steps, and where the rest goes. The sweep is
     a default one in miniature: two settings, two repeats, A/A, audit and profiling."""
-    from detcost.sweep import SweepOptions, run_sweep
+    from detcost.plan import SweepOptions
+    from detcost.sweep import run_sweep
 
     with tempfile.TemporaryDirectory() as tmp:
         opts = SweepOptions(
@@ -407,7 +408,8 @@ class Acceptance:
 
     def trial_sweep(self) -> list[Check]:
         """diag_oom, unet, unet_lossfix and simple_cnn under strict, as one sweep."""
-        from detcost.sweep import SweepOptions, run_sweep
+        from detcost.plan import SweepOptions
+        from detcost.sweep import run_sweep
 
         opts = SweepOptions(
             workloads=list(SWEPT_WORKLOADS),

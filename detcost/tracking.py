@@ -12,8 +12,9 @@ import pandas as pd
 from detcost import results
 from detcost.derive.prices import speed_table
 from detcost.derive.variance import same_seed_rows, variance_table
+from detcost.plan import SweepOptions
 from detcost.record import Status
-from detcost.sweep import SweepOptions, run_sweep
+from detcost.sweep import run_sweep
 from detcost.train import TrainStep, spec_at_profile
 
 

@@ -46,7 +46,8 @@ sys.path.insert(0, str(ROOT))
 from detcost import results  # noqa: E402
 from detcost.derive.frame import AA_LABEL  # noqa: E402
 from detcost.derive.prices import speed_table  # noqa: E402
-from detcost.sweep import SweepOptions, run_sweep  # noqa: E402
+from detcost.plan import SweepOptions  # noqa: E402
+from detcost.sweep import run_sweep  # noqa: E402
 
 SIZES = {"small": "diag_price", "tight": "diag_price_cnn"}
 TARGET = 0.90

@@ -18,10 +18,10 @@ from detcost.derive.frame import group_fields
 from detcost.derive.prices import speed_table
 from detcost.derive.variance import variance_table
 from detcost.isolation import run_isolated
+from detcost.plan import SweepOptions, plan
 from detcost.record import TrialRecord, TrialSpec
 from detcost.report.recommend import axis_snippet
 from detcost.report.text import axis_values_text
-from detcost.sweep import SweepOptions, plan
 from detcost.trial import run_trial
 from tests.conftest import V1_SAMPLE, make_spec
 

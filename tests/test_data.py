@@ -15,8 +15,8 @@ from detcost import axes, loader, results
 from detcost.cli import main
 from detcost.derive.variance import variance_table
 from detcost.measure import class_accuracy
+from detcost.plan import SweepOptions, plan
 from detcost.report.text import variance_display
-from detcost.sweep import SweepOptions, plan
 from tests.conftest import TIMED_ONLY, run_cli
 
 HAS_SKLEARN = importlib.util.find_spec("sklearn") is not None

@@ -13,9 +13,10 @@ import pytest
 from detcost import guard, results, sweep
 from detcost.derive.prices import speed_table
 from detcost.derive.variance import variance_table
+from detcost.plan import SweepOptions
 from detcost.record import Outcome, Status, StepTiming, TrialParts, TrialRecord
 from detcost.report.recommend import recommend
-from detcost.sweep import SweepOptions, run_sweep
+from detcost.sweep import run_sweep
 from detcost.trial import run_trial
 from detcost.workloads.diagnostic import INJECTED_PRICE
 from tests.conftest import V1_SAMPLE, make_spec
