@@ -127,14 +127,14 @@ class Estimate:
         return [f"{f.value:g}{'' if f.unit.startswith('x') else ' '}{f.unit}: {f.basis}" for f in CUDA_FIGURES.values()]
 
 
-def estimate(specs: list[TrialSpec], profile: str, new_servers: int = 0) -> Estimate:
+def estimate(specs: list[TrialSpec], size_preset: str, new_servers: int = 0) -> Estimate:
     """How long `specs` would take: measured seconds per trial on the CPU; on CUDA a model
     of each trial (CUDA_FIGURES), with each workload's FLOPs counted on the meta device;
     plus `new_servers` forkserver starts (one a round under the random layout)."""
     cuda = any(is_cuda(s.device) for s in specs)
     by_kind: dict[str, tuple[int, float]] = {}
     for spec in specs:
-        seconds = _cuda_trial_s(spec) if cuda else ESTIMATED_TRIAL_S[profile]
+        seconds = _cuda_trial_s(spec) if cuda else ESTIMATED_TRIAL_S[size_preset]
         n, total = by_kind.get(str(spec.kind), (0, 0.0))
         by_kind[str(spec.kind)] = (n + 1, total + seconds)
     # the first server is in `once` on CUDA, and in the measured seconds a trial on the CPU

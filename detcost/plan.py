@@ -31,7 +31,7 @@ class SweepOptions:
     repeats: int
     seed: int
     device: str
-    profile: str
+    size_preset: str  # the workloads' sizes: gpu, cpu or quick (workloads.SIZE_PRESETS)
     results: Path
     run_id: str
     # Values of each axis; an axis left out runs at its sweep default (threads: torch's count).
@@ -91,12 +91,17 @@ class SweepOptions:
         return axes.combinations(self.axes)
 
 
+def size_preset(device: str, quick: bool = False) -> str:
+    """The size preset a run uses: --quick's, else the device's (gpu on CUDA, cpu)."""
+    return "quick" if quick else ("gpu" if is_cuda(device) else "cpu")
+
+
 def new_run_id() -> str:
     return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 def _spec(opts: SweepOptions, kind: Kind, workload: str, setting: str, repeat: int, seed: int, axes: dict) -> TrialSpec:
-    size = get_workload(workload).size(opts.profile)
+    size = get_workload(workload).size(opts.size_preset)
     spec = TrialSpec(
         run_id=opts.run_id,
         kind=kind,

@@ -62,7 +62,7 @@ def one_sweep(folder: Path, k: int, size: str, rounds: int, layout: str, allow_b
         repeats=rounds,
         seed=k,
         device="cpu",
-        profile="cpu",
+        size_preset="cpu",
         results=folder / f"{size}-{rounds}-{k}.jsonl",
         run_id=f"calibration-{size}-{rounds}-{k}",
         seeds=0,

@@ -116,7 +116,7 @@ def test_a_toy_axis_reaches_plan_trial_record_tables_compare_and_snippet(toy_axi
         repeats=1,
         seed=0,
         device="cpu",
-        profile="quick",
+        size_preset="quick",
         results=tmp_path / "r.jsonl",
         run_id="toy",
         axes={"threads": [2], "loss_scale": [1, 2]},

@@ -60,7 +60,7 @@ def test_workers_only_multiply_the_loader_modes(tmp_path):
     """--workers 0,2 with --data staged,loader: staged batches have no workers, so
     staged runs once, not once per worker count."""
     opts = SweepOptions(
-        workloads=["simple_cnn"], settings=["default"], repeats=1, seed=0, device="cpu", profile="quick",
+        workloads=["simple_cnn"], settings=["default"], repeats=1, seed=0, device="cpu", size_preset="quick",
         results=tmp_path / "r.jsonl", run_id="t", seeds=0, aa=False, audit=False, explain=False,
         axes={"data": ["staged", "loader"], "workers": [0, 2]},
     )  # fmt: skip

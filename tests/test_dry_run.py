@@ -118,14 +118,14 @@ def _options(device: str, **overrides) -> plan.SweepOptions:
         "repeats": 3,
         "seed": 0,
         "device": device,
-        "profile": "gpu" if device != "cpu" else "cpu",
+        "size_preset": "gpu" if device != "cpu" else "cpu",
         "results": Path("r.jsonl"),
         "run_id": "t",
     }
     return plan.SweepOptions(**{**base, **overrides})
 
 
-def test_on_cuda_the_plan_leaves_out_profiles_and_audits_another_trial_already_shows():
+def test_on_cuda_the_plan_leaves_out_profiled_trials_and_audits_another_trial_already_shows():
     on_cuda = plan.plan(_options("cuda:0"))
     profiled = {(s.workload, s.setting) for s in on_cuda if s.kind == "profiled"}
     audited = {s.workload for s in on_cuda if s.kind == "audit"}

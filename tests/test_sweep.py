@@ -44,7 +44,7 @@ def _plan(**overrides):
         "seed": 0,
         "device": "cpu",
         "axes": {"threads": [2]},
-        "profile": "quick",
+        "size_preset": "quick",
         "results": Path("x.jsonl"),
         "run_id": "x",
         "audit": False,

@@ -51,7 +51,7 @@ def quiet_machine(monkeypatch):
 def options(tmp_path, **kw) -> SweepOptions:
     base = dict(
         workloads=["simple_cnn"], settings=["default", "strict"], repeats=2, seed=0, device="cpu",
-        profile="quick", results=tmp_path / "r.jsonl", run_id="t", axes={"threads": [1]},
+        size_preset="quick", results=tmp_path / "r.jsonl", run_id="t", axes={"threads": [1]},
         seeds=0, audit=False, explain=False,
     )  # fmt: skip
     return SweepOptions(**{**base, **kw})
