@@ -268,8 +268,8 @@ def _results_path(given: Path | None, run_id: str) -> Path:
 def _sweep_options(args):
     from detcost import axes
     from detcost.env import resolve_device
+    from detcost.plan import SweepOptions, new_run_id, size_preset
     from detcost.settings import DEFAULT_SETTINGS, parse_settings
-    from detcost.sweep import SweepOptions, new_run_id
     from detcost.timing import is_cuda
 
     workloads = _workload_names(args)
@@ -285,7 +285,7 @@ def _sweep_options(args):
         seed=args.seed,
         device=device,
         axes={name: getattr(args, f"axis_{name}") for name in axes.names() if getattr(args, f"axis_{name}")},
-        profile="quick" if args.quick else ("gpu" if cuda else "cpu"),
+        size_preset=size_preset(device, args.quick),
         results=results,
         run_id=run_id,
         steps=args.steps,
@@ -356,15 +356,16 @@ def _dry_run(opts, args) -> int:
     FLOPs on the meta device and names the GPU through nvidia-smi."""
     from detcost import axes, guard, results
     from detcost.estimate import estimate
+    from detcost.plan import new_servers, plan
     from detcost.record import TrialRecord
     from detcost.report import text
-    from detcost.sweep import new_servers, ok_trial_ids, plan
+    from detcost.sweep import ok_trial_ids
 
     specs = plan(opts)
     if args.resume and opts.results.exists():
         done = ok_trial_ids([TrialRecord.from_json(r) for r in results.iter_records(opts.results)])
         specs = [s for s in specs if s.trial_id not in done]
-    est = estimate(specs, opts.profile, new_servers(opts, specs))
+    est = estimate(specs, opts.size_preset, new_servers(opts, specs))
     gpu = _gpu_name(opts.device) if est.cuda else None
     load = guard.sample(opts.device, axes.host_threads(opts.axes, opts.device))
     if args.json:
@@ -632,16 +633,16 @@ def _add_audit(sub) -> None:
 def cmd_audit(args) -> int:
     from detcost.env import resolve_device
     from detcost.isolation import run_isolated, start_method
+    from detcost.plan import size_preset
     from detcost.record import Kind
     from detcost.report import text
-    from detcost.timing import is_cuda
-    from detcost.train import spec_at_profile
+    from detcost.train import spec_at_preset
 
     workloads = _workload_names(args)
     device = resolve_device(args.device)
-    profile = "quick" if args.quick else ("gpu" if is_cuda(device) else "cpu")
+    preset = size_preset(device, args.quick)
     method = start_method("auto", device)
-    specs = [spec_at_profile(w, "strict", device, profile, run_id="audit", kind=Kind.AUDIT) for w in workloads]
+    specs = [spec_at_preset(w, "strict", device, preset, run_id="audit", kind=Kind.AUDIT) for w in workloads]
     records = [run_isolated(spec, method=method) for spec in specs]
     if args.json:
         _print_json(

@@ -130,7 +130,7 @@ class Estimate:
         return (cuda if self.cuda else []) + list(self.axis_figures)
 
 
-def estimate(specs: list[TrialSpec], profile: str, new_servers: int = 0) -> Estimate:
+def estimate(specs: list[TrialSpec], size_preset: str, new_servers: int = 0) -> Estimate:
     """How long `specs` would take: measured seconds per trial on the CPU; on CUDA a model
     of each trial (CUDA_FIGURES), with each workload's FLOPs counted on the meta device;
     plus `new_servers` forkserver starts (one a round under the random layout)."""
@@ -140,7 +140,7 @@ def estimate(specs: list[TrialSpec], profile: str, new_servers: int = 0) -> Esti
     for spec in specs:
         cost = axes.cost(spec)
         figures.update(dict.fromkeys(cost.basis))
-        seconds = (_cuda_trial_s(spec) if cuda else ESTIMATED_TRIAL_S[profile]) + _axes_s(spec, cost)
+        seconds = (_cuda_trial_s(spec) if cuda else ESTIMATED_TRIAL_S[size_preset]) + _axes_s(spec, cost)
         n, total = by_kind.get(str(spec.kind), (0, 0.0))
         by_kind[str(spec.kind)] = (n + 1, total + seconds)
     # the first server is in `once` on CUDA, and in the measured seconds a trial on the CPU

@@ -48,7 +48,7 @@ from detcost.record import Kind, TrialRecord, TrialSpec, one_line
 from detcost.settings import get_setting
 from detcost.stats import busy_share
 from detcost.timing import StepTimer, is_cuda, synchronize
-from detcost.train import TrainStep, run_steps, spec_at_profile
+from detcost.train import TrainStep, run_steps, spec_at_preset
 from detcost.trial import CUDA_AT_START
 from detcost.workloads import BUILTIN, get_workload
 
@@ -76,7 +76,7 @@ HOST_BOUND = "trials are not host-bound at the default sizes"
 
 # The acceptance trials run at the workloads' gpu sizes (where host-bound and out-of-memory
 # mean something); diag_oom first, so the trials after it show the sweep went on.
-ACCEPTANCE_PROFILE = "gpu"
+ACCEPTANCE_PRESET = "gpu"
 OOM_WORKLOAD = "diag_oom"
 SWEPT_WORKLOADS = (OOM_WORKLOAD, "unet", "unet_lossfix", "simple_cnn")
 ACCEPTANCE_STEPS, ACCEPTANCE_WARMUP = 3, 1
@@ -273,10 +273,11 @@ def _where_time_went(records, wall: float) -> dict[str, float]:
     return parts
 
 
-def sweep_efficiency(workloads: list[str], device: str, profile: str, threads: int) -> tuple[Check, dict]:
+def sweep_efficiency(workloads: list[str], device: str, size_preset: str, threads: int) -> tuple[Check, dict]:
     """Share of a sweep's wall time in timed steps, and where the rest goes. The sweep is
     a default one in miniature: two settings, two repeats, A/A, audit and profiling."""
-    from detcost.sweep import SweepOptions, run_sweep
+    from detcost.plan import SweepOptions
+    from detcost.sweep import run_sweep
 
     with tempfile.TemporaryDirectory() as tmp:
         opts = SweepOptions(
@@ -286,7 +287,7 @@ def sweep_efficiency(workloads: list[str], device: str, profile: str, threads: i
             seed=0,
             device=device,
             axes={"threads": [threads]},
-            profile=profile,
+            size_preset=size_preset,
             results=Path(tmp) / "e.jsonl",
             run_id="efficiency",
             seeds=0,
@@ -320,7 +321,7 @@ def guarded(step: Step) -> list[Check]:
         return [failed(name, one_line(exc)) for name in step.names]
 
 
-def timing_steps(spec: TrialSpec, profile: str, threads: int) -> list[Step]:
+def timing_steps(spec: TrialSpec, size_preset: str, threads: int) -> list[Step]:
     """The four timing checks; the two that build a workload run in a child process."""
     device = spec.device
     overhead_target_text = f"<= {overhead_target(device)}"
@@ -341,7 +342,7 @@ def timing_steps(spec: TrialSpec, profile: str, threads: int) -> list[Step]:
         Step(
             "sweep efficiency (a small sweep)",
             (EFFICIENCY,),
-            lambda: [sweep_efficiency([spec.workload], device, profile, threads)[0]],
+            lambda: [sweep_efficiency([spec.workload], device, size_preset, threads)[0]],
         ),
     ]
 
@@ -349,7 +350,7 @@ def timing_steps(spec: TrialSpec, profile: str, threads: int) -> list[Step]:
 def run_all(
     device: str = "cpu",
     workload: str = "simple_cnn",
-    profile: str | None = None,
+    size_preset: str | None = None,
     threads: int | None = None,
     progress: bool = False,
 ) -> list[Check]:
@@ -357,12 +358,12 @@ def run_all(
     progress bar naming the one running. Every check gives a line, failed or not."""
     from tqdm import tqdm
 
-    profile = profile or ("gpu" if is_cuda(device) else "cpu")
+    size_preset = size_preset or ("gpu" if is_cuda(device) else "cpu")
     threads = threads or torch.get_num_threads()
-    spec = spec_at_profile(workload, "default", device, profile, run_id="selfcheck", axes={"threads": threads})
+    spec = spec_at_preset(workload, "default", device, size_preset, run_id="selfcheck", axes={"threads": threads})
     checks: list[Check] = []
     with tempfile.TemporaryDirectory(prefix="detcost-selfcheck-") as tmp:
-        steps = timing_steps(spec, profile, threads)
+        steps = timing_steps(spec, size_preset, threads)
         if is_cuda(device):
             steps += Acceptance(spec, Path(tmp)).steps()
         with tqdm(total=len(steps), unit="check", disable=not progress, dynamic_ncols=True) as bar:
@@ -407,7 +408,8 @@ class Acceptance:
 
     def trial_sweep(self) -> list[Check]:
         """diag_oom, unet, unet_lossfix and simple_cnn under strict, as one sweep."""
-        from detcost.sweep import SweepOptions, run_sweep
+        from detcost.plan import SweepOptions
+        from detcost.sweep import run_sweep
 
         opts = SweepOptions(
             workloads=list(SWEPT_WORKLOADS),
@@ -415,7 +417,7 @@ class Acceptance:
             repeats=1,
             seed=0,
             device=self.device,
-            profile=ACCEPTANCE_PROFILE,
+            size_preset=ACCEPTANCE_PRESET,
             results=self.tmp / "acceptance.jsonl",
             run_id="selfcheck",
             steps=ACCEPTANCE_STEPS,
@@ -451,11 +453,11 @@ class Acceptance:
         from detcost.isolation import run_isolated
 
         profiled = kind == Kind.PROFILED
-        spec = spec_at_profile(
+        spec = spec_at_preset(
             workload,
             setting,
             self.device,
-            ACCEPTANCE_PROFILE,
+            ACCEPTANCE_PRESET,
             run_id="selfcheck",
             kind=kind,
             steps=PROFILE_STEPS if profiled else TIMED_STEPS,
@@ -588,7 +590,7 @@ def oom_check(records: list[TrialRecord], planned: int) -> Check:
     oom = next((r for r in records if r.spec.workload == OOM_WORKLOAD), None)
     later = len(records) - (oom is not None)
     ok = oom is not None and str(oom.status) == "oom" and len(records) == planned
-    batch = oom.spec.batch_size if oom else get_workload(OOM_WORKLOAD).size(ACCEPTANCE_PROFILE).batch
+    batch = oom.spec.batch_size if oom else get_workload(OOM_WORKLOAD).size(ACCEPTANCE_PRESET).batch
     detail = f"{OOM_WORKLOAD} (a batch of {batch:,}): {_outcome(oom)}; {later} of {planned - 1} later trials ran"
     figure = f"{oom.status if oom else 'no record'}, {later} later trials ran"
     return Check(OOM, float(later), "oom, and the sweep goes on", ok, detail, figure=figure)

@@ -8,9 +8,10 @@ import tempfile
 from pathlib import Path
 
 from detcost.derive.analysis import MachineAnalysis, analyse
+from detcost.plan import SweepOptions
 from detcost.record import Status
-from detcost.sweep import SweepOptions, run_sweep
-from detcost.train import TrainStep, spec_at_profile
+from detcost.sweep import run_sweep
+from detcost.train import TrainStep, spec_at_preset
 
 
 def _figures(m: MachineAnalysis, workload: str, setting: str) -> dict:
@@ -37,7 +38,7 @@ def _figures(m: MachineAnalysis, workload: str, setting: str) -> dict:
 
 
 def sweep_figures(
-    workloads, settings, repeats: int, profile: str, device: str, steps: int | None = None, allow_busy: bool = False
+    workloads, settings, repeats: int, size_preset: str, device: str, steps: int | None = None, allow_busy: bool = False
 ) -> dict:
     """Run a sweep (fresh process per trial) and return {(workload, setting): figures}.
     The quiet-machine guard waits for a busy machine unless `allow_busy` (asv's smoke run)."""
@@ -48,7 +49,7 @@ def sweep_figures(
             repeats=repeats,
             seed=0,
             device=device,
-            profile=profile,
+            size_preset=size_preset,
             results=Path(tmp) / "asv.jsonl",
             run_id="asv",
             steps=steps,
@@ -65,6 +66,6 @@ def sweep_figures(
     return {(w, s): _figures(m, w, s) for w in workloads for s in settings}
 
 
-def train_step(workload: str, setting: str, device: str, profile: str) -> TrainStep:
-    """One training step of a workload under a setting, at a profile's sizes, for asv's timer."""
-    return TrainStep(spec_at_profile(workload, setting, device, profile, run_id="step"))
+def train_step(workload: str, setting: str, device: str, size_preset: str) -> TrainStep:
+    """One training step of a workload under a setting, at a size preset's sizes, for asv's timer."""
+    return TrainStep(spec_at_preset(workload, setting, device, size_preset, run_id="step"))

@@ -19,11 +19,11 @@ from detcost.timing import StepTimer, synchronize, use_device
 from detcost.workloads import Batch, Workload, WorkloadConfig, get_workload
 
 
-def spec_at_profile(workload: str, setting: str, device: str, profile: str, **fields) -> TrialSpec:
-    """A trial of `workload` under `setting` at the sizes its `profile` declares; other
+def spec_at_preset(workload: str, setting: str, device: str, preset: str, **fields) -> TrialSpec:
+    """A trial of `workload` under `setting` at the sizes its size `preset` declares; other
     fields (kind, repeat, seed, axes, steps, ...) default to one timed trial, each axis at
     its first sweep default (threads: this process's thread count)."""
-    size = get_workload(workload).size(profile)
+    size = get_workload(workload).size(preset)
     base = {
         "run_id": "adhoc",
         "kind": Kind.TIMED,

@@ -46,8 +46,9 @@ sys.path.insert(0, str(ROOT))
 from detcost import results  # noqa: E402
 from detcost.derive.keys import AA_LABEL  # noqa: E402
 from detcost.derive.prices import prices  # noqa: E402
+from detcost.plan import SweepOptions  # noqa: E402
 from detcost.record import Kind, TrialRecord  # noqa: E402
-from detcost.sweep import SweepOptions, run_sweep  # noqa: E402
+from detcost.sweep import run_sweep  # noqa: E402
 
 SIZES = {"small": "diag_price", "tight": "diag_price_cnn"}
 TARGET = 0.90
@@ -62,7 +63,7 @@ def one_sweep(folder: Path, k: int, size: str, rounds: int, layout: str, allow_b
         repeats=rounds,
         seed=k,
         device="cpu",
-        profile="cpu",
+        size_preset="cpu",
         results=folder / f"{size}-{rounds}-{k}.jsonl",
         run_id=f"calibration-{size}-{rounds}-{k}",
         seeds=0,

@@ -24,7 +24,7 @@ layout, joined with "+":
     position       identical specs in a fixed order (the label is its position)
 
     +order_random  each round in a random order (otherwise a cyclic shift, as before)
-    +williams      each round in the order detcost now plans (sweep.round_order)
+    +williams      each round in the order detcost now plans (plan.round_order)
     +new_server    a new forkserver each round (a fresh layout per round)
     +pads          a random heap and environment pad in every trial
     +remedy        what detcost now does: new_server + pads + williams
@@ -54,8 +54,8 @@ sys.path.insert(0, str(ROOT))
 
 from detcost import guard  # noqa: E402
 from detcost.isolation import Layout, new_server, run_isolated  # noqa: E402
+from detcost.plan import round_order  # noqa: E402
 from detcost.record import Kind, TrialSpec  # noqa: E402
-from detcost.sweep import round_order  # noqa: E402
 from detcost.trial import trial_environ  # noqa: E402
 from detcost.workloads import get_workload  # noqa: E402
 

@@ -18,9 +18,9 @@ from detcost.derive.keys import group_fields
 from detcost.derive.recommend import axis_snippet
 from detcost.estimate import estimate
 from detcost.isolation import run_isolated
+from detcost.plan import SweepOptions, plan
 from detcost.record import TrialRecord, TrialSpec
 from detcost.report.text import axis_values_text
-from detcost.sweep import SweepOptions, plan
 from detcost.trial import run_trial
 from tests.conftest import V1_SAMPLE, make_spec, speed_of, variance_of
 
@@ -126,7 +126,7 @@ def toy_axis():
 
 def _toy_options(tmp_path) -> SweepOptions:
     return SweepOptions(
-        workloads=["simple_cnn"], settings=["default"], repeats=1, seed=0, device="cpu", profile="quick",
+        workloads=["simple_cnn"], settings=["default"], repeats=1, seed=0, device="cpu", size_preset="quick",
         results=tmp_path / "r.jsonl", run_id="toy", axes={"threads": [2], "loss_scale": [1, 2]},
         seeds=0, aa=False, audit=False, explain=False, steps=2, warmup=1,
     )  # fmt: skip

@@ -273,11 +273,11 @@ def test_an_unwritable_output_path_is_refused_before_the_first_trial(tmp_path, c
 
 
 def test_batch_sets_every_workloads_batch_and_the_tables_show_it(tmp_path):
+    from detcost.plan import SweepOptions, plan
     from detcost.report.keys_text import models_rows, workload_text
-    from detcost.sweep import SweepOptions, plan
 
     opts = SweepOptions(workloads=["simple_cnn"], settings=["default"], repeats=1, seed=0, device="cpu",
-                        profile="quick", results=tmp_path / "r.jsonl", run_id="b", batch=6)  # fmt: skip
+                        size_preset="quick", results=tmp_path / "r.jsonl", run_id="b", batch=6)  # fmt: skip
     assert {s.batch_size for s in plan(opts)} == {6}
     name = "tests/models.py:TinyNet@3x32x32/10"  # a --model's workload name carries its whole description
     assert workload_text(name) == "TinyNet" and workload_text("simple_cnn") == "simple_cnn"

@@ -13,8 +13,8 @@ import torch
 from detcost import axes, loader, results
 from detcost.cli import main
 from detcost.measure import class_accuracy
+from detcost.plan import SweepOptions, plan
 from detcost.report.text import variance_display
-from detcost.sweep import SweepOptions, plan
 from tests.conftest import TIMED_ONLY, analysis_of, make_spec, run_cli, variance_of
 
 HAS_SKLEARN = importlib.util.find_spec("sklearn") is not None
@@ -60,7 +60,7 @@ def test_workers_only_multiply_the_loader_modes(tmp_path):
     """--workers 0,2 with --data staged,loader: staged batches have no workers, so
     staged runs once, not once per worker count."""
     opts = SweepOptions(
-        workloads=["simple_cnn"], settings=["default"], repeats=1, seed=0, device="cpu", profile="quick",
+        workloads=["simple_cnn"], settings=["default"], repeats=1, seed=0, device="cpu", size_preset="quick",
         results=tmp_path / "r.jsonl", run_id="t", seeds=0, aa=False, audit=False, explain=False,
         axes={"data": ["staged", "loader"], "workers": [0, 2]},
     )  # fmt: skip

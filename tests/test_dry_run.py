@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detcost import axes, env, estimate, isolation, results, sweep
+from detcost import axes, env, estimate, isolation, plan, results
 from detcost.cli import main
 from detcost.settings import DEFAULT_SETTINGS
 from detcost.workloads import BUILTIN, data
@@ -72,7 +72,7 @@ def test_the_default_gpu_sweep_is_estimated_within_15_minutes_with_its_assumptio
     planned = int(re.search(r"(\d+) trials planned", out)[1])
     minutes = float(re.search(r"rough estimate ([\d.]+) min", out)[1])
     assert minutes <= TARGET_MIN, out[-3000:]
-    assert planned == len(sweep.plan(_options("cuda:0")))
+    assert planned == len(plan.plan(_options("cuda:0")))
     assert "no GPU was available to measure these figures" in out
     for figure in estimate.CUDA_FIGURES.values():  # each assumed figure, with where it comes from
         assert figure.basis in out
@@ -104,9 +104,9 @@ def test_on_the_cpu_the_estimate_is_per_trial_as_measured_and_assumes_nothing_of
 
 def test_a_slower_setting_or_a_bigger_step_makes_a_longer_estimate():
     opts = _options("cuda:0", workloads=["resnet18"], settings=["default", "deterministic", "no_cudnn"])
-    timed = {s.setting: estimate.estimate([s], "gpu").seconds for s in sweep.plan(opts) if s.kind == "timed"}
+    timed = {s.setting: estimate.estimate([s], "gpu").seconds for s in plan.plan(opts) if s.kind == "timed"}
     assert timed["default"] < timed["deterministic"] < timed["no_cudnn"]
-    one = [s for s in sweep.plan(opts) if s.kind == "timed" and s.setting == "default"][:1]
+    one = [s for s in plan.plan(opts) if s.kind == "timed" and s.setting == "default"][:1]
     more = [replace(s, steps=s.steps * 4) for s in one]
     assert estimate.estimate(more, "gpu").seconds > estimate.estimate(one, "gpu").seconds
 
@@ -116,10 +116,10 @@ def test_a_compiled_sweep_is_estimated_with_its_compile_time_and_says_where_it_c
     """--compile on adds its compile time to each build of a workload (the audit builds
     twice), and the figure's basis is among the estimate's assumptions; off adds nothing."""
     one = {"workloads": ["simple_cnn"], "settings": ["default"], "repeats": 1}
-    off = sweep.plan(_options(device, **one))
-    on = sweep.plan(_options(device, **one, axes={"compile": ["on"]}))
-    profile = "cpu" if device == "cpu" else "gpu"
-    plain, compiled = estimate.estimate(off, profile), estimate.estimate(on, profile)
+    off = plan.plan(_options(device, **one))
+    on = plan.plan(_options(device, **one, axes={"compile": ["on"]}))
+    preset = "cpu" if device == "cpu" else "gpu"
+    plain, compiled = estimate.estimate(off, preset), estimate.estimate(on, preset)
     builds = sum(2 if s.kind == "audit" else 1 for s in on)
     assert compiled.seconds - plain.seconds == pytest.approx(builds * figure)
     assert [a for a in compiled.assumptions() if a not in plain.assumptions()] == [
@@ -140,22 +140,22 @@ def test_a_dry_run_with_a_loader_prices_its_reads_and_prints_the_figures(capsys,
     assert "the axes add: --data loader:" in capsys.readouterr().out
 
 
-def _options(device: str, **overrides) -> sweep.SweepOptions:
+def _options(device: str, **overrides) -> plan.SweepOptions:
     base = {
         "workloads": list(BUILTIN),
         "settings": list(DEFAULT_SETTINGS),
         "repeats": 3,
         "seed": 0,
         "device": device,
-        "profile": "gpu" if device != "cpu" else "cpu",
+        "size_preset": "gpu" if device != "cpu" else "cpu",
         "results": Path("r.jsonl"),
         "run_id": "t",
     }
-    return sweep.SweepOptions(**{**base, **overrides})
+    return plan.SweepOptions(**{**base, **overrides})
 
 
-def test_on_cuda_the_plan_leaves_out_profiles_and_audits_another_trial_already_shows():
-    on_cuda = sweep.plan(_options("cuda:0"))
+def test_on_cuda_the_plan_leaves_out_profiled_trials_and_audits_another_trial_already_shows():
+    on_cuda = plan.plan(_options("cuda:0"))
     profiled = {(s.workload, s.setting) for s in on_cuda if s.kind == "profiled"}
     audited = {s.workload for s in on_cuda if s.kind == "audit"}
     # strict_nofill runs strict's kernels less the NaN fill, which strict's own table shows
@@ -170,7 +170,7 @@ def test_on_cuda_the_plan_leaves_out_profiles_and_audits_another_trial_already_s
 
 
 def test_on_the_cpu_every_setting_is_profiled_and_every_workload_audited():
-    on_cpu = sweep.plan(_options("cpu", repeats=2))
+    on_cpu = plan.plan(_options("cpu", repeats=2))
     assert sum(s.kind == "profiled" for s in on_cpu) == len(BUILTIN) * len(DEFAULT_SETTINGS)
     assert sum(s.kind == "audit" for s in on_cpu) == len(BUILTIN)
 

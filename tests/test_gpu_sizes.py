@@ -1,4 +1,4 @@
-"""The gpu profile of every built-in workload: a step of about 1 TFLOP or more, so that an
+"""The gpu size preset of every built-in workload: a step of about 1 TFLOP or more, so that an
 H100 is kept busy by kernels rather than by the host launching them, or a stated reason
 why the workload's realistic batch is smaller. Counted on the meta device, as a trial
 counts its FLOPs: no real tensor is made at a gpu size."""
@@ -40,7 +40,7 @@ def gpu_workload(name: str):
 
 
 @pytest.mark.parametrize("name", BUILTIN)
-def test_each_gpu_profile_counts_about_a_tflop_a_step_or_says_why_not(name, meta_data):
+def test_each_gpu_preset_counts_about_a_tflop_a_step_or_says_why_not(name, meta_data):
     wl, size = gpu_workload(name)
     flops = measure.flops_per_step(wl.model, wl.loss_fn, wl.batches[: size.warmup + size.steps])
     note = UNDER.search(get_workload(name).description)

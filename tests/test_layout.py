@@ -10,10 +10,10 @@ from collections import Counter
 
 import pytest
 
-from detcost import isolation, sweep
+from detcost import isolation, plan, sweep
 from detcost.isolation import run_isolated
+from detcost.plan import round_order, williams_rows
 from detcost.record import ROUND_KINDS
-from detcost.sweep import round_order, williams_rows
 from detcost.trial import ENV_PAD_MAX, HEAP_PAD_MAX, Layout
 from tests.conftest import make_spec
 from tests.test_trust import SyntheticTrials, options
@@ -38,7 +38,7 @@ def test_a_sweep_plans_each_round_in_the_designs_order(tmp_path):
     opts = options(tmp_path, settings=["default", "benchmark", "strict"], repeats=4)
     labels = [("timed", s) for s in opts.settings] + [("aa", "default")]
     for r in range(4):
-        got = [(str(s.kind), s.setting) for s in sweep.plan(opts) if s.repeat == r and s.kind in ROUND_KINDS]
+        got = [(str(s.kind), s.setting) for s in plan.plan(opts) if s.repeat == r and s.kind in ROUND_KINDS]
         assert got == [labels[i] for i in round_order(r, 4, opts.seed)]
 
 

@@ -278,7 +278,7 @@ def test_the_acceptance_suite_runs_its_trials_and_judges_them_on_the_cpu_too(tmp
     """The CUDA suite's plumbing, run on the CPU at quick sizes and on fewer workloads:
     every step starts its processes, every check gives one line, and this process never
     initialises CUDA. (Its verdicts are the GPU's to give: no cuDNN log exists on the CPU.)"""
-    monkeypatch.setattr(selfcheck, "ACCEPTANCE_PROFILE", "quick")
+    monkeypatch.setattr(selfcheck, "ACCEPTANCE_PRESET", "quick")
     monkeypatch.setattr(selfcheck, "BUILTIN", ("simple_cnn",))
     monkeypatch.setattr(selfcheck, "ALGORITHM_WORKLOADS", ("simple_cnn",))
     monkeypatch.setattr(selfcheck, "SWEPT_WORKLOADS", ("diag_oom", "simple_cnn"))

@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 from detcost import results
+from detcost.plan import SweepOptions, plan
 from detcost.settings import CANONICAL, DEFAULT_SETTINGS, get_setting
-from detcost.sweep import SweepOptions, plan
 from tests.conftest import TIMED_ONLY, run_cli
 
 
@@ -44,7 +44,7 @@ def _plan(**overrides):
         "seed": 0,
         "device": "cpu",
         "axes": {"threads": [2]},
-        "profile": "quick",
+        "size_preset": "quick",
         "results": Path("x.jsonl"),
         "run_id": "x",
         "audit": False,

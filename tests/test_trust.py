@@ -13,8 +13,9 @@ import pytest
 from detcost import guard, results, sweep
 from detcost.derive.analysis import analyse
 from detcost.derive.prices import prices
+from detcost.plan import SweepOptions
 from detcost.record import Outcome, Status, StepTiming, TrialParts, TrialRecord
-from detcost.sweep import SweepOptions, run_sweep
+from detcost.sweep import run_sweep
 from detcost.trial import run_trial
 from detcost.workloads.diagnostic import INJECTED_PRICE
 from tests.conftest import V1_SAMPLE, make_spec
@@ -49,7 +50,7 @@ def quiet_machine(monkeypatch):
 def options(tmp_path, **kw) -> SweepOptions:
     base = dict(
         workloads=["simple_cnn"], settings=["default", "strict"], repeats=2, seed=0, device="cpu",
-        profile="quick", results=tmp_path / "r.jsonl", run_id="t", axes={"threads": [1]},
+        size_preset="quick", results=tmp_path / "r.jsonl", run_id="t", axes={"threads": [1]},
         seeds=0, audit=False, explain=False,
     )  # fmt: skip
     return SweepOptions(**{**base, **kw})

@@ -23,8 +23,8 @@ from detcost.workloads.base import Batch, Factory, Size, Workload, WorkloadConfi
 
 __all__ = [
     "BUILTIN",
-    "PROFILES",
     "REGISTRY",
+    "SIZE_PRESETS",
     "Batch",
     "Factory",
     "Size",
@@ -35,7 +35,8 @@ __all__ = [
     "parse_workloads",
 ]
 
-PROFILES = ("gpu", "cpu", "quick")
+# The size presets every workload declares in its SIZES: a GPU's, a CPU's, and --quick's.
+SIZE_PRESETS = ("gpu", "cpu", "quick")
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,8 @@ class WorkloadSpec:
     requires: tuple[str, str] | None = None  # (module, extra): an optional dependency it needs
     input_size_varies: bool = False  # a new input size every step (no DataLoader can batch it)
 
-    def size(self, profile: str) -> Size:
-        return self.sizes[profile]
+    def size(self, preset: str) -> Size:
+        return self.sizes[preset]
 
 
 REGISTRY: dict[str, WorkloadSpec] = {
@@ -95,9 +96,9 @@ def _from_import_path(path: str) -> WorkloadSpec:
     except (ImportError, AttributeError) as exc:
         raise UsageError(f"cannot load workload {path!r}: {exc}") from None
     sizes = getattr(factory, "SIZES", None) or getattr(module, "SIZES", None) or simple_cnn.SIZES
-    missing = [p for p in PROFILES if p not in sizes]
+    missing = [p for p in SIZE_PRESETS if p not in sizes]
     if missing:
-        raise UsageError(f"workload {path!r}: SIZES lacks profiles {', '.join(missing)}")
+        raise UsageError(f"workload {path!r}: SIZES lacks the size presets {', '.join(missing)}")
     doc = (factory.__doc__ or "").strip().splitlines()
     return WorkloadSpec(path, factory, dict(sizes), doc[0] if doc else "user workload")
 

@@ -18,7 +18,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 @dataclass(frozen=True)
 class Size:
-    """Batch, image size and step counts of one profile (gpu, cpu, quick)."""
+    """Batch, image size and step counts of one size preset (gpu, cpu, quick)."""
 
     batch: int
     image: int

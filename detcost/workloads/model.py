@@ -22,7 +22,7 @@ from detcost.errors import UsageError
 from detcost.workloads.base import Size, Workload, WorkloadConfig
 from detcost.workloads.common import classification
 
-# Batch and step counts per profile; the image size is the model's own (--input).
+# Batch and step counts per size preset; the image size is the model's own (--input).
 BATCH = {"gpu": 64, "cpu": 8, "quick": 4}
 STEPS = {"gpu": (50, 10), "cpu": (12, 3), "quick": (4, 1)}
 _NAME = re.compile(r"^(?P<target>.+:[A-Za-z_]\w*)@(?P<c>\d+)x(?P<h>\d+)x(?P<w>\d+)/(?P<classes>\d+)$")
