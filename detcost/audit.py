@@ -15,9 +15,8 @@ from collections import Counter, defaultdict
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from detcost import axes
 from detcost.ops import ALERT_MARK, alert_op, op_base
-from detcost.record import TrialParts, TrialSpec, one_line
+from detcost.record import Alert, Audit, TrialParts, TrialSpec, one_line
 from detcost.settings import applied, get_setting
 from detcost.train import build, read_back, run_steps
 
@@ -58,7 +57,7 @@ def _pop(stack: list[str]) -> None:
     stack.pop()
 
 
-def _alerts(spec: TrialSpec, steps: int) -> tuple[list[dict], dict]:
+def _alerts(spec: TrialSpec, steps: int) -> tuple[list[Alert], dict]:
     """The alerts of `steps` training steps under warn-only strict, each with the modules
     whose ops raised it; and the workload's read-back."""
     stack: list[str] = []
@@ -74,7 +73,7 @@ def _alerts(spec: TrialSpec, steps: int) -> tuple[list[dict], dict]:
             h.remove()
     alerts: Counter = Counter(alert_op(str(w.message)) for w in caught if ALERT_MARK in str(w.message))
     found = [
-        {"op": op, "count": count, "modules": sorted(owners.owners.get(op_base(op), set())) or ["(not traced)"]}
+        Alert(op, count, tuple(sorted(owners.owners.get(op_base(op), set())) or ["(not traced)"]))
         for op, count in alerts.most_common()
     ]
     return found, read_back(wl)
@@ -91,12 +90,9 @@ def _strict_error(spec: TrialSpec, steps: int) -> str | None:
     return None
 
 
-axes.reserve(("audit",), "the audit's field")
-
-
 def run(spec: TrialSpec, results_dir=None, steps: int = AUDIT_STEPS) -> TrialParts:
     """The audit as a trial kind: alerts with module attribution, and strict's verdict."""
     found, back = _alerts(spec, steps)
     error = _strict_error(spec, steps)
-    audit = {"steps": steps, "alerts": found, "strict_fails": error is not None, "strict_error": error}
-    return TrialParts(payload={"audit": audit}, read_back=back)
+    audit = Audit(steps, tuple(found), strict_fails=error is not None, strict_error=error)
+    return TrialParts(audit=audit, read_back=back)

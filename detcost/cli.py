@@ -647,7 +647,12 @@ def cmd_audit(args) -> int:
     if args.json:
         _print_json(
             [
-                {"workload": r.spec.workload, "status": r.status, "error": r.error, **r.payload.get("audit", {})}
+                {
+                    "workload": r.spec.workload,
+                    "status": r.status,
+                    "error": r.error,
+                    **(r.audit.to_json() if r.audit else {}),
+                }
                 for r in records
             ]
         )

@@ -5,53 +5,28 @@ On a shared 2-core machine one CPU-bound neighbour makes steps 10-30x slower, an
 statistic repairs a price measured beside it. So the sweep samples the machine before it
 starts and waits for it to go quiet, and a trial that comes back flagged busy is run again
 once the machine is quiet (DESIGN: Busy-machine guard; the same rule as each trial's flag,
-`timing.busy_report`, applied to a short sample taken while detcost itself is idle).
+`payloads.BusyReport.between`, applied to a short sample taken while detcost itself is idle).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from detcost.env import gpu_processes
-from detcost.timing import busy_report, cpu_sample, is_cuda
+from detcost.payloads import BusyReport
+from detcost.timing import cpu_sample, is_cuda
 
 SAMPLE_S = 1.0  # how long one look at the machine lasts
 DEFAULT_WAIT_S = 120.0  # how long the sweep waits for a busy machine to go quiet, each time
 
 
-@dataclass(frozen=True)
-class Load:
-    """What other processes used during one sample, and whether that makes the machine busy."""
-
-    others_cpu_cores: float | None
-    busy_above_cores: float
-    gpu_others: str | None = None
-    cpu_busy: bool = False
-
-    @property
-    def busy(self) -> bool:
-        return self.cpu_busy or bool(self.gpu_others)
-
-    def describe(self) -> str:
-        parts = []
-        if self.cpu_busy:
-            parts.append(
-                f"other processes use {self.others_cpu_cores:.1f} CPU cores (busy above {self.busy_above_cores:.1f})"
-            )
-        if self.gpu_others:
-            parts.append("other processes use the GPU: " + "; ".join(self.gpu_others.splitlines()))
-        return ", ".join(parts) or "quiet"
-
-
-def judge(start, end, threads: int, gpu_others: str | None = None) -> Load:
+def judge(start, end, threads: int, gpu_others: str | None = None) -> BusyReport:
     """The load between two `timing.CpuSample`s, by the rule that flags a trial busy."""
-    report = busy_report(start, end, threads)
-    return Load(report["others_cpu_cores"], report["busy_above_cores"], gpu_others, report["busy"])
+    return BusyReport.between(start, end, threads, gpu_others)
 
 
-def sample(device: str, threads: int, seconds: float = SAMPLE_S) -> Load:
+def sample(device: str, threads: int, seconds: float = SAMPLE_S) -> BusyReport:
     """Look at the machine for `seconds` while detcost does nothing."""
     start = cpu_sample()
     time.sleep(seconds)
@@ -60,11 +35,11 @@ def sample(device: str, threads: int, seconds: float = SAMPLE_S) -> Load:
 
 
 def wait_for_quiet(
-    look: Callable[[], Load],
+    look: Callable[[], BusyReport],
     max_wait: float,
-    on_wait: Callable[[Load, float], None] | None = None,
+    on_wait: Callable[[BusyReport, float], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
-) -> tuple[Load, float]:
+) -> tuple[BusyReport, float]:
     """Look until the machine is quiet or `max_wait` seconds have passed. Returns the last
     look and the seconds spent waiting; `on_wait(load, waited)` is told of each busy look."""
     load = look()

@@ -17,14 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detcost import axes
 from detcost.env import gpu_processes
 from detcost.errors import is_out_of_memory
 from detcost.loader import batch_shapes, order_sha256
+from detcost.payloads import BusyReport
 from detcost.record import Outcome, StepTiming, TrialParts, TrialSpec
 from detcost.timing import (
     StepTimer,
-    busy_report,
     cpu_sample,
     is_cuda,
     min_warmup_s,
@@ -193,16 +192,13 @@ def _strata(wl: Workload, spec: TrialSpec) -> list[int] | None:
     return [index[s] for s in shapes]
 
 
-def _busy(spec: TrialSpec, cpu_start) -> dict:
+def _busy(spec: TrialSpec, cpu_start) -> BusyReport:
     """The busy guard's view of the timed region. On the CPU a trial uses its thread
     count; a CUDA trial drives the GPU from one host thread, and another compute process
     on the same GPU (NVML, nvidia-smi) makes it busy whatever the CPUs did."""
-    cuda = is_cuda(spec.device)
-    report = busy_report(cpu_start, cpu_sample(), trial_threads(spec.device, [torch.get_num_threads()]))
-    if cuda:
-        report["gpu_others"] = gpu_processes(spec.device)
-        report["busy"] = report["busy"] or bool(report["gpu_others"])
-    return report
+    threads = trial_threads(spec.device, [torch.get_num_threads()])
+    gpu_others = gpu_processes(spec.device) if is_cuda(spec.device) else None
+    return BusyReport.between(cpu_start, cpu_sample(), threads, gpu_others)
 
 
 def timed_region(spec: TrialSpec, wl: Workload, log: StepLog) -> dict:
@@ -285,9 +281,6 @@ def _save_sidecar(spec: TrialSpec, results_dir: Path | None, arrays: dict, log: 
     return spec.sidecar
 
 
-axes.reserve(("workload_notes",), "a timed trial's field")
-
-
 def run(spec: TrialSpec, results_dir: Path | None) -> TrialParts:
     """Build, warm up, time, capture. Runs inside the trial's setting."""
     t_build = time.perf_counter()
@@ -301,5 +294,5 @@ def run(spec: TrialSpec, results_dir: Path | None) -> TrialParts:
     measured.update(_flops(spec, wl))
     timing = StepTiming(batch_size=spec.batch_size, **measured)
     sidecar = _save_sidecar(spec, results_dir, arrays, log)
-    payload = {"workload_notes": dict(wl.notes)} if wl.notes else {}
-    return TrialParts(timing=timing, outcome=result, payload=payload, sidecar=sidecar, read_back=read_back(wl))
+    notes = dict(wl.notes) if wl.notes else None
+    return TrialParts(timing=timing, outcome=result, workload_notes=notes, sidecar=sidecar, read_back=read_back(wl))

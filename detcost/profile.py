@@ -3,8 +3,8 @@ fresh process, never mixed with the timed trials. Its per-step op table goes bes
 results, where `detcost.derive.attribution` diffs it against the reference setting.
 
 On CUDA the same trial runs with cuDNN's logs on (set by the parent before CUDA starts)
-and records which execution plans were chosen, and measures how busy the kernels kept the
-GPU in a step: below `HOST_BOUND_BELOW` the host set the pace and a price is understated.
+and records which execution plans were chosen (`detcost.cudnn_log`), and measures how busy the kernels kept the
+GPU in a step: below `record.HOST_BOUND_BELOW` the host set the pace and a price is understated.
 """
 
 from __future__ import annotations
@@ -12,47 +12,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
 
-from detcost import axes
-from detcost.record import Kind, TrialParts, TrialSpec
-from detcost.stats import busy_share
+from detcost.cudnn_log import cudnn_plans, drop_redundant_api_log
+from detcost.record import HostBound, Profile, TrialParts, TrialSpec
 from detcost.timing import StepTimer, is_cuda, synchronize
 from detcost.train import build, read_back, run_steps
 
 PROFILE_STEPS = 3
-# Kernels busy for less of a step than this: the host, not the GPU, set the pace, and a
-# price measured there is understated (the slower kernels hide behind the host's launches).
-HOST_BOUND_BELOW = 0.8
-CUDNN_LOG_ENV = "CUDNN_FRONTEND_LOG_FILE"  # the frontend's log: plan tags, autotuning times
-CUDNN_BACKEND_LOG_ENV = "CUDNN_LOGDEST_DBG"  # cuDNN's API log: every call and its arguments
-
-
-def cudnn_log_environ(spec: TrialSpec, results_dir: Path | None) -> dict:
-    """Environment for the profiled trial's cuDNN logs (CUDA only), set by the parent before
-    the trial process starts CUDA: the frontend's log and, as its fallback, cuDNN's own API
-    log, each to its own file beside the results. A trial cannot know its cuDNN version
-    before it imports torch, so both versions' switches of the API log are set:
-    CUDNN_LOGLEVEL_DBG=3 (cuDNN 9) and CUDNN_LOGINFO_DBG=1 (cuDNN 8; deprecated in 9)."""
-    if spec.kind != Kind.PROFILED or not is_cuda(spec.device) or results_dir is None or not spec.sidecar:
-        return {}
-    stem = results_dir / spec.sidecar
-    frontend, backend = stem.with_suffix(".cudnn_frontend.log"), stem.with_suffix(".cudnn_api.log")
-    frontend.parent.mkdir(parents=True, exist_ok=True)  # cuDNN opens the files; it does not make folders
-    return {
-        "CUDNN_FRONTEND_LOG_INFO": "1",
-        CUDNN_LOG_ENV: str(frontend),
-        "CUDNN_LOGLEVEL_DBG": "3",
-        "CUDNN_LOGINFO_DBG": "1",
-        CUDNN_BACKEND_LOG_ENV: str(backend),
-    }
 
 
 def _op_rows(prof, steps: int) -> list[dict]:
@@ -104,9 +76,6 @@ def _save_ops(spec: TrialSpec, results_dir: Path | None, rows: list[dict]) -> st
     return spec.sidecar
 
 
-axes.reserve(("profiled_steps", "profiled_step_s", "cudnn_plans", "host_bound", "top_ops"), "a profiled trial's field")
-
-
 def run(spec: TrialSpec, results_dir: Path | None) -> TrialParts:
     """A few steps after warm-up under torch.profiler; the op table goes to the sidecar."""
     wl = build(spec)
@@ -117,15 +86,15 @@ def run(spec: TrialSpec, results_dir: Path | None) -> TrialParts:
     rows = _op_rows(prof, len(batches))
     top = sorted(rows, key=lambda r: -(r["self_device_ms"] or r["self_cpu_ms"]))[:5]
     plans = cudnn_plans(spec)
-    _drop_redundant_api_log(plans)
-    payload = {
-        "profiled_steps": len(batches),
-        "profiled_step_s": wall,
-        "cudnn_plans": plans,
-        "host_bound": host_bound(_device_intervals(prof), step_times) if is_cuda(spec.device) else None,
-        "top_ops": [r["name"] for r in top],
-    }
-    return TrialParts(payload=payload, sidecar=_save_ops(spec, results_dir, rows), read_back=read_back(wl))
+    drop_redundant_api_log(plans)
+    found = Profile(
+        profiled_steps=len(batches),
+        profiled_step_s=wall,
+        top_ops=tuple(r["name"] for r in top),
+        host_bound=host_bound(_device_intervals(prof), step_times) if is_cuda(spec.device) else None,
+        cudnn_plans=plans,
+    )
+    return TrialParts(profile=found, sidecar=_save_ops(spec, results_dir, rows), read_back=read_back(wl))
 
 
 def _profile(spec: TrialSpec, wl, batches) -> tuple:
@@ -158,25 +127,17 @@ def merged_busy_s(intervals) -> float:
     return busy
 
 
-def host_bound(intervals, step_times: list[float]) -> dict:
+def host_bound(intervals, step_times: list[float]) -> HostBound:
     """Whether the GPU waited on the host in these steps: device busy time per step
-    (`merged_busy_s` of the kernel intervals, over the steps) as a fraction of the step's
-    event time, capped at 1; below HOST_BOUND_BELOW the step is host-bound.
+    (`merged_busy_s` of the kernel intervals, over the steps) against the step's event
+    time, judged by `HostBound` (below HOST_BOUND_BELOW the step is host-bound).
 
     The profiler (and cuDNN's logging) slow the host side of these steps, so their own
-    fraction errs towards host-bound; the price table divides `kernel_busy_s` by the timed
-    trials' step time instead, and this fraction stands in only where those are missing."""
+    fraction errs towards host-bound; the price table judges `kernel_busy_s` against the
+    timed trials' step time instead (`HostBound.judge`)."""
     steps = len(step_times)
     busy = merged_busy_s(intervals) / steps if steps else 0.0
-    step = sum(step_times) / steps if steps else 0.0
-    fraction = float(busy_share(busy, step)) if step > 0 else None
-    return {
-        "kernel_busy_s": busy,
-        "step_s": step,
-        "kernel_busy_fraction": fraction,
-        "host_bound": fraction is not None and fraction < HOST_BOUND_BELOW,
-        "threshold": HOST_BOUND_BELOW,
-    }
+    return HostBound.measure(busy, sum(step_times) / steps if steps else 0.0)
 
 
 def _device_intervals(prof) -> list[tuple[float, float]]:
@@ -190,182 +151,3 @@ def _device_intervals(prof) -> list[tuple[float, float]]:
             continue
         out.append((e.time_range.start / 1e6, (e.time_range.end - e.time_range.start) / 1e6))
     return out
-
-
-# ---- cuDNN execution plans (CUDA only) ------------------------------------------------
-#
-# Two logs, in the formats NVIDIA documents. The frontend's (CUDNN_FRONTEND_LOG_INFO): each
-# execution plan it builds, "[cudnn_frontend] CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR :
-# ConvFwd_eng0_k2=1_k3=0, numeric_notes:[...] behavior_notes:[...] workSpaceSize: 0" (the tag
-# is the operation, the engine's global index and each knob's type=choice), and under
-# cudnn.benchmark one "Plan <tag> took <ms>" line per candidate. cuDNN's API log
-# (CUDNN_LOGLEVEL_DBG / CUDNN_LOGINFO_DBG): one block per call, headed "cuDNN (v90000)
-# function cudnnBackendExecute() called:" or "I! CuDNN (v8204) function ..." (then each
-# line starts "i! "; cuDNN 9.3 writes "(v90300 75)"), every argument below it:
-# "engine_id: type=int; val=0;", "CUDNN_KNOB_TYPE_KERNEL_CFG: type=int; val=27;", or on the
-# legacy API "algo: type=cudnnConvolutionFwdAlgo_t; val=CUDNN_CONVOLUTION_FWD_ALGO_GEMM (2);".
-
-_LOG_CAP_CHARS = 64 * 2**20  # the API log grows by megabytes a step; the plans are chosen early
-_PLAN_TAG = re.compile(r"(?:(?<![A-Za-z0-9])([A-Z][A-Za-z]*)_)?(?<![A-Za-z0-9])(eng\d+(?:_k\d+=-?\d+)*)")
-_TOOK = re.compile(r"\bPlan\s+(\S+)\s+took\s+([0-9]+\.?[0-9]*(?:[eE][-+]?\d+)?)")
-_FAILED = re.compile(r"\bPlan\s+(\S+)\s+failed with\s+(\w+)")
-_ROUND_END = re.compile(r"Auto-tuning returns|Autotuned \d+ plans")
-_NOTE = re.compile(r"CUDNN_(?:NUMERICAL|BEHAVIOR)_NOTE_\w+")
-_WORKSPACE = re.compile(r"workspace\D{0,20}(\d+)", re.IGNORECASE)
-# "cuDNN (v90000) function f() called:", "I! CuDNN (v8204) function ...", "(v90300 75)"
-_API_CALL = re.compile(r"^\s*(?:[IWE]!\s*)?cudnn\s*\(v(\d+)[^)]*\)\s*function\s+(\w+)\(\)", re.IGNORECASE)
-_ENGINE_ID = re.compile(r"\bengine_?id: type=\w+; val=(-?\d+)", re.IGNORECASE)
-_KNOB = re.compile(r"\bCUDNN_KNOB_TYPE_(\w+): type=\w+; val=(-?\d+)")
-_ALGO = re.compile(r"\balgo: type=cudnn\w*Algo_t; val=(CUDNN_\w+)")
-# The calls that run a plan or an algorithm: what they name is what cuDNN executed.
-_EXECUTES = {
-    "cudnnBackendExecute",
-    "cudnnConvolutionForward",
-    "cudnnConvolutionBackwardData",
-    "cudnnConvolutionBackwardFilter",
-}
-
-
-def _plan_name(match: re.Match) -> str:
-    op, tag = match.group(1), match.group(2)
-    return f"{op}_{tag}" if op else tag
-
-
-def _fastest_per_round(lines: list[str]) -> Counter:
-    """The fastest plan of each autotuning round, the one cudnn.benchmark keeps: a round is
-    a run of "Plan <tag> took <ms>" lines, closed by any other line."""
-    chosen, round_ = Counter(), {}
-    for line in [*lines, ""]:
-        took = _TOOK.search(line)
-        if took:
-            round_[took[1]] = min(float(took[2]), round_.get(took[1], float("inf")))
-        elif round_ and not _FAILED.search(line):
-            chosen[min(round_, key=round_.get)] += 1
-            round_ = {}
-    return chosen
-
-
-def parse_cudnn_log(text: str) -> dict:
-    """What a cuDNN frontend log names: plan tags (operation, engine, knobs) and how often,
-    engines, numerical/behaviour notes, the largest workspace, autotuning times, and the
-    fastest plan of each autotuning round (`chosen`; empty without cudnn.benchmark, where
-    the log lists heuristics' candidates, not the plan that ran)."""
-    lines = text.splitlines()
-    plans = Counter(_plan_name(m) for m in _PLAN_TAG.finditer(text))
-    fastest = _fastest_per_round(lines)
-    return {
-        "source": "frontend",
-        "lines": len(lines),
-        "plans": dict(plans.most_common(20)),
-        "engines": dict(Counter(m.group(2).split("_", 1)[0] for m in _PLAN_TAG.finditer(text)).most_common(20)),
-        "chosen": dict(fastest.most_common(20)),
-        "chosen_by": "the fastest plan of each autotuning round" if fastest else None,
-        "notes": dict(Counter(_NOTE.findall(text)).most_common(10)),
-        "max_workspace_bytes": max((int(w) for w in _WORKSPACE.findall(text)), default=None),
-        "timings_ms": [(plan, float(ms)) for plan, ms in _TOOK.findall(text)][:50],
-        "failed_plans": len(_FAILED.findall(text)),
-    }
-
-
-def _api_calls(lines):
-    """(cuDNN version, function, the lines of its arguments) per call of an API log."""
-    head, body = None, []
-    for line in lines:
-        call = _API_CALL.match(line)
-        if call:
-            if head:
-                yield (*head, body)
-            head, body = (call[1], call[2]), []
-        elif head:
-            body.append(line)
-    if head:
-        yield (*head, body)
-
-
-def _engine_tags(body: list[str]) -> list[str]:
-    """The engines one call's descriptors name ("eng0"), each followed by the knob lines
-    listed under it ("eng0_KERNEL_CFG=27"); an unset engine (-1) names none."""
-    tags, current = [], None
-    for line in body:
-        engine = _ENGINE_ID.search(line)
-        if engine:
-            current = len(tags) if int(engine[1]) >= 0 else None
-            if current is not None:
-                tags.append(f"eng{engine[1]}")
-            continue
-        knob = _KNOB.search(line)
-        if knob and current is not None:
-            tags[current] += f"_{knob[1]}={knob[2]}"
-    return tags
-
-
-def parse_cudnn_api_log(lines) -> dict:
-    """What a cuDNN API log names: every plan (engine + knobs) and legacy algorithm any call
-    names (`plans`: heuristics' and autotuning's candidates too), the ones the calls that
-    execute them ran (`chosen`), the engines, and the notes."""
-    calls, version, named, executed, notes = 0, None, Counter(), Counter(), Counter()
-    for call_version, function, body in _api_calls(lines):
-        calls, version = calls + 1, call_version
-        found = _engine_tags(body) + [a[1] for a in map(_ALGO.search, body) if a]
-        named.update(found)
-        if function in _EXECUTES:
-            executed.update(found)
-        notes.update(n for line in body for n in _NOTE.findall(line))
-    return {
-        "source": "backend",
-        "cudnn_version": version,
-        "calls": calls,
-        "plans": dict(named.most_common(20)),
-        "engines": dict(Counter(t.split("_", 1)[0] for t in named.elements() if t.startswith("eng")).most_common(20)),
-        "chosen": dict(executed.most_common(20)),
-        "chosen_by": "the calls that executed a plan or algorithm" if executed else None,
-        "notes": dict(notes.most_common(10)),
-    }
-
-
-def read_cudnn_log(source: str, path: str | None) -> dict:
-    """One log parsed ({"status": "ok", "log": its file name, ...}), or why not
-    ({"status": "not parsed", "reason": ...}): never an exception, whatever the file holds."""
-    name = "cuDNN frontend log" if source == "frontend" else "cuDNN API log"
-    if not path:
-        return {"status": "not parsed", "reason": f"no {name} was asked for"}
-    if path in ("stdout", "stderr"):
-        return {"status": "not parsed", "reason": f"the {name} went to {path}, not to a file"}
-    log = Path(path)
-    try:
-        with open(log, encoding="utf-8", errors="replace") as f:
-            text = f.read(_LOG_CAP_CHARS)
-    except OSError as exc:
-        return {"status": "not parsed", "reason": f"{name} {log.name} unreadable: {exc.strerror or exc}"}
-    if not text.strip():
-        return {"status": "not parsed", "reason": f"{name} {log.name} is empty: this build wrote nothing to it"}
-    found = parse_cudnn_log(text) if source == "frontend" else parse_cudnn_api_log(text.splitlines())
-    if not found["plans"] and not found["chosen"]:
-        what = f"{found['calls']} API calls" if source == "backend" else f"{found['lines']} lines"
-        return {"status": "not parsed", "reason": f"{name} {log.name} ({what}) names no cuDNN engine or algorithm"}
-    return {"status": "ok", "log": log.name, "truncated": len(text) >= _LOG_CAP_CHARS, **found}
-
-
-def cudnn_plans(spec: TrialSpec) -> dict:
-    """What this trial's cuDNN logs say: the frontend's if it names the plans, else cuDNN's
-    API log; which log it used (`source`, `log`), or why neither (`status` "not parsed")."""
-    if not is_cuda(spec.device):
-        return {"status": "skipped", "reason": "CUDA only: cuDNN does not run on the CPU"}
-    frontend, backend = os.environ.get(CUDNN_LOG_ENV), os.environ.get(CUDNN_BACKEND_LOG_ENV)
-    if not frontend and not backend:
-        return {"status": "skipped", "reason": f"neither {CUDNN_LOG_ENV} nor {CUDNN_BACKEND_LOG_ENV} was set"}
-    reasons = []
-    for source, path in (("frontend", frontend), ("backend", backend)):
-        found = read_cudnn_log(source, path)
-        if found["status"] == "ok":
-            return found
-        reasons.append(found["reason"])
-    return {"status": "not parsed", "reason": "; ".join(reasons)}
-
-
-def _drop_redundant_api_log(plans: dict) -> None:
-    """Where the frontend log named the plans, remove the API log: it repeats them inside
-    megabytes per step, and a sweep profiles every workload x setting."""
-    path = os.environ.get(CUDNN_BACKEND_LOG_ENV)
-    if plans.get("source") == "frontend" and path and path not in ("stdout", "stderr"):
-        Path(path).unlink(missing_ok=True)

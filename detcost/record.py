@@ -6,7 +6,8 @@ On disk a record is one flat JSON object (schema version 1, unchanged in meaning
 first release; later additions are new fields that older readers ignore). In memory its
 parts are typed: `StepTiming` keeps the raw step times and derives its statistics from
 them, `Outcome` the fingerprints of what training produced, and a per-kind `payload`
-(the audit's alerts, the profiled trial's plans).
+(`payloads`: the audit, the profiled trial's host-bound measure and cuDNN plans, the
+busy guard's report).
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ from enum import Enum
 
 from detcost import axes as axes_mod
 from detcost import stats
+
+# The payload types are the record's (defined apart, see detcost.payloads): import them from here.
+from detcost.payloads import HOST_BOUND_BELOW as HOST_BOUND_BELOW
+from detcost.payloads import Alert as Alert
+from detcost.payloads import Audit, BusyReport, CudnnPlans, HostBound, Profile
 
 SCHEMA_VERSION = 1
 ERROR_CHARS = 300
@@ -204,7 +210,7 @@ class StepTiming:
     region_s: float | None = None
     peak_memory_bytes: int | None = None
     memory_metric: str | None = None
-    busy: dict | None = None  # the busy-machine guard's view of the timed region
+    busy: BusyReport | None = None  # the busy-machine guard's view of the timed region
     flops_per_step: float | None = None
     flops_source: str | None = None
 
@@ -247,7 +253,7 @@ class StepTiming:
 
     @property
     def is_busy(self) -> bool:
-        return bool(self.busy and self.busy.get("busy"))
+        return bool(self.busy and self.busy.busy)
 
     DERIVED = (
         "step_time_median_s",
@@ -260,13 +266,14 @@ class StepTiming:
 
     def to_json(self) -> dict:
         raw = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "batch_size"}
+        raw["busy"] = self.busy.to_json() if self.busy else None
         return {**raw, **{name: getattr(self, name) for name in self.DERIVED}}
 
     @classmethod
     def from_json(cls, d: dict) -> StepTiming | None:
         if not d.get("step_times_s"):
             return None
-        return _from(cls, d, batch_size=d["batch_size"])
+        return _from(cls, d, batch_size=d["batch_size"], busy=BusyReport.from_json(d.get("busy")))
 
 
 @dataclass(frozen=True)
@@ -302,7 +309,10 @@ class TrialParts:
 
     timing: StepTiming | None = None
     outcome: Outcome | None = None
-    payload: dict = field(default_factory=dict)  # per kind: the audit's alerts, the profile's plans
+    audit: Audit | None = None  # the audit trial's alerts and strict's verdict
+    profile: Profile | None = None  # the profiled trial's steps, host-bound measure, cuDNN plans
+    workload_notes: dict | None = None  # what a workload says of itself (an injected price)
+    payload: dict = field(default_factory=dict)  # fields no part knows (a newer writer's)
     sidecar: str | None = None  # arrays beside the results file (relative path)
     read_back: dict = field(default_factory=dict)  # each axis's value as torch reported it
 
@@ -363,8 +373,26 @@ class TrialRecord:
         return self.parts.outcome
 
     @property
-    def payload(self) -> dict:
-        return self.parts.payload
+    def workload_notes(self) -> dict:
+        return self.parts.workload_notes or {}
+
+    @property
+    def audit(self) -> Audit | None:
+        return self.parts.audit
+
+    @property
+    def profile(self) -> Profile | None:
+        return self.parts.profile
+
+    @property
+    def host_bound(self) -> HostBound | None:
+        """The profiled trial's host-bound measure, where it made one."""
+        hb = self.parts.profile.host_bound if self.parts.profile else None
+        return hb if hb is not None and hb.measured else None
+
+    @property
+    def cudnn_plans(self) -> CudnnPlans | None:
+        return self.parts.profile.cudnn_plans if self.parts.profile else None
 
     @property
     def machine(self) -> str:
@@ -398,6 +426,12 @@ class TrialRecord:
         for part in (self.parts.timing, self.parts.outcome):
             out.update(part.to_json() if part else {})
         out.update(self.parts.payload)
+        if self.parts.audit is not None:
+            out["audit"] = self.parts.audit.to_json()
+        if self.parts.profile is not None:
+            out.update(self.parts.profile.to_json())
+        if self.parts.workload_notes:
+            out["workload_notes"] = self.parts.workload_notes
         if self.parts.sidecar:
             out["sidecar"] = self.parts.sidecar
         out.update({f"{name}_read_back": value for name, value in self.parts.read_back.items()})
@@ -415,6 +449,9 @@ class TrialRecord:
         parts = TrialParts(
             timing=StepTiming.from_json(d),
             outcome=Outcome.from_json(d),
+            audit=Audit.from_json(d.get("audit")),
+            profile=Profile.from_json(d),
+            workload_notes=d.get("workload_notes") or None,
             payload={k: v for k, v in d.items() if k not in known},
             sidecar=d.get("sidecar"),
             read_back={a: d[f"{a}_read_back"] for a in axes_mod.names() if f"{a}_read_back" in d},
@@ -443,11 +480,13 @@ def _str(value) -> str | None:
 
 _TIMING_FIELDS = {f.name for f in fields(StepTiming)} | set(StepTiming.DERIVED)
 _OUTCOME_FIELDS = {f.name for f in fields(Outcome)}
+_PAYLOAD_FIELDS = {"audit", "workload_notes", *Profile.KEYS}
 
 
 def _known_fields(spec: TrialSpec) -> set[str]:
     read_backs = {f"{a}_read_back" for a in axes_mod.names()}
-    return set(spec.identity()) | set(_RUN_FIELDS) | _TIMING_FIELDS | _OUTCOME_FIELDS | read_backs | {"results_path"}
+    parts = _TIMING_FIELDS | _OUTCOME_FIELDS | _PAYLOAD_FIELDS
+    return set(spec.identity()) | set(_RUN_FIELDS) | parts | read_backs | {"results_path"}
 
 
 def _fields_besides_axes() -> set[str]:

@@ -46,7 +46,6 @@ from detcost.env import gpu_count
 from detcost.profile import PROFILE_STEPS
 from detcost.record import Kind, TrialRecord, TrialSpec, one_line
 from detcost.settings import get_setting
-from detcost.stats import busy_share
 from detcost.timing import StepTimer, is_cuda, synchronize
 from detcost.train import TrainStep, run_steps, spec_at_preset
 from detcost.trial import CUDA_AT_START
@@ -615,24 +614,18 @@ class Plans:
     chosen: frozenset[str]  # the ones it says ran (empty where the log does not say)
 
 
-def _tags(value) -> frozenset[str]:
-    return frozenset(str(v) for v in value) if isinstance(value, (dict, list, tuple)) else frozenset()
-
-
 def plans_of(record: TrialRecord) -> tuple[Plans | None, str]:
     """The cuDNN plans a profiled record names (its `cudnn_plans` field), or why none."""
     if not record.ok:
         return None, f"the trial failed: {_outcome(record)}"
-    info = record.payload.get("cudnn_plans")
-    if not isinstance(info, dict):
+    info = record.cudnn_plans
+    if info is None:
         return None, "the record has no cudnn_plans field"
-    if info.get("status") != "ok":
-        return None, str(info.get("reason") or f"status {info.get('status')}")
-    chosen = _tags(info.get("chosen"))
-    named = _tags(info.get("plans")) | chosen
-    if not named:
+    if not info.ok:
+        return None, str(info.reason or f"status {info.status}")
+    if not info.named:
         return None, "the log was read but names no plan"
-    return Plans(named, chosen), ""
+    return Plans(info.named, info.ran), ""
 
 
 def plans_differ(a: Plans, b: Plans) -> bool | None:
@@ -696,22 +689,12 @@ def algorithms_check(records: list[TrialRecord]) -> Check:
     return Check(ALGORITHMS, float(len(differ)), target, ok, detail, figure=figure)
 
 
-def host_bound_of(payload: dict, step_s: float | None = None) -> tuple[bool | None, float | None]:
-    """(host-bound?, kernels' busy share of the step) from a profiled record's `host_bound`
-    (a dict, or a bare flag); with `step_s`, a timed trial's median step, the share is its
-    `kernel_busy_s` over that step (as the price table judges it). None for what the
-    record does not say."""
-    value = payload.get("host_bound")
-    if not isinstance(value, dict):
-        return (value if isinstance(value, bool) else None), None
-    busy, threshold = value.get("kernel_busy_s"), value.get("threshold", 0.8)
-    if step_s and isinstance(busy, (int, float)):
-        share = float(busy_share(busy, step_s))
-        return share < threshold, share
-    share = value.get("kernel_busy_fraction")
-    share = float(share) if isinstance(share, (int, float)) and not isinstance(share, bool) else None
-    flag = value.get("host_bound")
-    return (flag if isinstance(flag, bool) else None), share
+def host_bound_of(record: TrialRecord, step_s: float | None = None) -> tuple[bool | None, float | None]:
+    """(host-bound?, kernels' busy share of the step) of a profiled record, by the one
+    rule (`record.HostBound.judge`: against `step_s`, a timed trial's median step, where
+    given). None for what the record does not say."""
+    hb = record.profile.host_bound if record.profile else None
+    return hb.judge(step_s) if hb is not None else (None, None)
 
 
 def _median_steps(timed: list[TrialRecord]) -> dict[str, float]:
@@ -725,7 +708,7 @@ def host_bound_check(records: list[TrialRecord], timed: list[TrialRecord] = ()) 
     target = "none host-bound"
     steps = _median_steps(list(timed))
     broken = [f"{r.spec.workload}: {_outcome(r)}" for r in [*records, *timed] if not r.ok]
-    seen = [(r.spec.workload, *host_bound_of(r.payload, steps.get(r.spec.workload))) for r in records if r.ok]
+    seen = [(r.spec.workload, *host_bound_of(r, steps.get(r.spec.workload))) for r in records if r.ok]
     measured = [(w, flag, share) for w, flag, share in seen if flag is not None]
     failures = f"; failed: {'; '.join(broken)}" if broken else ""
     if not measured:

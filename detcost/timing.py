@@ -14,11 +14,6 @@ from dataclasses import dataclass
 
 import torch
 
-# Other processes using more than this many cores' worth of CPU (or more than the cores a
-# trial leaves free, if that is more) make it "busy": on a 2-core machine one competing
-# process slows CPU steps 10-30x.
-BUSY_CORES_THRESHOLD = 0.25
-
 
 def is_cuda(device: str | torch.device) -> bool:
     return str(device).startswith("cuda")
@@ -171,31 +166,3 @@ def cpu_sample() -> CpuSample:
 def trial_threads(device: str, thread_counts) -> int:
     """The host threads a trial keeps busy: its thread count on the CPU, one on CUDA."""
     return 1 if is_cuda(device) else max(n or 1 for n in (thread_counts or [1]))
-
-
-def busy_report(start: CpuSample, end: CpuSample, threads: int = 1) -> dict:
-    """How much CPU other processes used, on the CPUs this trial may use, while it ran
-    (cores' worth), and whether that competed with the trial's own threads.
-
-    Computed from /proc/stat busy time minus this process's own CPU time, not from the
-    load average, which counts this trial's own threads and decays slowly. Others are
-    competing when they use more than the cores the trial leaves free (at least
-    BUSY_CORES_THRESHOLD), so background work on a large machine does not flag every trial.
-    """
-    wall = max(end.wall - start.wall, 1e-9)
-    n = len(usable_cpus())
-    others_s = None
-    if start.busy_s is not None and end.busy_s is not None:
-        others_s = max(0.0, (end.busy_s - start.busy_s) - (end.own_s - start.own_s))
-    free_cores = max(BUSY_CORES_THRESHOLD, n - threads - 0.5)
-    # /proc/stat counts in clock ticks per CPU: allow for that rounding at both ends, so a
-    # short trial is not called busy on a tick or two.
-    slack_s = 2 * n / os.sysconf("SC_CLK_TCK")
-    return {
-        "loadavg_start": start.loadavg,
-        "loadavg_end": end.loadavg,
-        "others_cpu_cores": None if others_s is None else round(others_s / wall, 3),
-        "usable_cpus": n,
-        "busy_above_cores": round(free_cores, 2),
-        "busy": bool(others_s is not None and others_s > free_cores * wall + slack_s),
-    }

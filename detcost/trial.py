@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from detcost import audit, measure, profile
+from detcost import audit, cudnn_log, measure, profile
 from detcost import env as envmod
 from detcost.errors import is_out_of_memory
 from detcost.record import Kind, Status, TrialParts, TrialRecord, TrialSpec, one_line
@@ -141,7 +141,7 @@ def child_main(
 def trial_environ(spec: TrialSpec, results_dir: Path | None = None) -> dict:
     """The environment variables the parent sets for this trial's process: the setting's
     (CUBLAS_WORKSPACE_CONFIG) and, for a profiled trial on CUDA, the cuDNN log's."""
-    return {**dict(get_setting(spec.setting).env), **profile.cudnn_log_environ(spec, results_dir)}
+    return {**dict(get_setting(spec.setting).env), **cudnn_log.cudnn_log_environ(spec, results_dir)}
 
 
 def failure_record(spec: TrialSpec, status: Status, error: str, machine: dict | None = None) -> TrialRecord:

@@ -86,7 +86,7 @@ def judge(records: list[TrialRecord]) -> dict:
     injected: dict[str, list] = {}
     for r in measured:
         if r.spec.kind == Kind.TIMED:
-            injected.setdefault(r.spec.setting, []).append(r.payload.get("workload_notes", {}).get("injected_price"))
+            injected.setdefault(r.spec.setting, []).append(r.workload_notes.get("injected_price"))
     step = {(AA_LABEL if r.spec.kind == Kind.AA else r.spec.setting, r.spec.repeat): r.timing.step_time_median_s
             for r in measured}  # fmt: skip
     ratios = [step[(AA_LABEL, k)] / step[("default", k)] for (label, k) in step if label == AA_LABEL

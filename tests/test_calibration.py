@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import pandas as pd
 import pytest
 
 from detcost import results, sweep
+from detcost.payloads import BusyReport
 from detcost.record import Kind, Outcome, Status, StepTiming, TrialParts, TrialRecord
 from detcost.stats import label_bias_var, paired_ratio
 
@@ -51,10 +53,10 @@ class PlantedBias:
             self.bias[key] = self.rng.normal(0, self.bias_sd)
         price = TRUE_PRICE if spec.setting == "benchmark" else 1.0
         t = STEP_S * price * math.exp(self.bias[key] + self.sweep_bias[label] + self.rng.normal(0, self.noise_sd))
-        timing = StepTiming(step_times_s=[t] * 5, batch_size=spec.batch_size, busy={"busy": False})
+        timing = StepTiming(step_times_s=[t] * 5, batch_size=spec.batch_size, busy=BusyReport())
         outcome = Outcome(final_loss=1.0, eval_accuracy=0.5, params_sha256="p", logits_sha256="l")
-        notes = {"workload_notes": {"injected_price": price, "price_applies_to": "cudnn.benchmark"}}
-        return TrialRecord(spec, Status.OK, parts=TrialParts(timing=timing, outcome=outcome, payload=notes))
+        notes = {"injected_price": price, "price_applies_to": "cudnn.benchmark"}
+        return TrialRecord(spec, Status.OK, parts=TrialParts(timing=timing, outcome=outcome, workload_notes=notes))
 
 
 def _cell(tmp_path, monkeypatch, layout: str, sweeps: int = 20, rounds: int = 10, **planted) -> dict:
@@ -147,7 +149,8 @@ def test_judge_reads_a_real_sweeps_file(small_sweep):
     """judge() on the shared small sweep (no known price there: only its A/A side is read)."""
     records = [r for r in results.load_records(small_sweep) if r.spec.workload == "simple_cnn"]
     for r in records:
-        r.parts.payload["workload_notes"] = {"injected_price": 1.1 if r.spec.setting == "benchmark" else 1.0}
+        notes = {"injected_price": 1.1 if r.spec.setting == "benchmark" else 1.0}
+        r.parts = replace(r.parts, workload_notes=notes)
     judged = calibrate.judge(records)
     assert judged["aa_ratios"] == 2 and judged["truth"] == pytest.approx(1.1) and judged["rounds"] == 2
 

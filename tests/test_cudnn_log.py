@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from detcost import profile
-from detcost.profile import (
+from detcost import cudnn_log
+from detcost.cudnn_log import (
     CUDNN_BACKEND_LOG_ENV,
     CUDNN_LOG_ENV,
     cudnn_log_environ,
@@ -214,7 +214,7 @@ def test_an_empty_or_unrelated_log_is_not_parsed_with_a_reason(tmp_path):
         ("frontend", "stderr", "went to stderr"),
     ]:
         found = read_cudnn_log(source, None if path is None else str(path))
-        assert found["status"] == "not parsed" and why in found["reason"], (source, path, found)
+        assert found.status == "not parsed" and why in found.reason, (source, path, found)
 
 
 def test_the_frontend_log_is_used_when_it_names_the_plans(tmp_path, monkeypatch):
@@ -224,9 +224,9 @@ def test_the_frontend_log_is_used_when_it_names_the_plans(tmp_path, monkeypatch)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     plans = cudnn_plans(cuda_profiled())
-    assert plans["status"] == "ok" and plans["source"] == "frontend"
-    assert plans["log"] == Path(env[CUDNN_LOG_ENV]).name
-    profile._drop_redundant_api_log(plans)  # it repeats the plans at far greater size
+    assert plans.status == "ok" and plans.source == "frontend"
+    assert plans.log == Path(env[CUDNN_LOG_ENV]).name
+    cudnn_log.drop_redundant_api_log(plans)  # it repeats the plans at far greater size
     assert not Path(env[CUDNN_BACKEND_LOG_ENV]).exists() and Path(env[CUDNN_LOG_ENV]).exists()
 
 
@@ -237,9 +237,9 @@ def test_the_api_log_is_the_fallback_when_the_frontend_wrote_nothing(tmp_path, m
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     plans = cudnn_plans(cuda_profiled())
-    assert plans["status"] == "ok" and plans["source"] == "backend"
-    assert plans["log"] == Path(env[CUDNN_BACKEND_LOG_ENV]).name and plans["chosen"]
-    profile._drop_redundant_api_log(plans)
+    assert plans.status == "ok" and plans.source == "backend"
+    assert plans.log == Path(env[CUDNN_BACKEND_LOG_ENV]).name and plans.chosen
+    cudnn_log.drop_redundant_api_log(plans)
     assert Path(env[CUDNN_BACKEND_LOG_ENV]).exists()  # the one that was read stays
 
 
@@ -249,8 +249,8 @@ def test_when_neither_log_names_a_plan_the_trial_says_why_for_each(tmp_path, mon
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     plans = cudnn_plans(cuda_profiled())
-    assert plans["status"] == "not parsed"
-    assert "cuDNN frontend log" in plans["reason"] and "cuDNN API log" in plans["reason"]
+    assert plans.status == "not parsed"
+    assert "cuDNN frontend log" in plans.reason and "cuDNN API log" in plans.reason
 
 
 @pytest.mark.parametrize("device, why", [("cpu", "CUDA only"), ("cuda:0", "was set")])
@@ -258,4 +258,4 @@ def test_no_log_to_read_is_skipped_with_a_reason(monkeypatch, device, why):
     monkeypatch.delenv(CUDNN_LOG_ENV, raising=False)
     monkeypatch.delenv(CUDNN_BACKEND_LOG_ENV, raising=False)
     plans = cudnn_plans(make_spec(kind="profiled", device=device))
-    assert plans["status"] == "skipped" and why in plans["reason"]
+    assert plans.status == "skipped" and why in plans.reason

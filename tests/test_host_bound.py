@@ -12,8 +12,8 @@ import torch
 from detcost import profile
 from detcost.derive.analysis import analyse
 from detcost.derive.keys import AA_LABEL
-from detcost.profile import HOST_BOUND_BELOW, host_bound, merged_busy_s
-from detcost.record import Status, StepTiming, TrialParts, TrialRecord
+from detcost.profile import host_bound, merged_busy_s
+from detcost.record import HOST_BOUND_BELOW, Profile, Status, StepTiming, TrialParts, TrialRecord
 from detcost.report import prices_text, text
 from detcost.trial import run_trial
 from tests.conftest import make_spec
@@ -33,15 +33,15 @@ def test_a_step_whose_kernels_leave_the_gpu_idle_is_host_bound():
     # two 10 ms steps: kernels cover 0-4 ms (two overlapping) and 5-7 ms, then 10-14 ms
     kernels = [(0.000, 0.003), (0.002, 0.002), (0.005, 0.002), (0.010, 0.004)]
     found = host_bound(kernels, [0.010, 0.010])
-    assert found["kernel_busy_s"] == pytest.approx(0.005) and found["step_s"] == pytest.approx(0.010)
-    assert found["kernel_busy_fraction"] == pytest.approx(0.5) and found["host_bound"] is True
-    assert found["threshold"] == HOST_BOUND_BELOW
+    assert found.kernel_busy_s == pytest.approx(0.005) and found.step_s == pytest.approx(0.010)
+    assert found.kernel_busy_fraction == pytest.approx(0.5) and found.host_bound is True
+    assert found.threshold == HOST_BOUND_BELOW
 
 
 def test_a_step_the_kernels_fill_is_not_host_bound_and_the_fraction_stops_at_one():
-    assert host_bound([(0.0, 0.0095)], [0.010])["host_bound"] is False
-    assert host_bound([(0.0, 0.012)], [0.010])["kernel_busy_fraction"] == 1.0
-    assert host_bound([], [])["kernel_busy_fraction"] is None and not host_bound([], [])["host_bound"]
+    assert host_bound([(0.0, 0.0095)], [0.010]).host_bound is False
+    assert host_bound([(0.0, 0.012)], [0.010]).kernel_busy_fraction == 1.0
+    assert host_bound([], []).kernel_busy_fraction is None and not host_bound([], []).host_bound
 
 
 def test_only_device_activity_counts_not_cpu_ops_or_the_annotation_spans_over_kernels():
@@ -66,7 +66,7 @@ def test_only_device_activity_counts_not_cpu_ops_or_the_annotation_spans_over_ke
 def test_the_profiled_trial_records_no_host_bound_on_the_cpu():
     record = run_trial(make_spec(kind="profiled", steps=2, warmup=1))
     assert record.status == Status.OK, record.error
-    assert record.payload["host_bound"] is None and record.payload["profiled_steps"] == 2
+    assert record.profile.host_bound is None and record.profile.profiled_steps == 2
 
 
 # ---- the price table and the reports ---------------------------------------------------
@@ -85,7 +85,7 @@ def _profiled(setting: str, workload: str, cuda: bool = True) -> TrialRecord:
     spec = make_spec(kind="profiled", setting=setting, workload=workload, device="cuda:0" if cuda else "cpu")
     # the profiler slows the trial's own steps to 20 ms: by its own step, both look host-bound
     measured = host_bound([(0.0, 3 * KERNEL_S[setting])], [0.020] * 3) if cuda else None
-    return TrialRecord(spec, Status.OK, parts=TrialParts(payload={"host_bound": measured}))
+    return TrialRecord(spec, Status.OK, parts=TrialParts(profile=Profile(host_bound=measured)))
 
 
 def _analysis(profiled: list[TrialRecord]):

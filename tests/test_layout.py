@@ -110,7 +110,7 @@ def test_a_trial_process_sets_its_pad_before_the_workload_and_the_record_keeps_i
     layout = Layout(heap_pad=4096, env_pad=123)
     record = run_isolated(make_spec(workload="tests.probes:layout_probe"), method="forkserver", layout=layout)
     assert record.ok, record.error
-    assert record.payload["workload_notes"]["env_pad_seen"] == 123
+    assert record.workload_notes["env_pad_seen"] == 123
     assert record.layout["heap_pad"] == 4096 and record.layout["env_pad"] == 123
     assert record.layout["server"] == isolation.server_pid()
     assert record.to_json()["layout"] == record.layout

@@ -153,7 +153,7 @@ def test_compare_leaves_out_busy_trials_as_the_report_does(tmp_path, capsys):
     for r in records:  # one round of B ran beside a competitor: 20x slower, flagged busy
         if r.get("step_times_s") and r["repeat"] == 1:
             r["step_times_s"] = [t * 20 for t in r["step_times_s"]]
-            r["busy"] = {**(r.get("busy") or {}), "busy": True}
+            r["busy"] = {**(r.get("busy") or {}), "busy": True, "cpu_busy": True}
     b.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     assert main(["compare", str(a), str(b), "--json"]) == 0
     table = json.loads(capsys.readouterr().out)["comparison"]

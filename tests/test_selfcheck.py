@@ -9,7 +9,7 @@ import torch
 
 from detcost import selfcheck
 from detcost.cli import main
-from detcost.record import Status, TrialParts, TrialRecord
+from detcost.record import Profile, Status, TrialParts, TrialRecord
 from detcost.selfcheck import Check, ChildResult
 from detcost.trial import run_trial
 from detcost.workloads import BUILTIN, get_workload
@@ -18,7 +18,8 @@ from tests.conftest import make_spec
 
 def record(workload="resnet18", setting="default", status="ok", error=None, kind="profiled", flags=None, **payload):
     spec = make_spec(workload=workload, setting=setting, kind=kind)
-    return TrialRecord(spec, status=Status(status), error=error, flags=flags, parts=TrialParts(payload=payload))
+    parts = TrialParts(profile=Profile.from_json(payload))  # as a stored record's fields load
+    return TrialRecord(spec, status=Status(status), error=error, flags=flags, parts=parts)
 
 
 def plans(*tags, chosen=()):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from detcost import guard, timing
+from detcost.payloads import BusyReport
 from detcost.stats import fastest, paired_ratio, per_round, unpaired_ratio
 from detcost.timing import CpuSample, trial_threads
 
@@ -120,7 +121,7 @@ class FakeMachine:
 
 
 def test_waiting_stops_when_the_machine_goes_quiet_or_the_bound_is_reached():
-    busy, quiet = guard.Load(1.5, 0.25, cpu_busy=True), guard.Load(0.0, 0.25)
+    busy, quiet = BusyReport(1.5, 0.25, cpu_busy=True), BusyReport(0.0, 0.25)
     machine, waits = FakeMachine([busy, busy, quiet]), []
     load, waited = guard.wait_for_quiet(machine.look, 60, lambda ld, w: waits.append(w), clock=machine.clock)
     assert not load.busy and waited == 2 and waits == [0, 1]

@@ -13,6 +13,7 @@ import pytest
 from detcost import guard, results, sweep
 from detcost.derive.analysis import analyse
 from detcost.derive.prices import prices
+from detcost.payloads import BusyReport
 from detcost.plan import SweepOptions
 from detcost.record import Outcome, Status, StepTiming, TrialParts, TrialRecord
 from detcost.sweep import run_sweep
@@ -35,7 +36,9 @@ class SyntheticTrials:
         attempt = self.attempts[spec.trial_id] = self.attempts.get(spec.trial_id, 0) + 1
         t = STEP_S.get(spec.setting, 0.010) * math.exp(self.rng.normal(0, self.noise))
         busy = self.busy(spec, attempt)
-        timing = StepTiming(step_times_s=[t * (20 if busy else 1)] * 4, batch_size=spec.batch_size, busy={"busy": busy})
+        timing = StepTiming(
+            step_times_s=[t * (20 if busy else 1)] * 4, batch_size=spec.batch_size, busy=BusyReport(cpu_busy=busy)
+        )
         same = Outcome(final_loss=1.0, eval_accuracy=0.5, params_sha256="p", logits_sha256="l")  # bitwise repeats
         return TrialRecord(spec, Status.OK, parts=TrialParts(timing=timing, outcome=same))
 
@@ -43,7 +46,7 @@ class SyntheticTrials:
 @pytest.fixture
 def quiet_machine(monkeypatch):
     looks = []
-    monkeypatch.setattr(guard, "sample", lambda device, threads: looks.append(1) or guard.Load(0.0, 0.25))
+    monkeypatch.setattr(guard, "sample", lambda device, threads: looks.append(1) or BusyReport(0.0, 0.25))
     return looks
 
 
@@ -83,7 +86,7 @@ def test_precision_not_reached_says_which_prices_and_what_they_reached(tmp_path,
 def test_a_busy_trial_is_run_again_once_the_machine_is_quiet(tmp_path, monkeypatch):
     trials = SyntheticTrials(noise=0.01, busy=lambda spec, attempt: spec.setting == "strict" and attempt == 1)
     monkeypatch.setattr(sweep, "_run_one", trials)
-    loads = iter([guard.Load(0.0, 0.25)] + [guard.Load(1.5, 0.25, cpu_busy=True), guard.Load(0.0, 0.25)] * 10)
+    loads = iter([BusyReport(0.0, 0.25)] + [BusyReport(1.5, 0.25, cpu_busy=True), BusyReport(0.0, 0.25)] * 10)
     monkeypatch.setattr(guard, "sample", lambda device, threads: next(loads))
     out = run_sweep(options(tmp_path), progress=False)
     assert all(trials.attempts[s.trial_id] == (2 if s.setting == "strict" else 1) for s in out.planned)
@@ -102,7 +105,7 @@ def test_allow_busy_neither_waits_nor_runs_again(tmp_path, monkeypatch):
 
 def test_a_sweep_on_a_busy_machine_waits_then_says_it_went_on(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "_run_one", SyntheticTrials(noise=0.01))
-    monkeypatch.setattr(guard, "sample", lambda device, threads: guard.Load(1.8, 0.25, cpu_busy=True))
+    monkeypatch.setattr(guard, "sample", lambda device, threads: BusyReport(1.8, 0.25, cpu_busy=True))
     out = run_sweep(options(tmp_path, wait_quiet=0.0), progress=False)
     assert out.events and "still busy" in out.events[0] and "before the sweep" in out.events[0]
 

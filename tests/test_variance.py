@@ -10,6 +10,7 @@ from detcost.cli import main
 from detcost.derive import variance
 from detcost.derive.keys import SEED_LABEL, GroupKey
 from detcost.ops import op_base
+from detcost.record import Alert
 from detcost.trial import run_trial
 from tests.conftest import TIMED_ONLY, analysis_of, make_spec, run_cli, variance_of
 
@@ -120,9 +121,9 @@ def test_the_audit_lists_an_alert_with_the_module_it_came_from():
         warmup=0,
         batch_size=4,
     )
-    audit = run_trial(spec).payload["audit"]
-    assert audit["alerts"] == [{"op": "put_", "count": 2, "modules": ["model (_Alert)"]}]
-    assert audit["strict_fails"] and "put_ does not have a deterministic implementation" in audit["strict_error"]
+    audit = run_trial(spec).audit
+    assert audit.alerts == (Alert("put_", 2, ("model (_Alert)",)),)
+    assert audit.strict_fails and "put_ does not have a deterministic implementation" in audit.strict_error
 
 
 def test_the_sweep_audits_each_workload_once(small_sweep_df):

@@ -9,7 +9,7 @@ or judge an `Analysis`, and none of them computes a statistic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -27,7 +27,7 @@ from detcost.derive.prices import Price, price_frame_rows, prices
 from detcost.derive.recommend import DEFAULT_MAX_SLOWDOWN, Recommendation, recommend
 from detcost.derive.variance import Divergence, Spread, divergence_curves, load_sidecars, spreads
 from detcost.ops import workaround
-from detcost.record import Kind, Status, TrialRecord
+from detcost.record import Alert, CudnnPlans, Kind, Status, TrialRecord
 from detcost.settings import REFERENCE
 
 
@@ -57,18 +57,18 @@ class AuditFinding:
     device: str
     ok: bool
     error: str | None
-    alerts: list = field(default_factory=list)  # {op, count, modules}
+    alerts: tuple[Alert, ...] = ()
     strict_fails: bool = False
     strict_error: str | None = None
     steps: int | None = None
 
     @classmethod
     def of(cls, r: TrialRecord) -> AuditFinding:
-        audit = r.payload.get("audit") if r.ok else None
-        if not audit:
-            return cls(r.spec.workload, r.spec.device, False, r.error)
-        return cls(r.spec.workload, r.spec.device, True, None, list(audit.get("alerts") or []),
-                   bool(audit.get("strict_fails")), audit.get("strict_error"), audit.get("steps"))  # fmt: skip
+        audit = r.audit if r.ok else None
+        if audit is None:
+            return cls(r.spec.workload, r.spec.device, False, r.error or "the record has no audit")
+        return cls(r.spec.workload, r.spec.device, True, None, audit.alerts, audit.strict_fails, audit.strict_error,
+                   audit.steps)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class MachineAnalysis:
     layout_varied: bool
     environment: list[tuple[str, str]]
     priced_settings: list[str]
-    cudnn_plans: list[tuple[str, str, dict]]  # (workload, setting, what the profiled trial's cuDNN log said)
+    cudnn_plans: list[tuple[str, str, CudnnPlans]]  # (workload, setting, what the profiled trial's cuDNN log said)
 
     @property
     def aa(self) -> list[Price]:
@@ -170,9 +170,9 @@ def analyse_machine(name: str, records: list[TrialRecord], max_slowdown: float) 
         environment=_environment(records),
         priced_settings=list(dict.fromkeys(r.spec.setting for r in timed)),
         cudnn_plans=[
-            (r.spec.workload, r.spec.setting, r.payload["cudnn_plans"])
+            (r.spec.workload, r.spec.setting, r.cudnn_plans)
             for r in ok_of(records, (Kind.PROFILED,))
-            if isinstance(r.payload.get("cudnn_plans"), dict)
+            if r.cudnn_plans is not None
         ],
     )
 

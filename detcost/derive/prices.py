@@ -20,7 +20,7 @@ import numpy as np
 from detcost.derive.keys import AA_LABEL, GroupKey, by_key, cudnn_only, is_busy, label_order, ok_of, varying_fields
 from detcost.record import ROUND_KINDS, Kind, TrialRecord
 from detcost.settings import REFERENCE
-from detcost.stats import PairedRatio, busy_share, fastest, label_bias_var, paired_ratio, per_round, unpaired_ratio
+from detcost.stats import PairedRatio, fastest, label_bias_var, paired_ratio, per_round, unpaired_ratio
 
 
 class Verdict(str, Enum):
@@ -301,22 +301,15 @@ def _host_bound(p: Price, records: list[TrialRecord]) -> Price:
     setting = REFERENCE if p.is_aa else p.label
     found = None
     for r in ok_of(records, (Kind.PROFILED,)):
-        hb = host_bound_part(r)
+        hb = r.host_bound
         if hb and r.spec.setting == setting and GroupKey.of(r).without("steps") == p.key.without("steps"):
             found = hb  # the latest profiled trial of the label wins
     if found is None:
         return p
-    timed = float(busy_share(found["kernel_busy_s"], p.step_time_s))
-    fraction = min(timed if math.isfinite(timed) else found.get("kernel_busy_fraction", math.nan), 1.0)
-    if not math.isfinite(fraction):
+    bound, fraction = found.judge(p.step_time_s if math.isfinite(p.step_time_s) else None)
+    if fraction is None:
         return p
-    return replace(p, kernel_busy_fraction=fraction, host_bound=bool(fraction < found["threshold"]))
-
-
-def host_bound_part(record: TrialRecord) -> dict | None:
-    """The profiled trial's host-bound measurement, where it made one."""
-    hb = record.payload.get("host_bound")
-    return hb if isinstance(hb, dict) and hb.get("kernel_busy_s") is not None else None
+    return replace(p, kernel_busy_fraction=fraction, host_bound=bool(bound))
 
 
 def price_frame_rows(rows: list[Price]) -> list[dict]:

@@ -288,9 +288,10 @@ def reacts_text(p: Price) -> str:
 def _blockers(records: list[TrialRecord]) -> str:
     ops = sorted(
         {
-            f"{a['op']} in {', '.join(a['modules'])}"
+            f"{a.op} in {', '.join(a.modules)}"
             for r in ok_of(records, (Kind.AUDIT,))
-            for a in (r.payload.get("audit") or {}).get("alerts") or []
+            if r.audit is not None
+            for a in r.audit.alerts
         }
     )
     return (" The audit found ops with no deterministic implementation: " + "; ".join(ops) + ".") if ops else ""

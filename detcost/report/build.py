@@ -17,6 +17,7 @@ from detcost.derive.analysis import Analysis, MachineAnalysis
 from detcost.derive.attribution import TOP_OPS
 from detcost.derive.prices import Verdict
 from detcost.derive.recommend import Recommendation, cpu_note
+from detcost.record import CudnnPlans
 from detcost.report import figures
 from detcost.report.explain_text import CPU_RANKING_NOTE, audit_cells, headline
 from detcost.report.fmt import compact, fmt, si
@@ -120,27 +121,25 @@ def _explain_section(m: MachineAnalysis) -> dict | None:
     }
 
 
-def cudnn_rows(plans: list[tuple[str, str, dict]]) -> list[list[str]]:
+def cudnn_rows(plans: list[tuple[str, str, CudnnPlans]]) -> list[list[str]]:
     """Per workload x setting: what the profiled trial's cuDNN log says was chosen (or the
     engines it names) and which log said it; one line when every trial skipped the log for
     the same reason (the CPU)."""
     if not plans:
         return []
-    reasons = {p.get("reason") for _, _, p in plans}
-    if all(p.get("status") == "skipped" for _, _, p in plans) and len(reasons) == 1:
+    reasons = {p.reason for _, _, p in plans}
+    if all(p.status == "skipped" for _, _, p in plans) and len(reasons) == 1:
         return [["all", "all", f"skipped: {reasons.pop()}"]]
     return [[w, s, _plans_text(p)] for w, s, p in plans]
 
 
-def _plans_text(p: dict) -> str:
-    if p.get("status") != "ok":
-        return f"{p.get('status')}: {p.get('reason')}"
-    source = p.get("source")
-    source = f"{source} log" if isinstance(source, str) else "log"
-    chosen, engines = p.get("chosen"), p.get("engines")
-    if isinstance(chosen, dict) and chosen:
-        return f"chosen ({source}): " + ", ".join(f"{k} x{v}" for k, v in chosen.items())
-    named = ", ".join(f"{k} x{v}" for k, v in engines.items()) if isinstance(engines, dict) else ""
+def _plans_text(p: CudnnPlans) -> str:
+    if not p.ok:
+        return f"{p.status}: {p.reason}"
+    source = f"{p.source} log" if p.source else "log"
+    if p.chosen:
+        return f"chosen ({source}): " + ", ".join(f"{k} x{v}" for k, v in p.chosen.items())
+    named = ", ".join(f"{k} x{v}" for k, v in p.engines.items())
     return f"named ({source}): {named or 'no engine'}"
 
 

@@ -49,7 +49,7 @@ def explain_text(table: pd.DataFrame, cpu: bool) -> str:
 
 def audit_cells(audit: AuditFinding) -> tuple[str, str]:
     """An audit's findings as (alerts, strict's verdict), the way the report and CLI say it."""
-    alerts = "; ".join(f"{a['op']} x{a['count']} in {', '.join(a['modules'])}" for a in audit.alerts)
+    alerts = "; ".join(f"{a.op} x{a.count} in {', '.join(a.modules)}" for a in audit.alerts)
     strict = f"fails: {audit.strict_error}" if audit.strict_fails else "runs"
     return alerts or "none found", strict
 

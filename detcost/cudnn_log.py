@@ -1,0 +1,222 @@
+"""The cuDNN logs of a profiled trial (CUDA only): the environment that asks cuDNN for
+them, and the parsers that read which execution plans (engine + knobs) or algorithms they
+name and which ran, into a `record.CudnnPlans`. Never an exception, whatever a file holds:
+a log that cannot be read becomes a plan record that says why.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+from detcost.record import CudnnPlans, Kind, TrialSpec
+from detcost.timing import is_cuda
+
+CUDNN_LOG_ENV = "CUDNN_FRONTEND_LOG_FILE"  # the frontend's log: plan tags, autotuning times
+CUDNN_BACKEND_LOG_ENV = "CUDNN_LOGDEST_DBG"  # cuDNN's API log: every call and its arguments
+
+
+def cudnn_log_environ(spec: TrialSpec, results_dir: Path | None) -> dict:
+    """Environment for the profiled trial's cuDNN logs (CUDA only), set by the parent before
+    the trial process starts CUDA: the frontend's log and, as its fallback, cuDNN's own API
+    log, each to its own file beside the results. A trial cannot know its cuDNN version
+    before it imports torch, so both versions' switches of the API log are set:
+    CUDNN_LOGLEVEL_DBG=3 (cuDNN 9) and CUDNN_LOGINFO_DBG=1 (cuDNN 8; deprecated in 9)."""
+    if spec.kind != Kind.PROFILED or not is_cuda(spec.device) or results_dir is None or not spec.sidecar:
+        return {}
+    stem = results_dir / spec.sidecar
+    frontend, backend = stem.with_suffix(".cudnn_frontend.log"), stem.with_suffix(".cudnn_api.log")
+    frontend.parent.mkdir(parents=True, exist_ok=True)  # cuDNN opens the files; it does not make folders
+    return {
+        "CUDNN_FRONTEND_LOG_INFO": "1",
+        CUDNN_LOG_ENV: str(frontend),
+        "CUDNN_LOGLEVEL_DBG": "3",
+        "CUDNN_LOGINFO_DBG": "1",
+        CUDNN_BACKEND_LOG_ENV: str(backend),
+    }
+
+
+# ---- cuDNN execution plans (CUDA only) ------------------------------------------------
+#
+# Two logs, in the formats NVIDIA documents. The frontend's (CUDNN_FRONTEND_LOG_INFO): each
+# execution plan it builds, "[cudnn_frontend] CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR :
+# ConvFwd_eng0_k2=1_k3=0, numeric_notes:[...] behavior_notes:[...] workSpaceSize: 0" (the tag
+# is the operation, the engine's global index and each knob's type=choice), and under
+# cudnn.benchmark one "Plan <tag> took <ms>" line per candidate. cuDNN's API log
+# (CUDNN_LOGLEVEL_DBG / CUDNN_LOGINFO_DBG): one block per call, headed "cuDNN (v90000)
+# function cudnnBackendExecute() called:" or "I! CuDNN (v8204) function ..." (then each
+# line starts "i! "; cuDNN 9.3 writes "(v90300 75)"), every argument below it:
+# "engine_id: type=int; val=0;", "CUDNN_KNOB_TYPE_KERNEL_CFG: type=int; val=27;", or on the
+# legacy API "algo: type=cudnnConvolutionFwdAlgo_t; val=CUDNN_CONVOLUTION_FWD_ALGO_GEMM (2);".
+
+_LOG_CAP_CHARS = 64 * 2**20  # the API log grows by megabytes a step; the plans are chosen early
+_PLAN_TAG = re.compile(r"(?:(?<![A-Za-z0-9])([A-Z][A-Za-z]*)_)?(?<![A-Za-z0-9])(eng\d+(?:_k\d+=-?\d+)*)")
+_TOOK = re.compile(r"\bPlan\s+(\S+)\s+took\s+([0-9]+\.?[0-9]*(?:[eE][-+]?\d+)?)")
+_FAILED = re.compile(r"\bPlan\s+(\S+)\s+failed with\s+(\w+)")
+_ROUND_END = re.compile(r"Auto-tuning returns|Autotuned \d+ plans")
+_NOTE = re.compile(r"CUDNN_(?:NUMERICAL|BEHAVIOR)_NOTE_\w+")
+_WORKSPACE = re.compile(r"workspace\D{0,20}(\d+)", re.IGNORECASE)
+# "cuDNN (v90000) function f() called:", "I! CuDNN (v8204) function ...", "(v90300 75)"
+_API_CALL = re.compile(r"^\s*(?:[IWE]!\s*)?cudnn\s*\(v(\d+)[^)]*\)\s*function\s+(\w+)\(\)", re.IGNORECASE)
+_ENGINE_ID = re.compile(r"\bengine_?id: type=\w+; val=(-?\d+)", re.IGNORECASE)
+_KNOB = re.compile(r"\bCUDNN_KNOB_TYPE_(\w+): type=\w+; val=(-?\d+)")
+_ALGO = re.compile(r"\balgo: type=cudnn\w*Algo_t; val=(CUDNN_\w+)")
+# The calls that run a plan or an algorithm: what they name is what cuDNN executed.
+_EXECUTES = {
+    "cudnnBackendExecute",
+    "cudnnConvolutionForward",
+    "cudnnConvolutionBackwardData",
+    "cudnnConvolutionBackwardFilter",
+}
+
+
+def _plan_name(match: re.Match) -> str:
+    op, tag = match.group(1), match.group(2)
+    return f"{op}_{tag}" if op else tag
+
+
+def _fastest_per_round(lines: list[str]) -> Counter:
+    """The fastest plan of each autotuning round, the one cudnn.benchmark keeps: a round is
+    a run of "Plan <tag> took <ms>" lines, closed by any other line."""
+    chosen, round_ = Counter(), {}
+    for line in [*lines, ""]:
+        took = _TOOK.search(line)
+        if took:
+            round_[took[1]] = min(float(took[2]), round_.get(took[1], float("inf")))
+        elif round_ and not _FAILED.search(line):
+            chosen[min(round_, key=round_.get)] += 1
+            round_ = {}
+    return chosen
+
+
+def parse_cudnn_log(text: str) -> dict:
+    """What a cuDNN frontend log names: plan tags (operation, engine, knobs) and how often,
+    engines, numerical/behaviour notes, the largest workspace, autotuning times, and the
+    fastest plan of each autotuning round (`chosen`; empty without cudnn.benchmark, where
+    the log lists heuristics' candidates, not the plan that ran)."""
+    lines = text.splitlines()
+    plans = Counter(_plan_name(m) for m in _PLAN_TAG.finditer(text))
+    fastest = _fastest_per_round(lines)
+    return {
+        "source": "frontend",
+        "lines": len(lines),
+        "plans": dict(plans.most_common(20)),
+        "engines": dict(Counter(m.group(2).split("_", 1)[0] for m in _PLAN_TAG.finditer(text)).most_common(20)),
+        "chosen": dict(fastest.most_common(20)),
+        "chosen_by": "the fastest plan of each autotuning round" if fastest else None,
+        "notes": dict(Counter(_NOTE.findall(text)).most_common(10)),
+        "max_workspace_bytes": max((int(w) for w in _WORKSPACE.findall(text)), default=None),
+        "timings_ms": [(plan, float(ms)) for plan, ms in _TOOK.findall(text)][:50],
+        "failed_plans": len(_FAILED.findall(text)),
+    }
+
+
+def _api_calls(lines):
+    """(cuDNN version, function, the lines of its arguments) per call of an API log."""
+    head, body = None, []
+    for line in lines:
+        call = _API_CALL.match(line)
+        if call:
+            if head:
+                yield (*head, body)
+            head, body = (call[1], call[2]), []
+        elif head:
+            body.append(line)
+    if head:
+        yield (*head, body)
+
+
+def _engine_tags(body: list[str]) -> list[str]:
+    """The engines one call's descriptors name ("eng0"), each followed by the knob lines
+    listed under it ("eng0_KERNEL_CFG=27"); an unset engine (-1) names none."""
+    tags, current = [], None
+    for line in body:
+        engine = _ENGINE_ID.search(line)
+        if engine:
+            current = len(tags) if int(engine[1]) >= 0 else None
+            if current is not None:
+                tags.append(f"eng{engine[1]}")
+            continue
+        knob = _KNOB.search(line)
+        if knob and current is not None:
+            tags[current] += f"_{knob[1]}={knob[2]}"
+    return tags
+
+
+def parse_cudnn_api_log(lines) -> dict:
+    """What a cuDNN API log names: every plan (engine + knobs) and legacy algorithm any call
+    names (`plans`: heuristics' and autotuning's candidates too), the ones the calls that
+    execute them ran (`chosen`), the engines, and the notes."""
+    calls, version, named, executed, notes = 0, None, Counter(), Counter(), Counter()
+    for call_version, function, body in _api_calls(lines):
+        calls, version = calls + 1, call_version
+        found = _engine_tags(body) + [a[1] for a in map(_ALGO.search, body) if a]
+        named.update(found)
+        if function in _EXECUTES:
+            executed.update(found)
+        notes.update(n for line in body for n in _NOTE.findall(line))
+    return {
+        "source": "backend",
+        "cudnn_version": version,
+        "calls": calls,
+        "plans": dict(named.most_common(20)),
+        "engines": dict(Counter(t.split("_", 1)[0] for t in named.elements() if t.startswith("eng")).most_common(20)),
+        "chosen": dict(executed.most_common(20)),
+        "chosen_by": "the calls that executed a plan or algorithm" if executed else None,
+        "notes": dict(notes.most_common(10)),
+    }
+
+
+def read_cudnn_log(source: str, path: str | None) -> CudnnPlans:
+    """One log parsed (status "ok", `log` its file name), or why not (status "not
+    parsed", `reason`): never an exception, whatever the file holds."""
+    name = "cuDNN frontend log" if source == "frontend" else "cuDNN API log"
+    if not path:
+        return _not_parsed(f"no {name} was asked for")
+    if path in ("stdout", "stderr"):
+        return _not_parsed(f"the {name} went to {path}, not to a file")
+    log = Path(path)
+    try:
+        with open(log, encoding="utf-8", errors="replace") as f:
+            text = f.read(_LOG_CAP_CHARS)
+    except OSError as exc:
+        return _not_parsed(f"{name} {log.name} unreadable: {exc.strerror or exc}")
+    if not text.strip():
+        return _not_parsed(f"{name} {log.name} is empty: this build wrote nothing to it")
+    found = parse_cudnn_log(text) if source == "frontend" else parse_cudnn_api_log(text.splitlines())
+    if not found["plans"] and not found["chosen"]:
+        what = f"{found['calls']} API calls" if source == "backend" else f"{found['lines']} lines"
+        return _not_parsed(f"{name} {log.name} ({what}) names no cuDNN engine or algorithm")
+    found["cudnn_version"] = found.get("cudnn_version") and str(found["cudnn_version"])
+    return CudnnPlans(status="ok", log=log.name, truncated=len(text) >= _LOG_CAP_CHARS, **found)
+
+
+def _not_parsed(reason: str) -> CudnnPlans:
+    return CudnnPlans(status="not parsed", reason=reason)
+
+
+def cudnn_plans(spec: TrialSpec) -> CudnnPlans:
+    """What this trial's cuDNN logs say: the frontend's if it names the plans, else cuDNN's
+    API log; which log it used (`source`, `log`), or why neither (`status` "not parsed")."""
+    if not is_cuda(spec.device):
+        return CudnnPlans(status="skipped", reason="CUDA only: cuDNN does not run on the CPU")
+    frontend, backend = os.environ.get(CUDNN_LOG_ENV), os.environ.get(CUDNN_BACKEND_LOG_ENV)
+    if not frontend and not backend:
+        return CudnnPlans(status="skipped", reason=f"neither {CUDNN_LOG_ENV} nor {CUDNN_BACKEND_LOG_ENV} was set")
+    reasons = []
+    for source, path in (("frontend", frontend), ("backend", backend)):
+        found = read_cudnn_log(source, path)
+        if found.ok:
+            return found
+        reasons.append(found.reason)
+    return _not_parsed("; ".join(reasons))
+
+
+def drop_redundant_api_log(plans: CudnnPlans) -> None:
+    """Where the frontend log named the plans, remove the API log: it repeats them inside
+    megabytes per step, and a sweep profiles every workload x setting."""
+    path = os.environ.get(CUDNN_BACKEND_LOG_ENV)
+    if plans.source == "frontend" and path and path not in ("stdout", "stderr"):
+        Path(path).unlink(missing_ok=True)
