@@ -10,7 +10,7 @@ import pytest
 
 from detcost.cli import main
 from detcost.derive.keys import AA_LABEL, SEED_LABEL, GroupKey
-from detcost.derive.prices import Price, Verdict
+from detcost.derive.prices import Price, Verdict, prices
 from detcost.derive.recommend import recommend
 from detcost.derive.variance import Spread
 from detcost.record import Status, TrialRecord
@@ -270,3 +270,16 @@ def test_a_run_computes_each_table_once_and_reads_no_file_back(tmp_path, monkeyp
     assert calls == dict.fromkeys(
         ("prices", "spreads", "divergence_curves", "attribution", "recommend", "load_sidecars"), 1
     )
+
+
+def test_a_cpu_group_whose_default_trials_were_all_busy_is_still_priced(tmp_path):
+    """Every `default` trial flagged busy, the cuDNN-only settings it pools with quiet: the
+    A/A control is then priced against the fastest label, never against nothing."""
+    path = _synthetic_run(tmp_path / "a.jsonl", "a", 0.010, 0.01)
+    records = [json.loads(x) for x in path.read_text().splitlines()]
+    for r in records:
+        if r.get("step_times_s") and r["kind"] == "timed" and r["setting"] == "default":
+            r["busy"] = {**(r.get("busy") or {}), "busy": True, "cpu_busy": True}
+    rows = prices([TrialRecord.from_json(r) for r in records], cpu=True)
+    aa = [p for p in rows if p.is_aa]
+    assert aa and all(math.isfinite(p.price.ratio) for p in aa)

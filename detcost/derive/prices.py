@@ -62,6 +62,9 @@ class Price:
     verdict: Verdict = Verdict.UNCONFIRMED
     why: str = ""  # the verdict's reason where it is not the interval alone
     flag_reacts: bool = False  # a cuDNN-only setting that the CPU data says is not free
+    # the CV of samples/s across default's own trials in the group (the noise floor's
+    # yardstick; a pooled row's own CV mixes settings)
+    default_cv: float = math.nan
 
     @property
     def is_aa(self) -> bool:
@@ -85,6 +88,7 @@ class Price:
             "rounds": self.price.rounds,
             "samples_per_s": self.samples_per_s,
             "samples_per_s_cv": self.samples_per_s_cv,
+            "default_cv": self.default_cv,
             "step_time_s": self.step_time_s,
             "price": self.price.ratio,
             "price_lo": self.price.lo,
@@ -151,12 +155,13 @@ def _group(key: GroupKey, per_label: dict[str, list[TrialRecord]], members: dict
     `default` there is always its own trials (the A/A control is default against itself),
     even where other settings are priced as one with it."""
     busy = {label: sum(map(is_busy, recs)) for label, recs in per_label.items()}
+    # default's own trials, busy ones left out among themselves (not among a pooled label's)
+    own = without_busy([r for r in per_label.get(REFERENCE, []) if r.spec.setting == REFERENCE])
     per_label = {label: without_busy(recs) for label, recs in per_label.items()}
     rounds = {label: rounds_of(recs) for label, recs in per_label.items()}
     timed = {k: v for k, v in rounds.items() if k != AA_LABEL}
     best = fastest(timed)
-    own = [r for r in per_label.get(REFERENCE, []) if r.spec.setting == REFERENCE]
-    default = rounds_of(own) if own else None
+    default = rounds_of(own) or None if own else None
     # what the A/A control strayed beyond its rounds: a fixed effect of the label that
     # every price between two labels may carry too (the A/A's own interval is the test of it)
     bias = label_bias_var(rounds[AA_LABEL], default) if AA_LABEL in rounds and default else 0.0
@@ -168,11 +173,12 @@ def _group(key: GroupKey, per_label: dict[str, list[TrialRecord]], members: dict
         if label == best:
             price = PairedRatio.identity(len(rounds[label]))
         else:
-            price = _ratio(rounds[label], default if ref == REFERENCE and is_aa else rounds[ref], extra)
+            price = _ratio(rounds[label], default if ref == REFERENCE and is_aa and default else rounds[ref], extra)
         vs = None if not default else PairedRatio.identity(len(default)) if label == REFERENCE else _ratio(
             rounds[label], default, extra)  # fmt: skip
         sps, cv = _sps(recs)
         timings = [r.timing for r in recs]
+        default_cv = _sps(own)[1] if own else math.nan
         rows.append(
             Price(
                 key=key,
@@ -191,6 +197,7 @@ def _group(key: GroupKey, per_label: dict[str, list[TrialRecord]], members: dict
                 label_bias=math.sqrt(bias),
                 busy_trials=busy[label],
                 busy_trials_priced=sum(map(is_busy, recs)),
+                default_cv=default_cv,
             )
         )
     return rows

@@ -12,6 +12,7 @@ from detcost.derive.keys import AA_LABEL, label_order
 from detcost.derive.prices import Price, Verdict
 from detcost.report.fmt import fmt, percent_text, ratio_text, si
 from detcost.report.keys_text import axis_values_text, key_cells
+from detcost.settings import REFERENCE
 
 HOST_BOUND_NOTE = "host-bound: the price is understated"
 
@@ -69,11 +70,16 @@ def price_details(m: MachineAnalysis) -> tuple[list[str], list[dict], int]:
         label = p.label + (f" (+ {', '.join(x for x in p.members if x != p.label)})" if p.pooled else "")
         cells = [
             *key_cells(p.key, m.fields), label, f"{p.samples_per_s:,.1f}{busy}", fmt(p.samples_per_s_cv, ".1%"),
-            price_cell(p), ratio_text(p.vs_default), fmt(p.cold_start_s, ".3f") + " s",
+            price_cell(p), _vs_default_cell(p), fmt(p.cold_start_s, ".3f") + " s",
             si(p.peak_memory_bytes, "B"), si(p.achieved_flops, "FLOP/s"),
         ]  # fmt: skip
         rows.append({"cls": "aa" if p.is_aa else "", "cells": cells, "verdict": str(p.verdict)})
     return header, rows, len(m.fields) + 2
+
+
+def _vs_default_cell(p: Price) -> str:
+    """`default` against itself is 1 by definition, not a measured interval of zero width."""
+    return "1.00 (default itself)" if p.label == REFERENCE else ratio_text(p.vs_default)
 
 
 def detectable_text(prices: list[Price]) -> str:
@@ -112,9 +118,7 @@ def noise_lines(m: MachineAnalysis) -> list[str]:
     for aa in m.aa:
         shown = axis_values_text(aa.key.shown(m.fields))
         where = aa.key.workload if shown == "-" else f"{aa.key.workload}, {shown}"
-        ref = next((p for p in m.prices if p.key == aa.key and p.label == aa.price_vs), None)
-        cv = f"; CV of samples/s across repeats {ref.samples_per_s_cv:.1%}" if ref and math.isfinite(
-            ref.samples_per_s_cv) else ""  # fmt: skip
+        cv = f"; CV of default's samples/s across repeats {aa.default_cv:.1%}" if math.isfinite(aa.default_cv) else ""
         lines.append(
             f"noise floor ({where}): default vs itself {ratio_text(aa.price)}{cv} - differences inside this are noise"
         )
