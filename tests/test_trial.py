@@ -110,10 +110,13 @@ def test_a_failing_fingerprint_is_an_error_record_not_a_crash(monkeypatch):
 
 
 @pytest.mark.parametrize("amp", ["off", "fp16"])
-def test_the_clock_warm_up_trains_a_copy_and_leaves_the_trials_bits_alone(amp):
+def test_the_clock_warm_up_trains_a_copy_and_leaves_the_trials_bits_alone(amp, monkeypatch):
     """On CUDA the warm-up lasts at least 0.5 s; the extra steps train a copy, so the
     trial's parameters are those of a warm-up of its step count alone (run on the CPU).
-    The copy takes the training step as the axes wrapped it: fp16's GradScaler too."""
+    The copy takes the training step as the axes wrapped it: fp16's GradScaler too. The
+    warm-up's clock is one that advances 0.1 s a reading: its steps are counted, not timed."""
+    from types import SimpleNamespace
+
     import torch
 
     from detcost import measure
@@ -121,12 +124,18 @@ def test_the_clock_warm_up_trains_a_copy_and_leaves_the_trials_bits_alone(amp):
 
     spec = make_spec(steps=2, warmup=2, axes={"threads": 2, "amp": amp})
 
+    def ticking_clock():
+        readings = iter(range(1_000_000))
+        return SimpleNamespace(perf_counter=lambda: next(readings) * 0.1)
+
     def trained(extra_seconds: float):
         with trial_state(spec):
             wl = build(spec)
             log = measure.StepLog(wl.model, spec.total_steps, spec.device)
             measure.warm_up(spec, wl, log)  # on the CPU: the step count alone
-            out = measure.keep_warm(spec, wl, wl.batches[spec.warmup - 1], extra_seconds)
+            with monkeypatch.context() as m:
+                m.setattr(measure, "time", ticking_clock())
+                out = measure.keep_warm(spec, wl, wl.batches[spec.warmup - 1], extra_seconds)
             measure.run_steps(wl, wl.batches[spec.warmup : spec.total_steps])
             scaler = getattr(wl.step, "scaler", None)
             assert (scaler is not None) == (amp == "fp16")
@@ -134,9 +143,10 @@ def test_the_clock_warm_up_trains_a_copy_and_leaves_the_trials_bits_alone(amp):
             return out, [p.detach().clone() for p in wl.model.parameters()], torch.random.get_rng_state(), scale
 
     plain, params, rng, scale = trained(0.0)
-    warmed, warmed_params, warmed_rng, warmed_scale = trained(0.2)
+    warmed, warmed_params, warmed_rng, warmed_scale = trained(0.25)
     assert plain == {"clock_warmup_steps": 0}
-    assert warmed["clock_warmup_steps"] >= 1 and warmed["clock_warmup_s"] >= 0.2
+    # readings 0.0 (start), 0.1 and 0.2 (a step each), 0.3 (done), 0.4 (the time it took)
+    assert warmed == {"clock_warmup_steps": 2, "clock_warmup_s": pytest.approx(0.4)}
     assert all(torch.equal(a, b) for a, b in zip(params, warmed_params))
     assert torch.equal(rng, warmed_rng) and scale == warmed_scale
 

@@ -1,0 +1,108 @@
+"""The axes that set the trial process's state, restored when the trial ends (`apply`
+returns what restores it): torch's CPU thread count, and TF32 for convolutions and matmul.
+"""
+
+from __future__ import annotations
+
+from detcost.axes.registry import Axis, int_at_least
+
+
+def _positive_int(text: str) -> int:
+    return int_at_least(text, 1)
+
+
+class Threads(Axis):
+    """torch's CPU thread count, set for the trial's process."""
+
+    def apply(self, value, spec):
+        import torch
+
+        if not value:
+            return None
+        before = torch.get_num_threads()
+        torch.set_num_threads(value)
+        return lambda: torch.set_num_threads(before)
+
+    def read_back(self, workload) -> int:
+        import torch
+
+        return torch.get_num_threads()
+
+    def id_part(self, value) -> str:
+        return f"t{value}"
+
+    def snippet(self, values, cpu):
+        if not cpu:
+            return []
+        n = values[0] if len(values) == 1 else "N"
+        return [f"torch.set_num_threads({n})  # on the CPU, results depend on the thread count: fix it"]
+
+    def host_threads(self, value, device):
+        from detcost.timing import trial_threads
+
+        return trial_threads(device, [value])
+
+    def defaults_for(self, device):
+        import torch
+
+        return [torch.get_num_threads()]
+
+
+THREADS = Threads(
+    name="threads",
+    default=None,
+    help="CPU thread counts, comma list; each trial runs at each (default: torch's default)",
+    parse=_positive_int,
+    compare_across=True,
+)
+
+# TF32 for convolutions and matmul together, through the fp32_precision API of torch 2.9+
+# (never the legacy allow_tf32 setters: mixing the two makes the legacy getters raise).
+# "torch" leaves torch's defaults (TF32 for cuDNN convolutions, IEEE for matmul).
+TF32_MODES = ("torch", "on", "off")
+_FP32_PRECISION = {"on": "tf32", "off": "ieee"}
+
+
+class Tf32(Axis):
+    """TF32 for convolutions and matmul, set for the trial's process."""
+
+    def apply(self, value, spec):
+        import torch
+
+        if value not in _FP32_PRECISION:
+            return None
+        conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+        before = (conv.fp32_precision, matmul.fp32_precision)
+        conv.fp32_precision = matmul.fp32_precision = _FP32_PRECISION[value]
+
+        def restore() -> None:
+            conv.fp32_precision, matmul.fp32_precision = before
+
+        return restore
+
+    def read_back(self, workload) -> str:
+        import torch
+
+        return f"conv={torch.backends.cudnn.conv.fp32_precision},matmul={torch.backends.cuda.matmul.fp32_precision}"
+
+    def id_part(self, value):
+        return None if value == "torch" else f"tf32-{value}"
+
+    def snippet(self, values, cpu):
+        if values not in (["on"], ["off"]):
+            return []
+        p = _FP32_PRECISION[values[0]]
+        note = "  # TF32 changes nothing on the CPU" if cpu else ""
+        return [
+            f'torch.backends.cudnn.conv.fp32_precision = "{p}"{note}',
+            f'torch.backends.cuda.matmul.fp32_precision = "{p}"',
+        ]
+
+
+TF32 = Tf32(
+    name="tf32",
+    default="torch",
+    values=TF32_MODES,
+    help="comma list of torch (its defaults: TF32 convolutions, IEEE matmul), on, off: TF32 for "
+    "convolutions and matmul together; each trial runs at each (default: torch)",
+)
