@@ -146,11 +146,12 @@ def test_ctrl_c_stops_the_sweep_quietly_and_keeps_finished_trials(tmp_path):
 def test_the_test_suite_stays_on_the_cpu_where_cuda_is_present(monkeypatch):
     """On a GPU box `auto` picks cuda:0; the suite's sweeps pin the CPU (QUICK)."""
     from detcost import env
-    from detcost.cli import _sweep_options, build_parser
+    from detcost.cli import build_parser
+    from detcost.cli.run import sweep_options
 
     monkeypatch.setattr(env, "cuda_available", lambda: True)
     assert env.resolve_device("auto") == "cuda:0"  # the fake is in force
-    assert _sweep_options(build_parser().parse_args(["run", *QUICK])).device == "cpu"
+    assert sweep_options(build_parser().parse_args(["run", *QUICK])).device == "cpu"
 
 
 @pytest.mark.parametrize(
