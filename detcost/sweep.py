@@ -4,7 +4,8 @@ Fresh processes are the point: cuDNN picks algorithms once per process and shape
 repeats inside one process would hide the variance detcost measures. What runs is
 `detcost.plan`'s; how a trial's process starts, and why its memory layout is varied from
 round to round, is `detcost.isolation`'s. Here are the runner that appends each record as
-it arrives, resume, and --precision's added rounds.
+it arrives, resume, and --precision's added rounds; and `detcost audit`'s trials, run the
+same way.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from detcost import env as envmod
 from detcost.errors import HarnessError, UsageError
 from detcost.isolation import Layout, new_server, run_isolated, start_method
 from detcost.plan import SweepOptions, plan
-from detcost.record import ROUND_KINDS, TrialRecord, TrialSpec, flops_key
+from detcost.record import ROUND_KINDS, Kind, TrialRecord, TrialSpec, flops_key
 from detcost.results import ResultsWriter, open_for_sweep
+from detcost.train import spec_at_preset
 from detcost.trial import CUDA_AT_START
 
 
@@ -263,6 +265,14 @@ class _Runner:
     def note_widest(self, widest: float) -> None:
         shown = "no interval yet" if widest == float("inf") else f"±{widest:.1%}"
         self.bar.set_description_str(f"detcost (widest {shown}, target ±{self.opts.precision:.1%})")
+
+
+def audit_workloads(workloads: list[str], device: str, preset: str) -> list[TrialRecord]:
+    """`detcost audit`: one audit trial of each workload under strict at the size `preset`,
+    each in a fresh process as a sweep's trials are; a failed one is a record, not an error."""
+    method = start_method("auto", device)
+    specs = [spec_at_preset(w, "strict", device, preset, run_id="audit", kind=Kind.AUDIT) for w in workloads]
+    return [run_isolated(spec, method=method) for spec in specs]
 
 
 def _run_one(opts: SweepOptions, spec: TrialSpec, machine: dict, layout: Layout | None) -> TrialRecord:

@@ -140,6 +140,36 @@ def test_a_dry_run_with_a_loader_prices_its_reads_and_prints_the_figures(capsys,
     assert "the axes add: --data loader:" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("busy", [False, True])
+def test_the_dry_run_is_a_library_call_that_the_cli_prints(monkeypatch, capsys, tmp_path, busy):
+    """`dryrun.dry_run` plans, estimates and looks at the machine (faked here, busy or not);
+    the CLI prints its rendering, in text or JSON, and nothing else."""
+    from detcost import dryrun, guard
+    from detcost.payloads import BusyReport
+    from detcost.report.sweep_text import dry_run_json, dry_run_text
+
+    load = BusyReport(others_cpu_cores=1.5 if busy else 0.0, cpu_busy=busy)
+    monkeypatch.setattr(guard, "sample", lambda device, threads: load)
+    opts = _options("cpu", workloads=["simple_cnn"], settings=["default"], repeats=1, results=tmp_path / "r.jsonl")
+    dry = dryrun.dry_run(replace(opts, wait_quiet=30.0))
+    assert dry.trial_ids == [s.trial_id for s in plan.plan(opts)] and dry.load is load and dry.gpu is None
+    assert dry.estimate.seconds == estimate.estimate(dry.specs, "cpu", plan.new_servers(opts, dry.specs)).seconds
+    text = dry_run_text(dry)
+    if busy:
+        wait = "a run would wait up to 30 s for it to go quiet"
+        assert text.endswith(f"the machine is busy now: {load.describe()}; {wait}") and "1.5 CPU cores" in text
+    else:
+        assert text.endswith("the machine is quiet now (no other process competes for its CPUs or GPU)")
+    argv = ["run", "--device", "cpu", "--workloads", "simple_cnn", "--settings", "default", "--repeats", "1"]
+    argv += ["--dry-run", "--wait-quiet", "30", "--results", str(tmp_path / "r.jsonl")]
+    assert main(argv) == 0
+    assert capsys.readouterr().out == text + "\n"
+    assert main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == json.loads(json.dumps(dry_run_json(dry)))
+    assert out["busy_now"] == (load.describe() if busy else None)
+
+
 def _options(device: str, **overrides) -> plan.SweepOptions:
     base = {
         "workloads": list(BUILTIN),

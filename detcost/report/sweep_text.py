@@ -1,5 +1,5 @@
-"""What `detcost run` prints: the dry run's plan and estimate, and the summary at the end
-of a sweep (terminal and JSON), rendered from one analysis."""
+"""What `detcost run` prints: the dry run's plan, estimate and look at the machine, and the
+summary at the end of a sweep (terminal and JSON), rendered from one analysis."""
 
 from __future__ import annotations
 
@@ -31,6 +31,27 @@ def plan_text(specs, estimate, gpu: str | None = None) -> str:
     cuda = cuda_estimate_lines(len(specs), estimate, gpu)
     axes_in = [] if estimate.cuda else [f"  the axes add: {line}" for line in estimate.assumptions()]
     return "\n".join(lines + axes_in + cuda)
+
+
+def dry_run_text(dry) -> str:
+    """`detcost run --dry-run`: the plan and its estimate (`plan_text`), then the machine now."""
+    if dry.load.busy:
+        wait = f"a run would wait up to {dry.wait_quiet:g} s for it to go quiet"
+        machine = f"the machine is busy now: {dry.load.describe()}; {wait}"
+    else:
+        machine = "the machine is quiet now (no other process competes for its CPUs or GPU)"
+    return plan_text(dry.specs, dry.estimate, dry.gpu) + "\n" + machine
+
+
+def dry_run_json(dry) -> dict:
+    est = dry.estimate
+    return {
+        "trials": dry.trial_ids,
+        "estimated_s": est.seconds,
+        "estimate": {"by_kind": est.by_kind, "once_s": est.once_s, "assumptions": est.assumptions()},
+        "gpu": dry.gpu,
+        "busy_now": dry.load.describe() if dry.load.busy else None,
+    }
 
 
 def cuda_estimate_lines(trials: int, estimate, gpu: str | None) -> list[str]:

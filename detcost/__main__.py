@@ -1,0 +1,7 @@
+"""`python -m detcost`, as the `detcost` command."""
+
+import sys
+
+from detcost.cli import main
+
+sys.exit(main())

@@ -1,0 +1,59 @@
+"""The `detcost` command: run | report | compare | variance | explain | audit | selfcheck | env.
+
+Bad input ends in one line on stderr and exit code 2; an internal error in exit code 1
+(one line where detcost knows what went wrong); a failed selfcheck check in exit code 4.
+Its options are in `args`; the commands in `run` (those that run trials) and `show`
+(those that read results or describe the machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+
+from detcost.cli.args import build_parser
+from detcost.cli.output import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from detcost.errors import HarnessError, UsageError
+
+__all__ = ["build_parser", "main"]
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a cancelled CI job, `kill`) and SIGHUP (a closed terminal) stop detcost as
+    Ctrl-C does: the running trial and its workers are killed, finished trials kept."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        with _terminate_as_interrupt():
+            return args.func(args)
+    except UsageError as exc:
+        print(f"detcost: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except HarnessError as exc:
+        print(f"detcost: error: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+    except BrokenPipeError:  # output piped into `head`: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print("detcost: interrupted; finished trials are kept (rerun with --resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED

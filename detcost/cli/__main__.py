@@ -1,0 +1,7 @@
+"""`python -m detcost.cli`, as the `detcost` command."""
+
+import sys
+
+from detcost.cli import main
+
+sys.exit(main())

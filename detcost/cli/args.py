@@ -1,0 +1,339 @@
+"""`detcost`'s options: one parser, a sub-parser per command, each naming the function in
+`detcost.cli.run` or `detcost.cli.show` that runs it. A usage error is one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from detcost.axes import int_at_least
+from detcost.cli.run import cmd_audit, cmd_run
+from detcost.cli.show import cmd_compare, cmd_env, cmd_explain, cmd_report, cmd_selfcheck, cmd_variance
+from detcost.errors import UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump) and exit code 2."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+# ---- argument types -----------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        return int_at_least(text, low)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+def _precision(text: str) -> float:
+    """`2%` or `0.02`: a relative half-width between 0 and 1."""
+    value = _fraction(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"give a fraction below 1 or a percentage (2%), got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    if text.strip() in ("0", "0.0"):
+        return 0.0
+    return _positive_float(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+# ---- commands -----------------------------------------------------------------------
+
+
+def _add_axes(p) -> None:
+    """One option per registered axis (`--threads`, `--vary`, `--memory-format`, ...)."""
+    from detcost import axes
+
+    for axis, _ in axes.each({}):
+        p.add_argument(
+            axis.flag,
+            dest=f"axis_{axis.name}",
+            metavar=axis.name.upper(),
+            type=_axis_values(axis),
+            default=None,
+            help=axis.help,
+        )
+
+
+def _axis_values(axis):
+    def parse(text: str) -> list:
+        try:
+            return axis.parse_list(text)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{axis.flag}: ")) from None
+
+    return parse
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="run a sweep: workloads x settings x repeats, each trial in a fresh process")
+    _add_run_what(p.add_argument_group("what to run"))
+    _add_run_trials(p.add_argument_group("trials"))
+    _add_run_trust(p.add_argument_group("precision and the quiet-machine guard"))
+    _add_run_output(p.add_argument_group("results and report"))
+    p.set_defaults(func=cmd_run)
+
+
+def _add_run_what(g) -> None:
+    from detcost.workloads import BUILTIN
+
+    g.add_argument(
+        "--workloads",
+        default=None,
+        help=f"comma list of workloads (default: the built-in {','.join(BUILTIN)}, or only --model's); "
+        "also package.module:factory",
+    )
+    _add_model(g)
+    g.add_argument("--settings", default=None, help="comma list of settings (default: all seven)")
+    g.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=None,
+        help="repeats per workload x setting (default: 3 on CUDA, 2 on CPU)",
+    )
+    g.add_argument("--seed", type=_non_negative_int, default=0, help="trial seed (default: %(default)s)")
+    g.add_argument(
+        "--seeds",
+        type=_non_negative_int,
+        default=3,
+        help="seed yardstick: trials of the reference setting with this many other seeds "
+        "(default: %(default)s; 0 skips)",
+    )
+    g.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:N")
+    _add_axes(g)
+
+
+def _add_model(g) -> None:
+    g.add_argument(
+        "--model",
+        default=None,
+        help="your own nn.Module: package.module:callable or path/to/file.py:callable returning it; "
+        "trained on detcost's seeded data like the built-in nets",
+    )
+    g.add_argument(
+        "--input", default=None, help="--model's input, CxHxW (default: its first conv's channels x 32 x 32)"
+    )
+    g.add_argument("--classes", type=_positive_int, default=None, help="--model's classes (default: its output width)")
+
+
+def _add_run_trials(g) -> None:
+    g.add_argument("--quick", action="store_true", help="small sizes and few steps: a smoke run")
+    g.add_argument(
+        "--steps", type=_positive_int, default=None, help="timed steps per trial (default: per workload and device)"
+    )
+    g.add_argument(
+        "--warmup", type=_non_negative_int, default=None, help="warm-up steps before timing (default: per workload)"
+    )
+    g.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=None,
+        help="batch size of every workload, --model's too (default: per workload and device; the tables show it)",
+    )
+    g.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=600.0,
+        help="seconds per trial before it is killed (default: %(default)g)",
+    )
+    g.add_argument(
+        "--max-time",
+        type=_positive_float,
+        default=None,
+        help="stop starting trials after this many seconds (--resume continues)",
+    )
+    g.add_argument("--keep-params", action="store_true", help="keep the full final parameters of every trial (large)")
+    g.add_argument("--no-aa", action="store_true", help="skip the A/A control (default is to run it)")
+    g.add_argument("--no-audit", action="store_true", help="skip the per-workload audit of nondeterministic ops")
+    g.add_argument(
+        "--no-explain",
+        action="store_true",
+        help="skip the profiled trials that explain the price (one per workload x setting)",
+    )
+    g.add_argument(
+        "--start-method",
+        choices=("auto", "forkserver", "spawn"),
+        default="auto",
+        help="how trial processes start (default: the forkserver, on CPU and CUDA)",
+    )
+    g.add_argument(
+        "--layout",
+        default="random",  # checked by SweepOptions (isolation.LAYOUTS), without importing torch here
+        help="random (default): a new forkserver each round and a random heap and environment pad in every "
+        "trial, so a memory layout's bias becomes round-to-round noise the intervals see; fixed: one "
+        "forkserver and no pads (as before; biased, see docs/layout-bias.md)",
+    )
+
+
+def _add_run_trust(g) -> None:
+    from detcost.guard import DEFAULT_WAIT_S
+
+    g.add_argument(
+        "--precision",
+        type=_precision,
+        default=None,
+        help="add rounds until every price's 95%% interval is within this (2%% or 0.02), "
+        "or until --max-repeats or --max-time",
+    )
+    g.add_argument(
+        "--max-repeats", type=_positive_int, default=20, help="most rounds --precision may run (default: %(default)s)"
+    )
+    g.add_argument(
+        "--wait-quiet",
+        type=_non_negative_float,
+        default=DEFAULT_WAIT_S,
+        help="seconds to wait for a busy machine to go quiet, before the sweep and before running a busy trial "
+        "again (default: %(default)g)",
+    )
+    g.add_argument("--allow-busy", action="store_true", help="start and go on while other jobs use the machine")
+
+
+def _add_run_output(g) -> None:
+    g.add_argument("--results", type=Path, default=None, help="results JSONL (default: results/<run-id>.jsonl)")
+    g.add_argument(
+        "--resume", action="store_true", help="continue a results file: run only trials without an ok record"
+    )
+    g.add_argument("--report", type=Path, default=None, help="report folder (default: reports/<run-id>)")
+    g.add_argument("--no-report", action="store_true", help="do not write the HTML and Markdown report at the end")
+    _add_max_slowdown(g)
+    g.add_argument("--dry-run", action="store_true", help="list the planned trials and an estimated time, run nothing")
+    g.add_argument("--json", action="store_true", help="print the summary as JSON")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _add_env(sub) -> None:
+    p = sub.add_parser("env", help="print the environment fingerprint stored with every result")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--asv-machine",
+        action="store_true",
+        help="print a machine name for `asv machine --machine` that names the GPU (asv has no GPU field)",
+    )
+    p.set_defaults(func=cmd_env)
+
+
+def _add_variance(sub) -> None:
+    p = sub.add_parser("variance", help="what each setting buys: spread across repeats and seeds, from a results file")
+    p.add_argument("results", type=Path, nargs="+", help="results JSONL file(s)")
+    p.add_argument("--curves", action="store_true", help="also print the divergence over checkpoints")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_variance)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 0.1 or 10%)") from None
+    if not 0 <= value <= 10:
+        raise argparse.ArgumentTypeError(f"{text} is out of range; give a fraction such as 0.1 (10%)")
+    return value
+
+
+def _add_max_slowdown(p) -> None:
+    from detcost.derive.recommend import DEFAULT_MAX_SLOWDOWN
+
+    p.add_argument(
+        "--max-slowdown",
+        type=_fraction,
+        default=DEFAULT_MAX_SLOWDOWN,
+        help="speed budget of the recommendation, relative to the fastest setting (default: %(default)s)",
+    )
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="write the HTML report and Markdown summary of results file(s)")
+    p.add_argument("results", type=Path, nargs="+", help="results JSONL file(s); several machines are grouped")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<run-id>)")
+    _add_max_slowdown(p)
+    p.add_argument("--json", action="store_true", help="print the recommendation and paths as JSON")
+    p.set_defaults(func=cmd_report)
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="the price table of two runs side by side (two GPUs, torch versions, commits)")
+    p.add_argument("a", type=Path, metavar="A.jsonl", help="results JSONL of run A")
+    p.add_argument("b", type=Path, metavar="B.jsonl", help="results JSONL of run B")
+    p.add_argument("--out", type=Path, default=None, help="also write the comparison as HTML to this file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+
+def _add_selfcheck(sub) -> None:
+    p = sub.add_parser(
+        "selfcheck",
+        help="measure detcost's own timing (overhead, agreement, repeatability, efficiency); "
+        "on CUDA, check the CUDA path too: one line per check, to paste into a bug report",
+    )
+    p.add_argument(
+        "--workloads", "--workload", default="simple_cnn", help="the workload to time (default: %(default)s)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--quick", action="store_true", help="small sizes for the timing checks")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_selfcheck)
+
+
+def _add_explain(sub) -> None:
+    p = sub.add_parser("explain", help="which ops got slower: the profiled trials of a results file, diffed")
+    p.add_argument("results", type=Path, nargs="+", help="results JSONL file(s)")
+    p.add_argument("--workloads", default=None, help="comma list (default: all in the results)")
+    p.add_argument("--top", type=_positive_int, default=8, help="ops per workload x setting (default: %(default)s)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_explain)
+
+
+def _add_audit(sub) -> None:
+    from detcost.workloads import BUILTIN
+
+    p = sub.add_parser("audit", help="list the ops with no deterministic implementation that a workload hits")
+    p.add_argument(
+        "--workloads", "--workload", default=None, help=f"comma list (default: the built-in {','.join(BUILTIN)})"
+    )
+    _add_model(p)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--quick", action="store_true", help="small sizes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import detcost
+
+    parser = _Parser(prog="detcost", description="What determinism costs in PyTorch training, and what it buys.")
+    parser.add_argument("--version", action="version", version=f"detcost {detcost.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_run(sub)
+    _add_env(sub)
+    _add_variance(sub)
+    _add_audit(sub)
+    _add_report(sub)
+    _add_compare(sub)
+    _add_selfcheck(sub)
+    _add_explain(sub)
+    return parser

@@ -1,0 +1,159 @@
+"""The commands that run trials: `detcost run` (and its --dry-run) and `detcost audit`.
+Each turns its options into the library's, calls it, and prints what it returns."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from detcost.cli.output import EXIT_OK, EXIT_STOPPED, print_json
+from detcost.errors import UsageError
+
+
+def _workload_names(args) -> list[str]:
+    """--workloads and --model as workload names; a broken --model is a UsageError now,
+    before any trial starts. Without --workloads: the built-in ones, or only the model."""
+    from detcost.workloads import BUILTIN, parse_workloads
+    from detcost.workloads.model import resolve
+
+    if args.model is None and (args.input or args.classes):
+        raise UsageError("--input and --classes describe --model; give --model too")
+    given = args.workloads or ("" if args.model else ",".join(BUILTIN))
+    names = [w.name for w in parse_workloads(given)] if given else []
+    return names + ([resolve(args.model, args.input, args.classes).name] if args.model else [])
+
+
+def _results_path(given: Path | None, run_id: str) -> Path:
+    results = given or Path("results") / f"{run_id}.jsonl"
+    if results.exists() and results.is_dir():
+        raise UsageError(f"--results {results} is a directory; give a file path")
+    if not results.suffix:  # the arrays go in a folder named after the file's stem: it must differ
+        results = results.with_suffix(".jsonl")
+    return results
+
+
+def sweep_options(args):
+    """`detcost run`'s options as the sweep's; bad input is a UsageError here, before any trial."""
+    from detcost import axes
+    from detcost.env import resolve_device
+    from detcost.plan import SweepOptions, new_run_id, size_preset
+    from detcost.settings import DEFAULT_SETTINGS, parse_settings
+    from detcost.timing import is_cuda
+
+    workloads = _workload_names(args)
+    settings = [s.name for s in parse_settings(args.settings or ",".join(DEFAULT_SETTINGS))]
+    device = resolve_device(args.device)
+    cuda = is_cuda(device)
+    run_id = new_run_id()
+    results = _results_path(args.results, run_id)
+    return SweepOptions(
+        workloads=workloads,
+        settings=settings,
+        repeats=args.repeats or (3 if cuda else 2),
+        seed=args.seed,
+        device=device,
+        axes={name: getattr(args, f"axis_{name}") for name in axes.names() if getattr(args, f"axis_{name}")},
+        size_preset=size_preset(device, args.quick),
+        results=results,
+        run_id=run_id,
+        steps=args.steps,
+        warmup=args.warmup,
+        batch=args.batch,
+        timeout=args.timeout,
+        seeds=args.seeds,
+        aa=not args.no_aa,
+        audit=not args.no_audit,
+        explain=not args.no_explain,
+        keep_params=args.keep_params,
+        start_method=args.start_method,
+        layout=args.layout,
+        max_time=args.max_time,
+        allow_busy=args.allow_busy,
+        wait_quiet=args.wait_quiet,
+        precision=args.precision,
+        max_repeats=max(args.max_repeats, args.repeats or 0),
+    )
+
+
+def cmd_run(args) -> int:
+    from detcost.derive.analysis import analyse
+    from detcost.report import text
+    from detcost.sweep import run_sweep
+
+    opts = sweep_options(args)
+    if opts.added_default:
+        print(
+            "note: default added to the settings: the A/A control and the seed yardstick run under it", file=sys.stderr
+        )
+    _check_paths(opts, args)  # every path the run will write, before its first trial
+    if args.dry_run:
+        return _dry_run(opts, args.resume, args.json)
+    if not opts.results.parent.exists():
+        print(f"note: created the folder {opts.results.parent}/, where the results file goes", file=sys.stderr)
+    t0 = time.monotonic()
+    outcome = run_sweep(opts, resume=args.resume, progress=not args.quiet)
+    wall = time.monotonic() - t0
+    # the sweep's records, every planned trial's latest (a --precision run may have added rounds)
+    analysis = analyse(outcome.records, args.max_slowdown)
+    paths = None
+    if not args.no_report and outcome.records:
+        from detcost.report.build import build_report
+
+        try:
+            paths = build_report(analysis, args.report, [outcome.results])
+        except OSError as exc:  # the results are safe: say so, and print the summary anyway
+            print(f"detcost: could not write the report: {exc}; the results are in {outcome.results}", file=sys.stderr)
+    if args.json:
+        print_json(text.run_summary_json(analysis, outcome, wall, paths))
+    else:
+        print(text.run_summary(analysis, outcome, wall, paths))
+    return EXIT_STOPPED if outcome.stopped_early else EXIT_OK
+
+
+def _check_paths(opts, args) -> None:
+    from detcost.results import check_writable
+
+    check_writable(opts.results, "results file")
+    if not args.no_report:
+        check_writable(args.report or Path("reports") / opts.run_id, "report folder")
+
+
+def _dry_run(opts, resume: bool, as_json: bool) -> int:
+    from detcost.dryrun import dry_run
+    from detcost.report.sweep_text import dry_run_json, dry_run_text
+
+    dry = dry_run(opts, resume=resume)
+    if as_json:
+        print_json(dry_run_json(dry))
+    else:
+        print(dry_run_text(dry))
+    return EXIT_OK
+
+
+def cmd_audit(args) -> int:
+    from detcost.env import resolve_device
+    from detcost.plan import size_preset
+    from detcost.sweep import audit_workloads
+
+    workloads = _workload_names(args)
+    device = resolve_device(args.device)
+    records = audit_workloads(workloads, device, size_preset(device, args.quick))
+    if args.json:
+        print_json(
+            [
+                {
+                    "workload": r.spec.workload,
+                    "status": r.status,
+                    "error": r.error,
+                    **(r.audit.to_json() if r.audit else {}),
+                }
+                for r in records
+            ]
+        )
+    else:
+        from detcost.derive.analysis import AuditFinding
+        from detcost.report import text
+
+        print(text.audit_text([AuditFinding.of(r) for r in records]))
+    return EXIT_OK
