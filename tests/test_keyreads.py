@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from detcost import record
+from detcost import payloads, record
 from detcost.derive import DERIVED_COLUMNS
 from detcost.derive.keys import group_fields
 
@@ -23,10 +23,10 @@ def _record_fields() -> set[str]:
     probe = record.TrialSpec("", record.Kind.TIMED, "", "", 0, 0, "cpu", 1, 0, 1, 1)
     flat = record._known_fields(probe) | {"payload", "parts"}
     nested = {
-        "busy": [*record.BusyReport.__dataclass_fields__, "busy"],
-        "audit": record.Audit.__dataclass_fields__,
-        "host_bound": record.HostBound.__dataclass_fields__,
-        "cudnn_plans": record.CudnnPlans.__dataclass_fields__,
+        "busy": [*payloads.BusyReport.__dataclass_fields__, "busy"],
+        "audit": payloads.Audit.__dataclass_fields__,
+        "host_bound": payloads.HostBound.__dataclass_fields__,
+        "cudnn_plans": payloads.CudnnPlans.__dataclass_fields__,
         "flags": [],
         "env": [*record.ENV_FIELDS, "env"],
         "layout": ["heap_pad", "env_pad", "server_pid", "mode"],
