@@ -121,8 +121,9 @@ def child_main(
     parent chose (before anything touches CUDA), run the trial, send the record back.
     Ctrl-C is the parent's to handle: it stops the sweep and kills this process, which so
     never prints a traceback."""
-    pad = Layout(**layout).apply() if layout else None  # held until the trial ends
+    # Ctrl-C first: a terminal's SIGINT reaches this process's group until setpgid below
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pad = Layout(**layout).apply() if layout else None  # held until the trial ends
     os.setpgid(0, 0)  # a process group of its own: the parent kills it with its DataLoader workers
     spec = TrialSpec.from_dict(spec_dict)
     # The invariant forked trials rest on, checked in every one: no CUDA before the fork
