@@ -27,7 +27,9 @@ def judge(start, end, threads: int, gpu_others: str | None = None) -> BusyReport
 
 
 def sample(device: str, threads: int, seconds: float = SAMPLE_S) -> BusyReport:
-    """Look at the machine for `seconds` while detcost does nothing."""
+    """Look at the machine for `seconds` while detcost does nothing. What detcost's own
+    process tree uses meanwhile (its forkserver, a trial still ending) is its own, as in a
+    trial's view; only other processes' time can make the machine busy."""
     start = cpu_sample()
     time.sleep(seconds)
     end = cpu_sample()

@@ -193,9 +193,11 @@ def _strata(wl: Workload, spec: TrialSpec) -> list[int] | None:
 
 
 def _busy(spec: TrialSpec, cpu_start) -> BusyReport:
-    """The busy guard's view of the timed region. On the CPU a trial uses its thread
-    count; a CUDA trial drives the GPU from one host thread, and another compute process
-    on the same GPU (NVML, nvidia-smi) makes it busy whatever the CPUs did."""
+    """The busy guard's view of the timed region. The trial's own CPU time is its process
+    tree's (`timing.tree_cpu_s`), so its DataLoader workers are its own work, not a
+    neighbour's. On the CPU a trial uses its thread count; a CUDA trial drives the GPU from
+    one host thread, and another compute process on the same GPU (NVML, nvidia-smi) makes
+    it busy whatever the CPUs did."""
     threads = trial_threads(spec.device, [torch.get_num_threads()])
     gpu_others = gpu_processes(spec.device) if is_cuda(spec.device) else None
     return BusyReport.between(cpu_start, cpu_sample(), threads, gpu_others)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import psutil
 import torch
 
 
@@ -128,7 +130,7 @@ def peak_memory(device: str) -> tuple[int, str]:
 class CpuSample:
     wall: float
     busy_s: float | None  # CPU seconds spent busy on the CPUs this process may use (/proc/stat)
-    own_s: float  # CPU seconds of this process (all its threads)
+    own_s: float  # CPU seconds of this process's tree: its threads, live descendants, reaped children
     loadavg: float | None
 
 
@@ -140,8 +142,50 @@ def usable_cpus() -> set[int]:
         return set(range(os.cpu_count() or 1))
 
 
-def cpu_sample() -> CpuSample:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+def tree_cpu_s(process: psutil.Process | None = None, rusage=resource.getrusage) -> float:
+    """CPU seconds (user + system) of this process's whole tree, so a trial's DataLoader
+    workers (or a sweep's forkserver and its trials) are its own work, not another job's.
+
+    Each process of the tree counts its own time and that of the children it has reaped:
+    this process through `getrusage` (RUSAGE_SELF + RUSAGE_CHILDREN), each live descendant
+    through psutil (`user + system + children_user + children_system`). A child's time is
+    then in exactly one place at each sample: while it lives, in its own entry; once its
+    parent has reaped it, in that parent's reaped-children time (Linux adds a reaped child's
+    time, and its own reaped children's, to the parent's). So a worker alive at one sample
+    and reaped before the next is neither lost nor counted twice in the difference of the
+    two; it only moves from one term to another. What no difference sees: a descendant
+    orphaned before it ends (reaped by init, not by the tree), and a child reaped by another
+    thread while this one samples (DataLoader workers, multiprocessing children and a
+    sweep's trials are reaped by the thread that samples, so not in between). /proc counts
+    a live process in clock ticks, so a child moving into the reaped term may shift the
+    sum by up to a tick.
+    """
+    own, reaped = rusage(resource.RUSAGE_SELF), rusage(resource.RUSAGE_CHILDREN)
+    total = own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
+    return total + live_descendants_cpu_s(process)
+
+
+def live_descendants_cpu_s(process: psutil.Process | None = None) -> float:
+    """CPU seconds of the live descendants of `process` (this one by default), each with
+    the children it has reaped; a process that ends or hides while it is read adds nothing."""
+    try:
+        descendants = (process or psutil.Process()).children(recursive=True)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return 0.0
+    total = 0.0
+    for p in descendants:
+        try:
+            t = p.cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def cpu_sample(tree: Callable[[], float] = tree_cpu_s) -> CpuSample:
+    """A look at the machine's CPUs: their busy time (/proc/stat) and this process tree's
+    own time (`tree`), the two a busy report subtracts."""
+    own_s = tree()
     cpus, busy = usable_cpus(), None
     try:
         busy = 0.0
@@ -160,7 +204,7 @@ def cpu_sample() -> CpuSample:
         load = os.getloadavg()[0]
     except OSError:
         load = None
-    return CpuSample(time.monotonic(), busy, usage.ru_utime + usage.ru_stime, load)
+    return CpuSample(time.monotonic(), busy, own_s, load)
 
 
 def trial_threads(device: str, thread_counts) -> int:
