@@ -21,6 +21,7 @@ from detcost import env as envmod
 from detcost.errors import HarnessError, UsageError
 from detcost.isolation import Layout, new_server, run_isolated, start_method
 from detcost.plan import SweepOptions, plan
+from detcost.payloads import BusyReport
 from detcost.record import ROUND_KINDS, Kind, TrialRecord, TrialSpec, flops_key
 from detcost.results import ResultsWriter, open_for_sweep
 from detcost.train import spec_at_preset
@@ -243,7 +244,7 @@ class _Runner:
         if self.opts.max_time is not None:
             budget = min(budget, max(0.0, self.opts.max_time - (time.monotonic() - self.t0)))
 
-        def paused(load: guard.Load, waited: float) -> None:
+        def paused(load: BusyReport, waited: float) -> None:
             self.bar.set_description_str(f"paused: machine busy ({waited:.0f} s)")
             self.bar.set_postfix_str(load.describe(), refresh=True)
 
@@ -259,7 +260,7 @@ class _Runner:
         self.gave_up = load.busy
         return not load.busy
 
-    def look(self, budget: float, on_wait) -> tuple[guard.Load, float]:
+    def look(self, budget: float, on_wait) -> tuple[BusyReport, float]:
         return guard.wait_for_quiet(lambda: guard.sample(self.opts.device, self.threads), budget, on_wait)
 
     def note_widest(self, widest: float) -> None:
