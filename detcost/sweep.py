@@ -20,8 +20,8 @@ from detcost import axes, guard
 from detcost import env as envmod
 from detcost.errors import HarnessError, UsageError
 from detcost.isolation import Layout, new_server, run_isolated, start_method
-from detcost.plan import SweepOptions, plan
 from detcost.payloads import BusyReport
+from detcost.plan import SweepOptions, plan
 from detcost.record import ROUND_KINDS, Kind, TrialRecord, TrialSpec, flops_key
 from detcost.results import ResultsWriter, open_for_sweep
 from detcost.train import spec_at_preset
