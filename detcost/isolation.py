@@ -142,32 +142,51 @@ def run_isolated(
     """
     from detcost.trial import trial_environ
 
-    ctx = process_context(method)
-    receiver, sender = ctx.Pipe(duplex=False)
     environ = trial_environ(spec, results_dir) if environ is None else environ
     layout_json = layout.to_json() if layout else None
-    args = (spec.to_dict(), environ, str(results_dir) if results_dir else None, machine, sender, layout_json)
-    # Not a daemon: a trial may start processes of its own (DataLoader workers). The
-    # parent still reaps it on every path, Ctrl-C included.
-    proc = ctx.Process(target=child_main, args=args, name=f"detcost-trial {spec.trial_id}")
+    args = (spec.to_dict(), environ, str(results_dir) if results_dir else None, machine)
     started = time.perf_counter()
-    with _server_environ(method):
-        proc.start()
-    sender.close()  # the child holds the only writer: EOF now means the child is gone
-    sent, timed_out = receive(receiver, proc, timeout)
+    sent, why = in_fresh_process(
+        child_main, args, {"layout": layout_json}, method=method, timeout=timeout, name=f"detcost-trial {spec.trial_id}"
+    )
     if sent is not None:
         record = TrialRecord.from_json(sent)
-    elif timed_out:
+    elif why == TIMED_OUT:
         record = failure_record(
             spec, Status.TIMEOUT, f"no result after {timeout:g} s; the trial process was killed", machine
         )
     else:
-        record = failure_record(spec, Status.CRASH, exit_reason(proc.exitcode), machine)
+        record = failure_record(spec, Status.CRASH, why, machine)
     # seen from the parent: process start, the trial, sending the record and exiting
     record.process_wall_s = time.perf_counter() - started
     if layout is not None:  # which server it forked from: the labels of one round share one
         record.layout = {**layout_json, "server": server_pid() if method == "forkserver" else None}
     return record
+
+
+TIMED_OUT = "timed out"  # `in_fresh_process`'s reason for a process killed at its timeout
+
+
+def in_fresh_process(
+    target, args: tuple, kwargs: dict | None = None, *, method: str, timeout: float, name: str
+) -> tuple[object | None, str | None]:
+    """`target(*args, conn, **kwargs)` in a fresh process started by `method`, and what it
+    sent on `conn`: (the value, None), or (None, why none came: TIMED_OUT, or its crash
+    or exit code as `exit_reason` words it). The process, and every process it started
+    (`target` makes itself a process-group leader), is reaped on every path, Ctrl-C
+    included. The one way trials, and the selfcheck's measuring children, are started."""
+    ctx = process_context(method)
+    receiver, sender = ctx.Pipe(duplex=False)
+    # Not a daemon: a trial may start processes of its own (DataLoader workers). The
+    # parent still reaps it on every path, Ctrl-C included.
+    proc = ctx.Process(target=target, args=(*args, sender), kwargs=kwargs or {}, name=name)
+    with _server_environ(method):
+        proc.start()
+    sender.close()  # the child holds the only writer: EOF now means the child is gone
+    sent, timed_out = receive(receiver, proc, timeout)
+    if sent is not None:
+        return sent, None
+    return None, TIMED_OUT if timed_out else exit_reason(proc.exitcode)
 
 
 def receive(receiver, proc, timeout: float) -> tuple[dict | None, bool]:

@@ -3,12 +3,14 @@ failed line (never a traceback), `--device cuda` without CUDA is one line and ex
 the judgements of the CUDA acceptance suite, fed synthetic figures (CPU only)."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
 
 from detcost import selfcheck
-from detcost.cli import main
+from detcost.cli import EXIT_CHECKS_FAILED, main
+from detcost.payloads import HOST_BOUND_BELOW
 from detcost.record import Profile, Status, TrialParts, TrialRecord
 from detcost.selfcheck import Check, ChildResult
 from detcost.trial import run_trial
@@ -34,10 +36,10 @@ def test_a_check_that_builds_a_workload_runs_in_a_child_process(monkeypatch):
     def in_the_parent(spec):
         raise AssertionError("TrainStep ran in the selfcheck's own process")
 
-    monkeypatch.setattr(selfcheck, "TrainStep", in_the_parent)  # the child imports its own
+    monkeypatch.setattr(selfcheck.timing_checks, "TrainStep", in_the_parent)  # the child imports its own
     check = selfcheck.isolated(selfcheck.OVERHEAD, selfcheck.harness_overhead, make_spec(), 2, device="cpu")
-    assert check.name == selfcheck.OVERHEAD and check.value > 0, check
-    assert "failed" not in check.detail
+    assert check.name == selfcheck.OVERHEAD and check.figure != "failed", check
+    assert math.isfinite(check.value) and "median of 2 alternating rounds" in check.detail
     assert not torch.cuda.is_initialized()
 
 
@@ -116,8 +118,47 @@ def test_the_acceptance_suite_yields_every_check_of_the_cuda_path(tmp_path):
     assert names[-1] == selfcheck.CONTEXTS  # judged after every other process has run
 
 
-def test_the_gpu_overhead_target_is_one_percent():
-    assert selfcheck.overhead_target("cuda:0") == 1.01 and selfcheck.overhead_target("cpu") == 1.05
+@pytest.mark.parametrize("device", ["cpu", "cuda:0"])
+def test_the_overhead_check_reports_its_median_ratio_and_fails_past_the_devices_target(device):
+    target = selfcheck.overhead_target(device)
+    within = selfcheck.judge_overhead([target * 0.99, target * 0.999, target * 1.5], device, steps=20)
+    assert within.ok and within.value == pytest.approx(target * 0.999) and math.isfinite(within.value)
+    assert within.figure == f"{target * 0.999:.3f}" and "median of 3 alternating rounds of 20 steps" in within.detail
+    beyond = selfcheck.judge_overhead([target * 1.001] * 3, device, steps=20)
+    assert beyond.ok is False and beyond.value == pytest.approx(target * 1.001)
+    assert beyond.target == f"<= {target}"
+    assert selfcheck.judge_overhead([], device, steps=20).ok is False
+    assert selfcheck.judge_overhead([math.inf, math.nan], device, steps=20).figure == "failed"
+
+
+def test_the_overhead_of_a_cuda_step_is_judged_by_the_gpu_target_on_every_index():
+    """A GPU step's harness cost hides behind asynchronous kernels, so its target is the
+    tighter: a ratio between the two targets passes on the CPU and fails on cuda:N."""
+    between = (selfcheck.overhead_target("cuda") + selfcheck.overhead_target("cpu")) / 2
+    assert selfcheck.judge_overhead([between], "cpu", steps=10).ok
+    assert selfcheck.judge_overhead([between], "cuda:1", steps=10).ok is False
+
+
+@pytest.mark.parametrize(
+    ("oks", "code"),
+    [((True, True), 0), ((True, None), 0), ((None,), 0), ((True, False), EXIT_CHECKS_FAILED), ((False,), 4)],
+)
+def test_the_selfcheck_exits_nonzero_exactly_when_a_check_failed(capsys, monkeypatch, oks, code):
+    """A reported figure (`ok` None, e.g. repeatability) is no failure; one failed check is."""
+    shown = [Check(f"check {i}", 1.0, "t", ok, "d") for i, ok in enumerate(oks)]
+    monkeypatch.setattr(selfcheck, "run_all", lambda *args, **kwargs: shown)
+    assert main(["selfcheck", "--device", "cpu"]) == code
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == (f"all {len(oks)} checks passed or reported" if code == 0 else f"1 of {len(oks)} checks failed")
+
+
+def test_an_overhead_fed_past_its_target_fails_the_selfcheck(monkeypatch):
+    over = selfcheck.judge_overhead([selfcheck.overhead_target("cpu") * 1.01] * 3, "cpu", steps=10)
+    fine = selfcheck.judge_overhead([1.0] * 3, "cpu", steps=10)
+    monkeypatch.setattr(selfcheck, "run_all", lambda *args, **kwargs: [over])
+    assert main(["selfcheck", "--device", "cpu"]) == EXIT_CHECKS_FAILED
+    monkeypatch.setattr(selfcheck, "run_all", lambda *args, **kwargs: [fine])
+    assert main(["selfcheck", "--device", "cpu"]) == 0
 
 
 # ---- diag_oom ------------------------------------------------------------------------------------
@@ -219,7 +260,7 @@ def test_host_bound_is_judged_against_the_timed_step_not_the_profiled_one():
     from detcost.record import StepTiming
 
     profiled = record("simple_cnn", host_bound={"kernel_busy_s": 0.009, "kernel_busy_fraction": 0.36,
-                                                "host_bound": True, "threshold": 0.8})  # fmt: skip
+                                                "host_bound": True, "threshold": HOST_BOUND_BELOW})  # fmt: skip
     timed = record("simple_cnn", kind="timed")
     timed.parts = TrialParts(timing=StepTiming(step_times_s=[0.010] * 5, batch_size=8))
     judged = selfcheck.host_bound_check([profiled], [timed])
@@ -250,10 +291,13 @@ def test_cublas_judgement_wants_the_config_read_back_and_the_trial_ok():
 def test_oom_judgement_wants_oom_and_every_later_trial_recorded():
     oom = record("diag_oom", "strict", "oom", "OutOfMemoryError: CUDA out of memory. Tried to allocate 12.00 TiB")
     later = [record(w, "strict", kind="timed") for w in ("unet", "unet_lossfix", "simple_cnn")]
-    assert selfcheck.oom_check([oom, *later], planned=4).ok
-    assert selfcheck.oom_check([oom, *later[:1]], planned=4).ok is False  # the sweep stopped
+    judge = partial(selfcheck.oom_check, workload="diag_oom", preset="gpu")
+    assert judge([oom, *later], planned=4).ok
+    assert judge([oom, *later[:1]], planned=4).ok is False  # the sweep stopped
     crashed = record("diag_oom", "strict", "crash", "the trial process was killed by SIGKILL")
-    assert selfcheck.oom_check([crashed, *later], planned=4).ok is False
+    assert judge([crashed, *later], planned=4).ok is False
+    missing = judge(later, planned=4)
+    assert missing.ok is False and f"a batch of {get_workload('diag_oom').size('gpu').batch:,}" in missing.detail
 
 
 def test_device_index_judgement_wants_exit_2_and_one_error_line():
@@ -279,10 +323,10 @@ def test_the_acceptance_suite_runs_its_trials_and_judges_them_on_the_cpu_too(tmp
     """The CUDA suite's plumbing, run on the CPU at quick sizes and on fewer workloads:
     every step starts its processes, every check gives one line, and this process never
     initialises CUDA. (Its verdicts are the GPU's to give: no cuDNN log exists on the CPU.)"""
-    monkeypatch.setattr(selfcheck, "ACCEPTANCE_PRESET", "quick")
-    monkeypatch.setattr(selfcheck, "BUILTIN", ("simple_cnn",))
-    monkeypatch.setattr(selfcheck, "ALGORITHM_WORKLOADS", ("simple_cnn",))
-    monkeypatch.setattr(selfcheck, "SWEPT_WORKLOADS", ("diag_oom", "simple_cnn"))
+    monkeypatch.setattr(selfcheck.cuda, "ACCEPTANCE_PRESET", "quick")
+    monkeypatch.setattr(selfcheck.cuda, "BUILTIN", ("simple_cnn",))
+    monkeypatch.setattr(selfcheck.cuda, "ALGORITHM_WORKLOADS", ("simple_cnn",))
+    monkeypatch.setattr(selfcheck.cuda, "SWEPT_WORKLOADS", ("diag_oom", "simple_cnn"))
     acceptance = selfcheck.Acceptance(make_spec(), tmp_path)
     checks = {c.name: c for step in acceptance.steps() for c in selfcheck.guarded(step)}
     assert list(checks) == [n for step in acceptance.steps() for n in step.names]
