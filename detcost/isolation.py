@@ -48,6 +48,9 @@ JOIN_GRACE_S = 10.0  # how long a trial process may take to exit after sending i
 
 LAYOUTS = ("random", "fixed")  # a sweep's layout: varied (a new server each round, pads), or one for the sweep
 
+# How long a trial process may run before it is killed and recorded as a timeout.
+TRIAL_TIMEOUT_S = 600.0
+
 
 def start_method(method: str, device: str) -> str:
     """How trial processes start. `auto` is the forkserver on every device: on CUDA a
@@ -126,7 +129,7 @@ def run_isolated(
     spec: TrialSpec,
     *,
     method: str = "forkserver",
-    timeout: float = 600.0,
+    timeout: float = TRIAL_TIMEOUT_S,
     results_dir: Path | None = None,
     machine: dict | None = None,
     environ: dict | None = None,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from detcost import axes, guard
 from detcost.errors import UsageError
-from detcost.isolation import LAYOUTS, start_method
+from detcost.isolation import LAYOUTS, TRIAL_TIMEOUT_S, start_method
 from detcost.profile import PROFILE_STEPS
 from detcost.record import ROUND_KINDS, Kind, TrialSpec, derive_seed
 from detcost.settings import REFERENCE, get_setting
@@ -39,7 +39,7 @@ class SweepOptions:
     steps: int | None = None
     warmup: int | None = None
     batch: int | None = None  # the batch of every workload (default: each one's own size)
-    timeout: float = 600.0
+    timeout: float = TRIAL_TIMEOUT_S
     seeds: int = 3
     aa: bool = True
     audit: bool = True

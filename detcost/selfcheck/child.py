@@ -14,10 +14,11 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from detcost.isolation import TRIAL_TIMEOUT_S
 from detcost.record import one_line
 from detcost.selfcheck.checks import Check, failed
 
-CHILD_TIMEOUT_S = 600.0
+CHILD_TIMEOUT_S = TRIAL_TIMEOUT_S  # a selfcheck child is given what a trial is
 
 
 @dataclass(frozen=True)
