@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from detcost import selfcheck
-from detcost.cli import EXIT_CHECKS_FAILED, main
+from detcost.cli import main
+from detcost.cli.output import EXIT_CHECKS_FAILED
 from detcost.payloads import HOST_BOUND_BELOW
 from detcost.record import Profile, Status, TrialParts, TrialRecord
 from detcost.selfcheck import Check, ChildResult
