@@ -8,7 +8,7 @@ from pathlib import Path
 
 from detcost.axes import int_at_least
 from detcost.cli.run import cmd_audit, cmd_run
-from detcost.cli.show import cmd_compare, cmd_env, cmd_explain, cmd_report, cmd_selfcheck, cmd_variance
+from detcost.cli.show import cmd_compare, cmd_config, cmd_env, cmd_explain, cmd_report, cmd_selfcheck, cmd_variance
 from detcost.errors import UsageError
 
 
@@ -237,6 +237,14 @@ def _add_env(sub) -> None:
     p.set_defaults(func=cmd_env)
 
 
+def _add_config(sub) -> None:
+    p = sub.add_parser(
+        "config", help="print the team config (detcost.toml, or [tool.detcost] in pyproject.toml) found here"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_config)
+
+
 def _add_variance(sub) -> None:
     p = sub.add_parser("variance", help="what each setting buys: spread across repeats and seeds, from a results file")
     p.add_argument("results", type=Path, nargs="+", help="results JSONL file(s)")
@@ -330,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run(sub)
     _add_env(sub)
+    _add_config(sub)
     _add_variance(sub)
     _add_audit(sub)
     _add_report(sub)

@@ -30,6 +30,28 @@ def cmd_env(args) -> int:
     return EXIT_OK
 
 
+def cmd_config(args) -> int:
+    from dataclasses import asdict
+
+    from detcost import config
+
+    found = config.find()
+    if args.json:
+        print_json(None if found is None else {k: v for k, v in asdict(found).items() if k != "extra"})
+        return EXIT_OK
+    if found is None:
+        print(
+            f"no team config: no {config.CONFIG_FILE}, and no [tool.detcost] in a {config.PROJECT_FILE}, here or above"
+        )
+        return EXIT_OK
+    print(f"team config: {found.path}")
+    for key in ("setting", "seed", "max_slowdown", "workloads", "model", "baseline", "require"):
+        value = getattr(found, key)
+        if value not in (None, ()):
+            print(f"  {key}: {', '.join(value) if isinstance(value, tuple) else value}")
+    return EXIT_OK
+
+
 def cmd_variance(args) -> int:
     from detcost import results as results_mod
     from detcost.derive.analysis import analyse
