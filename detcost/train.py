@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from detcost import axes
+from detcost.applying import in_force
 from detcost.record import Kind, TrialSpec
 from detcost.seeding import seed_everything
-from detcost.settings import applied, apply_env, get_setting, set_environ
+from detcost.settings import apply_env, get_setting, set_environ
 from detcost.timing import StepTimer, synchronize, use_device
 from detcost.workloads import Batch, Workload, WorkloadConfig, get_workload
 
@@ -66,12 +67,13 @@ def read_back(wl: Workload) -> dict:
 @contextlib.contextmanager
 def trial_state(spec: TrialSpec) -> Iterator[None]:
     """The process state a trial runs under: each axis's process-wide part (threads, TF32),
-    the device, and the setting's flags, all restored on exit (a process that runs trials
-    in-process, as the tests and asv do, keeps its own state)."""
+    the device, and the setting's flags, put in force as `detcost.apply()` does, all
+    restored on exit (a process that runs trials in-process, as the tests and asv do,
+    keeps its own state)."""
     undo = [axis.apply(value, spec) for axis, value in axes.each(spec.axes)]
     try:
         use_device(spec.device)
-        with applied(get_setting(spec.setting)):
+        with in_force(get_setting(spec.setting), environ=False):  # the trial's parent set its environment
             yield
     finally:
         for restore in reversed([u for u in undo if u]):
