@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from detcost.axes import int_at_least
+from detcost.cli.gate import add_gate
 from detcost.cli.run import cmd_audit, cmd_run
 from detcost.cli.show import cmd_compare, cmd_config, cmd_env, cmd_explain, cmd_report, cmd_selfcheck, cmd_variance
 from detcost.errors import UsageError
@@ -345,4 +346,5 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_selfcheck(sub)
     _add_explain(sub)
+    add_gate(sub, _fraction)
     return parser
