@@ -115,6 +115,14 @@ def test_a_noise_floor_wider_than_the_budget_cannot_decide(tmp_path, capsys):
                for f in _findings(d, "price within budget"))  # fmt: skip
 
 
+def test_a_cpu_setting_priced_as_one_with_default_passes_unless_the_run_cannot_detect_the_budget(tmp_path, capsys):
+    path = str(_run(tmp_path / "r.jsonl"))
+    code, d = _gate(capsys, path, "--setting", "deterministic")  # a cuDNN-only setting: no CPU kernel changes
+    assert code == 0 and all("priced as one with default" in f["reason"] for f in _findings(d, "price within budget"))
+    code, d = _gate(capsys, str(_run(tmp_path / "aa.jsonl", aa=1.3)), "--setting", "deterministic")
+    assert code == 3
+
+
 def test_a_setting_the_run_lacks_cannot_decide(tmp_path, capsys):
     code, d = _gate(capsys, str(_run(tmp_path / "r.jsonl", drop=True)), "--setting", "strict")
     assert code == 3

@@ -155,19 +155,21 @@ def _price_finding(p: Price, setting: str, budget: float, m: MachineAnalysis) ->
     head = f"{setting} on {p.key.workload}"
     if r is None or not r.rounds:
         return replace(found, reason=f"{head}: no trial of default in the group to price it against")
-    if p.pooled and setting != p.label or setting == REFERENCE:
-        why = "it is default itself" if setting == REFERENCE else f"priced as one with {p.label} on the CPU"
-        return replace(found, status=PASS, reason=f"{head} costs nothing against default: {why}")
+    if setting == REFERENCE:
+        return replace(found, status=PASS, reason=f"{head} costs nothing against default: it is default itself")
     if p.busy_trials_priced:
         return replace(found, reason=f"{head}: its price rests on trials run while the machine was busy")
+    if not p.detectable <= budget:
+        shown = f"{p.detectable:.1%}" if math.isfinite(p.detectable) else "unknown (one round)"
+        return replace(found, reason=f"{head}: the run cannot detect a price the size of the budget "
+                       f"({budget:.0%}): the smallest it can detect is {shown}")  # fmt: skip
+    if p.pooled and setting != p.label:
+        reason = f"{head} costs nothing against default: priced as one with {p.label} on the CPU"
+        return replace(found, status=PASS, reason=reason)
     if r.rounds < 2 or not math.isfinite(r.hi):
         return replace(found, reason=f"{head}: one round gives no interval; run 2 rounds or more")
     if r.lo == r.hi:
         return replace(found, reason=f"{head}: no spread across its {r.rounds} rounds, so no interval")
-    if not p.detectable <= budget:
-        shown = f"{p.detectable:.1%}" if math.isfinite(p.detectable) else "an unknown amount"
-        return replace(found, reason=f"{head}: the run cannot detect a price the size of the budget "
-                       f"({budget:.0%}): its A/A control strays by {shown}")  # fmt: skip
     status = _decide_by_interval(r, line)
     shown = f"{r.ratio:.3f} [{r.lo:.3f}, {r.hi:.3f}] x default's step time over {r.rounds} rounds"
     busy = f" ({p.busy_trials} busy trial(s) left out)" if p.busy_trials else ""
