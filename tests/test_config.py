@@ -72,3 +72,41 @@ def test_a_bad_config_is_exit_2_and_one_line_at_the_cli(tmp_path, monkeypatch, c
     assert main(["config"]) == 2
     err = capsys.readouterr().err.strip()
     assert "unknown key 'speed'" in err and len(err.splitlines()) == 1
+
+
+def test_run_takes_the_team_config_where_no_flag_is_given_and_marks_the_team_setting(tmp_path, monkeypatch, capsys):
+    """One tiny sweep: the config's workloads, seed and budget; its setting added to the
+    --settings given, with one line saying so, and marked in the terminal and the report."""
+    import json
+
+    from tests.conftest import TIMED_ONLY, run_cli
+
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, "detcost.toml", 'setting = "strict"\nseed = 5\nmax_slowdown = "20%"\nworkloads = ["simple_cnn"]\n')
+    results_path, report = tmp_path / "r.jsonl", tmp_path / "report"
+    code = run_cli("--settings", "default", "--repeats", "2", *TIMED_ONLY, "--results", str(results_path),
+                   "--report", str(report))  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert "note: strict added to the settings: the team config" in err
+    records = [json.loads(line) for line in results_path.read_text().splitlines()]
+    assert {(r["workload"], r["setting"], r["seed"]) for r in records} == {("simple_cnn", s, 5) for s in
+                                                                          ("default", "strict")}  # fmt: skip
+    assert "strict (team)" in out
+    markdown, html = (report / "summary.md").read_text(), (report / "index.html").read_text()
+    assert "| strict (team) |" in markdown and "strict (team)</th>" in html
+    assert markdown.count("(team)") >= 2  # the matrix's column and the detail row
+
+
+def test_a_run_flag_always_wins_over_the_team_config(tmp_path):
+    from detcost.cli.args import build_parser
+    from detcost.cli.run import with_team
+
+    team = config.read(_write(tmp_path, "detcost.toml", 'seed = 5\nmax_slowdown = "20%"\nmodel = "m.py:net"\n'))
+    args = build_parser().parse_args(["run", "--seed", "1", "--max-slowdown", "5%", "--workloads", "resnet18"])
+    given = with_team(args, team)
+    assert (given.seed, given.max_slowdown, given.workloads, given.model) == (1, 0.05, "resnet18", None)
+    filled = with_team(build_parser().parse_args(["run"]), team)
+    assert (filled.seed, filled.max_slowdown, filled.workloads, filled.model) == (5, 0.2, None, "m.py:net")
+    plain = with_team(build_parser().parse_args(["run"]), None)
+    assert (plain.seed, plain.max_slowdown, plain.workloads, plain.model) == (0, 0.1, None, None)

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from detcost.axes import int_at_least
+from detcost.cli.gate import add_gate
 from detcost.cli.run import cmd_audit, cmd_run
 from detcost.cli.show import cmd_compare, cmd_config, cmd_env, cmd_explain, cmd_report, cmd_selfcheck, cmd_variance
 from detcost.errors import UsageError
@@ -104,18 +105,22 @@ def _add_run_what(g) -> None:
     g.add_argument(
         "--workloads",
         default=None,
-        help=f"comma list of workloads (default: the built-in {','.join(BUILTIN)}, or only --model's); "
-        "also package.module:factory",
+        help=f"comma list of workloads (default: the team config's, else the built-in {','.join(BUILTIN)}, or "
+        "only --model's); also package.module:factory",
     )
     _add_model(g)
-    g.add_argument("--settings", default=None, help="comma list of settings (default: all seven)")
+    g.add_argument(
+        "--settings", default=None, help="comma list of settings (default: all seven; the team config's is added)"
+    )
     g.add_argument(
         "--repeats",
         type=_positive_int,
         default=None,
         help="repeats per workload x setting (default: 3 on CUDA, 2 on CPU)",
     )
-    g.add_argument("--seed", type=_non_negative_int, default=0, help="trial seed (default: %(default)s)")
+    g.add_argument(
+        "--seed", type=_non_negative_int, default=None, help="trial seed (default: the team config's, else 0)"
+    )
     g.add_argument(
         "--seeds",
         type=_non_negative_int,
@@ -219,7 +224,7 @@ def _add_run_output(g) -> None:
     )
     g.add_argument("--report", type=Path, default=None, help="report folder (default: reports/<run-id>)")
     g.add_argument("--no-report", action="store_true", help="do not write the HTML and Markdown report at the end")
-    _add_max_slowdown(g)
+    _add_max_slowdown(g, team=True)
     g.add_argument("--dry-run", action="store_true", help="list the planned trials and an estimated time, run nothing")
     g.add_argument("--json", action="store_true", help="print the summary as JSON")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -263,14 +268,17 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _add_max_slowdown(p) -> None:
+def _add_max_slowdown(p, team: bool = False) -> None:
+    """--max-slowdown; with `team`, unset unless given, so the team config's can stand in."""
     from detcost.derive.recommend import DEFAULT_MAX_SLOWDOWN
 
     p.add_argument(
         "--max-slowdown",
         type=_fraction,
-        default=DEFAULT_MAX_SLOWDOWN,
-        help="speed budget of the recommendation, relative to the fastest setting (default: %(default)s)",
+        default=None if team else DEFAULT_MAX_SLOWDOWN,
+        help="speed budget of the recommendation, relative to the fastest setting (default: "
+        + ("the team config's, else " if team else "")
+        + f"{DEFAULT_MAX_SLOWDOWN})",
     )
 
 
@@ -345,4 +353,5 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_selfcheck(sub)
     _add_explain(sub)
+    add_gate(sub, _fraction)
     return parser

@@ -3,6 +3,7 @@ Each turns its options into the library's, calls it, and prints what it returns.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -33,16 +34,42 @@ def _results_path(given: Path | None, run_id: str) -> Path:
     return results
 
 
-def sweep_options(args):
-    """`detcost run`'s options as the sweep's; bad input is a UsageError here, before any trial."""
+def with_team(args, team):
+    """`detcost run`'s options with the team config's where a flag was not given (a flag
+    always wins): its workloads (or model), seed and speed budget."""
+    from detcost.derive.recommend import DEFAULT_MAX_SLOWDOWN
+
+    values = vars(args).copy()
+    if team is not None:
+        if args.workloads is None and args.model is None:
+            values["workloads"] = ",".join(team.workloads) or None
+            values["model"] = team.model
+        if args.seed is None:
+            values["seed"] = team.seed
+        if args.max_slowdown is None:
+            values["max_slowdown"] = team.max_slowdown
+    values["seed"] = 0 if values["seed"] is None else values["seed"]
+    values["max_slowdown"] = DEFAULT_MAX_SLOWDOWN if values["max_slowdown"] is None else values["max_slowdown"]
+    return argparse.Namespace(**values)
+
+
+def sweep_options(args, team=None, notes: list[str] | None = None):
+    """`detcost run`'s options as the sweep's, the team config's where no flag was given,
+    and the team's setting among the settings (a line in `notes` where it was added); bad
+    input is a UsageError here, before any trial."""
     from detcost import axes
     from detcost.env import resolve_device
     from detcost.plan import SweepOptions, new_run_id, size_preset
     from detcost.settings import DEFAULT_SETTINGS, parse_settings
     from detcost.timing import is_cuda
 
+    args = with_team(args, team)
     workloads = _workload_names(args)
     settings = [s.name for s in parse_settings(args.settings or ",".join(DEFAULT_SETTINGS))]
+    if team is not None and team.setting and team.setting not in settings:
+        settings.append(team.setting)
+        if notes is not None:
+            notes.append(f"note: {team.setting} added to the settings: the team config ({team.path}) names it")
     device = resolve_device(args.device)
     cuda = is_cuda(device)
     run_id = new_run_id()
@@ -77,11 +104,17 @@ def sweep_options(args):
 
 
 def cmd_run(args) -> int:
+    from detcost import config
     from detcost.derive.analysis import analyse
     from detcost.report import text
     from detcost.sweep import run_sweep
 
-    opts = sweep_options(args)
+    team, notes = config.find(), []
+    opts = sweep_options(args, team, notes)
+    args = with_team(args, team)
+    team_setting = team.setting if team else None
+    for note in notes:
+        print(note, file=sys.stderr)
     if opts.added_default:
         print(
             "note: default added to the settings: the A/A control and the seed yardstick run under it", file=sys.stderr
@@ -101,13 +134,13 @@ def cmd_run(args) -> int:
         from detcost.report.build import build_report
 
         try:
-            paths = build_report(analysis, args.report, [outcome.results])
+            paths = build_report(analysis, args.report, [outcome.results], team_setting)
         except OSError as exc:  # the results are safe: say so, and print the summary anyway
             print(f"detcost: could not write the report: {exc}; the results are in {outcome.results}", file=sys.stderr)
     if args.json:
         print_json(text.run_summary_json(analysis, outcome, wall, paths))
     else:
-        print(text.run_summary(analysis, outcome, wall, paths))
+        print(text.run_summary(analysis, outcome, wall, paths, team_setting))
     return EXIT_STOPPED if outcome.stopped_early else EXIT_OK
 
 

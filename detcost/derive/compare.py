@@ -7,9 +7,10 @@ import math
 from dataclasses import dataclass
 
 from detcost import axes
-from detcost.derive.keys import by_key, ok_of
+from detcost.derive.keys import GroupKey, by_key, ok_of
 from detcost.derive.prices import Price, rounds_of, without_busy
 from detcost.record import TrialRecord
+from detcost.settings import REFERENCE
 from detcost.stats import PairedRatio, unpaired_ratio
 
 
@@ -95,3 +96,26 @@ def _median_sps(records: list[TrialRecord]) -> float:
     values = sorted(r.timing.samples_per_s for r in records)
     n = len(values)
     return float((values[(n - 1) // 2] + values[n // 2]) / 2)
+
+
+def _round_prices(records: list[TrialRecord], setting: str, key: GroupKey) -> dict:
+    """{round: the setting's step time over `default`'s} in one run, for the group `key`
+    (steps and machine aside), busy trials left out as in a price table."""
+
+    def group(label: str) -> list[TrialRecord]:
+        return without_busy([r for r in ok_of(records) if r.timing and r.spec.setting == label and
+                             GroupKey.of(r).without("steps").values == key.without("steps").values and
+                             r.spec.workload == key.workload])  # fmt: skip
+
+    mine, default = group(setting), group(REFERENCE)
+    if not mine or not default:
+        return {}
+    a, b = rounds_of(mine), rounds_of(default)
+    return {r: a[r] / b[r] for r in a if r in b}
+
+
+def price_ratio(a: list[TrialRecord], b: list[TrialRecord], setting: str, key: GroupKey) -> PairedRatio:
+    """B's price of `setting` over A's on the group `key` (each run's price against its
+    own `default`, within rounds), with a Welch interval over the two runs' rounds
+    (unpaired: the runs share no rounds). Above 1: the setting costs more in B."""
+    return unpaired_ratio(_round_prices(b, setting, key), _round_prices(a, setting, key))

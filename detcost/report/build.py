@@ -143,9 +143,9 @@ def _plans_text(p: CudnnPlans) -> str:
     return f"named ({source}): {named or 'no engine'}"
 
 
-def machine_section(m: MachineAnalysis) -> dict:
-    header, rows, nkeys = price_details(m)
-    matrix_header, matrix_rows = price_matrix(m)
+def machine_section(m: MachineAnalysis, team: str | None = None) -> dict:
+    header, rows, nkeys = price_details(m, team)
+    matrix_header, matrix_rows = price_matrix(m, team)
     shown = variance_display(m)
     failed = m.failure_frame()
     if not failed.empty:
@@ -180,15 +180,16 @@ def machine_section(m: MachineAnalysis) -> dict:
     }
 
 
-def build_report(analysis: Analysis, out_dir: Path | None, sources: list) -> ReportPaths:
-    """Write the report of `analysis` to `out_dir` (default: reports/<first run id>)."""
+def build_report(analysis: Analysis, out_dir: Path | None, sources: list, team: str | None = None) -> ReportPaths:
+    """Write the report of `analysis` to `out_dir` (default: reports/<first run id>), the
+    `team` config's setting marked in its tables."""
     out_dir = Path(out_dir) if out_dir else Path("reports") / analysis.run_ids[0]
     context = {
         "title": ", ".join(analysis.run_ids),
         "n_records": len(analysis.records),
         "sources": [str(p) for p in sources],
         "generated": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "machines": [machine_section(m) for m in analysis.machines],
+        "machines": [machine_section(m, team) for m in analysis.machines],
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     html = out_dir / "index.html"

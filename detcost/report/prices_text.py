@@ -15,6 +15,12 @@ from detcost.report.keys_text import axis_values_text, key_cells
 from detcost.settings import REFERENCE
 
 HOST_BOUND_NOTE = "host-bound: the price is understated"
+TEAM_MARK = " (team)"  # beside the team config's setting in every table
+
+
+def team_name(setting: str, team: str | None) -> str:
+    """A setting's name as a table shows it: the team's own marked `strict_nofill (team)`."""
+    return setting + TEAM_MARK if team and setting == team else setting
 
 
 def price_cell(p: Price, setting: str | None = None) -> str:
@@ -38,9 +44,10 @@ def matrix_columns(prices: list[Price]) -> list[str]:
     return label_order({m for p in prices if not p.is_aa for m in p.members} | {p.label for p in prices if p.is_aa})
 
 
-def price_matrix(m: MachineAnalysis) -> tuple[list[str], list[dict]]:
-    """Workloads (and the fields that vary) down, settings across. Returns the key
-    columns' names and one row per group: {"head": [...], "cells": [(text, verdict)]}."""
+def price_matrix(m: MachineAnalysis, team: str | None = None) -> tuple[list[str], list[dict]]:
+    """Workloads (and the fields that vary) down, settings across, the `team`'s setting
+    marked. Returns the key columns' names and one row per group: {"head": [...],
+    "cells": [(text, verdict)]}."""
     columns = matrix_columns(m.prices)
     groups: dict = {}
     for p in m.prices:
@@ -52,7 +59,7 @@ def price_matrix(m: MachineAnalysis) -> tuple[list[str], list[dict]]:
             p = next((q for q in group if (q.is_aa if s == AA_LABEL else (q.prices(s) and not q.is_aa))), None)
             cells.append(("-", "") if p is None else (price_cell(p, s), str(p.verdict)))
         rows.append({"head": key_cells(key, m.fields), "cells": cells})
-    return ["workload", *m.fields, *columns], rows
+    return ["workload", *m.fields, *(team_name(c, team) for c in columns)], rows
 
 
 DETAIL_HEADER = [
@@ -61,13 +68,15 @@ DETAIL_HEADER = [
 ]  # fmt: skip
 
 
-def price_details(m: MachineAnalysis) -> tuple[list[str], list[dict], int]:
-    """The full price table: one row per group x label, every figure measured."""
+def price_details(m: MachineAnalysis, team: str | None = None) -> tuple[list[str], list[dict], int]:
+    """The full price table: one row per group x label, every figure measured, the
+    `team`'s setting marked."""
     header = ["workload", *m.fields, *DETAIL_HEADER]
     rows = []
     for p in m.prices:
         busy = f" (busy machine: {p.busy_trials} trial(s))" if p.busy_trials else ""
-        label = p.label + (f" (+ {', '.join(x for x in p.members if x != p.label)})" if p.pooled else "")
+        others = ", ".join(team_name(x, team) for x in p.members if x != p.label)
+        label = team_name(p.label, team) + (f" (+ {others})" if p.pooled else "")
         cells = [
             *key_cells(p.key, m.fields), label, f"{p.samples_per_s:,.1f}{busy}", fmt(p.samples_per_s_cv, ".1%"),
             price_cell(p), _vs_default_cell(p), fmt(p.cold_start_s, ".3f") + " s",

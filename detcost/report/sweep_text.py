@@ -75,23 +75,23 @@ def cuda_estimate_lines(trials: int, estimate, gpu: str | None) -> list[str]:
     return [*lines, f"GPU: {gpu}" + ("" if same else "; the figures assume an H100-class GPU: expect other times")]
 
 
-def price_matrix_text(m: MachineAnalysis) -> str:
+def price_matrix_text(m: MachineAnalysis, team: str | None = None) -> str:
     """The price matrix for a terminal: settings down, workloads across (the report's is
     the other way round; a terminal is narrower than it is long)."""
-    header, rows = price_matrix(m)
+    header, rows = price_matrix(m, team)
     nkeys = len(header) - len(rows[0]["cells"]) if rows else 0
     index = [" / ".join(r["head"]) for r in rows]
     frame = pd.DataFrame([[c for c, _ in r["cells"]] for r in rows], index=index, columns=header[nkeys:])
     return frame.T.to_string()
 
 
-def _machine_lines(m: MachineAnalysis, several: bool) -> list[str]:
+def _machine_lines(m: MachineAnalysis, several: bool, team: str | None = None) -> list[str]:
     rec = m.recommendation
     parts = [f"== machine: {m.machine}"] if several else []
     if rec.speed_caveat:
         parts += [f"THIS RUN CANNOT JUDGE SPEED: {rec.speed_caveat}. Read every price below as unconfirmed."]
     if m.prices:
-        parts += ["", VERDICT_LEGEND + ":", price_matrix_text(m), *noise_lines(m), detectable_text(m.prices)]
+        parts += ["", VERDICT_LEGEND + ":", price_matrix_text(m, team), *noise_lines(m), detectable_text(m.prices)]
         parts += host_bound_lines(m.prices)
     parts += ["", *(f"note: {n}" for n in rec.notes)] if rec.notes else []
     failed = m.failure_frame()
@@ -107,12 +107,12 @@ def _machine_lines(m: MachineAnalysis, several: bool) -> list[str]:
     return parts
 
 
-def run_summary(analysis: Analysis, outcome, wall: float, report=None) -> str:
+def run_summary(analysis: Analysis, outcome, wall: float, report=None, team: str | None = None) -> str:
     """What `detcost run` prints at the end: per machine a speed caveat first where there is
     one, then the price matrix, the noise floor, notes, failures and warnings; then the
-    guard, precision and the recommendation."""
+    guard, precision and the recommendation. The `team` config's setting is marked."""
     several = len(analysis.machines) > 1
-    parts = [line for m in analysis.machines for line in _machine_lines(m, several)]
+    parts = [line for m in analysis.machines for line in _machine_lines(m, several, team)]
     parts += [f"quiet-machine guard: {e}" for e in outcome.events]
     if outcome.precision:
         parts += ["", precision_text(outcome.precision)]
