@@ -203,6 +203,16 @@ def test_other_hashes_under_another_torch_are_an_environment_change_not_nondeter
     assert code == 1 and all(f["status"] == FAIL for f in _findings(d, "outcome drift"))
 
 
+def test_other_hashes_from_a_run_of_one_repeat_cannot_be_called_an_environment_change(tmp_path, capsys):
+    base = _run(tmp_path / "base.jsonl", params="old-", torch="2.12.0", run_id="base")
+    lines = [json.loads(x) for x in _run(tmp_path / "now.jsonl").read_text().splitlines()]
+    one = tmp_path / "one.jsonl"  # the setting's second round left out: one repeat a seed
+    one.write_text("\n".join(json.dumps(r) for r in lines if not (r["setting"] == "strict" and r["repeat"] > 0)))
+    code, d = _gate(capsys, str(one), "--setting", "strict", "--baseline", str(base))
+    outcome = _findings(d, "outcome drift")
+    assert outcome and all(f["status"] == NOTE and "cannot tell an environment change" in f["reason"] for f in outcome)
+
+
 def test_judge_reads_one_analysis_of_each_run(tmp_path):
     """The library call the CLI makes: the same decision without the command line."""
     now = analyse(results.load_records(_run(tmp_path / "r.jsonl", 1.5)), 0.1)

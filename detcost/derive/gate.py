@@ -252,16 +252,19 @@ def _drift_findings(m: MachineAnalysis, base: MachineAnalysis, setting: str, bud
     return out
 
 
-def _hashes(records: list[TrialRecord], setting: str) -> dict[tuple, tuple[set, set, dict]]:
-    """{(group, seed): (params hashes, logits hashes, env)} of the setting's timed trials."""
-    out: dict[tuple, tuple[set, set, dict]] = {}
+def _hashes(records: list[TrialRecord], setting: str) -> dict[tuple, tuple[set, set, dict, list]]:
+    """{(group, seed): (params hashes, logits hashes, env, the trials)} of the setting's trials."""
+    out: dict[tuple, tuple[set, set, dict, list]] = {}
     for r in ok_of(records):
         if r.spec.setting != setting or r.outcome is None:
             continue
         key = GroupKey.of(r)
-        params, logits, _ = out.setdefault(((key.workload, key.values), r.spec.seed), (set(), set(), r.env or {}))
+        params, logits, _, trials = out.setdefault(
+            ((key.workload, key.values), r.spec.seed), (set(), set(), r.env or {}, [])
+        )
         params.add(r.outcome.params_sha256)
         logits.add(r.outcome.logits_sha256)
+        trials.append(r)
     return out
 
 
@@ -276,10 +279,10 @@ def _outcome_findings(m: MachineAnalysis, base: MachineAnalysis, setting: str, r
     reproducibility rule's business): results that moved with the environment."""
     before, now = _hashes(base.records, setting), _hashes(m.records, setting)
     out = []
-    for (group, seed), (params, logits, env) in now.items():
+    for (group, seed), (params, logits, env, trials) in now.items():
         if (group, seed) not in before:
             continue
-        old_params, old_logits, old_env = before[(group, seed)]
+        old_params, old_logits, old_env, old_trials = before[(group, seed)]
         workload = group[0]
         found = Finding(OUTCOME, PASS, "", workload, "", {"seed": seed})
         if len(params) > 1 or len(old_params) > 1:
@@ -295,6 +298,11 @@ def _outcome_findings(m: MachineAnalysis, base: MachineAnalysis, setting: str, r
         if params == old_params and logits == old_logits:
             out.append(replace(found, reason=f"{setting} on {workload}, seed {seed}: the same parameters and logits "
                                "as the baseline"))  # fmt: skip
+            continue
+        if (params != old_params or logits != old_logits) and min(len(trials), len(old_trials)) < 2:
+            out.append(replace(found, status=NOTE, reason=f"{setting} on {workload}, seed {seed}: other results than "
+                               "the baseline, but a run with one repeat cannot tell an environment change from "
+                               "run-to-run nondeterminism"))  # fmt: skip
             continue
         changes = env_changes(old_env, env)
         what = (
