@@ -1,7 +1,9 @@
-"""The `detcost` command: run | report | compare | variance | explain | audit | selfcheck | env.
+"""The `detcost` command: run | report | compare | variance | explain | audit | gate | config |
+selfcheck | env.
 
 Bad input ends in one line on stderr and exit code 2; an internal error in exit code 1
-(one line where detcost knows what went wrong); a failed selfcheck check in exit code 4.
+(one line where detcost knows what went wrong); a failed selfcheck check in exit code 4;
+`gate` exits 0 (pass), 1 (fail) or 3 (cannot decide).
 Its options are in `args`; the commands in `run` (those that run trials) and `show`
 (those that read results or describe the machine).
 """

@@ -85,13 +85,15 @@ def cmd_variance(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from detcost import config
     from detcost import results as results_mod
     from detcost.derive.analysis import analyse
     from detcost.report.build import build_report
     from detcost.report.sweep_text import recommendation_json
 
+    team = config.find()  # the team's setting is marked in the tables, as `run` marks it
     analysis = analyse(results_mod.load_records(args.results), args.max_slowdown)
-    paths = build_report(analysis, args.out, args.results)
+    paths = build_report(analysis, args.out, args.results, team.setting if team else None)
     if args.json:
         recs = [recommendation_json(m.recommendation) | {"machine": m.machine} for m in analysis.machines]
         print_json({"html": str(paths.html), "markdown": str(paths.markdown), "recommendation": recs})
