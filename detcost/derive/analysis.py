@@ -9,11 +9,12 @@ or judge an `Analysis`, and none of them computes a statistic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from detcost.derive.attribution import attribution
+from detcost.derive.frameworks import SwitchVerdict, framework_switches
 from detcost.derive.keys import (
     AA_LABEL,
     GroupKey,
@@ -91,6 +92,8 @@ class MachineAnalysis:
     environment: list[tuple[str, str]]
     priced_settings: list[str]
     cudnn_plans: list[tuple[str, str, CudnnPlans]]  # (workload, setting, what the profiled trial's cuDNN log said)
+    # Each framework switch the run priced: its price and reproducibility beside detcost's cheapest equivalent.
+    frameworks: list[SwitchVerdict] = field(default_factory=list)
 
     @property
     def aa(self) -> list[Price]:
@@ -174,6 +177,7 @@ def analyse_machine(name: str, records: list[TrialRecord], max_slowdown: float) 
             for r in ok_of(records, (Kind.PROFILED,))
             if r.cudnn_plans is not None
         ],
+        frameworks=framework_switches(priced, spread, cpu),
     )
 
 
