@@ -79,6 +79,19 @@ def test_the_section_renders_the_switch_its_price_and_the_cheapest_equivalent():
     assert "CUDA_LAUNCH_BLOCKING=1" in row["sets what no determinism needs"]
 
 
+def test_a_switch_whose_trials_failed_is_shown_with_the_reason():
+    """hf_set_seed on CUDA sets no cuBLAS workspace: its cuBLAS ops raise; the section says so."""
+    prices = [_price("default", 1.0), _price("strict", 1.20)]
+    spreads = [_spread("default", False), _spread("strict", True)]
+    why = "unsupported: ... it uses CuBLAS and you have CUDA >= 10.2"
+    m = SimpleNamespace(fields=[], cpu=False, frameworks=framework_switches(prices, spreads, False,
+                                                                            [(KEY, "hf_set_seed", why)]))  # fmt: skip
+    header, rows = frameworks_table(m)
+    row = dict(zip(header, rows[0]))
+    assert row["switch"] == "hf_set_seed" and row["price"] == f"- (did not finish: {why})"
+    assert "no CUBLAS_WORKSPACE_CONFIG" in row["leaves out"]
+
+
 def test_a_run_without_a_framework_switch_has_no_section(tmp_path):
     from detcost.report.build import build_report
 

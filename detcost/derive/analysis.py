@@ -156,6 +156,7 @@ def analyse_machine(name: str, records: list[TrialRecord], max_slowdown: float) 
     sides = load_sidecars(records)
     spread = spreads(records, sides)
     timed = [r for r in records if r.spec.kind == Kind.TIMED]
+    failures = _failures(records)
     return MachineAnalysis(
         machine=name,
         records=records,
@@ -166,7 +167,7 @@ def analyse_machine(name: str, records: list[TrialRecord], max_slowdown: float) 
         curves=divergence_curves(records, sides),
         attribution=attribution(records, priced, cpu),
         audits=[AuditFinding.of(r) for r in records if r.spec.kind == Kind.AUDIT],
-        failures=_failures(records),
+        failures=failures,
         recommendation=recommend(records, priced, spread, max_slowdown),
         busy_trials=sum(map(is_busy, records)),
         layout_varied=bool(timed) and all(r.layout_varied for r in timed),
@@ -177,7 +178,9 @@ def analyse_machine(name: str, records: list[TrialRecord], max_slowdown: float) 
             for r in ok_of(records, (Kind.PROFILED,))
             if r.cudnn_plans is not None
         ],
-        frameworks=framework_switches(priced, spread, cpu),
+        frameworks=framework_switches(
+            priced, spread, cpu, [(f.key, f.setting, f"{f.status}: {f.error}") for f in failures if f.kind == "timed"]
+        ),
     )
 
 

@@ -35,6 +35,7 @@ class SwitchVerdict:
     equivalent_price: Price | None
     needless: tuple[str, ...]  # what it sets that no determinism needs
     missing: tuple[str, ...]  # what it leaves out
+    failed: str | None = None  # why its timed trials did not all finish (e.g. a cuBLAS op with no workspace set)
 
 
 def _price(prices: list[Price], key: GroupKey, setting: str) -> Price | None:
@@ -124,15 +125,19 @@ def missing(prices: list[Price], key: GroupKey, switch: Setting, cpu: bool) -> t
     return tuple(out)
 
 
-def framework_switches(prices: list[Price], spreads: list[Spread], cpu: bool) -> list[SwitchVerdict]:
-    """Each framework switch the run priced, per group (empty when the run has none)."""
-    keys = list(dict.fromkeys(p.key for p in prices))
+def framework_switches(
+    prices: list[Price], spreads: list[Spread], cpu: bool, failures: list[tuple[GroupKey, str, str]] = ()
+) -> list[SwitchVerdict]:
+    """Each framework switch the run priced or tried, per group (empty when the run has none).
+    `failures`: (key, setting, "status: error") of the timed trials that did not finish."""
+    keys = list(dict.fromkeys([*(p.key for p in prices), *(k for k, _, _ in failures)]))
     out = []
     for key in keys:
         for name, switch in FRAMEWORKS.items():
             price = _price(prices, key, name)
             spread = _spread(spreads, key, name)
-            if price is None and spread is None:
+            failed = sorted({why for k, s, why in failures if k == key and s == name})
+            if price is None and spread is None and not failed:
                 continue
             bitwise = spread.all_identical if spread is not None else None
             eq = cheapest_equivalent(prices, spreads, key, bitwise)
@@ -148,6 +153,7 @@ def framework_switches(prices: list[Price], spreads: list[Spread], cpu: bool) ->
                     equivalent_price=eq[1] if eq else None,
                     needless=needless(prices, key, switch, cpu),
                     missing=missing(prices, key, switch, cpu),
+                    failed="; ".join(failed) or None,
                 )
             )
     return out

@@ -19,6 +19,11 @@ def _repeats(v: SwitchVerdict) -> str:
     return "-" if v.bitwise is None else "bitwise identical" if v.bitwise else "differ"
 
 
+def _price(v: SwitchVerdict) -> str:
+    text = price_cell(v.price, v.switch) if v.price else "-"
+    return text + (f" (did not finish: {v.failed})" if v.failed else "")
+
+
 def _equivalent(v: SwitchVerdict) -> str:
     if v.equivalent is None or v.equivalent_price is None:
         return "none in this run"
@@ -29,7 +34,7 @@ def frameworks_table(m: MachineAnalysis) -> tuple[list[str], list[list[str]]]:
     """The section's table: one row per switch and group."""
     header = ["workload", *m.fields, *HEADER]
     rows = [
-        [*key_cells(v.key, m.fields), v.switch, v.call, price_cell(v.price, v.switch) if v.price else "-",
+        [*key_cells(v.key, m.fields), v.switch, v.call, _price(v),
          _repeats(v), _equivalent(v), "; ".join(v.needless) or "-", "; ".join(v.missing) or "-"]
         for v in m.frameworks
     ]  # fmt: skip
