@@ -1,10 +1,15 @@
 """Settings: the process-wide reproducibility flags detcost prices, as immutable values.
 
 A `Setting` is applied and restored as a unit by `applied()`. Environment variables that
-must be in place before CUDA initialises (`CUBLAS_WORKSPACE_CONFIG`) are not set here:
-the sweep puts `Setting.env` into the trial process's environment before torch touches
-CUDA, and the trial reads everything back with `read_flags()` so a record proves what
-was in force.
+must be in place before CUDA initialises (`CUBLAS_WORKSPACE_CONFIG`, `CUDA_LAUNCH_BLOCKING`)
+are not set here: the sweep puts `Setting.env` into the trial process's environment before
+torch touches CUDA, and the trial reads everything back with `read_flags()` so a record
+proves what was in force.
+
+Besides detcost's seven, the frameworks' own determinism switches are settings too
+(`FRAMEWORKS`): each replicates what that switch sets, read from the framework's source
+(`Setting.source` names the version), without importing the framework. They are priced
+only when asked for by name or with a group name (`frameworks`, `all`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,12 @@ from detcost.errors import UsageError
 # cuBLAS needs a fixed workspace configuration to be deterministic on CUDA >= 10.2
 # (PyTorch reproducibility notes); ":4096:8" is the documented choice.
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
+# Hugging Face's choice; the other value cuBLAS documents (a smaller workspace).
+CUBLAS_WORKSPACE_SMALL = ":16:8"
+
+
+def _env(cublas: str | None = None, launch_blocking: str | None = None) -> tuple[tuple[str, str | None], ...]:
+    return (("CUBLAS_WORKSPACE_CONFIG", cublas), ("CUDA_LAUNCH_BLOCKING", launch_blocking))
 
 
 @dataclass(frozen=True)
@@ -32,14 +43,31 @@ class Setting:
     deterministic_algorithms: bool = False
     # Only meaningful with deterministic_algorithms: torch then NaN-fills every `empty`.
     fill_uninitialized_memory: bool = True
-    # Environment the trial process must start with; None means "unset".
-    env: tuple[tuple[str, str | None], ...] = field(default=(("CUBLAS_WORKSPACE_CONFIG", None),))
+    # Only meaningful with deterministic_algorithms: an op with no deterministic
+    # implementation warns instead of raising (Lightning's deterministic="warn").
+    warn_only: bool = False
+    # Environment the trial process must start with; None means "unset". Every setting
+    # names both variables, so a variable left in the parent's environment never leaks in.
+    env: tuple[tuple[str, str | None], ...] = field(default=_env())
     summary: str = ""
+    # For a framework's switch: the call it replicates, and the source (version, file) read.
+    framework: str = ""
+    source: str = ""
+
+    @property
+    def is_framework(self) -> bool:
+        return bool(self.framework)
 
     @property
     def cudnn_only(self) -> bool:
-        """True when the setting differs from `default` only in cuDNN flags (no effect on CPU)."""
+        """True when the setting differs from `default` only in what the CPU ignores: cuDNN
+        flags and CUDA's environment (CUBLAS_WORKSPACE_CONFIG, CUDA_LAUNCH_BLOCKING). The
+        fill and warn_only act only through use_deterministic_algorithms, which the CPU honours."""
         return not self.deterministic_algorithms
+
+    @property
+    def launch_blocking(self) -> bool:
+        return dict(self.env).get("CUDA_LAUNCH_BLOCKING") == "1"
 
     def expected_flags(self) -> dict[str, object]:
         """The flags `read_flags()` must report while this setting is applied."""
@@ -49,12 +77,14 @@ class Setting:
             "cudnn_benchmark": self.cudnn_benchmark,
             "cudnn_deterministic": self.cudnn_deterministic,
             "deterministic_algorithms": self.deterministic_algorithms,
+            "warn_only": self.deterministic_algorithms and self.warn_only,
             "fill_uninitialized_memory": self.fill_uninitialized_memory,
             "cublas_workspace_config": env.get("CUBLAS_WORKSPACE_CONFIG"),
+            "cuda_launch_blocking": env.get("CUDA_LAUNCH_BLOCKING"),
         }
 
 
-_STRICT_ENV = (("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG),)
+_STRICT_ENV = _env(CUBLAS_WORKSPACE_CONFIG)
 
 SETTINGS: dict[str, Setting] = {
     s.name: s
@@ -87,28 +117,108 @@ SETTINGS: dict[str, Setting] = {
     )
 }
 
+# The frameworks' switches, each as its source (cited in `source`) sets it. Seeding is
+# detcost's own in every trial, so a switch is its flags and environment. None of them
+# touches fill_uninitialized_memory (torch's default, on).
+FRAMEWORKS: dict[str, Setting] = {
+    s.name: s
+    for s in (
+        Setting(
+            "lightning",
+            deterministic_algorithms=True,
+            env=_env(CUBLAS_WORKSPACE_CONFIG),
+            summary="Lightning's Trainer(deterministic=True)",
+            framework="lightning.Trainer(deterministic=True)",
+            source="Lightning 2.x: accelerator_connector._set_torch_flags (benchmark False unless asked, "
+            "use_deterministic_algorithms(True), CUBLAS_WORKSPACE_CONFIG=:4096:8; never cudnn.deterministic)",
+        ),
+        Setting(
+            "lightning_warn",
+            deterministic_algorithms=True,
+            warn_only=True,
+            env=_env(CUBLAS_WORKSPACE_CONFIG),
+            summary='Lightning\'s Trainer(deterministic="warn")',
+            framework='lightning.Trainer(deterministic="warn")',
+            source="Lightning 2.x: accelerator_connector._set_torch_flags (as lightning, with warn_only=True)",
+        ),
+        Setting(
+            "hf_full",
+            cudnn_deterministic=True,
+            deterministic_algorithms=True,
+            env=_env(CUBLAS_WORKSPACE_SMALL, "1"),
+            summary="Hugging Face's enable_full_determinism(seed)",
+            framework="transformers.enable_full_determinism(seed)",
+            source="transformers 4.4x: trainer_utils.enable_full_determinism (set_seed, CUDA_LAUNCH_BLOCKING=1, "
+            "CUBLAS_WORKSPACE_CONFIG=:16:8, use_deterministic_algorithms(True), cudnn.deterministic, no benchmark)",
+        ),
+        Setting(
+            "hf_set_seed",
+            deterministic_algorithms=True,
+            summary="Hugging Face's set_seed(seed, deterministic=True)",
+            framework="transformers.set_seed(seed, deterministic=True)",
+            source="transformers 4.4x: trainer_utils.set_seed (use_deterministic_algorithms(True) only, "
+            "no cuBLAS variable)",
+        ),
+        Setting(
+            "composer",
+            cudnn_deterministic=True,
+            deterministic_algorithms=True,
+            env=_env(CUBLAS_WORKSPACE_CONFIG),
+            summary="Composer's configure_deterministic_mode()",
+            framework="composer.utils.reproducibility.configure_deterministic_mode()",
+            source="Composer 0.x: utils/reproducibility.configure_deterministic_mode (use_deterministic_algorithms"
+            "(True), cudnn.benchmark False, cudnn.deterministic True, CUBLAS_WORKSPACE_CONFIG=:4096:8)",
+        ),
+        Setting(
+            "fastai",
+            cudnn_deterministic=True,
+            summary="fastai's set_seed(s, reproducible=True)",
+            framework="fastai.torch_core.set_seed(seed, reproducible=True)",
+            source="fastai 2.x: torch_core.set_seed (seeds, cudnn.deterministic True, cudnn.benchmark False)",
+        ),
+        Setting(
+            "monai",
+            cudnn_deterministic=True,
+            summary="MONAI's set_determinism(seed)",
+            framework="monai.utils.set_determinism(seed)",
+            source="MONAI 1.x: utils/misc.set_determinism (seeds, cudnn.deterministic True, cudnn.benchmark False; "
+            "use_deterministic_algorithms only when passed)",
+        ),
+    )
+}
+
 # The setting a team has today: the A/A control and the seed yardstick run under it, and
 # every table shows each setting's ratio to it.
 REFERENCE = "default"
 
 # The six settings of the canonical matrix; `strict_nofill` extends it (explain issue).
 CANONICAL = ("default", "benchmark", "deterministic", "benchmark_deterministic", "strict", "no_cudnn")
+# The sweep's default: detcost's seven (the frameworks' switches only when asked for).
 DEFAULT_SETTINGS = tuple(SETTINGS)
+SETTINGS.update(FRAMEWORKS)
+
+# Names `--settings` expands: `frameworks` (every switch), `all` (the seven and the switches).
+GROUPS: dict[str, tuple[str, ...]] = {"frameworks": tuple(FRAMEWORKS), "all": tuple(SETTINGS)}
+
+
+def _valid() -> str:
+    return f"valid settings: {', '.join(SETTINGS)}; groups: {', '.join(GROUPS)}"
 
 
 def get_setting(name: str) -> Setting:
     try:
         return SETTINGS[name]
     except KeyError:
-        raise UsageError(f"unknown setting {name!r}; valid settings: {', '.join(SETTINGS)}") from None
+        raise UsageError(f"unknown setting {name!r}; {_valid()}") from None
 
 
 def parse_settings(text: str) -> list[Setting]:
-    """Parse a comma list of setting names (order kept, duplicates dropped)."""
+    """Parse a comma list of setting names and group names (order kept, duplicates dropped)."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
-        raise UsageError(f"no settings given; valid settings: {', '.join(SETTINGS)}")
-    return [get_setting(n) for n in dict.fromkeys(names)]
+        raise UsageError(f"no settings given; {_valid()}")
+    expanded = [m for n in names for m in GROUPS.get(n, (n,))]
+    return [get_setting(n) for n in dict.fromkeys(expanded)]
 
 
 def read_flags() -> dict[str, object]:
@@ -120,8 +230,10 @@ def read_flags() -> dict[str, object]:
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
         "deterministic_algorithms": bool(torch.are_deterministic_algorithms_enabled()),
+        "warn_only": bool(torch.is_deterministic_algorithms_warn_only_enabled()),
         "fill_uninitialized_memory": bool(torch.utils.deterministic.fill_uninitialized_memory),
         "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        "cuda_launch_blocking": os.environ.get("CUDA_LAUNCH_BLOCKING"),
     }
 
 
@@ -152,8 +264,8 @@ def _set_torch_state(enabled, benchmark, deterministic, algorithms, warn_only, f
 def applied(setting: Setting, *, warn_only: bool = False) -> Iterator[Setting]:
     """Apply a setting's torch flags for the duration of the block, then restore them.
 
-    `warn_only` turns deterministic-algorithm errors into warnings (the audit uses it).
-    Environment variables in `setting.env` are the caller's job: they must be set before
+    `warn_only` (or the setting's own) turns deterministic-algorithm errors into warnings
+    (the audit uses it). Environment variables in `setting.env` are the caller's job: they must be set before
     CUDA initialises, which a context manager inside a running process cannot promise.
     """
     saved = _torch_state()
@@ -163,7 +275,7 @@ def applied(setting: Setting, *, warn_only: bool = False) -> Iterator[Setting]:
             setting.cudnn_benchmark,
             setting.cudnn_deterministic,
             setting.deterministic_algorithms,
-            warn_only,
+            warn_only or setting.warn_only,
             setting.fill_uninitialized_memory,
         )
         yield setting
@@ -188,10 +300,9 @@ def apply_env(setting: Setting, environ: dict | None = None) -> None:
 
 def snippet(setting: Setting, seed: int = 0) -> str:
     """The lines of Python a user pastes at the top of a training script to get this setting."""
-    env = dict(setting.env).get("CUBLAS_WORKSPACE_CONFIG")
+    env = [(k, v) for k, v in setting.env if v is not None]
     lines = [*(["import os"] if env else []), "import random", "", "import numpy as np", "import torch", ""]
-    if env:
-        lines.append(f'os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", "{env}")  # before CUDA starts')
+    lines += [f'os.environ.setdefault("{k}", "{v}")  # {_ENV_WHY.get(k, "")}before CUDA starts' for k, v in env]
     lines += [
         f"random.seed({seed})",
         f"np.random.seed({seed})",
@@ -199,16 +310,142 @@ def snippet(setting: Setting, seed: int = 0) -> str:
         f"torch.backends.cudnn.enabled = {setting.cudnn_enabled}",
         f"torch.backends.cudnn.benchmark = {setting.cudnn_benchmark}",
         f"torch.backends.cudnn.deterministic = {setting.cudnn_deterministic}",
-        f"torch.use_deterministic_algorithms({setting.deterministic_algorithms})",
+        _algorithms_line(setting.deterministic_algorithms, setting.warn_only),
     ]
     if setting.deterministic_algorithms and not setting.fill_uninitialized_memory:
-        lines += [
-            "# Safe only if the program never reads memory it did not write first",
-            "# (torch.empty without a later fill); otherwise leave it True.",
-            "torch.utils.deterministic.fill_uninitialized_memory = False",
-        ]
+        lines += _NOFILL_LINES
     lines += [
         f"# DataLoader: pass generator=torch.Generator().manual_seed({seed}) and a",
         "# worker_init_fn that seeds random and numpy from torch.initial_seed().",
     ]
     return "\n".join(lines)
+
+
+_ENV_WHY = {"CUDA_LAUNCH_BLOCKING": "serialises every kernel launch; "}
+_NOFILL_LINES = [
+    "# Safe only if the program never reads memory it did not write first",
+    "# (torch.empty without a later fill); otherwise leave it True.",
+    "torch.utils.deterministic.fill_uninitialized_memory = False",
+]
+
+
+def _algorithms_line(on: bool, warn_only: bool) -> str:
+    return f"torch.use_deterministic_algorithms({on}{', warn_only=True' if on and warn_only else ''})"
+
+
+# ---- the snippet's other forms: detcost.apply(), a framework's switch, TensorFlow ----------
+
+# What each framework needs beside its switch so that a run is seeded as detcost seeds it
+# (the switches of Lightning and Composer set flags only).
+_FRAMEWORK_SEEDING = {
+    "lightning": "lightning.seed_everything(seed, workers=True)",
+    "composer": "composer.utils.reproducibility.seed_all(seed)",
+}
+
+
+def _family(s: Setting) -> str:
+    return s.framework.split(".")[0]
+
+
+def determinism_flags(setting: Setting) -> dict[str, object]:
+    """The flags that decide what a setting does; either documented cuBLAS workspace is
+    deterministic, so only whether one is set counts."""
+    flags = setting.expected_flags()
+    flags["cublas_workspace_config"] = flags["cublas_workspace_config"] is not None
+    return flags
+
+
+def _additions(switch: Setting, setting: Setting) -> list[str]:
+    """The lines that turn `switch`'s flags into `setting`'s, after the switch's call."""
+    want, have = setting.expected_flags(), switch.expected_flags()
+    differs = {k for k, v in determinism_flags(setting).items() if determinism_flags(switch)[k] != v}
+    lines = []
+    for name in ("cudnn_enabled", "cudnn_benchmark", "cudnn_deterministic"):
+        if name in differs:
+            lines.append(f"torch.backends.cudnn.{name.removeprefix('cudnn_')} = {want[name]}")
+    if differs & {"deterministic_algorithms", "warn_only"}:
+        lines.append(_algorithms_line(setting.deterministic_algorithms, setting.warn_only))
+    if "fill_uninitialized_memory" in differs:
+        lines += (
+            _NOFILL_LINES
+            if not want["fill_uninitialized_memory"]
+            else ["torch.utils.deterministic.fill_uninitialized_memory = True"]
+        )
+    for key, flag, why in (
+        ("CUBLAS_WORKSPACE_CONFIG", "cublas_workspace_config", ""),
+        ("CUDA_LAUNCH_BLOCKING", "cuda_launch_blocking", " (it serialises kernel launches; no determinism needs it)"),
+    ):
+        if flag in differs:
+            value = want[flag]
+            lines.append(
+                f'os.environ["{key}"] = "{value}"  # before CUDA starts'
+                if value is not None
+                else f'os.environ.pop("{key}", None)  # undo the switch\'s {key}={have[flag]}{why}, before CUDA starts'
+            )
+    return lines
+
+
+def nearest_switches(setting: Setting) -> list[tuple[Setting, list[str]]]:
+    """Per framework, its switch nearest to `setting` (fewest lines to add) and those lines;
+    nearest first. Empty for a setting that turns no determinism on (no switch is near it)."""
+    if not (setting.cudnn_deterministic or setting.deterministic_algorithms):
+        return []
+    best: dict[str, tuple[Setting, list[str]]] = {}
+    for switch in FRAMEWORKS.values():
+        add = _additions(switch, setting)
+        family = _family(switch)
+        if family not in best or len(add) < len(best[family][1]):
+            best[family] = (switch, add)
+    return sorted(best.values(), key=lambda sa: len(sa[1]))
+
+
+def _framework_form(setting: Setting, seed: int) -> str:
+    near = nearest_switches(setting)
+    if not near:
+        return (
+            "# No framework switch is near this setting: every switch turns determinism on, and this one does not.\n"
+            "# Seed with your framework's own call (lightning.seed_everything, transformers.set_seed, ...)\n"
+            "# and set the flags as in the PyTorch lines."
+        )
+    lines = [f"seed = {seed}"]
+    for switch, add in near:
+        seeding = _FRAMEWORK_SEEDING.get(_family(switch))
+        lines += ["", f"# {switch.source.split(':')[0]}:" + (" sets exactly these flags" if not add else "")]
+        lines += [*([seeding] if seeding else []), switch.framework]
+        if add:
+            lines += ["# then add:", *add]
+    return "\n".join(lines)
+
+
+def _tensorflow_form(setting: Setting, seed: int) -> str:
+    lines = [
+        "# TensorFlow 2, as text only: not measured by detcost",
+        "import tensorflow as tf",
+        "",
+        f"tf.keras.utils.set_random_seed({seed})  # seeds Python, NumPy and TensorFlow",
+    ]
+    if setting.cudnn_deterministic or setting.deterministic_algorithms:
+        lines.append("tf.config.experimental.enable_op_determinism()  # TensorFlow's use_deterministic_algorithms")
+    return "\n".join(lines)
+
+
+SNIPPET_FORMS = {
+    "apply": "as one call, with detcost installed",
+    "pytorch": "in plain PyTorch",
+    "framework": "through your framework's switch, and what to add",
+    "tensorflow": "in TensorFlow 2 (text only, not measured by detcost)",
+}
+
+
+def apply_call(setting: Setting, seed: int = 0) -> str:
+    return f'detcost.apply("{setting.name}", seed={seed})'
+
+
+def snippets(setting: Setting, seed: int = 0) -> dict[str, str]:
+    """The setting in each form a user may apply it (keys as in `SNIPPET_FORMS`)."""
+    return {
+        "apply": f"import detcost\n\n{apply_call(setting, seed)}  # returns what it applied, read back from torch",
+        "pytorch": snippet(setting, seed),
+        "framework": _framework_form(setting, seed),
+        "tensorflow": _tensorflow_form(setting, seed),
+    }

@@ -110,7 +110,10 @@ def _add_run_what(g) -> None:
     )
     _add_model(g)
     g.add_argument(
-        "--settings", default=None, help="comma list of settings (default: all seven; the team config's is added)"
+        "--settings",
+        default=None,
+        help="comma list of settings and groups (frameworks: every framework's switch; all: the seven and the "
+        "switches); default: the seven; the team config's is added",
     )
     g.add_argument(
         "--repeats",

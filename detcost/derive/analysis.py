@@ -9,11 +9,12 @@ or judge an `Analysis`, and none of them computes a statistic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from detcost.derive.attribution import attribution
+from detcost.derive.frameworks import SwitchVerdict, framework_switches
 from detcost.derive.keys import (
     AA_LABEL,
     GroupKey,
@@ -91,6 +92,8 @@ class MachineAnalysis:
     environment: list[tuple[str, str]]
     priced_settings: list[str]
     cudnn_plans: list[tuple[str, str, CudnnPlans]]  # (workload, setting, what the profiled trial's cuDNN log said)
+    # Each framework switch the run priced: its price and reproducibility beside detcost's cheapest equivalent.
+    frameworks: list[SwitchVerdict] = field(default_factory=list)
 
     @property
     def aa(self) -> list[Price]:
@@ -153,6 +156,7 @@ def analyse_machine(name: str, records: list[TrialRecord], max_slowdown: float) 
     sides = load_sidecars(records)
     spread = spreads(records, sides)
     timed = [r for r in records if r.spec.kind == Kind.TIMED]
+    failures = _failures(records)
     return MachineAnalysis(
         machine=name,
         records=records,
@@ -163,7 +167,7 @@ def analyse_machine(name: str, records: list[TrialRecord], max_slowdown: float) 
         curves=divergence_curves(records, sides),
         attribution=attribution(records, priced, cpu),
         audits=[AuditFinding.of(r) for r in records if r.spec.kind == Kind.AUDIT],
-        failures=_failures(records),
+        failures=failures,
         recommendation=recommend(records, priced, spread, max_slowdown),
         busy_trials=sum(map(is_busy, records)),
         layout_varied=bool(timed) and all(r.layout_varied for r in timed),
@@ -174,6 +178,9 @@ def analyse_machine(name: str, records: list[TrialRecord], max_slowdown: float) 
             for r in ok_of(records, (Kind.PROFILED,))
             if r.cudnn_plans is not None
         ],
+        frameworks=framework_switches(
+            priced, spread, cpu, [(f.key, f.setting, f"{f.status}: {f.error}") for f in failures if f.kind == "timed"]
+        ),
     )
 
 

@@ -14,14 +14,14 @@ be over budget. Every figure it quotes is a row of the analysis's own price tabl
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from detcost import axes
 from detcost.derive.keys import is_cpu, ok_of, setting_order
 from detcost.derive.prices import Price
 from detcost.derive.variance import Spread
 from detcost.record import Kind, Status, TrialRecord
-from detcost.settings import REFERENCE, SETTINGS, get_setting, snippet
+from detcost.settings import REFERENCE, SETTINGS, get_setting, snippet, snippets
 
 DEFAULT_MAX_SLOWDOWN = 0.10
 FALLBACK_NOISE = 0.02  # price tolerance when a sweep has no A/A control
@@ -66,14 +66,15 @@ class Recommendation:
     # Why this run cannot judge speed (None when it can): then the pick rests on
     # reproducibility alone, and the report says so above the recommendation.
     speed_caveat: str | None = None
+    # The pick in every form a user may apply it (`settings.snippets`: detcost.apply(), plain
+    # PyTorch, the nearest framework switch and what to add, TensorFlow as text).
+    snippets: dict[str, str] = field(default_factory=dict)
 
 
 def changes_from_default(name: str) -> int:
-    """How many flags a setting changes relative to `default`."""
-    base, other = get_setting(REFERENCE), get_setting(name)
-    return sum(
-        getattr(base, f.name) != getattr(other, f.name) for f in fields(base) if f.name not in ("name", "summary")
-    )
+    """How many flags (and environment variables) a setting changes relative to `default`."""
+    base, other = get_setting(REFERENCE).expected_flags(), get_setting(name).expected_flags()
+    return sum(base[k] != other[k] for k in base)
 
 
 def detectable_by_workload(prices: list[Price]) -> dict[str, float]:
@@ -178,7 +179,8 @@ def recommend(
         return Recommendation(None, reason, "", max_slowdown, cands, notes)
     pick, tied = _pick(eligible, noise)
     code = "\n".join([snippet(get_setting(pick.setting)), *axis_snippet(records, cpu)])
-    return Recommendation(pick.setting, _reason(pick, tied, budget, noise), code, max_slowdown, cands, notes)
+    return Recommendation(pick.setting, _reason(pick, tied, budget, noise), code, max_slowdown, cands, notes,
+                          snippets=_forms(pick.setting, records, cpu))  # fmt: skip
 
 
 def _on_reproducibility_alone(records, cands, notes, max_slowdown, caveat, cpu) -> Recommendation:
@@ -191,7 +193,15 @@ def _on_reproducibility_alone(records, cands, notes, max_slowdown, caveat, cpu) 
     pick = min(_most_reproducible(eligible), key=lambda c: c.changes)
     reason = f"{_repro_text(pick)}; chosen on reproducibility alone, because this run cannot judge speed"
     code = "\n".join([snippet(get_setting(pick.setting)), *axis_snippet(records, cpu)])
-    return Recommendation(pick.setting, reason, code, max_slowdown, cands, notes, caveat)
+    forms = _forms(pick.setting, records, cpu)
+    return Recommendation(pick.setting, reason, code, max_slowdown, cands, notes, caveat, forms)
+
+
+def _forms(setting: str, records: list[TrialRecord], cpu: bool) -> dict[str, str]:
+    """Every form of the pick's snippet; the plain PyTorch one with the axes' lines, as `snippet`."""
+    forms = snippets(get_setting(setting))
+    forms["pytorch"] = "\n".join([forms["pytorch"], *axis_snippet(records, cpu)])
+    return forms
 
 
 def _pick(eligible: list[Candidate], noise: float) -> tuple[Candidate, list[Candidate]]:

@@ -21,6 +21,7 @@ from detcost.record import CudnnPlans
 from detcost.report import figures
 from detcost.report.explain_text import CPU_RANKING_NOTE, audit_cells, headline
 from detcost.report.fmt import compact, fmt, si
+from detcost.report.frameworks_text import frameworks_section, snippet_forms
 from detcost.report.keys_text import models_rows
 from detcost.report.prices_text import (
     detectable_text,
@@ -177,6 +178,8 @@ def machine_section(m: MachineAnalysis, team: str | None = None) -> dict:
         "environment": m.environment + models_rows(p.key.workload for p in m.prices),
         "cpu_note": cpu_note(m.priced_settings),
         "layout": layout_text(m.layout_varied),
+        "frameworks": frameworks_section(m),
+        "snippet_forms": [f for f in snippet_forms(m.recommendation.snippets) if f["key"] != "pytorch"],
     }
 
 
@@ -225,6 +228,8 @@ def _md_recommendation(m: dict) -> list[str]:
     parts += ["## Recommendation", ""]
     if rec.setting:
         parts += [f"**Use `{rec.setting}`**: {rec.reason}.", "", "```python", rec.snippet, "```", ""]
+        for form in m["snippet_forms"]:
+            parts += [f"The same, {form['title']}:", "", "```python", form["code"], "```", ""]
     else:
         parts += [f"No recommendation: {rec.reason}.", ""]
     return parts + [f"> {n}" for n in rec.notes] + [""]
@@ -243,6 +248,9 @@ def markdown_summary(context: dict) -> str:
             parts += [m["detectable"], ""] if m["detectable"] else []
             parts += [m["host_bound_note"], ""] if m["host_bound_note"] else []
             parts += ["### Every price", "", _md_table(m["price_header"], [r["cells"] for r in m["price_rows"]]), ""]
+        if m["frameworks"]:
+            fw = m["frameworks"]
+            parts += [f"## {fw['title']}", "", fw["intro"], "", _md_table(fw["header"], fw["rows"]), ""]
         if m["variance_rows"]:
             parts += ["## Variance", "", _md_table(m["variance_header"], m["variance_rows"]), ""]
         if m["failures"]:

@@ -10,6 +10,7 @@ import pandas as pd
 
 from detcost.derive.analysis import Analysis, MachineAnalysis
 from detcost.report.prices_text import detectable_text, host_bound_lines, noise_lines, price_matrix
+from detcost.settings import apply_call, get_setting
 
 VERDICT_LEGEND = (
     "each cell: price = step time over the fastest setting's, 95% interval across rounds, and its verdict "
@@ -151,9 +152,10 @@ def precision_text(p: dict) -> str:
 def recommendation_text(rec) -> str:
     if not rec.setting:
         return f"no recommendation: {rec.reason}"
-    return f"recommendation: use {rec.setting} ({rec.reason})\n" + "\n".join(
-        "    " + ln for ln in rec.snippet.splitlines()
-    )
+    lines = rec.snippet.splitlines()
+    if rec.snippets.get("apply"):  # the one call that does all of the above (the report shows every form)
+        lines.append(f"# or, with detcost installed: {apply_call(get_setting(rec.setting))}")
+    return f"recommendation: use {rec.setting} ({rec.reason})\n" + "\n".join("    " + ln for ln in lines)
 
 
 def records_json(rows) -> list[dict]:
@@ -171,8 +173,8 @@ def _plain(v):
 
 
 def recommendation_json(rec) -> dict:
-    return {"setting": rec.setting, "reason": rec.reason, "snippet": rec.snippet, "speed_caveat": rec.speed_caveat,
-            "notes": rec.notes}  # fmt: skip
+    return {"setting": rec.setting, "reason": rec.reason, "snippet": rec.snippet, "snippets": rec.snippets,
+            "speed_caveat": rec.speed_caveat, "notes": rec.notes}  # fmt: skip
 
 
 def run_summary_json(analysis: Analysis, outcome, wall: float, report=None) -> dict:
