@@ -17,8 +17,10 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
 from detcost.derive.keys import AA_LABEL, group_fields, setting_order  # noqa: E402
 from detcost.settings import SETTINGS  # noqa: E402
 
-_PALETTE = plt.get_cmap("tab10").colors
-COLORS = {name: _PALETTE[i % 10] for i, name in enumerate(SETTINGS)}
+# One colour a setting, the same in every figure: the matrix's in tab10, the frameworks'
+# switches after them in Dark2 (14 settings, no two alike).
+_PALETTE = (*plt.get_cmap("tab10").colors, *plt.get_cmap("Dark2").colors)
+COLORS = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(SETTINGS)}
 COLORS[AA_LABEL] = (0.6, 0.6, 0.6)
 DPI = 110
 FLOOR = 1e-12  # where bitwise-identical settings sit on a log axis of distances
