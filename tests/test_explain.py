@@ -22,8 +22,10 @@ def test_profiling_attributes_strict_to_the_nan_fill_and_not_strict_nofill(expla
     assert (attr["reference"] == "default").all()
     assert strict.loc["aten::fill_", "delta_calls"] > 10  # hundreds of NaN fills per step
     assert strict.index[0] == "aten::fill_"  # ranked first by the change in calls
-    nofill = attr[attr["setting"] == "strict_nofill"]
-    assert "aten::fill_" not in set(nofill["op"].dropna())
+    # strict_nofill adds no fill: the op may still be listed for its self time (which a busy
+    # machine moves), never for a change in how often it is called
+    nofill = attr[(attr["setting"] == "strict_nofill") & (attr["op"] == "aten::fill_")]
+    assert (nofill["delta_calls"].abs() < 1).all(), nofill
 
 
 def test_explain_command_prints_the_attribution(explain_sweep, capsys):

@@ -283,3 +283,32 @@ def test_a_cpu_group_whose_default_trials_were_all_busy_is_still_priced(tmp_path
     rows = prices([TrialRecord.from_json(r) for r in records], cpu=True)
     aa = [p for p in rows if p.is_aa]
     assert aa and all(math.isfinite(p.price.ratio) for p in aa)
+
+
+def _golden_with(step_of) -> list[TrialRecord]:
+    """The committed golden sweep with synthetic step times: `step_of(record) -> seconds`."""
+    golden = Path(__file__).parent / "data" / "golden.jsonl"
+    out = []
+    for r in (json.loads(x) for x in golden.read_text().splitlines()):
+        if r.get("step_times_s"):
+            r["step_times_s"] = [step_of(r)] * len(r["step_times_s"])
+        out.append(TrialRecord.from_json(r))
+    return out
+
+
+def test_a_narrow_price_closer_to_one_than_the_noise_floor_is_neither_real_nor_a_reacting_flag():
+    """benchmark 6% faster than default in every round (an interval that excludes 1 by
+    chance-narrowness), while the A/A control strays by 30%: on the CPU benchmark stays
+    pooled with default, and strict's 6% is unconfirmed, not real."""
+
+    def step(r):
+        if r["kind"] == "aa":
+            return 0.010 * (1.3 if r["repeat"] == 1 else 1.0)
+        return 0.010 * (0.94 if r["setting"] in ("benchmark", "strict") else 1.0) * (1 + 0.001 * r["repeat"])
+
+    rows = [p for p in prices(_golden_with(step), cpu=True) if p.key.workload == "simple_cnn"]
+    by = {p.label: p for p in rows}
+    assert "benchmark" not in by and by["default"].prices("benchmark") and not by["default"].flag_reacts
+    strict = by["strict"]
+    assert not strict.price.includes_one or not strict.vs_default.includes_one
+    assert strict.verdict != Verdict.REAL and by["strict"].detectable > 0.06

@@ -223,15 +223,18 @@ def _labels(records: list[TrialRecord], pool: tuple[str, ...]) -> tuple[dict, di
 
 def _reacting(rows: list[Price]) -> set[str]:
     """cuDNN-only settings whose interval against `default` excludes 1 while the A/A
-    control's covers it (or there is none): on the CPU their flags change no kernel, so
-    the model or the machine reacts to the flag, and their price is shown as measured."""
+    control's covers it (or there is none), by more than the smallest price the group can
+    detect (a two-round interval can be narrow by chance): on the CPU their flags change no
+    kernel, so the model or the machine reacts to the flag, and their price is shown as
+    measured."""
     aa = next((p for p in rows if p.is_aa), None)
     steady = aa is None or (aa.vs_default is not None and aa.vs_default.includes_one)
+    floor = _detectable(rows)
     return {
         p.label
         for p in rows
         if steady and cudnn_only(p.label) and p.vs_default is not None and p.vs_default.rounds >= 2
-        and not p.vs_default.includes_one
+        and not p.vs_default.includes_one and not abs(p.vs_default.ratio - 1) <= floor
     }  # fmt: skip
 
 
@@ -293,6 +296,9 @@ def _judged(p: Price, rows: list[Price]) -> Price:
         return replace(p, verdict=Verdict.WITHIN_NOISE)
     if p.busy_trials_priced:
         return replace(p, verdict=Verdict.UNCONFIRMED, why="it rests on trials run while the machine was busy")
+    if math.isfinite(p.detectable) and abs(r.ratio - 1) < p.detectable:
+        why = f"closer to 1.00 than the smallest price this run can detect ({p.detectable:.0%})"
+        return replace(p, verdict=Verdict.UNCONFIRMED, why=why)
     aa = next((q for q in rows if q.is_aa), None)
     if aa is not None and not aa.price.includes_one:
         return replace(p, verdict=Verdict.UNCONFIRMED, why="the A/A control strayed beyond its own interval")
