@@ -44,6 +44,8 @@ def test_forkserver_trials_match_spawned_interpreters(forked_pair):
             "deterministic_algorithms": True,
             "fill_uninitialized_memory": True,
             "cublas_workspace_config": ":4096:8",
+            "cuda_launch_blocking": None,
+            "warn_only": False,
         }
     )
     # strict changes which kernels run, not what a CPU conv net computes

@@ -219,9 +219,13 @@ def _reason(pick: Candidate, tied: list[Candidate], budget: float, noise: float)
         if pick.max_price <= budget
         else f"its interval reaches into the {budget:.2f}x budget"
     )
+    bracket = (
+        f"[{pick.max_price_lo:.2f}, {pick.max_price_hi:.2f}]" if math.isfinite(pick.max_price_hi)
+        else "[one round: no interval]"
+    )  # fmt: skip
     reason = (
         f"{_repro_text(pick)}; worst price {pick.max_price:.2f}x the fastest setting "
-        f"[{pick.max_price_lo:.2f}, {pick.max_price_hi:.2f}], {where} "
+        f"{bracket}, {where} "
         f"(this run detects prices above {noise:.0%})"
     )
     if pick.worst is not None and pick.worst.pooled:

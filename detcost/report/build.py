@@ -20,7 +20,7 @@ from detcost.derive.recommend import Recommendation, cpu_note
 from detcost.record import CudnnPlans
 from detcost.report import figures
 from detcost.report.explain_text import CPU_RANKING_NOTE, audit_cells, headline
-from detcost.report.fmt import compact, fmt, si
+from detcost.report.fmt import compact, fmt, interval_text, si
 from detcost.report.frameworks_text import frameworks_section, snippet_forms
 from detcost.report.keys_text import models_rows
 from detcost.report.prices_text import (
@@ -46,7 +46,7 @@ def _candidates(rec: Recommendation) -> list[dict]:
             "color": mcolors.to_hex(figures.color(c.setting)),
             "runs": "yes" if c.runs_everywhere else f"no ({c.failures})",
             "price": (
-                f"{c.max_price:.2f}x [{c.max_price_lo:.2f}, {c.max_price_hi:.2f}] {c.worst.verdict}"
+                f"{interval_text(c.max_price, c.max_price_lo, c.max_price_hi)} {c.worst.verdict}"
                 + (f" (as one with {c.worst.label})" if c.worst.pooled and c.setting != c.worst.label else "")
                 if c.worst
                 else "-"

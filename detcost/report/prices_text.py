@@ -29,7 +29,8 @@ def price_cell(p: Price, setting: str | None = None) -> str:
     if p.verdict == Verdict.FASTEST:
         text = "1.00 (fastest)"
     else:
-        text = f"{ratio_text(p.price)} {p.verdict}" + (f" ({p.why})" if p.why else "")
+        interval = ratio_text(p.price)
+        text = f"{interval} {p.verdict}" + (f" ({p.why})" if p.why and p.why not in interval else "")
     if p.pooled:
         text += f"; {len(p.members)} settings priced as one" if setting == p.label else f"; as one with {p.label}"
     if p.flag_reacts:
