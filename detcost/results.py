@@ -183,7 +183,8 @@ def check_writable(path: str | Path, what: str) -> None:
     try:  # a real attempt: permissions alone say nothing for root, or on /proc
         os.rmdir(tempfile.mkdtemp(prefix=".detcost-check-", dir=folder))
     except OSError as exc:
-        raise UsageError(f"cannot write {what} {path}: {folder}: {exc.strerror or exc}") from None
+        why = exc.strerror or str(exc)  # /proc answers "No such file or directory" for a folder that exists
+        raise UsageError(f"cannot write {what} {path}: the folder {folder} takes no new files ({why})") from None
 
 
 def open_for_sweep(path: str | Path, resume: bool) -> list[dict]:

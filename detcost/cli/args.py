@@ -190,6 +190,7 @@ def _add_run_trials(g) -> None:
     )
     g.add_argument(
         "--layout",
+        metavar="{random,fixed}",
         default="random",  # checked by SweepOptions (isolation.LAYOUTS), without importing torch here
         help="random (default): a new forkserver each round and a random heap and environment pad in every "
         "trial, so a memory layout's bias becomes round-to-round noise the intervals see; fixed: one "
@@ -236,7 +237,7 @@ def _add_run_output(g) -> None:
 def _add_env(sub) -> None:
     p = sub.add_parser("env", help="print the environment fingerprint stored with every result")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the same as JSON (NaN as null)")
     p.add_argument(
         "--asv-machine",
         action="store_true",
@@ -249,7 +250,7 @@ def _add_config(sub) -> None:
     p = sub.add_parser(
         "config", help="print the team config (detcost.toml, or [tool.detcost] in pyproject.toml) found here"
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the same as JSON (NaN as null)")
     p.set_defaults(func=cmd_config)
 
 
@@ -257,7 +258,7 @@ def _add_variance(sub) -> None:
     p = sub.add_parser("variance", help="what each setting buys: spread across repeats and seeds, from a results file")
     p.add_argument("results", type=Path, nargs="+", help="results JSONL file(s)")
     p.add_argument("--curves", action="store_true", help="also print the divergence over checkpoints")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the same as JSON (NaN as null)")
     p.set_defaults(func=cmd_variance)
 
 
@@ -299,7 +300,7 @@ def _add_compare(sub) -> None:
     p.add_argument("a", type=Path, metavar="A.jsonl", help="results JSONL of run A")
     p.add_argument("b", type=Path, metavar="B.jsonl", help="results JSONL of run B")
     p.add_argument("--out", type=Path, default=None, help="also write the comparison as HTML to this file")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the same as JSON (NaN as null)")
     p.set_defaults(func=cmd_compare)
 
 
@@ -314,7 +315,7 @@ def _add_selfcheck(sub) -> None:
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--quick", action="store_true", help="small sizes for the timing checks")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the same as JSON (NaN as null)")
     p.set_defaults(func=cmd_selfcheck)
 
 
@@ -323,7 +324,7 @@ def _add_explain(sub) -> None:
     p.add_argument("results", type=Path, nargs="+", help="results JSONL file(s)")
     p.add_argument("--workloads", default=None, help="comma list (default: all in the results)")
     p.add_argument("--top", type=_positive_int, default=8, help="ops per workload x setting (default: %(default)s)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the same as JSON (NaN as null)")
     p.set_defaults(func=cmd_explain)
 
 
@@ -337,7 +338,7 @@ def _add_audit(sub) -> None:
     _add_model(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--quick", action="store_true", help="small sizes")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the same as JSON (NaN as null)")
     p.set_defaults(func=cmd_audit)
 
 

@@ -40,15 +40,47 @@ def price_cell(p: Price, setting: str | None = None) -> str:
     return text
 
 
+# A verdict as one mark, for a terminal's matrix (the legend says each).
+VERDICT_MARKS = {
+    Verdict.REAL: "real", Verdict.WITHIN_NOISE: "~", Verdict.UNCONFIRMED: "?", Verdict.NOISE_FLOOR: "A/A",
+    Verdict.FASTEST: "",
+}  # fmt: skip
+
+
+def compact_cell(p: Price, setting: str | None = None) -> str:
+    """A terminal's cell: `1.05 [1.02,1.08] real`, `1.00 fastest`, `= default` for a
+    setting priced as one with another; `!` where the CPU reacts to a cuDNN flag and
+    `(host-bound)` where the price is understated."""
+    setting = setting or p.label
+    if p.pooled and setting != p.label:
+        return f"= {p.label}"
+    if p.verdict == Verdict.FASTEST:
+        text = "1.00 fastest"
+    else:
+        r = p.price
+        if not math.isfinite(r.hi):
+            bracket = "[1 round]"
+        elif r.hi > 10 * max(r.ratio, 1e-12):
+            bracket = f"[{r.lo:.2f},>10x]"
+        else:
+            bracket = f"[{r.lo:.2f},{r.hi:.2f}]"
+        text = f"{r.ratio:.2f} {bracket} {VERDICT_MARKS[p.verdict]}".rstrip()
+    if p.flag_reacts:
+        text += " !"
+    if p.host_bound and not p.is_aa:
+        text += " (host-bound)"
+    return text
+
+
 def matrix_columns(prices: list[Price]) -> list[str]:
     """The settings a matrix shows (every setting some row prices), then the A/A control."""
     return label_order({m for p in prices if not p.is_aa for m in p.members} | {p.label for p in prices if p.is_aa})
 
 
-def price_matrix(m: MachineAnalysis, team: str | None = None) -> tuple[list[str], list[dict]]:
+def price_matrix(m: MachineAnalysis, team: str | None = None, cell=price_cell) -> tuple[list[str], list[dict]]:
     """Workloads (and the fields that vary) down, settings across, the `team`'s setting
-    marked. Returns the key columns' names and one row per group: {"head": [...],
-    "cells": [(text, verdict)]}."""
+    marked, each cell written by `cell(price, setting)`. Returns the key columns' names and
+    one row per group: {"head": [...], "cells": [(text, verdict)]}."""
     columns = matrix_columns(m.prices)
     groups: dict = {}
     for p in m.prices:
@@ -58,7 +90,7 @@ def price_matrix(m: MachineAnalysis, team: str | None = None) -> tuple[list[str]
         cells = []
         for s in columns:
             p = next((q for q in group if (q.is_aa if s == AA_LABEL else (q.prices(s) and not q.is_aa))), None)
-            cells.append(("-", "") if p is None else (price_cell(p, s), str(p.verdict)))
+            cells.append(("-", "") if p is None else (cell(p, s), str(p.verdict)))
         rows.append({"head": key_cells(key, m.fields), "cells": cells})
     return ["workload", *m.fields, *(team_name(c, team) for c in columns)], rows
 

@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 
 from detcost.derive.analysis import Analysis, MachineAnalysis
-from detcost.report.prices_text import detectable_text, host_bound_lines, noise_lines, price_matrix
+from detcost.report.prices_text import compact_cell, detectable_text, host_bound_lines, noise_lines, price_matrix
 from detcost.settings import apply_call, get_setting
 
 VERDICT_LEGEND = (
-    "each cell: price = step time over the fastest setting's, 95% interval across rounds, and its verdict "
-    "(real: the interval excludes 1.00; within noise: it includes 1.00; unconfirmed: excludes 1.00, but the run "
-    "cannot stand behind it)"
+    "price = step time over the fastest setting's, [95% interval across rounds], verdict: real (the interval "
+    "excludes 1.00), ~ within noise (it includes 1.00), ? unconfirmed (excludes 1.00, but the run cannot stand "
+    "behind it), A/A the noise floor; '= default': priced as one with default (the same kernels on the CPU); "
+    "! the CPU reacts to this cuDNN flag. summary.md and the report spell each cell out"
 )
 
 
@@ -77,13 +78,13 @@ def cuda_estimate_lines(trials: int, estimate, gpu: str | None) -> list[str]:
 
 
 def price_matrix_text(m: MachineAnalysis, team: str | None = None) -> str:
-    """The price matrix for a terminal: settings down, workloads across (the report's is
-    the other way round; a terminal is narrower than it is long)."""
-    header, rows = price_matrix(m, team)
+    """The price matrix for a terminal: workloads down, settings across, as in the report,
+    each cell compact (`compact_cell`; the legend above it says each mark)."""
+    header, rows = price_matrix(m, team, cell=compact_cell)
     nkeys = len(header) - len(rows[0]["cells"]) if rows else 0
     index = [" / ".join(r["head"]) for r in rows]
     frame = pd.DataFrame([[c for c, _ in r["cells"]] for r in rows], index=index, columns=header[nkeys:])
-    return frame.T.to_string()
+    return frame.to_string()
 
 
 def _machine_lines(m: MachineAnalysis, several: bool, team: str | None = None) -> list[str]:
