@@ -87,6 +87,8 @@ def run_sweep(
     with _Runner(opts, existing, progress, on_record) as runner:
         runner.start_when_quiet()
         stopped = runner.run(runner.todo(planned))
+        if not stopped:
+            stopped = runner.rerun_busy(planned)
         if opts.precision is not None and not stopped:
             opts, planned, stopped, precision = _add_rounds(opts, runner, planned)
     latest = latest_by_trial(existing + runner.new)
@@ -204,6 +206,21 @@ class _Runner:
             self.bar.update(1)
         return False
 
+    def rerun_busy(self, planned: list[TrialSpec]) -> bool:
+        """After the planned trials: those whose newest record still ran busy (the guard
+        gave up waiting while they ran) run once more if the machine is quiet now, so a
+        neighbour that has left costs no round. True if --max-time stopped it."""
+        latest = latest_by_trial(self.existing + self.new)
+        busy = [s for s in planned if s.trial_id in latest and _busy(latest[s.trial_id])]
+        if not busy or self.opts.allow_busy or self.out_of_time():
+            return False
+        self.gave_up = False  # one full wait: the trials are worth it
+        if not self.wait_quiet(f"{len(busy)} trial(s) ran while the machine was busy"):
+            return False
+        self.events.append(f"ran {len(busy)} busy trial(s) again at the end, the machine quiet")
+        self.reruns += len(busy)
+        return self.run(busy)
+
     def _one(self, spec: TrialSpec) -> TrialRecord:
         spec = replace(spec, known_flops=self.flops.get(flops_key(spec)))
         record = _run_one(self.opts, spec, self.machine, self._layout_for(spec))
@@ -274,6 +291,10 @@ def audit_workloads(workloads: list[str], device: str, preset: str) -> list[Tria
     method = start_method("auto", device)
     specs = [spec_at_preset(w, "strict", device, preset, run_id="audit", kind=Kind.AUDIT) for w in workloads]
     return [run_isolated(spec, method=method) for spec in specs]
+
+
+def _busy(record: TrialRecord) -> bool:
+    return bool(record.timing is not None and record.timing.is_busy)
 
 
 def _run_one(opts: SweepOptions, spec: TrialSpec, machine: dict, layout: Layout | None) -> TrialRecord:

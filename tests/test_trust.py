@@ -95,6 +95,21 @@ def test_a_busy_trial_is_run_again_once_the_machine_is_quiet(tmp_path, monkeypat
     assert any("ran while the machine was busy" in e for e in out.events)
 
 
+def test_trials_left_busy_when_the_guard_gave_up_run_again_at_the_end_once_it_is_quiet(tmp_path, monkeypatch):
+    """The machine stays busy through both rounds (the guard gives up waiting), then its
+    neighbour leaves: the busy trials run once more before the sweep ends."""
+    trials = SyntheticTrials(noise=0.01, busy=lambda spec, attempt: spec.setting == "strict" and attempt == 1)
+    monkeypatch.setattr(sweep, "_run_one", trials)
+    quiet, busy = BusyReport(0.0, 0.25), BusyReport(1.5, 0.25, cpu_busy=True)
+    loads = iter([quiet, busy, busy] + [quiet] * 10)  # before the sweep, after each busy trial, at the end
+    monkeypatch.setattr(guard, "sample", lambda device, threads: next(loads))
+    out = run_sweep(options(tmp_path, wait_quiet=0.0), progress=False)
+    strict = [s for s in out.planned if s.setting == "strict"]
+    assert len(strict) == 2 and all(trials.attempts[s.trial_id] == 2 for s in strict)
+    assert not any(r.timing.is_busy for r in out.records) and out.reruns == 2
+    assert any("ran 2 busy trial(s) again at the end" in e for e in out.events)
+
+
 def test_allow_busy_neither_waits_nor_runs_again(tmp_path, monkeypatch):
     trials = SyntheticTrials(noise=0.01, busy=lambda spec, attempt: True)
     monkeypatch.setattr(sweep, "_run_one", trials)
