@@ -107,7 +107,10 @@ def price_details(m: MachineAnalysis, team: str | None = None) -> tuple[list[str
     header = ["workload", *m.fields, *DETAIL_HEADER]
     rows = []
     for p in m.prices:
-        busy = f" (busy machine: {p.busy_trials} trial(s))" if p.busy_trials else ""
+        busy = ""
+        if p.busy_trials:
+            kept = "all kept: no quiet trial was left" if p.busy_trials_priced else "left out of this figure"
+            busy = f" ({p.busy_trials} trial(s) on a busy machine, {kept})"
         others = ", ".join(team_name(x, team) for x in p.members if x != p.label)
         label = team_name(p.label, team) + (f" (+ {others})" if p.pooled else "")
         cells = [
