@@ -219,10 +219,12 @@ def _reason(pick: Candidate, tied: list[Candidate], budget: float, noise: float)
         if pick.max_price <= budget
         else f"its interval reaches into the {budget:.2f}x budget"
     )
-    bracket = (
-        f"[{pick.max_price_lo:.2f}, {pick.max_price_hi:.2f}]" if math.isfinite(pick.max_price_hi)
-        else "[one round: no interval]"
-    )  # fmt: skip
+    if not math.isfinite(pick.max_price_hi):
+        bracket = "[one round: no interval]"
+    elif pick.max_price_lo == pick.max_price_hi:
+        bracket = "(it is the fastest on every workload)"  # against itself: no interval to give
+    else:
+        bracket = f"[{pick.max_price_lo:.2f}, {pick.max_price_hi:.2f}]"
     reason = (
         f"{_repro_text(pick)}; worst price {pick.max_price:.2f}x the fastest setting "
         f"{bracket}, {where} "

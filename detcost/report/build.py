@@ -46,7 +46,11 @@ def _candidates(rec: Recommendation) -> list[dict]:
             "color": mcolors.to_hex(figures.color(c.setting)),
             "runs": "yes" if c.runs_everywhere else f"no ({c.failures})",
             "price": (
-                f"{interval_text(c.max_price, c.max_price_lo, c.max_price_hi)} {c.worst.verdict}"
+                (
+                    "1.00 (fastest)"
+                    if c.worst.verdict == Verdict.FASTEST
+                    else f"{interval_text(c.max_price, c.max_price_lo, c.max_price_hi)} {c.worst.verdict}"
+                )
                 + (f" (as one with {c.worst.label})" if c.worst.pooled and c.setting != c.worst.label else "")
                 if c.worst
                 else "-"
