@@ -14,12 +14,10 @@ from detcost.settings import (
     applied,
     apply_env,
     get_setting,
-    nearest_switches,
     parse_settings,
     read_flags,
-    snippet,
-    snippets,
 )
+from detcost.snippets import nearest_switches, snippet, snippets
 
 CUDA_VARS = ("CUBLAS_WORKSPACE_CONFIG", "CUDA_LAUNCH_BLOCKING")
 

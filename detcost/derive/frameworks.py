@@ -18,7 +18,8 @@ from detcost.derive.keys import GroupKey
 from detcost.derive.prices import Price
 from detcost.derive.recommend import changes_from_default
 from detcost.derive.variance import Spread
-from detcost.settings import FRAMEWORKS, SETTINGS, Setting, determinism_flags
+from detcost.settings import FRAMEWORKS, SETTINGS, Setting
+from detcost.snippets import determinism_flags
 
 
 @dataclass(frozen=True)

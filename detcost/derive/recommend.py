@@ -21,7 +21,8 @@ from detcost.derive.keys import is_cpu, ok_of, setting_order
 from detcost.derive.prices import Price
 from detcost.derive.variance import Spread
 from detcost.record import Kind, Status, TrialRecord
-from detcost.settings import REFERENCE, SETTINGS, get_setting, snippet, snippets
+from detcost.settings import REFERENCE, SETTINGS, get_setting
+from detcost.snippets import snippet, snippets
 
 DEFAULT_MAX_SLOWDOWN = 0.10
 FALLBACK_NOISE = 0.02  # price tolerance when a sweep has no A/A control
@@ -66,7 +67,7 @@ class Recommendation:
     # Why this run cannot judge speed (None when it can): then the pick rests on
     # reproducibility alone, and the report says so above the recommendation.
     speed_caveat: str | None = None
-    # The pick in every form a user may apply it (`settings.snippets`: detcost.apply(), plain
+    # The pick in every form a user may apply it (`snippets.snippets`: detcost.apply(), plain
     # PyTorch, the nearest framework switch and what to add, TensorFlow as text).
     snippets: dict[str, str] = field(default_factory=dict)
 

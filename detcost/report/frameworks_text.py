@@ -8,7 +8,8 @@ from detcost.derive.analysis import MachineAnalysis
 from detcost.derive.frameworks import SwitchVerdict
 from detcost.report.keys_text import key_cells
 from detcost.report.prices_text import price_cell
-from detcost.settings import FRAMEWORKS, SNIPPET_FORMS
+from detcost.settings import FRAMEWORKS
+from detcost.snippets import SNIPPET_FORMS
 
 TITLE = "What your framework's switch costs and buys"
 HEADER = ["switch", "replicates", "price", "repeats", "detcost's cheapest as reproducible", "sets what no determinism "

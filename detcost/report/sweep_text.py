@@ -10,7 +10,8 @@ import pandas as pd
 
 from detcost.derive.analysis import Analysis, MachineAnalysis
 from detcost.report.prices_text import compact_cell, detectable_text, host_bound_lines, noise_lines, price_matrix
-from detcost.settings import apply_call, get_setting
+from detcost.settings import get_setting
+from detcost.snippets import apply_call
 
 VERDICT_LEGEND = (
     "price = step time over the fastest setting's, [95% interval across rounds], verdict: real (the interval "
