@@ -201,6 +201,11 @@ class TrialRecord:
         return self.parts.outcome
 
     @property
+    def is_busy(self) -> bool:
+        """Whether the busy-machine guard flagged the trial's timed region."""
+        return bool(self.parts.timing and self.parts.timing.is_busy)
+
+    @property
     def workload_notes(self) -> dict:
         return self.parts.workload_notes or {}
 

@@ -197,9 +197,7 @@ class _Runner:
                 raise HarnessError(
                     f"{spec.trial_id}: {CUDA_AT_START} (the forkserver or this process used CUDA); the sweep stopped"
                 )
-            retry = (
-                record.timing is not None and record.timing.is_busy and not (self.opts.allow_busy or self.out_of_time())
-            )
+            retry = record.is_busy and not (self.opts.allow_busy or self.out_of_time())
             if retry and self.wait_quiet(f"{spec.trial_id} ran while the machine was busy"):
                 self._one(spec)  # run again now that the machine is quiet
                 self.reruns += 1
@@ -211,7 +209,7 @@ class _Runner:
         gave up waiting while they ran) run once more if the machine is quiet now, so a
         neighbour that has left costs no round. True if --max-time stopped it."""
         latest = latest_by_trial(self.existing + self.new)
-        busy = [s for s in planned if s.trial_id in latest and _busy(latest[s.trial_id])]
+        busy = [s for s in planned if s.trial_id in latest and latest[s.trial_id].is_busy]
         if not busy or self.opts.allow_busy or self.out_of_time():
             return False
         self.gave_up = False  # one full wait: the trials are worth it
@@ -291,10 +289,6 @@ def audit_workloads(workloads: list[str], device: str, preset: str) -> list[Tria
     method = start_method("auto", device)
     specs = [spec_at_preset(w, "strict", device, preset, run_id="audit", kind=Kind.AUDIT) for w in workloads]
     return [run_isolated(spec, method=method) for spec in specs]
-
-
-def _busy(record: TrialRecord) -> bool:
-    return bool(record.timing is not None and record.timing.is_busy)
 
 
 def _run_one(opts: SweepOptions, spec: TrialSpec, machine: dict, layout: Layout | None) -> TrialRecord:

@@ -95,8 +95,8 @@ def is_cpu(records: Iterable[TrialRecord]) -> bool:
 
 
 def is_busy(record: TrialRecord) -> bool:
-    """Whether the busy-machine guard flagged the trial."""
-    return bool(record.timing and record.timing.is_busy)
+    """Whether the busy-machine guard flagged the trial (`TrialRecord.is_busy`)."""
+    return record.is_busy
 
 
 def cudnn_only(setting: str) -> bool:
