@@ -13,15 +13,17 @@ def _finite(v) -> bool:
     return v is not None and isinstance(v, int | float | np.floating | np.integer) and math.isfinite(v)
 
 
-def interval_text(ratio: float, lo: float, hi: float) -> str:
-    """`1.05 [0.98, 1.12]`; one round has no interval and says so, as does a degenerate one."""
+def interval_text(ratio: float, lo: float, hi: float, compact: bool = False) -> str:
+    """`1.05 [0.98, 1.12]`; one round has no interval and says so, as does a degenerate one.
+    `compact` (a terminal's matrix): `1.05 [0.98,1.12]`, `[1 round]`, `[0.06,>10x]`."""
     if not _finite(ratio):
         return "-"
     if not _finite(hi):
-        return f"{ratio:.2f} [one round: no interval]"
+        return f"{ratio:.2f} [1 round]" if compact else f"{ratio:.2f} [one round: no interval]"
+    sep = "," if compact else ", "
     if hi > 10 * max(ratio, 1e-12):
-        return f"{ratio:.2f} [{lo:.2f}, >10x: no usable interval]"
-    return f"{ratio:.2f} [{lo:.2f}, {hi:.2f}]"
+        return f"{ratio:.2f} [{lo:.2f}{sep}>10x" + ("]" if compact else ": no usable interval]")
+    return f"{ratio:.2f} [{lo:.2f}{sep}{hi:.2f}]"
 
 
 def ratio_text(r: PairedRatio | None) -> str:

@@ -10,7 +10,7 @@ import math
 from detcost.derive.analysis import MachineAnalysis
 from detcost.derive.keys import AA_LABEL, label_order
 from detcost.derive.prices import Price, Verdict
-from detcost.report.fmt import fmt, percent_text, ratio_text, si
+from detcost.report.fmt import fmt, interval_text, percent_text, ratio_text, si
 from detcost.report.keys_text import axis_values_text, key_cells
 from detcost.settings import REFERENCE
 
@@ -58,13 +58,7 @@ def compact_cell(p: Price, setting: str | None = None) -> str:
         text = "1.00 fastest"
     else:
         r = p.price
-        if not math.isfinite(r.hi):
-            bracket = "[1 round]"
-        elif r.hi > 10 * max(r.ratio, 1e-12):
-            bracket = f"[{r.lo:.2f},>10x]"
-        else:
-            bracket = f"[{r.lo:.2f},{r.hi:.2f}]"
-        text = f"{r.ratio:.2f} {bracket} {VERDICT_MARKS[p.verdict]}".rstrip()
+        text = f"{interval_text(r.ratio, r.lo, r.hi, compact=True)} {VERDICT_MARKS[p.verdict]}".rstrip()
     if p.flag_reacts:
         text += " !"
     if p.host_bound and not p.is_aa:
