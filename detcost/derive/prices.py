@@ -161,7 +161,7 @@ def _group(key: GroupKey, per_label: dict[str, list[TrialRecord]], members: dict
     rounds = {label: rounds_of(recs) for label, recs in per_label.items()}
     timed = {k: v for k, v in rounds.items() if k != AA_LABEL}
     best = fastest(timed)
-    default = rounds_of(own) or None if own else None
+    default = rounds_of(own) or None
     # what the A/A control strayed beyond its rounds: a fixed effect of the label that
     # every price between two labels may carry too (the A/A's own interval is the test of it)
     bias = label_bias_var(rounds[AA_LABEL], default) if AA_LABEL in rounds and default else 0.0
