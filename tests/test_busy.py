@@ -289,3 +289,19 @@ def test_a_trial_run_beside_cpu_hogs_is_flagged_and_run_again_once_they_stop(tmp
     if again[0]["busy"]["busy"]:
         pytest.skip(f"other processes used the CPUs during the rerun: {again[0]['busy']}")
     assert again[0]["status"] == "ok"
+
+
+def test_a_cuda_trial_asks_the_gpu_for_other_processes_and_counts_one_host_thread(monkeypatch):
+    """The timed region's CUDA branch, faked on the CPU: another process on the trial's GPU
+    makes it busy though the CPUs were quiet; the trial is judged at one host thread."""
+    asked = []
+    monkeypatch.setattr(measure, "gpu_processes", lambda device: asked.append(device) or "4242 python 900MiB")
+    samples = iter([CpuSample(0.0, 0.0, 0.0, None), CpuSample(1.0, 0.0, 0.0, None)])
+    monkeypatch.setattr(measure, "cpu_sample", lambda: next(samples))
+    report = measure._busy(make_spec(device="cuda:1"), next(samples))
+    assert asked == ["cuda:1"] and report.busy and not report.cpu_busy
+    assert "4242 python" in report.describe()
+    assert report.busy_above_cores == round(max(0.25, report.usable_cpus - 1 - 0.5), 2)  # one host thread
+    quiet = iter([CpuSample(0.0, 0.0, 0.0, None), CpuSample(1.0, 0.0, 0.0, None)])
+    monkeypatch.setattr(measure, "cpu_sample", lambda: next(quiet))
+    assert not measure._busy(make_spec(device="cpu"), next(quiet)).busy and asked == ["cuda:1"]  # the CPU asks no GPU
