@@ -45,6 +45,14 @@ def expected_part(flags: dict, setting) -> dict:
     return {key: flags[key] for key in expected}
 
 
+@pytest.fixture(autouse=True)
+def cuda_not_started(monkeypatch):
+    """On a GPU machine an earlier test of this process may have started CUDA, after which
+    apply() refuses a setting whose variables differ: every test here starts from a process
+    whose CUDA has not started, unless it fakes that it has."""
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+
+
 @pytest.fixture
 def no_team_config(tmp_path, monkeypatch):
     """A working directory with no detcost.toml or pyproject.toml above it that names one."""
