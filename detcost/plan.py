@@ -20,6 +20,7 @@ from detcost.isolation import LAYOUTS, TRIAL_TIMEOUT_S, start_method
 from detcost.profile import PROFILE_STEPS
 from detcost.record import ROUND_KINDS, Kind, TrialSpec, derive_seed
 from detcost.settings import REFERENCE, get_setting
+from detcost.stats import LEVEL, decide_looks, level_over_looks
 from detcost.timing import is_cuda
 from detcost.workloads import get_workload
 
@@ -60,10 +61,19 @@ class SweepOptions:
     # (0.02: ±2%), up to `max_repeats` rounds.
     precision: float | None = None
     max_repeats: int = 20
+    # --decide: the speed budget (0.10: 10% over the fastest setting); add rounds only to
+    # the prices whose interval still straddles 1 + budget, looking at `looks` rounds
+    # (fixed when the options are made, so added rounds keep the sweep's interval level).
+    decide: float | None = None
+    looks: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
             raise UsageError(f"unknown layout {self.layout!r}; valid: {', '.join(LAYOUTS)}")
+        if self.decide is not None and self.precision is not None:
+            raise UsageError("--decide and --precision both add rounds, to different ends: give one of them")
+        if self.decide is not None and not self.looks:
+            self.looks = tuple(decide_looks(self.repeats, self.max_repeats))
         given = dict(self.axes)
         self.axes = {a.name: list(given.pop(a.name, None) or a.defaults_for(self.device)) for a, _ in axes.each({})}
         if given:
@@ -78,6 +88,11 @@ class SweepOptions:
             self.added_default = True
 
     added_default: bool = field(default=False, init=False)
+
+    @property
+    def interval_level(self) -> float:
+        """The level of the sweep's intervals: 95%, spread over --decide's looks."""
+        return level_over_looks(len(self.looks)) if self.decide is not None else LEVEL
 
     def first_axes(self) -> dict:
         """Each axis at its first value: where the audit, profiled and seed trials run."""
@@ -113,6 +128,7 @@ def _spec(opts: SweepOptions, kind: Kind, workload: str, setting: str, repeat: i
         image_size=size.image,
         axes=axes,
         keep_params=opts.keep_params,
+        interval_level=opts.interval_level,
     )
     if kind == Kind.AUDIT:
         return spec

@@ -26,6 +26,7 @@ from detcost.parts import TrialParts as TrialParts
 from detcost.payloads import HOST_BOUND_BELOW as HOST_BOUND_BELOW
 from detcost.payloads import Alert as Alert
 from detcost.payloads import Audit, CudnnPlans, HostBound, Profile
+from detcost.stats import LEVEL
 from detcost.vocabulary import MEASURED as MEASURED
 from detcost.vocabulary import ROUND_KINDS as ROUND_KINDS
 from detcost.vocabulary import Kind as Kind
@@ -69,6 +70,11 @@ class TrialSpec:
     # FLOPs per step already counted by an earlier trial of the same workload and sizes
     # (they do not depend on the setting): saves ~0.2 s of counting per trial.
     known_flops: float | None = None
+    # The confidence of the intervals drawn from this trial's sweep: 0.95, or under
+    # --decide, which may stop at any of several looks, 0.95 spread over the looks
+    # (`stats.level_over_looks`). Carried in every record so any later reading of the
+    # results draws the same intervals the sweep decided on.
+    interval_level: float = LEVEL
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", Kind(self.kind))
@@ -115,6 +121,7 @@ class TrialSpec:
             "seed": self.seed,
             "init_seed": self.init_seed,
             "data_seed": self.data_seed,
+            "interval_level": self.interval_level,
             **self.axes,
             **self.sizes(),
         }
@@ -135,6 +142,7 @@ class TrialSpec:
             **{k: record[k] for k in ("batch_size", "image_size")},
             axes={a: record[a] for a in axes_mod.names() if a in record},
             sidecar=record.get("sidecar"),
+            interval_level=record.get("interval_level") or LEVEL,
         )
 
 

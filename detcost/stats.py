@@ -51,6 +51,33 @@ def step_quartiles(times, strata=None) -> tuple[float, float]:
 
 # ---- prices from rounds -------------------------------------------------------------
 
+# The confidence of every interval a sweep draws, where nothing was decided by looking at
+# its intervals (a fixed number of rounds, or --precision, which stops on their width).
+LEVEL = 0.95
+# --decide's first look: two rounds give a t interval on one degree of freedom (its 95%
+# quantile is 12.7), which decides nothing, so no alpha is spent on it.
+FIRST_LOOK = 3
+
+
+def decide_looks(first: int, last: int) -> list[int]:
+    """The round counts at which `--decide` looks at the intervals: the first (at least
+    FIRST_LOOK), doubling after that, and the last. Few looks, because each one spends
+    part of the 5% the intervals may miss by."""
+    last = max(first, last)
+    looks, n = [], max(first, FIRST_LOOK)
+    while n < last:
+        looks.append(n)
+        n *= 2
+    return [*looks, last]
+
+
+def level_over_looks(looks: int, level: float = LEVEL) -> float:
+    """The level of each interval when a sweep may stop at any of `looks` looks: alpha
+    spent evenly across them (Bonferroni), so the chance that any look's interval missed,
+    and so the one the sweep stopped at, is at most 1 - level whatever the stopping rule.
+    One look is the plain level."""
+    return 1 - (1 - level) / max(looks, 1)
+
 
 @dataclass(frozen=True)
 class PairedRatio:
@@ -80,7 +107,7 @@ class PairedRatio:
 
 
 def paired_ratio(
-    a: Mapping[Hashable, float], b: Mapping[Hashable, float], level: float = 0.95, bias_var: float = 0.0
+    a: Mapping[Hashable, float], b: Mapping[Hashable, float], level: float = LEVEL, bias_var: float = 0.0
 ) -> PairedRatio:
     """Ratio of typical step times a / b, each given per round ({round: seconds}).
 
@@ -140,7 +167,7 @@ def fastest(per_label: Mapping[str, Mapping[Hashable, float]]) -> str:
     return min(per_label, key=against_base)
 
 
-def unpaired_ratio(a: Mapping[Hashable, float], b: Mapping[Hashable, float], level: float = 0.95) -> PairedRatio:
+def unpaired_ratio(a: Mapping[Hashable, float], b: Mapping[Hashable, float], level: float = LEVEL) -> PairedRatio:
     """a / b for runs that share no rounds (two machines, two commits): the ratio of the
     geometric means over each run's rounds, with a Welch t-interval on the logs. Drift
     between the runs does not cancel here; that is why a sweep pairs within rounds."""

@@ -18,12 +18,15 @@ from pathlib import Path
 
 from detcost import axes, guard
 from detcost import env as envmod
+from detcost.derive.keys import AA_LABEL, GroupKey
 from detcost.errors import HarnessError, UsageError
 from detcost.isolation import Layout, new_server, run_isolated, start_method
 from detcost.payloads import BusyReport
 from detcost.plan import SweepOptions, plan
 from detcost.record import ROUND_KINDS, Kind, TrialRecord, TrialSpec, flops_key
 from detcost.results import ResultsWriter, open_for_sweep
+from detcost.settings import REFERENCE
+from detcost.timing import is_cuda
 from detcost.train import spec_at_preset
 from detcost.trial import CUDA_AT_START
 
@@ -41,6 +44,7 @@ class SweepResult:
     events: list[str] = field(default_factory=list)  # what the quiet-machine guard did
     reruns: int = 0  # trials run a second time because the machine was busy the first
     precision: dict | None = None  # --precision: reached or not, and what each price reached
+    decide: dict | None = None  # --decide: the budget, the looks, the level, why it stopped
 
 
 def _check_same_options(existing: list[TrialRecord], planned: list[TrialSpec], path: Path) -> None:
@@ -83,7 +87,7 @@ def run_sweep(
         opts = replace(opts, run_id=existing[0].spec.run_id)
     planned = plan(opts)
     _check_same_options(existing, planned, opts.results)
-    precision = None
+    precision = decision = None
     with _Runner(opts, existing, progress, on_record) as runner:
         runner.start_when_quiet()
         stopped = runner.run(runner.todo(planned))
@@ -91,6 +95,8 @@ def run_sweep(
             stopped = runner.rerun_busy(planned)
         if opts.precision is not None and not stopped:
             opts, planned, stopped, precision = _add_rounds(opts, runner, planned)
+        if opts.decide is not None and not stopped:
+            opts, planned, stopped, decision = _decide_rounds(opts, runner, planned)
     latest = latest_by_trial(existing + runner.new)
     records = [latest[s.trial_id] for s in planned if s.trial_id in latest]
     for r in records:  # where their sidecars are: beside the results file
@@ -105,6 +111,7 @@ def run_sweep(
         results=opts.results,
         events=runner.events,
         precision=precision,
+        decide=decision,
     )
 
 
@@ -125,6 +132,55 @@ def _add_rounds(opts: SweepOptions, runner: _Runner, planned: list[TrialSpec]):
         if runner.run(new_round):
             widths = half_widths(runner.records_of(planned))
             return opts, planned, True, _precision_report(opts, widths, "--max-time")
+
+
+def _decide_rounds(opts: SweepOptions, runner: _Runner, planned: list[TrialSpec]):
+    """--decide: at each look (`opts.looks`), the prices the budget does not decide yet get
+    the rounds up to the next look, with their group's fastest setting, `default` and the A/A
+    control beside them; decided prices get no more. Until every price is decided, the
+    last look (--max-repeats) or --max-time. Between looks no interval is read."""
+    from detcost.derive.decide import open_prices  # the gate's own rule, not a copy
+    from detcost.derive.prices import prices
+
+    cpu = not is_cuda(opts.device)
+    while True:
+        rows = prices(runner.records_of(planned), cpu)
+        looked = opts.repeats in opts.looks
+        undecided = open_prices(rows, opts.decide) if looked else rows
+        if looked and (not undecided or opts.repeats >= opts.looks[-1]):
+            return opts, planned, False, _decide_report(opts, undecided, None)
+        wanted = _beside(rows, undecided)
+        grown = replace(opts, repeats=next(n for n in opts.looks if n > opts.repeats))
+        added = [s for s in plan(grown) if s.kind in ROUND_KINDS and s.repeat >= opts.repeats
+                 and (GroupKey.of_spec(s), AA_LABEL if s.kind == Kind.AA else s.setting) in wanted]  # fmt: skip
+        opts, planned = grown, planned + added
+        runner.note_open(len(undecided) if looked else None, opts.repeats)
+        if runner.run(runner.todo(added)):
+            rows = prices(runner.records_of(planned), cpu)
+            return opts, planned, True, _decide_report(opts, open_prices(rows, opts.decide), "--max-time")
+
+
+def _beside(rows: list, undecided: list) -> set[tuple]:
+    """(group, label) of every trial a round for the undecided prices runs: their settings,
+    and in their groups the fastest label, `default` and the A/A control."""
+    open_groups = {p.key for p in undecided}
+    wanted = {(p.key.without_machine(), s) for p in undecided for s in p.members}
+    for p in rows:
+        if p.key in open_groups and (p.label == p.price_vs or p.is_aa or p.label == REFERENCE):
+            wanted |= {(p.key.without_machine(), AA_LABEL if p.is_aa else p.label)}
+    return wanted | {(p.key.without_machine(), REFERENCE) for p in undecided}
+
+
+def _decide_report(opts: SweepOptions, undecided: list, stopped_by: str | None) -> dict:
+    """The budget, the looks and their level, the rounds run, and why prices stayed open."""
+    return {
+        "budget": opts.decide,
+        "looks": list(opts.looks),
+        "level": opts.interval_level,
+        "rounds": opts.repeats,
+        "undecided": len(undecided),
+        "stopped_by": None if not undecided else (stopped_by or f"the last look (--max-repeats {opts.max_repeats})"),
+    }
 
 
 def _precision_report(opts: SweepOptions, widths: dict, stopped_by: str | None) -> dict:
@@ -277,6 +333,10 @@ class _Runner:
 
     def look(self, budget: float, on_wait) -> tuple[BusyReport, float]:
         return guard.wait_for_quiet(lambda: guard.sample(self.opts.device, self.threads), budget, on_wait)
+
+    def note_open(self, undecided: int | None, rounds: int) -> None:
+        shown = "every price" if undecided is None else f"{undecided} undecided price(s)"
+        self.bar.set_description_str(f"detcost (--decide: {shown}, rounds to {rounds})")
 
     def note_widest(self, widest: float) -> None:
         shown = "no interval yet" if widest == float("inf") else f"±{widest:.1%}"

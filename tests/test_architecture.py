@@ -202,7 +202,9 @@ def test_the_v1_sample_records_round_trip_and_keep_their_trial_ids():
         assert record.spec.trial_id == stored["trial_id"]
         identity = TrialSpec.from_json(stored).identity()
         assert {k: v for k, v in identity.items() if k in stored} == {k: stored[k] for k in identity if k in stored}
-        newer = set(identity) - set(stored)  # axes added since: their defaults, which the ids leave out
+        # axes added since: their defaults, which the ids leave out; and the intervals' level (95% then)
+        newer = set(identity) - set(stored) - {"interval_level"}
         assert newer <= set(axes.names()) and all(identity[a] == axes.REGISTRY[a].default for a in newer)
+        assert identity["interval_level"] == 0.95
         again = record.to_json()
         assert {k: v for k, v in again.items() if k in stored} == stored

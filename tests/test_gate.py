@@ -12,7 +12,8 @@ import pytest
 from detcost import results
 from detcost.cli import main
 from detcost.derive.analysis import analyse
-from detcost.derive.gate import FAIL, NOTE, PASS, UNDECIDED, judge, rounds_to_decide
+from detcost.derive.decide import FAIL, PASS, UNDECIDED, rounds_to_decide
+from detcost.derive.gate import NOTE, judge
 from detcost.stats import PairedRatio
 
 GOLDEN = Path(__file__).parent / "data" / "golden.jsonl"
@@ -91,6 +92,32 @@ def test_a_price_straddling_the_budget_cannot_be_decided_and_says_how_many_round
     f = _findings(d, "price within budget")[0]
     assert f["status"] == UNDECIDED and "straddles" in f["reason"] and "about" in f["reason"]
     assert f["figures"]["rounds_to_decide"] > 3
+
+
+def test_the_budget_is_relative_to_the_fastest_setting_not_to_default(tmp_path, capsys):
+    # benchmark runs its steps in 0.85 x default's time: on the CPU a cuDNN flag that the
+    # data says is not free is priced on its own, and is the fastest
+    path = str(_run(tmp_path / "r.jsonl", 0.85, 0.01, setting="benchmark"))
+    code, d = _gate(capsys, path, "--setting", "default")
+    assert code == 1
+    f = _findings(d, "price within budget")[0]
+    assert f["figures"]["price_vs"] == "benchmark" and f["figures"]["ratio"] == pytest.approx(1 / 0.85, rel=0.02)
+    assert "benchmark's step time (the fastest)" in f["reason"] and "over the 10% budget" in f["reason"]
+    code, d = _gate(capsys, path, "--setting", "benchmark")
+    assert code == 0 and "is the fastest setting of the run" in _findings(d, "price within budget")[0]["reason"]
+
+
+def test_the_gate_draws_intervals_at_the_level_the_records_carry(tmp_path, capsys):
+    plain = _run(tmp_path / "r.jsonl", 1.05, 0.02)
+    decided = tmp_path / "decided.jsonl"  # the same rounds, as a --decide sweep with four looks records them
+    decided.write_text("".join(json.dumps({**json.loads(x), "interval_level": 0.9875}) + "\n"
+                               for x in plain.read_text().splitlines()))  # fmt: skip
+    _, a = _gate(capsys, str(plain), "--setting", "strict")
+    _, b = _gate(capsys, str(decided), "--setting", "strict")
+    fa, fb = _findings(a, "price within budget")[0], _findings(b, "price within budget")[0]
+    assert fa["figures"]["interval_level"] == 0.95 and fb["figures"]["interval_level"] == 0.9875
+    assert fb["figures"]["lo"] < fa["figures"]["lo"] and fb["figures"]["hi"] > fa["figures"]["hi"]
+    assert fa["figures"]["ratio"] == pytest.approx(fb["figures"]["ratio"]) and "98.75% interval" in fb["reason"]
 
 
 def test_rounds_to_decide_follows_the_square_of_the_half_width_over_the_distance():

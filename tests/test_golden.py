@@ -27,8 +27,8 @@ AFTER = DATA / "golden-outputs" / "after"
 def rendered(tmp_path_factory) -> dict[str, str]:
     records = results.load_records(GOLDEN)
     analysis = analyse(records, 0.10)
-    outcome = SimpleNamespace(events=[], precision=None, stopped_early=False, results="RESULTS", planned=records,
-                              ran=len(records), skipped=0, reruns=0)  # fmt: skip
+    outcome = SimpleNamespace(events=[], precision=None, decide=None, stopped_early=False, results="RESULTS",
+                              planned=records, ran=len(records), skipped=0, reruns=0)  # fmt: skip
     paths = build_report(analysis, tmp_path_factory.mktemp("golden"), [GOLDEN.name])
     summary_json = text.run_summary_json(analysis, outcome, 0.0, None)
     return {

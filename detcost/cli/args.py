@@ -209,7 +209,17 @@ def _add_run_trust(g) -> None:
         "or until --max-repeats or --max-time",
     )
     g.add_argument(
-        "--max-repeats", type=_positive_int, default=20, help="most rounds --precision may run (default: %(default)s)"
+        "--decide",
+        action="store_true",
+        help="add rounds only to the prices whose interval still straddles the budget (--max-slowdown), until "
+        "each is within or over it, or --max-repeats or --max-time; the sweep looks at 3, 6, 12, ... rounds and "
+        "spreads the intervals' 95%% over the looks, so stopping early does not overstate them",
+    )
+    g.add_argument(
+        "--max-repeats",
+        type=_positive_int,
+        default=20,
+        help="most rounds --precision or --decide may run (default: %(default)s)",
     )
     g.add_argument(
         "--wait-quiet",

@@ -23,7 +23,7 @@ def add_gate(sub, fraction) -> None:
                    "run's recommendation)")  # fmt: skip
     p.add_argument("--baseline", type=Path, default=None, help="results JSONL of the run to compare with (default: "
                    "the team config's baseline)")  # fmt: skip
-    p.add_argument("--max-slowdown", type=fraction, default=None, help="speed budget against default's step time "
+    p.add_argument("--max-slowdown", type=fraction, default=None, help="speed budget, relative to the fastest setting "
                    "(default: the team config's, else the recommendation's 10%%)")  # fmt: skip
     p.add_argument("--require", choices=("reproducible",), default=None, help="fail where the setting's repeats "
                    "are not bitwise identical (default: the team config's require)")  # fmt: skip

@@ -99,6 +99,7 @@ def sweep_options(args, team=None, notes: list[str] | None = None):
         allow_busy=args.allow_busy,
         wait_quiet=args.wait_quiet,
         precision=args.precision,
+        decide=args.max_slowdown if args.decide else None,
         max_repeats=max(args.max_repeats, args.repeats or 0),
     )
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from detcost.derive.analysis import Analysis, MachineAnalysis
 from detcost.derive.compare import price_ratio
+from detcost.derive.decide import FAIL, PASS, UNDECIDED, against, decide, more_rounds
 from detcost.derive.keys import GroupKey, ok_of
 from detcost.derive.prices import Price
 from detcost.derive.variance import Spread
@@ -21,7 +22,7 @@ from detcost.record import TrialRecord
 from detcost.settings import REFERENCE
 from detcost.stats import PairedRatio
 
-PASS, FAIL, UNDECIDED, NOTE = "pass", "fail", "cannot decide", "note"  # a note is reported, decides nothing
+NOTE = "note"  # a note is reported, decides nothing
 PRICE, REPRODUCIBLE, DRIFT, OUTCOME = "price within budget", "reproducible", "price drift", "outcome drift"
 # The fingerprint fields whose change explains results that moved between two runs.
 ENV_CHANGES = (("torch", "torch"), ("cuda", "CUDA"), ("cudnn", "cuDNN"), ("driver", "driver"), ("gpu", "GPU"),
@@ -106,28 +107,6 @@ def _same_group(a: GroupKey, b: GroupKey, *ignore: str) -> bool:
 # ---- the price against the budget ---------------------------------------------------
 
 
-def rounds_to_decide(r: PairedRatio, line: float) -> int | None:
-    """About how many rounds in all would take the interval of `r` clear of `line` at the
-    observed spread: the half-width (on the log scale) shrinks roughly as 1/sqrt(rounds - 1)
-    for a t interval. None where the point sits on the line (no number of rounds would do)."""
-    distance = abs(math.log(r.ratio) - math.log(line))
-    half = math.log(r.hi / r.ratio) if r.ratio < line else math.log(r.ratio / r.lo)
-    if distance <= 0 or not math.isfinite(half):
-        return None
-    return 1 + math.ceil((r.rounds - 1) * (half / distance) ** 2)
-
-
-def _decide_by_interval(r: PairedRatio, line: float) -> str:
-    return FAIL if r.lo > line else PASS if r.hi < line else UNDECIDED
-
-
-def _more_rounds(r: PairedRatio, line: float) -> str:
-    need = rounds_to_decide(r, line)
-    if need is None:
-        return "its point sits on the line, so no number of rounds would decide it"
-    return f"about {need} rounds in all (this run has {r.rounds}) would decide it at the observed spread"
-
-
 def _ratio_figures(r: PairedRatio | None) -> dict:
     return {} if r is None else {"ratio": r.ratio, "lo": r.lo, "hi": r.hi, "rounds": r.rounds}
 
@@ -146,41 +125,15 @@ def _price_findings(m: MachineAnalysis, setting: str, budget: float) -> list[Fin
 
 
 def _price_finding(p: Price, setting: str, budget: float, m: MachineAnalysis) -> Finding:
-    """The setting's price against `default`'s own trials (a team compares with what it
-    has, not with the fastest setting), judged by its interval against 1 + budget."""
-    line = 1 + budget
-    r = p.vs_default
-    figures = {**_ratio_figures(r), "budget": budget, "detectable": p.detectable, "busy_trials": p.busy_trials}
-    found = Finding(PRICE, UNDECIDED, "", p.key.workload, _where(p.key, m), figures)
-    head = f"{setting} on {p.key.workload}"
-    if r is None or not r.rounds:
-        return replace(found, reason=f"{head}: no trial of default in the group to price it against")
-    if setting == REFERENCE:
-        return replace(found, status=PASS, reason=f"{head} costs nothing against default: it is default itself")
-    if p.busy_trials_priced:
-        return replace(found, reason=f"{head}: its price rests on trials run while the machine was busy")
-    if not p.detectable <= budget:
-        shown = f"{p.detectable:.1%}" if math.isfinite(p.detectable) else "unknown (one round)"
-        return replace(found, reason=f"{head}: the run cannot detect a price the size of the budget "
-                       f"({budget:.0%}): the smallest it can detect is {shown}")  # fmt: skip
-    if p.pooled and setting != p.label:
-        reason = f"{head} costs nothing against default: priced as one with {p.label} on the CPU"
-        return replace(found, status=PASS, reason=reason)
-    if r.rounds < 2 or not math.isfinite(r.hi):
-        return replace(found, reason=f"{head}: one round gives no interval; run 2 rounds or more")
-    if r.lo == r.hi:
-        return replace(found, reason=f"{head}: no spread across its {r.rounds} rounds, so no interval")
-    status = _decide_by_interval(r, line)
-    shown = f"{r.ratio:.3f} [{r.lo:.3f}, {r.hi:.3f}] x default's step time over {r.rounds} rounds"
-    busy = f" ({p.busy_trials} busy trial(s) left out)" if p.busy_trials else ""
-    if status == FAIL:
-        reason = f"{head} costs {shown}{busy}: the whole interval is over the {budget:.0%} budget"
-    elif status == PASS:
-        reason = f"{head} costs {shown}{busy}: the whole interval is within the {budget:.0%} budget"
-    else:
-        reason = f"{head} costs {shown}{busy}: the interval straddles the {budget:.0%} budget; {_more_rounds(r, line)}"
-        figures["rounds_to_decide"] = rounds_to_decide(r, line)
-    return replace(found, status=status, reason=reason)
+    """The setting's price against the fastest setting of its group (DESIGN: the budget is
+    relative to the fastest, as the recommendation's is), decided by `derive.decide`."""
+    decision = decide(p, setting, budget)
+    figures = {**_ratio_figures(p.price), "price_vs": p.price_vs, "interval_level": p.level, "budget": budget,
+               "detectable": p.detectable, "busy_trials": p.busy_trials}  # fmt: skip
+    if decision.rounds_to_decide is not None:
+        figures["rounds_to_decide"] = decision.rounds_to_decide
+    reason = f"{setting} on {p.key.workload} {decision.reason}"
+    return Finding(PRICE, decision.status, reason, p.key.workload, _where(p.key, m), figures)
 
 
 # ---- reproducibility ----------------------------------------------------------------
@@ -239,7 +192,7 @@ def _drift_findings(m: MachineAnalysis, base: MachineAnalysis, setting: str, bud
         if r.rounds < 2 or not math.isfinite(r.hi):
             out.append(replace(found, reason=f"{head}: too few rounds in one of the runs for an interval"))
             continue
-        status = _decide_by_interval(r, line)
+        status = against(r, line)
         shown = f"{r.ratio:.3f} [{r.lo:.3f}, {r.hi:.3f}] x the baseline's"
         tol = f"the tolerance of {budget:.0%} (the budget)"
         if status == FAIL:
@@ -247,7 +200,7 @@ def _drift_findings(m: MachineAnalysis, base: MachineAnalysis, setting: str, bud
         elif status == PASS:
             reason = f"{head} is {shown}: within {tol}"
         else:
-            reason = f"{head} is {shown}: the interval straddles {tol}; {_more_rounds(r, line)}"
+            reason = f"{head} is {shown}: the interval straddles {tol}; {more_rounds(r, line)}"
         out.append(replace(found, status=status, reason=reason))
     return out
 

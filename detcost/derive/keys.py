@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from detcost import axes
-from detcost.record import MEASURED, SIZE_FIELDS, Kind, Status, TrialRecord
+from detcost.record import MEASURED, SIZE_FIELDS, Kind, Status, TrialRecord, TrialSpec
 from detcost.settings import REFERENCE, SETTINGS
 
 AA_LABEL = "A/A control"  # the A/A control's row in a price table: `default` under a second label
@@ -47,9 +47,16 @@ class GroupKey:
 
     @classmethod
     def of(cls, record: TrialRecord) -> GroupKey:
-        spec = record.spec
+        return cls.of_spec(record.spec, record.machine)
+
+    @classmethod
+    def of_spec(cls, spec: TrialSpec, machine: str = "") -> GroupKey:
+        """The key of a planned trial (on `machine`; a plan does not know its machine)."""
         sizes = {"batch_size": spec.batch_size, "image_size": spec.image_size, "steps": spec.steps}
-        return cls(spec.workload, tuple({**spec.axes, **sizes}.get(f) for f in group_fields()), record.machine)
+        return cls(spec.workload, tuple({**spec.axes, **sizes}.get(f) for f in group_fields()), machine)
+
+    def without_machine(self) -> GroupKey:
+        return GroupKey(self.workload, self.values)
 
     def get(self, name: str):
         return self.as_dict()[name]

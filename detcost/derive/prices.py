@@ -20,7 +20,7 @@ import numpy as np
 from detcost.derive.keys import AA_LABEL, GroupKey, by_key, cudnn_only, is_busy, label_order, ok_of, varying_fields
 from detcost.record import ROUND_KINDS, Kind, TrialRecord
 from detcost.settings import REFERENCE
-from detcost.stats import PairedRatio, fastest, label_bias_var, paired_ratio, per_round, unpaired_ratio
+from detcost.stats import LEVEL, PairedRatio, fastest, label_bias_var, paired_ratio, per_round, unpaired_ratio
 
 
 class Verdict(str, Enum):
@@ -65,6 +65,7 @@ class Price:
     # the CV of samples/s across default's own trials in the group (the noise floor's
     # yardstick; a pooled row's own CV mixes settings)
     default_cv: float = math.nan
+    level: float = LEVEL  # the confidence of this row's intervals (the sweep's, see TrialSpec)
 
     @property
     def is_aa(self) -> bool:
@@ -109,6 +110,7 @@ class Price:
             "verdict": str(self.verdict),
             "why": self.why or None,
             "flag_reacts": self.flag_reacts,
+            "interval_level": self.level,
             "machine": self.key.machine,
         }
 
@@ -135,12 +137,18 @@ def _median(values) -> float:
     return float(np.median(values)) if values else math.nan
 
 
-def _ratio(a: dict, b: dict, bias_var: float = 0.0) -> PairedRatio:
+def _ratio(a: dict, b: dict, bias_var: float = 0.0, level: float = LEVEL) -> PairedRatio:
     """Paired within rounds, the labels' fixed effect `bias_var` included; where busy
     trials left the two labels no round in common, unpaired (drift then does not cancel,
     and the interval is wider for it)."""
-    paired = paired_ratio(a, b, bias_var=bias_var)
-    return paired if paired.rounds else unpaired_ratio(a, b)
+    paired = paired_ratio(a, b, level=level, bias_var=bias_var)
+    return paired if paired.rounds else unpaired_ratio(a, b, level=level)
+
+
+def interval_level(records: list[TrialRecord]) -> float:
+    """The level a group's intervals are drawn at: the one its sweep decided on, and where
+    records of sweeps with other levels meet (a resumed run), the most cautious."""
+    return min((r.spec.interval_level for r in records), default=LEVEL)
 
 
 def _sps(records: list[TrialRecord]) -> tuple[float, float]:
@@ -155,6 +163,7 @@ def _group(key: GroupKey, per_label: dict[str, list[TrialRecord]], members: dict
     `default` there is always its own trials (the A/A control is default against itself),
     even where other settings are priced as one with it."""
     busy = {label: sum(map(is_busy, recs)) for label, recs in per_label.items()}
+    level = interval_level([r for recs in per_label.values() for r in recs])
     # default's own trials, busy ones left out among themselves (not among a pooled label's)
     own = without_busy([r for r in per_label.get(REFERENCE, []) if r.spec.setting == REFERENCE])
     per_label = {label: without_busy(recs) for label, recs in per_label.items()}
@@ -173,9 +182,10 @@ def _group(key: GroupKey, per_label: dict[str, list[TrialRecord]], members: dict
         if label == best:
             price = PairedRatio.identity(len(rounds[label]))
         else:
-            price = _ratio(rounds[label], default if ref == REFERENCE and is_aa and default else rounds[ref], extra)
+            price = _ratio(rounds[label], default if ref == REFERENCE and is_aa and default else rounds[ref], extra,
+                           level)  # fmt: skip
         vs = None if not default else PairedRatio.identity(len(default)) if label == REFERENCE else _ratio(
-            rounds[label], default, extra)  # fmt: skip
+            rounds[label], default, extra, level)  # fmt: skip
         sps, cv = _sps(recs)
         timings = [r.timing for r in recs]
         default_cv = _sps(own)[1] if own else math.nan
@@ -198,6 +208,7 @@ def _group(key: GroupKey, per_label: dict[str, list[TrialRecord]], members: dict
                 busy_trials=busy[label],
                 busy_trials_priced=sum(map(is_busy, recs)),
                 default_cv=default_cv,
+                level=level,
             )
         )
     return rows

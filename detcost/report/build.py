@@ -27,6 +27,7 @@ from detcost.report.prices_text import (
     detectable_text,
     host_bound_lines,
     layout_text,
+    levels_text,
     price_details,
     price_matrix,
 )
@@ -178,6 +179,7 @@ def machine_section(m: MachineAnalysis, team: str | None = None) -> dict:
         if busy
         else "",
         "detectable": detectable_text(m.prices),
+        "level": levels_text(m.prices),
         "host_bound_note": " ".join(host_bound_lines(m.prices)),
         "environment": m.environment + models_rows(p.key.workload for p in m.prices),
         "cpu_note": cpu_note(m.priced_settings),
@@ -247,7 +249,8 @@ def markdown_summary(context: dict) -> str:
         parts += _md_recommendation(m)
         if m["matrix_rows"]:
             cells = [r["head"] + [c for c, _ in r["cells"]] for r in m["matrix_rows"]]
-            parts += ["## Price", "", "Step time over the fastest setting's, 95% interval across rounds, verdict.", ""]
+            parts += ["## Price", "", f"Step time over the fastest setting's, {m['level']} interval across rounds, "
+                      "verdict.", ""]  # fmt: skip
             parts += [_md_table(m["matrix_header"], cells), ""]
             parts += [m["detectable"], ""] if m["detectable"] else []
             parts += [m["host_bound_note"], ""] if m["host_bound_note"] else []

@@ -8,11 +8,13 @@ from __future__ import annotations
 import math
 
 from detcost.derive.analysis import MachineAnalysis
+from detcost.derive.decide import level_text
 from detcost.derive.keys import AA_LABEL, label_order
 from detcost.derive.prices import Price, Verdict
 from detcost.report.fmt import fmt, interval_text, percent_text, ratio_text, si
 from detcost.report.keys_text import axis_values_text, key_cells
 from detcost.settings import REFERENCE
+from detcost.stats import LEVEL
 
 HOST_BOUND_NOTE = "host-bound: the price is understated"
 TEAM_MARK = " (team)"  # beside the team config's setting in every table
@@ -89,16 +91,21 @@ def price_matrix(m: MachineAnalysis, team: str | None = None, cell=price_cell) -
     return ["workload", *m.fields, *(team_name(c, team) for c in columns)], rows
 
 
-DETAIL_HEADER = [
-    "setting", "samples/s", "CV across repeats", "price vs fastest [95% CI]", "time vs default [95% CI]",
-    "cold start", "peak memory", "achieved FLOP/s",
-]  # fmt: skip
+def detail_header(level: str = "95%") -> list[str]:
+    """The full price table's columns; `level` is its intervals' (95%, or --decide's)."""
+    return ["setting", "samples/s", "CV across repeats", f"price vs fastest [{level} CI]",
+            f"time vs default [{level} CI]", "cold start", "peak memory", "achieved FLOP/s"]  # fmt: skip
+
+
+def levels_text(prices: list[Price]) -> str:
+    """The level of a table's intervals: 95%, or under --decide the lower per-look level."""
+    return level_text(min((p.level for p in prices), default=LEVEL))
 
 
 def price_details(m: MachineAnalysis, team: str | None = None) -> tuple[list[str], list[dict], int]:
     """The full price table: one row per group x label, every figure measured, the
     `team`'s setting marked."""
-    header = ["workload", *m.fields, *DETAIL_HEADER]
+    header = ["workload", *m.fields, *detail_header(levels_text(m.prices))]
     rows = []
     for p in m.prices:
         busy = ""

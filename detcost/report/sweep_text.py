@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from detcost.derive.analysis import Analysis, MachineAnalysis
+from detcost.derive.decide import FAIL, PASS, UNDECIDED, decide, level_text
 from detcost.report.prices_text import compact_cell, detectable_text, host_bound_lines, noise_lines, price_matrix
 from detcost.settings import get_setting
 from detcost.snippets import apply_call
@@ -119,6 +120,8 @@ def run_summary(analysis: Analysis, outcome, wall: float, report=None, team: str
     parts += [f"quiet-machine guard: {e}" for e in outcome.events]
     if outcome.precision:
         parts += ["", precision_text(outcome.precision)]
+    if outcome.decide:
+        parts += ["", decide_text(outcome.decide, analysis)]
     if outcome.stopped_early:
         parts += ["", f"stopped by --max-time; rerun with --resume --results {outcome.results} to finish"]
     for m in analysis.machines:
@@ -134,6 +137,43 @@ def run_summary(analysis: Analysis, outcome, wall: float, report=None, team: str
     if report:
         parts.append(f"report:  {report.html}\n         {report.markdown}")
     return "\n".join(parts)
+
+
+def decisions(d: dict, analysis: Analysis) -> list[dict]:
+    """--decide's end: every price (the A/A control aside) against the budget, by the same
+    rule as `detcost gate`."""
+    out = []
+    for m in analysis.machines:
+        for p in m.prices:
+            if p.is_aa:
+                continue
+            dec = decide(p, p.label, d["budget"])
+            where = ", ".join(f"{k}={v}" for k, v in p.key.shown(m.fields).items() if k != "workload")
+            out.append({"workload": p.key.workload, "group": where or None, "setting": p.label,
+                        "priced_as_one": [x for x in p.members if x != p.label], "status": dec.status,
+                        "reason": dec.reason, "rounds": p.price.rounds})  # fmt: skip
+    return out
+
+
+_DECIDED = {PASS: "within budget", FAIL: "over budget", UNDECIDED: "cannot decide"}
+
+
+def decide_text(d: dict, analysis: Analysis) -> str:
+    """What --decide decided for each price, and why any stayed open."""
+    looks = ", ".join(map(str, d["looks"]))
+    lines = [
+        f"--decide against the {d['budget']:.0%} budget (over the fastest setting): each interval at "
+        f"{level_text(d['level'])}, the 95% spread over {len(d['looks'])} look(s) at {looks} rounds, so a price "
+        "decided at an early look is as sure as it says"
+    ]
+    for x in decisions(d, analysis):
+        label = x["setting"] + (f" (+ {', '.join(x['priced_as_one'])})" if x["priced_as_one"] else "")
+        where = f" ({x['group']})" if x["group"] else ""
+        lines.append(f"  {_DECIDED[x['status']]}: {label} on {x['workload']}{where} {x['reason']}")
+    if d["stopped_by"]:
+        lines.append(f"  {d['undecided']} price(s) still undecided after {d['rounds']} rounds: stopped by "
+                     f"{d['stopped_by']}")  # fmt: skip
+    return "\n".join(lines)
 
 
 def precision_text(p: dict) -> str:
@@ -191,6 +231,7 @@ def run_summary_json(analysis: Analysis, outcome, wall: float, report=None) -> d
         "busy_trials": sum(m.busy_trials for m in machines),
         "guard": outcome.events,
         "precision": outcome.precision,
+        "decide": {**outcome.decide, "decisions": decisions(outcome.decide, analysis)} if outcome.decide else None,
         "speed": [row for m in machines for row in records_json(m.price_frame())],
         "failures": [row for m in machines for row in records_json(m.failure_frame())],
         "report": {"html": str(report.html), "markdown": str(report.markdown)} if report else None,
