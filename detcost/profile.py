@@ -22,7 +22,7 @@ import torch
 from detcost.cudnn_log import cudnn_plans, drop_redundant_api_log
 from detcost.record import HostBound, Profile, TrialParts, TrialSpec
 from detcost.timing import StepTimer, is_cuda, synchronize
-from detcost.train import build, read_back, run_steps
+from detcost.train import build, read_back, run_steps, warm_clocks
 
 PROFILE_STEPS = 3
 
@@ -101,10 +101,15 @@ def _save_ops(spec: TrialSpec, results_dir: Path | None, rows: list[dict]) -> st
 
 
 def run(spec: TrialSpec, results_dir: Path | None) -> TrialParts:
-    """A few steps after warm-up under torch.profiler; the op table goes to the sidecar."""
+    """A few steps after warm-up under torch.profiler; the op table goes to the sidecar.
+    The warm-up is the timed trials': the step count, then on CUDA the clock warm-up
+    (`train.warm_clocks`), so the profiled kernels run at the clocks the timed ones do and
+    the kernel-busy share is not inflated by idle clocks."""
     wl = build(spec)
+    t0 = time.perf_counter()
     run_steps(wl, wl.batches[: spec.warmup])
     synchronize(spec.device)
+    warmed = warm_clocks(spec, wl, wl.batches[spec.warmup - 1] if spec.warmup else None, t0)
     batches = wl.batches[spec.warmup : spec.total_steps]
     prof, step_times, wall = _profile(spec, wl, batches)
     rows = _op_rows(prof, len(batches))
@@ -116,6 +121,8 @@ def run(spec: TrialSpec, results_dir: Path | None) -> TrialParts:
         top_ops=top_ops(rows),
         host_bound=host_bound(_device_intervals(prof), step_times) if is_cuda(spec.device) else None,
         cudnn_plans=plans,
+        profiled_clock_warmup_steps=warmed.get("clock_warmup_steps"),
+        profiled_clock_warmup_note=warmed.get("clock_warmup_note"),
     )
     return TrialParts(profile=found, sidecar=_save_ops(spec, results_dir, rows), read_back=read_back(wl))
 

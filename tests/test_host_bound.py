@@ -109,6 +109,7 @@ def test_the_profiled_trial_records_no_host_bound_on_the_cpu():
     record = run_trial(make_spec(kind="profiled", steps=2, warmup=1))
     assert record.status == Status.OK, record.error
     assert record.profile.host_bound is None and record.profile.profiled_steps == 2
+    assert "profiled_clock_warmup_steps" not in record.to_json()  # no clock warm-up on the CPU
 
 
 # ---- the price table and the reports ---------------------------------------------------
