@@ -145,18 +145,65 @@ def _engine_tags(body: list[str]) -> list[str]:
     return tags
 
 
+# What names the operation an execute call ran, the same for every candidate plan of it:
+# its operation descriptors, its tensors' shapes and types (not the engine, knobs, notes,
+# pointers, handles or time, which differ between candidates or between steps).
+_OPERATION = re.compile(r"CUDNN_BACKEND_OPERATION_\w+_DESCRIPTOR|\b(?:dim|stride)\w*: type=|\bdataType: type=")
+
+
+def _operation(function: str, body: list[str]) -> tuple[str, ...] | None:
+    """The operation one execute call ran, as the lines of its dump that name it (after the
+    function's name); None where the dump names none."""
+    named = tuple(line.removeprefix("i!").strip() for line in body if _OPERATION.search(line))
+    return (function, *named) if named else None
+
+
+def _kept_after_autotuning(executions) -> tuple[Counter, bool]:
+    """From (operation, plan) per execute call: each operation's plan cudnn.benchmark kept,
+    with how often it ran, and whether every call named its operation.
+
+    Under cudnn.benchmark cuDNN executes every candidate plan of an operation while it
+    autotunes (the first step that meets the shape), each the same number of times, then
+    runs the plan it kept once per step for the rest of the trial. So per operation the
+    kept plan is the one executed most (a tie: the one executed last). "The plans after
+    the last tuning burst" would need the bursts told apart from the steps, and the log
+    marks neither; the count needs only the operation. Without benchmark an operation runs
+    one plan, which this keeps too. An execute call whose dump names no operation cannot
+    be grouped: every plan such calls ran is kept (candidates included)."""
+    per_op, ungrouped, last = {}, Counter(), {}
+    for i, (operation, plan) in enumerate(executions):
+        if operation is None:
+            ungrouped[plan] += 1
+            continue
+        per_op.setdefault(operation, Counter())[plan] += 1
+        last[operation, plan] = i
+    kept = Counter(ungrouped)
+    for operation, plans in per_op.items():
+        plan = max(plans, key=lambda p: (plans[p], last[operation, p]))
+        kept[plan] += plans[plan]
+    return kept, not ungrouped
+
+
 def parse_cudnn_api_log(lines) -> dict:
     """What a cuDNN API log names: every plan (engine + knobs) and legacy algorithm any call
-    names (`plans`: heuristics' and autotuning's candidates too), the ones the calls that
-    execute them ran (`chosen`), the engines, and the notes."""
-    calls, version, named, executed, notes = 0, None, Counter(), Counter(), Counter()
+    names (`plans`: heuristics' and autotuning's candidates too), the one each operation
+    ran after autotuning (`chosen`, see `_kept_after_autotuning`), the engines, and the
+    notes."""
+    calls, version, named, executions, notes = 0, None, Counter(), [], Counter()
     for call_version, function, body in _api_calls(lines):
         calls, version = calls + 1, call_version
         found = _engine_tags(body) + [a[1] for a in map(_ALGO.search, body) if a]
         named.update(found)
         if function in _EXECUTES:
-            executed.update(found)
+            operation = _operation(function, body)
+            executions.extend((operation, plan) for plan in found)
         notes.update(n for line in body for n in _NOTE.findall(line))
+    executed, grouped = _kept_after_autotuning(executions)
+    chosen_by = None
+    if executed:
+        chosen_by = "the plan or algorithm each operation executed most (autotuning's candidates run less)"
+        if not grouped:
+            chosen_by = "the calls that executed a plan or algorithm (some name no operation: candidates included)"
     return {
         "source": "backend",
         "cudnn_version": version,
@@ -164,7 +211,7 @@ def parse_cudnn_api_log(lines) -> dict:
         "plans": dict(named.most_common(20)),
         "engines": dict(Counter(t.split("_", 1)[0] for t in named.elements() if t.startswith("eng")).most_common(20)),
         "chosen": dict(executed.most_common(20)),
-        "chosen_by": "the calls that executed a plan or algorithm" if executed else None,
+        "chosen_by": chosen_by,
         "notes": dict(notes.most_common(10)),
     }
 

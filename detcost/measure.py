@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from detcost.env import gpu_processes
-from detcost.errors import is_out_of_memory
 from detcost.loader import batch_shapes, order_sha256
 from detcost.payloads import BusyReport
 from detcost.record import Outcome, StepTiming, TrialParts, TrialSpec
@@ -26,14 +25,12 @@ from detcost.timing import (
     StepTimer,
     cpu_sample,
     is_cuda,
-    min_warmup_s,
     peak_memory,
-    release_cached_memory,
     reset_peak_memory,
     synchronize,
     trial_threads,
 )
-from detcost.train import build, read_back, run_steps
+from detcost.train import build, read_back, run_steps, warm_clocks
 from detcost.workloads import Workload
 
 SAMPLE_SIZE = 4096  # parameter coordinates kept at each checkpoint
@@ -133,7 +130,8 @@ class StepLog:
 def warm_up(spec: TrialSpec, wl: Workload, log: StepLog, min_seconds: float | None = None) -> dict:
     """The cold start: the first steps, where cuDNN autotunes (synchronising here is
     outside the timed region); then, on CUDA, training on a copy until the warm-up has
-    lasted `min_seconds` (the clocks leave idle), which leaves the trial's bits alone."""
+    lasted `min_seconds` (the clocks leave idle, `train.warm_clocks`), which leaves the
+    trial's bits alone."""
     out, t0, batch = {}, time.perf_counter(), None
     for i in range(spec.warmup):
         batch = wl.batches[i]
@@ -143,44 +141,8 @@ def warm_up(spec: TrialSpec, wl: Workload, log: StepLog, min_seconds: float | No
             out["first_step_s"] = time.perf_counter() - t0
     synchronize(spec.device)
     out["cold_start_s"] = time.perf_counter() - t0 if spec.warmup else None
-    minimum = min_warmup_s(spec.device) if min_seconds is None else min_seconds
-    if batch is not None and minimum > 0:
-        out.update(keep_warm(spec, wl, batch, minimum - (time.perf_counter() - t0)))
+    out.update(warm_clocks(spec, wl, batch, t0, min_seconds))
     return out
-
-
-def keep_warm(spec: TrialSpec, wl: Workload, batch, seconds: float) -> dict:
-    """Train a copy of the model and optimizer on `batch` for `seconds`: the device
-    stays loaded, and the trial's own model, optimizer and generators never see it. A
-    model an axis wrapped in another module (torch.compile: the copy would compile again)
-    or one the device has no room to copy keeps the step-count warm-up alone, and the
-    record says why."""
-    if seconds <= 0:
-        return {"clock_warmup_steps": 0}
-    if wl.model_as_built is not None and wl.model is not wl.model_as_built:
-        wrapped = f"not for a model wrapped in a {type(wl.model).__name__}: the copy would be wrapped again"
-        return {"clock_warmup_steps": 0, "clock_warmup_note": wrapped}
-    wl.optimizer.zero_grad(set_to_none=True)  # every step starts with it: the copy holds no gradients twice
-    try:
-        return _train_twin(spec, wl, batch, seconds)
-    except Exception as exc:
-        if not is_out_of_memory(exc):
-            raise
-        note = f"no room to copy the model: {type(exc).__name__}"
-    release_cached_memory(spec.device)  # out of the except block: the copy went with the traceback
-    return {"clock_warmup_steps": 0, "clock_warmup_note": note}
-
-
-def _train_twin(spec: TrialSpec, wl: Workload, batch, seconds: float) -> dict:
-    twin = copy.copy(wl)
-    twin.model, twin.optimizer, twin.step = copy.deepcopy((wl.model, wl.optimizer, wl.step))
-    steps, t0 = 0, time.perf_counter()
-    with torch.random.fork_rng(devices=[torch.device(spec.device)] if is_cuda(spec.device) else []):
-        while time.perf_counter() - t0 < seconds:
-            run_steps(twin, [batch])
-            synchronize(spec.device)
-            steps += 1
-    return {"clock_warmup_steps": steps, "clock_warmup_s": time.perf_counter() - t0}
 
 
 def _strata(wl: Workload, spec: TrialSpec) -> list[int] | None:

@@ -274,24 +274,41 @@ class CudnnPlans:
 @dataclass(frozen=True)
 class Profile:
     """The profiled trial's payload: the ops' table is in its sidecar; here the steps, the
-    slowest ops, the host-bound measure (CUDA only) and the cuDNN plans."""
+    slowest ops, the host-bound measure (CUDA only), the cuDNN plans, and (CUDA only) the
+    clock warm-up before the profiled steps, the timed trials' own (`train.warm_clocks`):
+    steps on a copy of the model and, where there were none, why."""
 
     profiled_steps: int | None = None
     profiled_step_s: float | None = None
     top_ops: tuple[str, ...] = ()
     host_bound: HostBound | None = None
     cudnn_plans: CudnnPlans | None = None
+    profiled_clock_warmup_steps: int | None = None
+    profiled_clock_warmup_note: str | None = None
 
-    KEYS = ("profiled_steps", "profiled_step_s", "top_ops", "host_bound", "cudnn_plans")
+    KEYS = (
+        "profiled_steps",
+        "profiled_step_s",
+        "top_ops",
+        "host_bound",
+        "cudnn_plans",
+        "profiled_clock_warmup_steps",
+        "profiled_clock_warmup_note",
+    )
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "profiled_steps": self.profiled_steps,
             "profiled_step_s": self.profiled_step_s,
             "cudnn_plans": self.cudnn_plans.to_json() if self.cudnn_plans else None,
             "host_bound": self.host_bound.to_json() if self.host_bound else None,
             "top_ops": list(self.top_ops),
         }
+        # only where a clock warm-up was due (CUDA): a CPU trial's record stays as it was
+        for key in ("profiled_clock_warmup_steps", "profiled_clock_warmup_note"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
 
     @classmethod
     def from_json(cls, d: dict) -> Profile | None:
@@ -303,4 +320,6 @@ class Profile:
             top_ops=tuple(d.get("top_ops") or ()),
             host_bound=HostBound.from_json(d.get("host_bound")),
             cudnn_plans=CudnnPlans.from_json(d.get("cudnn_plans")),
+            profiled_clock_warmup_steps=d.get("profiled_clock_warmup_steps"),
+            profiled_clock_warmup_note=d.get("profiled_clock_warmup_note"),
         )

@@ -22,19 +22,37 @@ import torch
 from detcost.cudnn_log import cudnn_plans, drop_redundant_api_log
 from detcost.record import HostBound, Profile, TrialParts, TrialSpec
 from detcost.timing import StepTimer, is_cuda, synchronize
-from detcost.train import build, read_back, run_steps
+from detcost.train import build, read_back, run_steps, warm_clocks
 
 PROFILE_STEPS = 3
 
 
+def _on_device(e) -> bool:
+    return getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA
+
+
+def is_kernel(e) -> bool:
+    """Whether a profiler event (or a key_averages row) is device work: a kernel, a copy, a
+    fill. Not the device-side span of a user annotation (`gpu_user_annotation`:
+    Optimizer.step#SGD.step, Optimizer.zero_grad#...), which is on the device too but covers
+    every kernel inside its range, gaps included: counted, it would top the kernel ranking
+    and count those kernels twice. The one rule for the op table and the busy time."""
+    if not _on_device(e):
+        return False
+    return not (getattr(e, "is_user_annotation", False) or "annotation" in (getattr(e, "activity_type", None) or ""))
+
+
 def _op_rows(prof, steps: int) -> list[dict]:
+    """The op table: ops by their host time, kernels by their device time. A user
+    annotation keeps its host-side row (an op); its device-side span is left out."""
     rows = []
     for e in prof.key_averages():
-        device_kernel = getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA
+        if _on_device(e) and not is_kernel(e):
+            continue
         rows.append(
             {
                 "name": e.key,
-                "kind": "kernel" if device_kernel else "op",
+                "kind": "kernel" if is_kernel(e) else "op",
                 "calls": e.count / steps,
                 "self_cpu_ms": e.self_cpu_time_total / 1e3 / steps,
                 "self_device_ms": getattr(e, "self_device_time_total", 0) / 1e3 / steps,
@@ -43,6 +61,12 @@ def _op_rows(prof, steps: int) -> list[dict]:
             }
         )
     return rows
+
+
+def top_ops(rows: list[dict], n: int = 5) -> tuple[str, ...]:
+    """The slowest rows of the op table: by self device time where they have one (kernels
+    on CUDA), else by self host time."""
+    return tuple(r["name"] for r in sorted(rows, key=lambda r: -(r["self_device_ms"] or r["self_cpu_ms"]))[:n])
 
 
 # Lines the profiler's C++ side prints on every start and stop: not news to a user.
@@ -77,22 +101,28 @@ def _save_ops(spec: TrialSpec, results_dir: Path | None, rows: list[dict]) -> st
 
 
 def run(spec: TrialSpec, results_dir: Path | None) -> TrialParts:
-    """A few steps after warm-up under torch.profiler; the op table goes to the sidecar."""
+    """A few steps after warm-up under torch.profiler; the op table goes to the sidecar.
+    The warm-up is the timed trials': the step count, then on CUDA the clock warm-up
+    (`train.warm_clocks`), so the profiled kernels run at the clocks the timed ones do and
+    the kernel-busy share is not inflated by idle clocks."""
     wl = build(spec)
+    t0 = time.perf_counter()
     run_steps(wl, wl.batches[: spec.warmup])
     synchronize(spec.device)
+    warmed = warm_clocks(spec, wl, wl.batches[spec.warmup - 1] if spec.warmup else None, t0)
     batches = wl.batches[spec.warmup : spec.total_steps]
     prof, step_times, wall = _profile(spec, wl, batches)
     rows = _op_rows(prof, len(batches))
-    top = sorted(rows, key=lambda r: -(r["self_device_ms"] or r["self_cpu_ms"]))[:5]
     plans = cudnn_plans(spec)
     drop_redundant_api_log(plans)
     found = Profile(
         profiled_steps=len(batches),
         profiled_step_s=wall,
-        top_ops=tuple(r["name"] for r in top),
+        top_ops=top_ops(rows),
         host_bound=host_bound(_device_intervals(prof), step_times) if is_cuda(spec.device) else None,
         cudnn_plans=plans,
+        profiled_clock_warmup_steps=warmed.get("clock_warmup_steps"),
+        profiled_clock_warmup_note=warmed.get("clock_warmup_note"),
     )
     return TrialParts(profile=found, sidecar=_save_ops(spec, results_dir, rows), read_back=read_back(wl))
 
@@ -143,11 +173,6 @@ def host_bound(intervals, step_times: list[float]) -> HostBound:
 def _device_intervals(prof) -> list[tuple[float, float]]:
     """(start, duration) in seconds of each device activity the profiler saw (kernels,
     copies, fills); not the annotation spans, which cover a range of them, gaps included."""
-    out = []
-    for e in prof.events():
-        if getattr(e, "device_type", None) != torch.autograd.DeviceType.CUDA:
-            continue
-        if getattr(e, "is_user_annotation", False) or "annotation" in (getattr(e, "activity_type", None) or ""):
-            continue
-        out.append((e.time_range.start / 1e6, (e.time_range.end - e.time_range.start) / 1e6))
-    return out
+    return [
+        (e.time_range.start / 1e6, (e.time_range.end - e.time_range.start) / 1e6) for e in prof.events() if is_kernel(e)
+    ]

@@ -1,22 +1,26 @@
 """Training, once: build a workload for a spec, the process state a trial runs under, and
 the one training loop that every trial kind (timed, audited, profiled) and the selfcheck
-use. Nothing here records or measures; the kinds above it do.
+use, and the clock warm-up (training on a copy) the timed and profiled kinds share.
+Nothing here records or measures; the kinds above it do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
 from detcost import axes
 from detcost.applying import in_force
+from detcost.errors import is_out_of_memory
 from detcost.record import Kind, TrialSpec
 from detcost.seeding import seed_everything
 from detcost.settings import apply_env, get_setting, set_environ
-from detcost.timing import StepTimer, synchronize, use_device
+from detcost.timing import StepTimer, is_cuda, min_warmup_s, release_cached_memory, synchronize, use_device
 from detcost.workloads import Batch, Workload, WorkloadConfig, get_workload
 
 
@@ -124,6 +128,55 @@ def run_steps(
             timer.stop(j)
         if after_step is not None:
             after_step(j, loss)
+
+
+# ---- the clock warm-up ------------------------------------------------------------------
+
+
+def warm_clocks(spec: TrialSpec, wl: Workload, batch, started: float, min_seconds: float | None = None) -> dict:
+    """After a trial's step-count warm-up (begun at `started`, a `time.perf_counter()`),
+    training on a copy (`keep_warm`) on its last `batch` until the warm-up has lasted
+    `min_seconds` (default `timing.min_warmup_s`: on CUDA the GPU's clocks leave idle only
+    under load; the CPU needs none). Every kind that reads device time after a warm-up
+    (timed, profiled) takes it from here. {} where there is nothing to top up."""
+    minimum = min_warmup_s(spec.device) if min_seconds is None else min_seconds
+    if batch is None or minimum <= 0:
+        return {}
+    return keep_warm(spec, wl, batch, minimum - (time.perf_counter() - started))
+
+
+def keep_warm(spec: TrialSpec, wl: Workload, batch, seconds: float) -> dict:
+    """Train a copy of the model and optimizer on `batch` for `seconds`: the device
+    stays loaded, and the trial's own model, optimizer and generators never see it. A
+    model an axis wrapped in another module (torch.compile: the copy would compile again)
+    or one the device has no room to copy keeps the step-count warm-up alone, and the
+    record says why."""
+    if seconds <= 0:
+        return {"clock_warmup_steps": 0}
+    if wl.model_as_built is not None and wl.model is not wl.model_as_built:
+        wrapped = f"not for a model wrapped in a {type(wl.model).__name__}: the copy would be wrapped again"
+        return {"clock_warmup_steps": 0, "clock_warmup_note": wrapped}
+    wl.optimizer.zero_grad(set_to_none=True)  # every step starts with it: the copy holds no gradients twice
+    try:
+        return _train_twin(spec, wl, batch, seconds)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        note = f"no room to copy the model: {type(exc).__name__}"
+    release_cached_memory(spec.device)  # out of the except block: the copy went with the traceback
+    return {"clock_warmup_steps": 0, "clock_warmup_note": note}
+
+
+def _train_twin(spec: TrialSpec, wl: Workload, batch, seconds: float) -> dict:
+    twin = copy.copy(wl)
+    twin.model, twin.optimizer, twin.step = copy.deepcopy((wl.model, wl.optimizer, wl.step))
+    steps, t0 = 0, time.perf_counter()
+    with torch.random.fork_rng(devices=[torch.device(spec.device)] if is_cuda(spec.device) else []):
+        while time.perf_counter() - t0 < seconds:
+            run_steps(twin, [batch])
+            synchronize(spec.device)
+            steps += 1
+    return {"clock_warmup_steps": steps, "clock_warmup_s": time.perf_counter() - t0}
 
 
 class TrainStep:

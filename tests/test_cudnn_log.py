@@ -125,6 +125,60 @@ i! Time: 2024-08-27T18:17:09.102334 (0d+0h+0m+1s since start)
 i! Process=4782; Thread=4782; GPU=0; Handle=0x5574a8d1c2a0; StreamId=0x5574a8c3e0d0.
 """
 
+
+def _execute_cudnn9(operation: str, dims: tuple[str, str], engine: int, tile: int) -> str:
+    """One cudnnBackendExecute block of a cuDNN 9 API log, its plan's operation graph
+    dumped as the other calls dump the same descriptors: the operation, its tensors."""
+    x, w = dims
+    return f"""\
+I! CuDNN (v90300 75) function cudnnBackendExecute() called:
+i!     handle: type=cudnnHandle_t; streamId=0x5574a8c3e0d0;
+i!     executionPlan: type=CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR:
+i!         engcfg: type=CUDNN_BACKEND_ENGINECFG_DESCRIPTOR:
+i!             engine: type=CUDNN_BACKEND_ENGINE_DESCRIPTOR:
+i!                 opGraph: type=CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR:
+i!                     ops: type=CUDNN_BACKEND_OPERATION_{operation}_DESCRIPTOR:
+i!                         xDesc: type=CUDNN_BACKEND_TENSOR_DESCRIPTOR:
+i!                             dataType: type=cudnnDataType_t; val=CUDNN_DATA_FLOAT (0);
+i!                             dimA: type=int; val={x};
+i!                         wDesc: type=CUDNN_BACKEND_TENSOR_DESCRIPTOR:
+i!                             dataType: type=cudnnDataType_t; val=CUDNN_DATA_FLOAT (0);
+i!                             dimA: type=int; val={w};
+i!                 engine_id: type=int; val={engine};
+i!                 knobDesc: type=cudnnBackendDescriptor_t:
+i!                     CUDNN_KNOB_TYPE_TILE_SIZE: type=int; val={tile};
+i!     variantPack: type=CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR:
+i!         workspace: type=void*; val=0x7f3c2a000000;
+i! Time: 2024-08-27T18:17:09.102334 (0d+0h+0m+1s since start)
+i! Process=4782; Thread=4782; GPU=0; Handle=0x5574a8d1c2a0; StreamId=0x5574a8c3e0d0.
+
+"""
+
+
+CONV = ("[8,3,32,32]", "[16,3,3,3]")
+FWD, BWD_FILTER = ("CONVOLUTION_FORWARD", CONV), ("CONVOLUTION_BACKWARD_FILTER", CONV)
+STEPS = 5  # the profiled trial's steps, its warm-up included: the log covers them all
+
+
+def api_log_cudnn9(benchmark: bool, backward_kept: int = 0) -> str:
+    """A trial's cuDNN 9 API log over STEPS steps of one convolution. Default: each operation
+    runs the heuristics' plan (forward eng28, backward-filter eng34) in every step. Under
+    cudnn.benchmark the first step autotunes each operation first, executing every candidate
+    three times (a median of three), the one it keeps among them; every step then runs the
+    kept plan: default's forward plan, and the backward-filter engine `backward_kept` (eng0,
+    also a forward candidate, or default's eng34)."""
+    fwd_kept, bwd_kept = _execute_cudnn9(*FWD, 28, 2), _execute_cudnn9(*BWD_FILTER, backward_kept, 1)
+    bwd_default = _execute_cudnn9(*BWD_FILTER, 34, 1)
+    first_step = ""
+    if benchmark:
+        fwd_candidates = [(0, 1), (28, 2), (42, 3)]
+        first_step += "".join(_execute_cudnn9(*FWD, e, t) * 3 for e, t in fwd_candidates) + fwd_kept
+        bwd_candidates = [(34, 1), (0, 1)]
+        first_step += "".join(_execute_cudnn9(*BWD_FILTER, e, t) * 3 for e, t in bwd_candidates) + bwd_kept
+        return first_step + (fwd_kept + bwd_kept) * (STEPS - 1)
+    return (fwd_kept + bwd_default) * STEPS
+
+
 # Documented cuDNN 9 output that names no plan: a log of the wrong calls.
 API_LOG_UNRELATED = """\
 cuDNN (v90000) function cudnnSetActivationDescriptor() called:
@@ -195,6 +249,28 @@ def test_a_cudnn9_api_log_is_read_with_its_build_number_in_the_header():
     found = parse_cudnn_api_log(API_LOG_CUDNN9.splitlines())
     assert found["cudnn_version"] == "90300" and found["calls"] == 2
     assert found["chosen"] == {"eng42_TILE_SIZE=3_SPLIT_K=1": 1}
+
+
+def test_under_benchmark_each_operation_keeps_the_plan_it_ran_after_autotuning_not_the_candidates():
+    """cuDNN executes every candidate while it autotunes; the plan it kept is executed in
+    every step after, so it is each operation's most executed one."""
+    from detcost.selfcheck.judge import Plans, plans_differ
+
+    tuned = parse_cudnn_api_log(api_log_cudnn9(benchmark=True).splitlines())
+    # eng0 ran 3 times as a forward candidate and is counted for backward-filter alone
+    assert tuned["chosen"] == {"eng28_TILE_SIZE=2": 3 + STEPS, "eng0_TILE_SIZE=1": 3 + STEPS}
+    assert {"eng42_TILE_SIZE=3", "eng34_TILE_SIZE=1", "eng0_TILE_SIZE=1"} <= set(tuned["plans"])  # named, not kept
+    assert "each operation executed most" in tuned["chosen_by"]
+    plain = parse_cudnn_api_log(api_log_cudnn9(benchmark=False).splitlines())
+    assert plain["chosen"] == {"eng28_TILE_SIZE=2": STEPS, "eng34_TILE_SIZE=1": STEPS}
+
+    def ran(found):
+        return Plans(frozenset(found["plans"]), frozenset(found["chosen"]))
+
+    assert plans_differ(ran(plain), ran(tuned)) is True  # backward-filter: eng34, then eng0
+    kept_default = parse_cudnn_api_log(api_log_cudnn9(benchmark=True, backward_kept=34).splitlines())
+    assert kept_default["chosen"] == {"eng28_TILE_SIZE=2": 3 + STEPS, "eng34_TILE_SIZE=1": 3 + STEPS}
+    assert plans_differ(ran(plain), ran(kept_default)) is False  # the candidates it tried are no difference
 
 
 # ---- reading the files, and what a trial records ----------------------------------------

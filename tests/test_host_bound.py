@@ -63,10 +63,53 @@ def test_only_device_activity_counts_not_cpu_ops_or_the_annotation_spans_over_ke
     assert intervals == [(0.0, 0.001), (0.005, 0.001)]
 
 
+def _profiled_optimizer_step():
+    """What torch 2.13's profiler gives for one CUDA optimizer step, as its own event
+    objects: the host-side annotation and op, the kernel, and the annotation's device-side
+    span (`gpu_user_annotation`), which covers the kernel and the gap after it (the device
+    runs behind the host)."""
+    from torch.autograd.profiler_util import EventList, FunctionEvent
+
+    cuda, step, span = torch.autograd.DeviceType.CUDA, "Optimizer.step#SGD.step", "gpu_user_annotation"
+
+    def event(i, name, thread, start, end, **kw):
+        return FunctionEvent(i, name, thread, start, end, stack=[], use_device="cuda", **kw)
+
+    events = EventList(
+        [
+            event(1, step, 1, 0, 500, is_user_annotation=True, activity_type="user_annotation"),
+            event(2, "aten::_foreach_add_", 1, 100, 400, activity_type="cpu_op"),
+            event(3, "void multi_tensor_apply_kernel", 7, 300, 1000, device_type=cuda, activity_type="kernel"),
+            event(4, step, 7, 300, 9000, device_type=cuda, is_user_annotation=True, activity_type=span),
+        ],
+        use_device="cuda",
+    )
+    events._build_tree()
+    return SimpleNamespace(events=lambda: events, key_averages=events.key_averages)
+
+
+def test_the_op_table_takes_no_annotation_span_for_a_kernel():
+    """The optimizer's device-side annotation span is no kernel: it would top the ranking
+    (8.7 ms against its one 0.7 ms kernel) and count that kernel twice."""
+    prof = _profiled_optimizer_step()
+    rows = {(r["name"], r["kind"]): r for r in profile._op_rows(prof, steps=1)}
+    assert set(rows) == {
+        ("Optimizer.step#SGD.step", "op"),  # the host-side range stays, by its host time
+        ("aten::_foreach_add_", "op"),
+        ("void multi_tensor_apply_kernel", "kernel"),
+    }
+    assert rows["void multi_tensor_apply_kernel", "kernel"]["self_device_ms"] == pytest.approx(0.7)
+    assert rows["Optimizer.step#SGD.step", "op"]["self_device_ms"] == 0
+    assert profile.top_ops(list(rows.values()))[0] == "void multi_tensor_apply_kernel"
+    # the busy time follows the same rule
+    assert profile._device_intervals(prof) == [(pytest.approx(0.0003), pytest.approx(0.0007))]
+
+
 def test_the_profiled_trial_records_no_host_bound_on_the_cpu():
     record = run_trial(make_spec(kind="profiled", steps=2, warmup=1))
     assert record.status == Status.OK, record.error
     assert record.profile.host_bound is None and record.profile.profiled_steps == 2
+    assert "profiled_clock_warmup_steps" not in record.to_json()  # no clock warm-up on the CPU
 
 
 # ---- the price table and the reports ---------------------------------------------------

@@ -121,7 +121,7 @@ def test_the_clock_warm_up_trains_a_copy_and_leaves_the_trials_bits_alone(amp, m
 
     import torch
 
-    from detcost import measure
+    from detcost import measure, train
     from detcost.train import build, trial_state
 
     spec = make_spec(steps=2, warmup=2, axes={"threads": 2, "amp": amp})
@@ -136,8 +136,8 @@ def test_the_clock_warm_up_trains_a_copy_and_leaves_the_trials_bits_alone(amp, m
             log = measure.StepLog(wl.model, spec.total_steps, spec.device)
             measure.warm_up(spec, wl, log)  # on the CPU: the step count alone
             with monkeypatch.context() as m:
-                m.setattr(measure, "time", ticking_clock())
-                out = measure.keep_warm(spec, wl, wl.batches[spec.warmup - 1], extra_seconds)
+                m.setattr(train, "time", ticking_clock())
+                out = train.keep_warm(spec, wl, wl.batches[spec.warmup - 1], extra_seconds)
             measure.run_steps(wl, wl.batches[spec.warmup : spec.total_steps])
             scaler = getattr(wl.step, "scaler", None)
             assert (scaler is not None) == (amp == "fp16")
@@ -158,14 +158,14 @@ def test_a_model_an_axis_wrapped_keeps_the_step_count_warm_up_alone():
     warm-up: its copy would be wrapped (compiled) again. The record says so."""
     import torch
 
-    from detcost import measure
+    from detcost import train
     from detcost.train import build, trial_state
 
     spec = make_spec(steps=2, warmup=1)
     with trial_state(spec):
         wl = build(spec)
         wl.model = torch.nn.Sequential(wl.model)  # wrapped, as an axis's wrap_model may
-        out = measure.keep_warm(spec, wl, wl.batches[0], 0.5)
+        out = train.keep_warm(spec, wl, wl.batches[0], 0.5)
     note = "not for a model wrapped in a Sequential: the copy would be wrapped again"
     assert out == {"clock_warmup_steps": 0, "clock_warmup_note": note}
 
@@ -173,7 +173,7 @@ def test_a_model_an_axis_wrapped_keeps_the_step_count_warm_up_alone():
 def test_no_room_for_the_warm_up_copy_is_a_note_and_other_errors_still_raise(monkeypatch):
     import torch
 
-    from detcost import measure
+    from detcost import train
     from detcost.train import build, trial_state
 
     spec = make_spec(steps=2, warmup=1)
@@ -184,16 +184,43 @@ def test_no_room_for_the_warm_up_copy_is_a_note_and_other_errors_still_raise(mon
         def no_room(*args):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-        monkeypatch.setattr(measure, "_train_twin", no_room)
-        out = measure.keep_warm(spec, wl, batch, 0.5)
+        monkeypatch.setattr(train, "_train_twin", no_room)
+        out = train.keep_warm(spec, wl, batch, 0.5)
         assert out == {"clock_warmup_steps": 0, "clock_warmup_note": "no room to copy the model: OutOfMemoryError"}
 
         def broken(*args):
             raise RuntimeError("a real bug")
 
-        monkeypatch.setattr(measure, "_train_twin", broken)
+        monkeypatch.setattr(train, "_train_twin", broken)
         with pytest.raises(RuntimeError, match="a real bug"):
-            measure.keep_warm(spec, wl, batch, 0.5)
+            train.keep_warm(spec, wl, batch, 0.5)
+
+
+def test_a_profiled_trial_warms_the_clocks_as_a_timed_one_does_before_the_profiler_starts(monkeypatch):
+    """On CUDA a profiled trial's warm-up lasts the timed trials' minimum too (faked on the
+    CPU: a minimum of 0.5 s, and a clock that advances 0.125 s a reading), on a copy of the
+    model, before the profiled steps: their kernels run at working clocks, not idle ones."""
+    from types import SimpleNamespace
+
+    from detcost import profile, train
+    from detcost.train import trial_state
+
+    readings = iter(range(1_000_000))
+    clock = SimpleNamespace(perf_counter=lambda: next(readings) * 0.125)
+    monkeypatch.setattr(train, "min_warmup_s", lambda device: 0.5, raising=False)
+    monkeypatch.setattr(train, "time", clock, raising=False)
+    monkeypatch.setattr(profile, "time", clock)
+    order = []
+    twin, profiled = getattr(train, "_train_twin", None), profile._profile
+    monkeypatch.setattr(train, "_train_twin", lambda *a: order.append("clock warm-up") or twin(*a), raising=False)
+    monkeypatch.setattr(profile, "_profile", lambda *a: order.append("profiled") or profiled(*a))
+    spec = make_spec(kind="profiled", steps=2, warmup=1)
+    with trial_state(spec):
+        parts = profile.run(spec, None)
+    assert order == ["clock warm-up", "profiled"]
+    # readings 0 (the warm-up starts), 0.125 (0.375 s to go), 0.25 (the copy starts), then
+    # 0.375 and 0.5 (a step each), 0.625 (done)
+    assert parts.profile.to_json()["profiled_clock_warmup_steps"] == 2
 
 
 def _alive_in_group(pgid: int) -> list[int]:
