@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from detcost import results  # noqa: E402
+from detcost.derive.decide import decide  # noqa: E402
 from detcost.derive.keys import AA_LABEL  # noqa: E402
 from detcost.derive.prices import prices  # noqa: E402
 from detcost.plan import SweepOptions  # noqa: E402
@@ -55,17 +56,24 @@ TARGET = 0.90
 ONE_SIDED_SHARE = 0.8  # a sweep's A/A ratios "sit on one side of 1" in at least this share of rounds
 
 
-def one_sweep(folder: Path, k: int, size: str, rounds: int, layout: str, allow_busy: bool = False) -> dict:
-    """One sweep of the known-price workload; its two intervals and their truths."""
+def one_sweep(
+    folder: Path, k: int, size: str, rounds: int, layout: str, allow_busy: bool = False, decide: float | None = None
+) -> dict:
+    """One sweep of the known-price workload; its two intervals and their truths. With
+    `decide` (a budget), the sweep runs as `detcost run --decide` does: two rounds, then
+    rounds only while the known price's interval straddles the budget, up to `rounds`."""
+    name = f"{size}-{rounds}-{k}" if decide is None else f"{size}-decide{decide:g}-{rounds}-{k}"
     opts = SweepOptions(
         workloads=[SIZES[size]],
         settings=["default", "benchmark"],
-        repeats=rounds,
+        repeats=rounds if decide is None else 2,
+        max_repeats=rounds,
+        decide=decide,
         seed=k,
         device="cpu",
         size_preset="cpu",
-        results=folder / f"{size}-{rounds}-{k}.jsonl",
-        run_id=f"calibration-{size}-{rounds}-{k}",
+        results=folder / f"{name}.jsonl",
+        run_id=f"calibration-{name}",
         seeds=0,
         audit=False,
         explain=False,
@@ -73,10 +81,17 @@ def one_sweep(folder: Path, k: int, size: str, rounds: int, layout: str, allow_b
         allow_busy=allow_busy,
     )
     out = run_sweep(opts, progress=False)
-    return {"size": size, "sweep": k, "busy_events": len(out.events), **judge(results.load_records(out.results))}
+    judged = judge(results.load_records(out.results), decide)
+    return {"size": size, "cell": cell_name(size, rounds, decide), "sweep": k, "busy_events": len(out.events), **judged}
 
 
-def judge(records: list[TrialRecord]) -> dict:
+def cell_name(size: str, rounds: int, decide: float | None) -> str:
+    """A cell of the calibration: a size at a round count, or --decide at a budget (up to
+    a round count)."""
+    return f"{size}/{rounds}" if decide is None else f"{size}/decide {decide:.0%} (up to {rounds})"
+
+
+def judge(records: list[TrialRecord], decide_budget: float | None = None) -> dict:
     """A sweep's A/A control and known price, their intervals, and its per-round A/A ratios.
     Priced without the CPU's pooling of cuDNN-only settings: the known price is injected
     under one of them, and the calibration checks the interval itself."""
@@ -91,8 +106,11 @@ def judge(records: list[TrialRecord]) -> dict:
             for r in measured}  # fmt: skip
     ratios = [step[(AA_LABEL, k)] / step[("default", k)] for (label, k) in step if label == AA_LABEL
               and ("default", k) in step]  # fmt: skip
+    decided = decide(bench, "benchmark", decide_budget).status if decide_budget is not None else None
     return {
         "rounds": bench.price.rounds,
+        "level": bench.level,
+        "decision": decided,
         "aa": aa.price.ratio,
         "aa_lo": aa.price.lo,
         "aa_hi": aa.price.hi,
@@ -115,7 +133,8 @@ def one_sided(table: pd.DataFrame) -> pd.Series:
 def rounds_alone(table: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     """The known price's interval without the label bias the A/A control measured: the
     rounds' own variance, recovered from the widened half-width (log scale)."""
-    t = pd.Series(sstats.t.ppf(0.975, table["rounds"] - 1), index=table.index)
+    level = table.get("level", 0.95)  # older tables: every interval at 95%
+    t = pd.Series(sstats.t.ppf((1 + level) / 2, table["rounds"] - 1), index=table.index)
     widened = np.log(table["price_hi"] / table["price"]) / t
     own = np.sqrt(np.maximum(widened**2 - table["label_bias"] ** 2, 0.0)) * t
     return table["price"] * np.exp(-own), table["price"] * np.exp(own)
@@ -126,10 +145,14 @@ def summary(table: pd.DataFrame) -> dict:
     aa_cover = (table["aa_lo"] <= 1.0) & (table["aa_hi"] >= 1.0)
     price_cover = (table["price_lo"] <= table["truth"]) & (table["price_hi"] >= table["truth"])
     lo, hi = rounds_alone(table)
+    decisions = table["decision"].value_counts().to_dict() if "decision" in table else {}
     return {
         "known_price_covered_rounds_alone": int(((lo <= table["truth"]) & (hi >= table["truth"])).sum()),
         "sweeps": len(table),
         "rounds_per_sweep": int(table["rounds"].median()),
+        "rounds_range": [int(table["rounds"].min()), int(table["rounds"].max())],
+        "level": float(table["level"].min()) if "level" in table else 0.95,
+        "decisions": {str(k): int(v) for k, v in decisions.items()},
         "aa_covered": int(aa_cover.sum()),
         "known_price_covered": int(price_cover.sum()),
         "aa_coverage": float(aa_cover.mean()),
@@ -153,8 +176,7 @@ def figure(table: pd.DataFrame, cells: dict, path: Path) -> None:
     keys = list(cells)
     fig, axes = plt.subplots(2, len(keys), figsize=(3.6 * len(keys), 7), squeeze=False)
     for j, key in enumerate(keys):
-        size, rounds = key.split("/")
-        cell = table[(table["size"] == size) & (table["rounds"] == int(rounds))].reset_index(drop=True)
+        cell = table[table["cell"] == key].reset_index(drop=True)
         for i, (col, name) in enumerate([("aa", "A/A control"), ("price", "known price")]):
             ax = axes[i][j]
             truth = pd.Series(1.0, index=cell.index) if col == "aa" else cell["truth"]
@@ -164,9 +186,9 @@ def figure(table: pd.DataFrame, cells: dict, path: Path) -> None:
                 ax.plot([r[f"{col}_lo"] / truth[k], r[f"{col}_hi"] / truth[k]], [k, k], color=c, lw=2)
                 ax.plot(r[col] / truth[k], k, "o", color=c, ms=3)
             ax.axvline(1.0, color="black", lw=0.8)
-            ax.set_title(f"{size}, {rounds} rounds: {name}\ncovered in {int(covered.sum())} of {len(cell)}", fontsize=9)
+            ax.set_title(f"{key}: {name}\ncovered in {int(covered.sum())} of {len(cell)}", fontsize=9)
             ax.set_xlabel("interval / truth")
-    fig.suptitle("detcost calibration: 95% intervals against known truths (red: missed)", fontsize=11)
+    fig.suptitle("detcost calibration: intervals against known truths (red: missed)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -180,14 +202,20 @@ def markdown(cells: dict, meta: dict) -> str:
         "quiet-machine guard on. Sizes: `small` = `diag_price` (1.20 injected), `tight` = `diag_price_cnn` "
         "(simple_cnn at its CPU size, 1.10 injected).",
         "",
-        "| size | rounds | sweeps | known price covered | A/A covers 1.00 | median half-width (price, A/A) "
+        "| size | rounds | level | sweeps | known price covered | A/A covers 1.00 | median half-width (price, A/A) "
         "| A/A one-sided | prices widened | known price covered by the rounds alone |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, c in cells.items():
-        size, rounds = key.split("/")
+        size, rounds = key.split("/", 1)
+        if "decide" in rounds:
+            lo, hi = c.get("rounds_range", [c["rounds_per_sweep"]] * 2)
+            rounds += f": {lo}-{hi}, median {c['rounds_per_sweep']}; " + ", ".join(
+                f"{v} {k}" for k, v in sorted(c.get("decisions", {}).items())
+            )
         lines.append(
-            f"| {size} | {rounds} | {c['sweeps']} | {c['known_price_covered']} of {c['sweeps']} "
+            f"| {size} | {rounds} | {c.get('level', 0.95):.4g} | {c['sweeps']} "
+            f"| {c['known_price_covered']} of {c['sweeps']} "
             f"({c['known_price_coverage']:.0%}) | {c['aa_covered']} of {c['sweeps']} ({c['aa_coverage']:.0%}) "
             f"| ±{c['price_half_width_median']:.1%}, ±{c['aa_half_width_median']:.1%} "
             f"| {c['aa_one_sided']} of {c['sweeps']} | {c['widened_sweeps']} of {c['sweeps']} "
@@ -201,7 +229,11 @@ def markdown(cells: dict, meta: dict) -> str:
         f"{ONE_SIDED_SHARE:.0%} of rounds (with no label bias about 11% of sweeps at 10 rounds, 38% at 5). "
         '"Prices widened": sweeps where the A/A control strayed beyond its rounds and every price\'s '
         "interval took that in (`label_bias`); the last column is the known price's coverage without that "
-        "(the interval from the rounds' spread alone).",
+        "(the interval from the rounds' spread alone). A `decide` cell runs each sweep as `detcost run --decide` "
+        "does (two rounds, then rounds only while the known price's interval straddles the budget, looked at 3, "
+        "6, 12, ... rounds, each interval at 95% spread over the looks); its rounds column gives the rounds the "
+        "sweeps ran and what they decided (pass: within the budget, fail: over it). The worst case for coverage "
+        "under such stopping is a truth near the budget's line.",
         "",
         "![calibration](calibration.png)",
         "",
@@ -209,18 +241,21 @@ def markdown(cells: dict, meta: dict) -> str:
     return "\n".join(lines)
 
 
-def run_cells(sizes: list[str], round_counts: list[int], sweeps: int, layout: str) -> pd.DataFrame:
+def run_cells(
+    sizes: list[str], round_counts: list[int], sweeps: int, layout: str, decide: float | None = None
+) -> pd.DataFrame:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
             for rounds in round_counts:
                 for k in range(sweeps):
-                    r = one_sweep(Path(tmp), k, size, rounds, layout)
+                    r = one_sweep(Path(tmp), k, size, rounds, layout, decide=decide)
                     rows.append(r)
                     print(
-                        f"{size}/{rounds} sweep {k + 1}/{sweeps}: A/A {r['aa']:.3f} [{r['aa_lo']:.3f}, "
-                        f"{r['aa_hi']:.3f}]  known {r['truth']:.3f}: {r['price']:.3f} [{r['price_lo']:.3f}, "
-                        f"{r['price_hi']:.3f}]  A/A above 1 in {r['aa_above_1']}/{r['aa_ratios']}",
+                        f"{r['cell']} sweep {k + 1}/{sweeps} ({r['rounds']} rounds): A/A {r['aa']:.3f} "
+                        f"[{r['aa_lo']:.3f}, {r['aa_hi']:.3f}]  known {r['truth']:.3f}: {r['price']:.3f} "
+                        f"[{r['price_lo']:.3f}, {r['price_hi']:.3f}]  A/A above 1 in "
+                        f"{r['aa_above_1']}/{r['aa_ratios']}",
                         flush=True,
                     )
     return pd.DataFrame(rows)
@@ -228,11 +263,9 @@ def run_cells(sizes: list[str], round_counts: list[int], sweeps: int, layout: st
 
 def write(table: pd.DataFrame, meta: dict, out: Path) -> str:
     """The cells' summaries, the figure and the Markdown page, from the per-sweep table."""
-    cells = {
-        f"{size}/{rounds}": summary(table[(table["size"] == size) & (table["rounds"] == rounds)])
-        for size in dict.fromkeys(table["size"])
-        for rounds in dict.fromkeys(table["rounds"])
-    }
+    if "cell" not in table:  # a table from before cells were named: one per size and round count
+        table = table.assign(cell=[f"{s}/{r}" for s, r in zip(table["size"], table["rounds"])])
+    cells = {name: summary(table[table["cell"] == name]) for name in dict.fromkeys(table["cell"])}
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out.with_suffix(".csv"), index=False)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "cells": cells}, indent=2))
@@ -248,6 +281,13 @@ def main() -> None:
     p.add_argument("--rounds", default="5,10", help="comma list of rounds per sweep")
     p.add_argument("--sizes", default="small,tight", help=f"comma list of {', '.join(SIZES)}")
     p.add_argument("--layout", default="random", choices=("random", "fixed"))
+    p.add_argument(
+        "--decide",
+        type=float,
+        default=None,
+        metavar="BUDGET",
+        help="run each sweep as `detcost run --decide` against this budget (0.1: 10%%), up to --rounds",
+    )
     p.add_argument("--out", type=Path, default=Path("reports/calibration"))
     p.add_argument("--from-csv", type=Path, help="render an earlier run's per-sweep table again, run nothing")
     args = p.parse_args()
@@ -260,7 +300,7 @@ def main() -> None:
     if set(sizes) - set(SIZES):
         p.error(f"unknown sizes {', '.join(set(sizes) - set(SIZES))}; valid: {', '.join(SIZES)}")
     t0 = time.monotonic()
-    table = run_cells(sizes, round_counts, args.sweeps, args.layout)
+    table = run_cells(sizes, round_counts, args.sweeps, args.layout, args.decide)
     import torch
 
     meta = {

@@ -59,14 +59,14 @@ class PlantedBias:
         return TrialRecord(spec, Status.OK, parts=TrialParts(timing=timing, outcome=outcome, workload_notes=notes))
 
 
-def _cell(tmp_path, monkeypatch, layout: str, sweeps: int = 20, rounds: int = 10, **planted) -> dict:
+def _cell(tmp_path, monkeypatch, layout: str, sweeps: int = 20, rounds: int = 10, decide=None, **planted) -> dict:
     monkeypatch.setattr(sweep, "start_method", lambda method, device: "forkserver")
     rng, rows = np.random.default_rng(0), []
     for k in range(sweeps):
         trials = PlantedBias(rng, **planted)
         monkeypatch.setattr(sweep, "new_server", trials.new_server)
         monkeypatch.setattr(sweep, "_run_one", trials)
-        rows.append(calibrate.one_sweep(tmp_path, k, "tight", rounds, layout, allow_busy=True))
+        rows.append(calibrate.one_sweep(tmp_path, k, "tight", rounds, layout, allow_busy=True, decide=decide))
     return calibrate.summary(pd.DataFrame(rows))
 
 
@@ -93,6 +93,18 @@ def test_a_new_layout_each_round_turns_the_same_bias_into_noise_the_intervals_co
     assert cell["aa_covered"] >= 18 and cell["known_price_covered"] >= 18
     assert cell["aa_one_sided"] <= 5
     assert cell["price_half_width_median"] < 0.10  # still a usable width, not coverage by blowing up
+
+
+def test_a_decide_cell_stops_its_sweeps_at_different_looks_and_its_intervals_still_cover(tmp_path, monkeypatch):
+    """Sweeps run as --decide runs them, the known 1.10 a little over a 7% budget: some are
+    decided at an early look, some run on; the intervals they stop on cover the truth."""
+    cell = _cell(tmp_path, monkeypatch, "random", rounds=12, decide=0.07, bias_sd=0.0, noise_sd=0.03)
+    lo, hi = cell["rounds_range"]
+    assert lo == 3 and hi > 3 and cell["level"] == pytest.approx(1 - 0.05 / 3)
+    assert cell["decisions"].get("fail", 0) >= 5  # over the budget, decided
+    assert cell["known_price_covered"] >= 18 and cell["aa_covered"] >= 18
+    page = calibrate.markdown({calibrate.cell_name("tight", 12, 0.07): cell}, _meta())
+    assert "decide 7% (up to 12): 3-" in page and "fail" in page
 
 
 def test_a_bias_no_layout_moves_widens_every_price_by_what_the_aa_control_measured(tmp_path, monkeypatch):
