@@ -99,6 +99,25 @@ def test_the_json_dry_run_gives_the_estimate_and_its_assumptions(fake_h100, cuda
     assert not cuda_calls
 
 
+@pytest.fixture
+def cuda_started_earlier(monkeypatch):
+    """This process as a GPU box's pytest process may be: an earlier test started CUDA, and
+    `nvidia-ml-py` (only in the `gpu` extra) is absent, so the busy look asks `nvidia-smi`
+    and, CUDA being up, which GPU this is. Asked before `cuda_calls`, which counts its calls."""
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # `import pynvml` fails
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index=None: types.SimpleNamespace(uuid="ab"))
+
+
+def test_after_cuda_started_in_this_process_asking_which_gpu_it_is_is_no_cuda_call(
+    fake_h100, cuda_started_earlier, cuda_calls, capsys, tmp_path
+):
+    argv = ["run", "--device", "cuda:0", "--workloads", "resnet18", "--dry-run", "--allow-busy", "--json"]
+    assert main([*argv, "--results", str(tmp_path / "r.jsonl")]) == 0
+    assert json.loads(capsys.readouterr().out)["gpu"] == H100
+    assert not cuda_calls
+
+
 def test_on_the_cpu_the_estimate_is_per_trial_as_measured_and_assumes_nothing_of_a_gpu(capsys, tmp_path):
     argv = ["run", "--device", "cpu", "--workloads", "simple_cnn", "--dry-run", "--allow-busy"]
     assert main([*argv, "--results", str(tmp_path / "r.jsonl")]) == 0
