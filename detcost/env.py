@@ -65,6 +65,21 @@ def _gpu_properties(device: str) -> dict:
     }
 
 
+def cudnn_version() -> int | None:
+    """cuDNN's version, as `torch.backends.cudnn.version()` gives it, without what that call
+    runs first on a CUDA build: cuDNN's `_init()`, which checks every GPU's capability
+    (`get_device_properties`, so CUDA's lazy init) whenever CUDA is available, and would
+    leave the sweep's parent holding a CUDA context. The library's own version number
+    (`cudnnGetVersion`) needs no device. None on a torch without cuDNN; where torch lacks
+    that binding, None too, unless this process already uses CUDA (a trial)."""
+    if not torch.backends.cudnn.is_available():
+        return None
+    get_version = getattr(getattr(torch._C, "_cudnn", None), "getVersionInt", None)
+    if get_version is not None:
+        return int(get_version())
+    return torch.backends.cudnn.version() if torch.cuda.is_initialized() else None
+
+
 def fingerprint(device: str = "cpu", gpu_properties: bool = True) -> dict:
     """Versions, hardware and the environment variables that matter, as a flat dict.
     The sweep's parent passes `gpu_properties=False` (they would initialise CUDA there);
@@ -74,7 +89,7 @@ def fingerprint(device: str = "cpu", gpu_properties: bool = True) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cudnn": cudnn_version(),
         "numpy": _version("numpy"),
         "platform": platform.platform(),
         "cpu": cpu_model(),

@@ -82,6 +82,36 @@ def test_asv_smoke_run_has_no_failed_benchmark_and_publishes(tmp_path):
     assert (tmp_path / "html" / "index.html").is_file()
 
 
+PROFILE_PROBE = """
+import importlib, json, os
+import torch
+torch.cuda.is_available = lambda: {cuda}
+seen = {{}}
+for name in ("smoke", "cpu", "gpu", ""):
+    os.environ["DETCOST_ASV_PROFILE"] = name
+    import benchmarks.common as common
+    common = importlib.reload(common)
+    seen[name or "unset"] = [common.PROFILE_NAME, common.DEVICE]
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+def test_the_asv_profiles_named_for_the_cpu_run_on_it_on_a_gpu_box_too(cuda):
+    """On a GPU box (torch's CUDA check faked in a fresh interpreter) the smoke profile stays
+    the CPU's quick suite, not the CUDA acceptance suite at GPU sizes; `gpu`, and no profile
+    named, take cuda:0; without CUDA everything runs on the CPU."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    seen = json.loads(_run([sys.executable, "-c", PROFILE_PROBE.format(cuda=cuda)], env, timeout=300).splitlines()[-1])
+    gpu = "cuda:0" if cuda else "cpu"
+    assert seen == {
+        "smoke": ["smoke", "cpu"],
+        "cpu": ["cpu", "cpu"],
+        "gpu": ["gpu", gpu],
+        "unset": ["gpu", gpu] if cuda else ["cpu", "cpu"],
+    }
+
+
 def test_layer_microbenchmarks_run_under_one_setting_and_load_as_a_table(tmp_path):
     out = tmp_path / "bench.json"
     _run(

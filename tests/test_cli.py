@@ -17,6 +17,11 @@ from tests.conftest import QUICK, TIMED_ONLY, run_cli
 
 
 def one_line_error(capsys, argv) -> str:
+    """`detcost <argv>` refused in one line, exit 2. A `run` is pinned to the CPU and never
+    waits on a busy machine (unless argv names a device): were the refusal ever lost, the
+    sweep it started would still be the CPU suite's, on a GPU box too."""
+    if argv[:1] == ["run"] and "--device" not in argv:
+        argv = ["run", "--device", "cpu", "--allow-busy", *argv[1:]]
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 2
@@ -56,8 +61,10 @@ def test_bad_input_exits_2_with_one_line(capsys, argv, expected):
     assert expected in one_line_error(capsys, argv)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_cuda_without_cuda_is_a_usage_error(capsys):
+def test_cuda_without_cuda_is_a_usage_error(capsys, monkeypatch):
+    from detcost import env
+
+    monkeypatch.setattr(env, "nvml_gpu_count", lambda: 0)  # no GPU, on a GPU box too
     assert "CUDA is not available" in one_line_error(capsys, ["run", "--device", "cuda"])
 
 
@@ -85,7 +92,8 @@ def test_a_results_file_that_is_not_detcosts_is_refused(capsys, tmp_path):
 
 def test_the_installed_command_exits_2_on_an_unknown_setting():
     exe = shutil.which("detcost") or str(Path(sys.executable).parent / "detcost")
-    proc = subprocess.run([exe, "run", "--settings", "nope"], capture_output=True, text=True, timeout=120, check=False)
+    argv = [exe, "run", "--device", "cpu", "--allow-busy", "--settings", "nope"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "valid settings" in proc.stderr
@@ -237,21 +245,8 @@ def test_env_prints_the_fingerprint(capsys):
 
 def test_resume_with_other_options_is_refused_and_the_file_kept(capsys, tmp_path):
     path = tmp_path / "r.jsonl"
-    args = [
-        "run",
-        "--quick",
-        "--workloads",
-        "simple_cnn",
-        "--settings",
-        "default",
-        "--repeats",
-        "1",
-        *TIMED_ONLY,
-        "--no-report",
-        "-q",
-        "--results",
-        str(path),
-    ]
+    args = ["run", *QUICK, "--workloads", "simple_cnn", "--settings", "default", "--repeats", "1", *TIMED_ONLY]
+    args += ["--no-report", "--results", str(path)]
     assert main([*args, "--steps", "3"]) == 0
     before = path.read_text()
     capsys.readouterr()

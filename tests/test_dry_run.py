@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -36,12 +37,17 @@ CUDA_ENTRY_POINTS = {
 
 @pytest.fixture
 def cuda_calls(monkeypatch) -> Counter:
-    """Counts every call into CUDA's entry points in this process (each still answers)."""
+    """Counts every call into CUDA's entry points in this process made while CUDA has not
+    started here (each still answers): those are the calls that would start it. Once an
+    earlier test of this process has started CUDA (a GPU box), asking which GPU this is
+    starts nothing, and the tests judge only what they change."""
     calls: Counter = Counter()
+    started = torch.cuda.is_initialized
 
     def counted(name, real):
         def call(*args, **kwargs):
-            calls[name] += 1
+            if not started():
+                calls[name] += 1
             return real(*args, **kwargs)
 
         return call
@@ -66,6 +72,7 @@ def fake_h100(monkeypatch):
 def test_the_default_gpu_sweep_is_estimated_within_15_minutes_with_its_assumptions(
     fake_h100, cuda_calls, capsys, tmp_path
 ):
+    started = torch.cuda.is_initialized()  # on a GPU box an earlier test may have started CUDA
     path = tmp_path / "r.jsonl"
     assert main(["run", "--device", "cuda", "--dry-run", "--allow-busy", "--results", str(path)]) == 0
     out = capsys.readouterr().out
@@ -78,7 +85,7 @@ def test_the_default_gpu_sweep_is_estimated_within_15_minutes_with_its_assumptio
         assert figure.basis in out
     assert f"GPU: {H100}\n" in out
     assert not path.exists()
-    assert not cuda_calls and not torch.cuda.is_initialized()
+    assert not cuda_calls and torch.cuda.is_initialized() == started
 
 
 def test_the_json_dry_run_gives_the_estimate_and_its_assumptions(fake_h100, cuda_calls, capsys, tmp_path):
@@ -89,6 +96,25 @@ def test_the_json_dry_run_gives_the_estimate_and_its_assumptions(fake_h100, cuda
         out["estimate"]["once_s"] + sum(t for _, t in out["estimate"]["by_kind"].values())
     )
     assert len(out["estimate"]["assumptions"]) == len(estimate.CUDA_FIGURES) and out["gpu"] == H100
+    assert not cuda_calls
+
+
+@pytest.fixture
+def cuda_started_earlier(monkeypatch):
+    """This process as a GPU box's pytest process may be: an earlier test started CUDA, and
+    `nvidia-ml-py` (only in the `gpu` extra) is absent, so the busy look asks `nvidia-smi`
+    and, CUDA being up, which GPU this is. Asked before `cuda_calls`, which counts its calls."""
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # `import pynvml` fails
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index=None: types.SimpleNamespace(uuid="ab"))
+
+
+def test_after_cuda_started_in_this_process_asking_which_gpu_it_is_is_no_cuda_call(
+    fake_h100, cuda_started_earlier, cuda_calls, capsys, tmp_path
+):
+    argv = ["run", "--device", "cuda:0", "--workloads", "resnet18", "--dry-run", "--allow-busy", "--json"]
+    assert main([*argv, "--results", str(tmp_path / "r.jsonl")]) == 0
+    assert json.loads(capsys.readouterr().out)["gpu"] == H100
     assert not cuda_calls
 
 
@@ -285,6 +311,7 @@ def test_a_sweep_takes_one_fingerprint_and_never_initialises_cuda_in_its_parent(
         return {**real(*args, **kwargs), "taken_by": "parent"}
 
     monkeypatch.setattr(env, "fingerprint", once)
+    started = torch.cuda.is_initialized()  # on a GPU box an earlier test may have started CUDA
     path = tmp_path / "r.jsonl"
     argv = ["--workloads", "simple_cnn", "--settings", "default", "--repeats", "1", "--seeds", "1"]
     assert run_cli(*argv, "--results", str(path)) == 0
@@ -292,4 +319,60 @@ def test_a_sweep_takes_one_fingerprint_and_never_initialises_cuda_in_its_parent(
     assert {r["kind"] for r in records} == {"timed", "aa", "seed", "audit", "profiled"}
     assert {r["status"] for r in records} == {"ok"}
     assert len(taken) == 1 and all(r["env"]["taken_by"] == "parent" for r in records)
-    assert not cuda_calls and not torch.cuda.is_initialized()
+    assert not cuda_calls and torch.cuda.is_initialized() == started
+
+
+CUDNN_VERSION = 90300
+
+
+@pytest.fixture
+def cuda_build(monkeypatch, fake_h100) -> list[str]:
+    """What a CUDA build of torch on one H100 does where the CPU build has nothing: its
+    cuDNN bindings (`torch._C._cudnn`) and the `_init()` that `torch.backends.cudnn.version()`
+    runs first, taken from torch's own source as a CUDA build executes it. That `_init()`
+    checks every GPU's capability whenever CUDA is available: `get_device_properties`, which
+    is CUDA's lazy init. Each device query made is listed in the returned list."""
+    queried: list[str] = []
+    bindings = types.SimpleNamespace(
+        getVersionInt=lambda: CUDNN_VERSION,
+        getRuntimeVersion=lambda: (9, 3, 0),
+        getCompileVersion=lambda: (9, 3, 0),
+        is_cuda=True,
+    )
+    monkeypatch.setattr(torch._C, "_cudnn", bindings, raising=False)
+    monkeypatch.setitem(sys.modules, "torch.backends.cudnn", sys.modules["torch.backends.cudnn"])
+    source = Path(torch.backends.cudnn.__file__)
+    built: dict = {"__name__": "torch.backends.cudnn", "__package__": "torch.backends.cudnn", "__file__": str(source)}
+    exec(compile(source.read_text(), str(source), "exec"), built)  # its `_cudnn` is now the bindings
+
+    def device_query(device=None):
+        queried.append("get_device_properties")
+        return types.SimpleNamespace(name=H100, major=9, minor=0, total_memory=80 * 2**30)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", device_query)
+    monkeypatch.setattr(torch.backends.cudnn, "version", built["version"])
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)  # the build has cuDNN
+    return queried
+
+
+def test_the_fake_cuda_build_queries_the_device_for_cudnns_version_as_a_real_one_does(cuda_build):
+    assert torch.backends.cudnn.version() == CUDNN_VERSION
+    assert cuda_build == ["get_device_properties"]
+
+
+@pytest.mark.parametrize("device", ["cuda:0", "cpu"])
+def test_on_a_cuda_build_the_parents_fingerprint_reads_cudnns_version_without_a_device_query(cuda_build, device):
+    """The sweep's parent takes the machine's fingerprint: on a CUDA build, cuDNN's version
+    through `torch.backends.cudnn.version()` would query every GPU and start CUDA there (and
+    the selfcheck's "no CUDA context in the parent" would fail). The library's own version
+    number asks no device."""
+    info = env.fingerprint(device, gpu_properties=False)
+    assert info["cudnn"] == CUDNN_VERSION
+    assert cuda_build == []
+
+
+def test_without_cudnn_the_fingerprint_has_no_cudnn_version(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: False)
+    assert env.fingerprint("cpu")["cudnn"] is None

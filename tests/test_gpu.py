@@ -1,8 +1,15 @@
 """What only a GPU can show. Skipped without CUDA; on a GPU box they check the CUDA
 paths the CPU tests cannot reach: events, peak memory, CUBLAS_WORKSPACE_CONFIG, strict's
-failures, the cuDNN plan record."""
+failures, the cuDNN plan record.
 
+The CUDA work runs in other processes, as in a sweep: its trials, and a spawned
+interpreter for what runs a step here. The pytest process never starts CUDA itself, so
+the tests after these (that it has not started, that a process forks usable children)
+hold on a GPU box too."""
+
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 import torch
@@ -12,11 +19,24 @@ from detcost.train import TrainStep
 from detcost.trial import run_trial
 from tests.conftest import make_spec, run_cli
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+# A torch built without CUDA has none, whatever `is_available` is made to say.
+pytestmark = pytest.mark.skipif(
+    not (torch.backends.cuda.is_built() and torch.cuda.is_available()), reason="needs a CUDA GPU"
+)
+CHILD_TIMEOUT_S = 300
+
+
+def in_a_fresh_process(fn, *args):
+    """fn(*args) in a spawned interpreter (fn at this module's top level), its answer or
+    its exception: CUDA starts there, not in the pytest process."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result(timeout=CHILD_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
 def cuda_sweep(tmp_path_factory):
+    """The sweep's parent is this process: its trials start CUDA, it never does."""
+    started = torch.cuda.is_initialized()
     path = tmp_path_factory.mktemp("cuda") / "c.jsonl"
     assert (
         run_cli(
@@ -36,6 +56,7 @@ def cuda_sweep(tmp_path_factory):
         )
         == 0
     )
+    assert torch.cuda.is_initialized() == started, "the sweep's parent started CUDA"
     return results.read_records(path)
 
 
@@ -67,14 +88,23 @@ def test_profiled_trials_record_what_the_cudnn_log_says(cuda_sweep):
     assert all(r["cudnn_plans"]["status"] in ("ok", "not parsed") for r in profiled)
 
 
-def test_train_step_under_strict_sets_the_cublas_workspace_and_restores_it(monkeypatch):
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+def _strict_step_sets_and_restores_the_cublas_workspace() -> tuple:
+    os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
     with TrainStep(make_spec(device="cuda:0", setting="strict")) as step:
-        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        during = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
         step()
-    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    return during, os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+
+
+def test_train_step_under_strict_sets_the_cublas_workspace_and_restores_it():
+    assert in_a_fresh_process(_strict_step_sets_and_restores_the_cublas_workspace) == (":4096:8", None)
+
+
+def _trial_on(device: str) -> tuple:
+    record = run_trial(make_spec(device=device))
+    return record.ok, record.error
 
 
 def test_a_bare_cuda_device_string_means_cuda_0():
-    record = run_trial(make_spec(device="cuda"))
-    assert record.ok, record.error
+    ok, error = in_a_fresh_process(_trial_on, "cuda")
+    assert ok, error

@@ -8,6 +8,7 @@ import sys
 import types
 
 import pytest
+import torch
 
 from detcost import env
 
@@ -93,7 +94,16 @@ def test_nvidia_smi_answers_name_driver_and_other_processes_without_cuda(tmp_pat
     )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    # the sweep's parent: no CUDA here (on a GPU box an earlier test may have started it),
+    # so every GPU's processes count
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     assert env.gpu_names() == ["NVIDIA H100 80GB HBM3"] and env._nvidia_driver() == "570.86"
     assert env._nvidia_smi_processes(0, own="456") == "process 123 uses 100 MiB on GPU GPU-ab"
+    # a trial, whose CUDA names its GPU: only that GPU's processes count
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: types.SimpleNamespace(uuid="cd"))
+    assert env._nvidia_smi_processes(0, own="456") is None
+    assert env._nvidia_smi_processes(0, own="1") == "process 456 uses 9 MiB"
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
     assert env.gpu_names() == [] and env._nvidia_driver() is None and env._nvidia_smi_processes(0, "1") is None

@@ -38,10 +38,11 @@ def test_a_check_that_builds_a_workload_runs_in_a_child_process(monkeypatch):
         raise AssertionError("TrainStep ran in the selfcheck's own process")
 
     monkeypatch.setattr(selfcheck.timing_checks, "TrainStep", in_the_parent)  # the child imports its own
+    started = torch.cuda.is_initialized()  # on a GPU box an earlier test may have started CUDA
     check = selfcheck.isolated(selfcheck.OVERHEAD, selfcheck.harness_overhead, make_spec(), 2, device="cpu")
     assert check.name == selfcheck.OVERHEAD and check.figure != "failed", check
     assert math.isfinite(check.value) and "median of 2 alternating rounds" in check.detail
-    assert not torch.cuda.is_initialized()
+    assert torch.cuda.is_initialized() == started
 
 
 def test_an_exception_in_the_child_is_a_failed_check_with_its_error():
@@ -78,9 +79,11 @@ def test_repeatability_with_failed_trials_is_a_failed_check_not_a_key_error():
 # ---- the command -----------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 @pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:3"])
-def test_selfcheck_on_cuda_without_cuda_exits_2_with_one_line(capsys, device):
+def test_selfcheck_on_cuda_without_cuda_exits_2_with_one_line(capsys, monkeypatch, device):
+    from detcost import env
+
+    monkeypatch.setattr(env, "nvml_gpu_count", lambda: 0)  # no GPU, on a GPU box too
     assert main(["selfcheck", "--device", device]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -92,6 +95,7 @@ def test_selfcheck_on_a_gpu_index_past_the_count_exits_2_with_one_line(capsys, m
     from detcost import env
 
     monkeypatch.setattr(env, "cuda_available", lambda: True)
+    monkeypatch.setattr(env, "nvml_gpu_count", lambda: 1)  # one GPU, on a box with more too
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert main(["selfcheck", "--device", "cuda:1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -329,6 +333,7 @@ def test_the_acceptance_suite_runs_its_trials_and_judges_them_on_the_cpu_too(tmp
     monkeypatch.setattr(selfcheck.cuda, "ALGORITHM_WORKLOADS", ("simple_cnn",))
     monkeypatch.setattr(selfcheck.cuda, "SWEPT_WORKLOADS", ("diag_oom", "simple_cnn"))
     acceptance = selfcheck.Acceptance(make_spec(), tmp_path)
+    started = torch.cuda.is_initialized()  # on a GPU box an earlier test may have started CUDA
     checks = {c.name: c for step in acceptance.steps() for c in selfcheck.guarded(step)}
     assert list(checks) == [n for step in acceptance.steps() for n in step.names]
     assert all("\n" not in c.line() for c in checks.values())
@@ -340,4 +345,4 @@ def test_the_acceptance_suite_runs_its_trials_and_judges_them_on_the_cpu_too(tmp
     assert "CUDA only" in checks[selfcheck.PLAN_LOG].detail
     assert checks[selfcheck.HOST_BOUND].figure == "not measured"
     assert len(acceptance.records) == 2 + 2 + 1  # the swept trials, the profiled ones, the timed one
-    assert not torch.cuda.is_initialized()
+    assert torch.cuda.is_initialized() == started
