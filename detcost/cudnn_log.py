@@ -16,14 +16,15 @@ from detcost.timing import is_cuda
 
 CUDNN_LOG_ENV = "CUDNN_FRONTEND_LOG_FILE"  # the frontend's log: plan tags, autotuning times
 CUDNN_BACKEND_LOG_ENV = "CUDNN_LOGDEST_DBG"  # cuDNN's API log: every call and its arguments
+_LOG_VARS = ("CUDNN_FRONTEND_LOG_INFO", CUDNN_LOG_ENV, "CUDNN_LOGLEVEL_DBG", "CUDNN_LOGINFO_DBG", CUDNN_BACKEND_LOG_ENV)
 
 
 def cudnn_log_environ(spec: TrialSpec, results_dir: Path | None) -> dict:
-    """Environment for the profiled trial's cuDNN logs (CUDA only), set by the parent before
-    the trial process starts CUDA: the frontend's log and, as its fallback, cuDNN's own API
-    log, each to its own file beside the results. A trial cannot know its cuDNN version
-    before it imports torch, so both versions' switches of the API log are set:
-    CUDNN_LOGLEVEL_DBG=3 (cuDNN 9) and CUDNN_LOGINFO_DBG=1 (cuDNN 8; deprecated in 9)."""
+    """Environment for the profiled trial's cuDNN logs (CUDA only), in the trial process's
+    environment from its start (`start_environ`): the frontend's log and, as its fallback,
+    cuDNN's own API log, each to its own file beside the results. A trial cannot know its
+    cuDNN version before it imports torch, so both versions' switches of the API log are
+    set: CUDNN_LOGLEVEL_DBG=3 (cuDNN 9) and CUDNN_LOGINFO_DBG=1 (cuDNN 8; deprecated in 9)."""
     if spec.kind != Kind.PROFILED or not is_cuda(spec.device) or results_dir is None or not spec.sidecar:
         return {}
     stem = results_dir / spec.sidecar
@@ -36,6 +37,16 @@ def cudnn_log_environ(spec: TrialSpec, results_dir: Path | None) -> dict:
         "CUDNN_LOGINFO_DBG": "1",
         CUDNN_BACKEND_LOG_ENV: str(backend),
     }
+
+
+def start_environ(environ: dict) -> dict:
+    """Of a trial's environment, what its process must have from its exec: cuDNN reads the
+    API log's switches when libcudnn loads, at `import torch`, so set in a process that
+    has imported torch (a trial forked from the forkserver) they give no log
+    (pytorch#58670). Where the trial asks for the API log, the cuDNN logs' variables; else {}."""
+    if CUDNN_BACKEND_LOG_ENV not in environ:
+        return {}
+    return {k: v for k, v in environ.items() if k in _LOG_VARS}
 
 
 # ---- cuDNN execution plans (CUDA only) ------------------------------------------------
