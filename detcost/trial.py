@@ -25,6 +25,7 @@ from detcost import env as envmod
 from detcost.errors import is_out_of_memory
 from detcost.record import Kind, Status, TrialParts, TrialRecord, TrialSpec, one_line
 from detcost.settings import get_setting, read_flags, set_environ
+from detcost.timing import is_cuda
 from detcost.train import trial_state
 
 RUNNERS: dict[Kind, Callable[[TrialSpec, Path | None], TrialParts]] = {
@@ -132,11 +133,20 @@ def child_main(
     if torch.cuda.is_initialized() or torch.cuda._is_in_bad_fork():
         record = failure_record(spec, Status.ERROR, CUDA_AT_START, machine)
     else:
+        before_cuda(spec)
         set_environ(environ.items())
         record = run_trial(spec, results_dir, machine)
     conn.send(record.to_json())
     conn.close()
     del pad
+
+
+def before_cuda(spec: TrialSpec) -> None:
+    """What a trial process does before anything touches CUDA: a timed CUDA trial lists the
+    GPU's compute processes, which its busy guard judges against at the end of its timed
+    region (where NVML may list this process under a host pid it cannot tell as its own)."""
+    if RUNNERS[spec.kind] is measure.run and is_cuda(spec.device):
+        envmod.remember_gpu_processes(spec.device)
 
 
 def trial_environ(spec: TrialSpec, results_dir: Path | None = None) -> dict:
