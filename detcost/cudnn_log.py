@@ -11,6 +11,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import torch
+
 from detcost.record import CudnnPlans, Kind, TrialSpec
 from detcost.timing import is_cuda
 
@@ -213,6 +215,8 @@ def cudnn_plans(spec: TrialSpec) -> CudnnPlans:
     API log; which log it used (`source`, `log`), or why neither (`status` "not parsed")."""
     if not is_cuda(spec.device):
         return CudnnPlans(status="skipped", reason="CUDA only: cuDNN does not run on the CPU")
+    if not torch.backends.cudnn.enabled:
+        return CudnnPlans(status="skipped", reason="cuDNN is disabled in this trial: no plan to log")
     frontend, backend = os.environ.get(CUDNN_LOG_ENV), os.environ.get(CUDNN_BACKEND_LOG_ENV)
     if not frontend and not backend:
         return CudnnPlans(status="skipped", reason=f"neither {CUDNN_LOG_ENV} nor {CUDNN_BACKEND_LOG_ENV} was set")

@@ -151,8 +151,11 @@ def before_cuda(spec: TrialSpec) -> None:
 
 def trial_environ(spec: TrialSpec, results_dir: Path | None = None) -> dict:
     """The environment variables the parent sets for this trial's process: the setting's
-    (CUBLAS_WORKSPACE_CONFIG) and, for a profiled trial on CUDA, the cuDNN log's."""
-    return {**dict(get_setting(spec.setting).env), **cudnn_log.cudnn_log_environ(spec, results_dir)}
+    (CUBLAS_WORKSPACE_CONFIG) and, for a profiled trial on CUDA whose setting uses cuDNN,
+    the cuDNN log's (which spawn the trial: `cudnn_log.start_environ`)."""
+    setting = get_setting(spec.setting)
+    logs = cudnn_log.cudnn_log_environ(spec, results_dir) if setting.cudnn_enabled else {}
+    return {**dict(setting.env), **logs}
 
 
 def failure_record(spec: TrialSpec, status: Status, error: str, machine: dict | None = None) -> TrialRecord:

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from detcost import cudnn_log
 from detcost.cudnn_log import (
@@ -342,3 +343,18 @@ def test_no_log_to_read_is_skipped_with_a_reason(monkeypatch, device, why):
     monkeypatch.delenv(CUDNN_BACKEND_LOG_ENV, raising=False)
     plans = cudnn_plans(make_spec(kind="profiled", device=device))
     assert plans.status == "skipped" and why in plans.reason
+
+
+def test_a_setting_without_cudnn_asks_for_no_log_and_forks_as_before(tmp_path, monkeypatch):
+    """no_cudnn runs no cuDNN call: no log to ask for, so no spawned process to pay for."""
+    from detcost.trial import trial_environ
+
+    for name in cudnn_log._LOG_VARS:
+        monkeypatch.delenv(name, raising=False)
+    assert not any(name in trial_environ(cuda_profiled(setting="no_cudnn"), tmp_path) for name in cudnn_log._LOG_VARS)
+    assert CUDNN_BACKEND_LOG_ENV in trial_environ(cuda_profiled(), tmp_path)
+    method, environ = _started(monkeypatch, cuda_profiled(setting="no_cudnn"), tmp_path)
+    assert method == "forkserver" and not any(name in environ for name in cudnn_log._LOG_VARS)
+    monkeypatch.setattr(torch.backends.cudnn, "enabled", False)
+    plans = cudnn_plans(cuda_profiled(setting="no_cudnn"))
+    assert plans.status == "skipped" and "cuDNN is disabled" in plans.reason
