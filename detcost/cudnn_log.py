@@ -11,19 +11,22 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import torch
+
 from detcost.record import CudnnPlans, Kind, TrialSpec
 from detcost.timing import is_cuda
 
 CUDNN_LOG_ENV = "CUDNN_FRONTEND_LOG_FILE"  # the frontend's log: plan tags, autotuning times
 CUDNN_BACKEND_LOG_ENV = "CUDNN_LOGDEST_DBG"  # cuDNN's API log: every call and its arguments
+_LOG_VARS = ("CUDNN_FRONTEND_LOG_INFO", CUDNN_LOG_ENV, "CUDNN_LOGLEVEL_DBG", "CUDNN_LOGINFO_DBG", CUDNN_BACKEND_LOG_ENV)
 
 
 def cudnn_log_environ(spec: TrialSpec, results_dir: Path | None) -> dict:
-    """Environment for the profiled trial's cuDNN logs (CUDA only), set by the parent before
-    the trial process starts CUDA: the frontend's log and, as its fallback, cuDNN's own API
-    log, each to its own file beside the results. A trial cannot know its cuDNN version
-    before it imports torch, so both versions' switches of the API log are set:
-    CUDNN_LOGLEVEL_DBG=3 (cuDNN 9) and CUDNN_LOGINFO_DBG=1 (cuDNN 8; deprecated in 9)."""
+    """Environment for the profiled trial's cuDNN logs (CUDA only), in the trial process's
+    environment from its start (`start_environ`): the frontend's log and, as its fallback,
+    cuDNN's own API log, each to its own file beside the results. A trial cannot know its
+    cuDNN version before it imports torch, so both versions' switches of the API log are
+    set: CUDNN_LOGLEVEL_DBG=3 (cuDNN 9) and CUDNN_LOGINFO_DBG=1 (cuDNN 8; deprecated in 9)."""
     if spec.kind != Kind.PROFILED or not is_cuda(spec.device) or results_dir is None or not spec.sidecar:
         return {}
     stem = results_dir / spec.sidecar
@@ -36,6 +39,16 @@ def cudnn_log_environ(spec: TrialSpec, results_dir: Path | None) -> dict:
         "CUDNN_LOGINFO_DBG": "1",
         CUDNN_BACKEND_LOG_ENV: str(backend),
     }
+
+
+def start_environ(environ: dict) -> dict:
+    """Of a trial's environment, what its process must have from its exec: cuDNN reads the
+    API log's switches when libcudnn loads, at `import torch`, so set in a process that
+    has imported torch (a trial forked from the forkserver) they give no log
+    (pytorch#58670). Where the trial asks for the API log, the cuDNN logs' variables; else {}."""
+    if CUDNN_BACKEND_LOG_ENV not in environ:
+        return {}
+    return {k: v for k, v in environ.items() if k in _LOG_VARS}
 
 
 # ---- cuDNN execution plans (CUDA only) ------------------------------------------------
@@ -249,6 +262,8 @@ def cudnn_plans(spec: TrialSpec) -> CudnnPlans:
     API log; which log it used (`source`, `log`), or why neither (`status` "not parsed")."""
     if not is_cuda(spec.device):
         return CudnnPlans(status="skipped", reason="CUDA only: cuDNN does not run on the CPU")
+    if not torch.backends.cudnn.enabled:
+        return CudnnPlans(status="skipped", reason="cuDNN is disabled in this trial: no plan to log")
     frontend, backend = os.environ.get(CUDNN_LOG_ENV), os.environ.get(CUDNN_BACKEND_LOG_ENV)
     if not frontend and not backend:
         return CudnnPlans(status="skipped", reason=f"neither {CUDNN_LOG_ENV} nor {CUDNN_BACKEND_LOG_ENV} was set")

@@ -5,6 +5,7 @@ The CUDA queries are in `_cuda_fingerprint`, called only when torch reports CUDA
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 
+import psutil
 import torch
 
 import detcost
@@ -189,23 +191,67 @@ def resolve_device(requested: str) -> str:
     raise UsageError(f"--device {requested!r}: use auto, cpu, cuda or cuda:N")
 
 
+# The compute processes this process's GPUs listed before it started CUDA (GPU index -> pids),
+# once `remember_gpu_processes` was called: none of them can be this process.
+_BEFORE_CUDA: dict[int, frozenset[str]] = {}
+
+
 def gpu_processes(device: str) -> str | None:
     """Other processes on this GPU, one line each, or None: from torch (which needs
-    pynvml), else from `nvidia-smi --query-compute-apps`. Our own process is left out."""
+    pynvml), else from `nvidia-smi --query-compute-apps`.
+
+    Left out: this process's tree (its pid and its children's), and, where NVML does not
+    list this process's pid though it uses the GPU (a PID-namespaced container, where NVML
+    lists host pids) and `remember_gpu_processes` took the list before this process
+    started CUDA, the one process that appeared since: this process under its host pid.
+    Processes listed before are others for certain; two or more new ones are named as such."""
     index = torch.device(device).index or 0
-    own = str(os.getpid())
+    rows = _gpu_rows(index)
+    own = own_pids()
+    others = [(pid, line) for pid, line in rows if pid not in own]
+    before = _BEFORE_CUDA.get(index)
+    if before is None or len(others) < len(rows) or not torch.cuda.is_initialized():
+        return "\n".join(line for _, line in others) or None
+    new = [row for row in others if row[0] not in before]
+    others = [row for row in others if row[0] in before]
+    lines = [line for _, line in others]
+    if len(new) > 1:  # this process is one of them, but which is hidden
+        named = "; ".join(line for _, line in new)
+        lines.append(f"{len(new)} processes new on the GPU since this one started, itself among them: {named}")
+    return "\n".join(lines) or None
+
+
+def remember_gpu_processes(device: str) -> None:
+    """Take the list `gpu_processes` judges against: the GPU's compute processes now, which
+    must be before this process starts CUDA (otherwise it takes none)."""
+    if torch.cuda.is_initialized():
+        return
+    index = torch.device(device).index or 0
+    _BEFORE_CUDA[index] = frozenset(pid for pid, _ in _gpu_rows(index))
+
+
+def own_pids() -> frozenset[str]:
+    """This process's pid and those of the processes it started (DataLoader workers)."""
+    pids = {os.getpid()}
+    with contextlib.suppress(psutil.Error):  # a child that ends while it is read
+        pids.update(p.pid for p in psutil.Process().children(recursive=True))
+    return frozenset(map(str, pids))
+
+
+def _gpu_rows(index: int) -> list[tuple[str, str]]:
+    """(pid, line) of each compute process listed on GPU `index`, this process's too:
+    NVML's list through torch, else nvidia-smi's; [] where neither answers."""
     try:
         text = torch.cuda.list_gpu_processes(index)
     except Exception:  # NVML unavailable: try nvidia-smi below
         text = ""
     if text and "pynvml" not in text and "not found" not in text:
         lines = [ln.strip() for ln in text.splitlines()[1:] if ln.strip() and "no processes" not in ln]
-        lines = [ln for ln in lines if own not in ln.split()]
-        return "\n".join(lines) or None
-    return _nvidia_smi_processes(index, own)
+        return [(next((t for t in ln.split() if t.isdigit()), ""), ln) for ln in lines]
+    return _nvidia_smi_rows(index)
 
 
-def _nvidia_smi_processes(index: int, own: str) -> str | None:
+def _nvidia_smi_rows(index: int) -> list[tuple[str, str]]:
     try:
         # Only a process that already uses CUDA (a trial) may ask torch which GPU it is: the
         # sweep's parent must not initialise CUDA. There, every GPU's processes count.
@@ -215,13 +261,13 @@ def _nvidia_smi_processes(index: int, own: str) -> str | None:
             else None
         )
     except (RuntimeError, AttributeError):
-        return None
-    lines = []
+        return []
+    rows = []
     for row in nvidia_smi("query-compute-apps=pid,used_memory,gpu_uuid"):
         parts = [p.strip() for p in row.split(",")]
-        if len(parts) == 3 and parts[0] != own and uuid in (None, parts[2].lower().removeprefix("gpu-")):
-            lines.append(f"process {parts[0]} uses {parts[1]}" + ("" if uuid else f" on GPU {parts[2]}"))
-    return "\n".join(lines) or None
+        if len(parts) == 3 and uuid in (None, parts[2].lower().removeprefix("gpu-")):
+            rows.append((parts[0], f"process {parts[0]} uses {parts[1]}" + ("" if uuid else f" on GPU {parts[2]}")))
+    return rows
 
 
 # ---- NVML: facts about the GPU that no CUDA call is needed for ----------------------

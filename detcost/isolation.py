@@ -4,7 +4,10 @@ stay the same for a whole sweep.
 Trials are forked from a forkserver that has imported torch (and `torch._dynamo`) but run
 no op and never touched CUDA: a trial then starts in ~10 ms instead of ~2 s, with the same
 results as a spawned interpreter (tested). On CUDA too: each trial initialises CUDA itself,
-after the fork, and records an error if CUDA was initialised before it started.
+after the fork, and records an error if CUDA was initialised before it started. The one
+exception: a profiled CUDA trial that asks for cuDNN's API log is spawned with the log's
+variables in its environment from its exec, since cuDNN reads them when `import torch`
+loads it, which the forkserver has done (`cudnn_log.start_environ`).
 
 Forked children share their server's address-space layout (where the stack, the heap and
 the libraries sit), and each label's heap history is the same in every round, so on one
@@ -29,6 +32,7 @@ import signal
 import time
 from pathlib import Path
 
+from detcost.cudnn_log import start_environ
 from detcost.record import Status, TrialRecord, TrialSpec
 from detcost.trial import ENV_PAD_MAX, ENV_PAD_VAR, Layout, child_main, failure_record
 
@@ -90,24 +94,30 @@ def new_server(rng: random.Random) -> bool:
 
 
 @contextlib.contextmanager
+def _environ_set(variables: dict):
+    """`variables` in this process's environment while the body runs (so in that of a
+    process it execs then), and as they were after."""
+    before = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _server_environ(method: str):
     """Around a trial's start: where that start will start a new forkserver, the pad
     `new_server` drew is in the environment it is exec'd with, and nowhere after."""
     global _next_server_pad
     pad = _next_server_pad if method == "forkserver" else None
     if pad is None:
-        yield
-        return
+        return contextlib.nullcontext()
     _next_server_pad = None
-    before = os.environ.get(ENV_PAD_VAR)
-    os.environ[ENV_PAD_VAR] = "x" * pad
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[ENV_PAD_VAR]
-        else:
-            os.environ[ENV_PAD_VAR] = before
+    return _environ_set({ENV_PAD_VAR: "x" * pad})
 
 
 def server_pid() -> int | None:
@@ -142,15 +152,27 @@ def run_isolated(
     sweep's fingerprint, taken once in the parent and handed to the child; `environ` the
     variables the parent chose for it (`trial.trial_environ`); `layout` what it does to its
     own layout first.
+
+    A trial whose environment must be there from its process's exec (cuDNN's API log,
+    `cudnn_log.start_environ`) is spawned with it, whatever `method` says: a process
+    forked from the forkserver has loaded cuDNN already.
     """
     from detcost.trial import trial_environ
 
     environ = trial_environ(spec, results_dir) if environ is None else environ
+    at_start = start_environ(environ)
+    method = "spawn" if at_start else method
     layout_json = layout.to_json() if layout else None
     args = (spec.to_dict(), environ, str(results_dir) if results_dir else None, machine)
     started = time.perf_counter()
     sent, why = in_fresh_process(
-        child_main, args, {"layout": layout_json}, method=method, timeout=timeout, name=f"detcost-trial {spec.trial_id}"
+        child_main,
+        args,
+        {"layout": layout_json},
+        method=method,
+        timeout=timeout,
+        name=f"detcost-trial {spec.trial_id}",
+        environ=at_start,
     )
     if sent is not None:
         record = TrialRecord.from_json(sent)
@@ -171,11 +193,19 @@ TIMED_OUT = "timed out"  # `in_fresh_process`'s reason for a process killed at i
 
 
 def in_fresh_process(
-    target, args: tuple, kwargs: dict | None = None, *, method: str, timeout: float, name: str
+    target,
+    args: tuple,
+    kwargs: dict | None = None,
+    *,
+    method: str,
+    timeout: float,
+    name: str,
+    environ: dict | None = None,
 ) -> tuple[object | None, str | None]:
-    """`target(*args, conn, **kwargs)` in a fresh process started by `method`, and what it
-    sent on `conn`: (the value, None), or (None, why none came: TIMED_OUT, or its crash
-    or exit code as `exit_reason` words it). The process, and every process it started
+    """`target(*args, conn, **kwargs)` in a fresh process started by `method` (`environ` in
+    the environment it is exec'd with: give it with spawn), and what it sent on `conn`:
+    (the value, None), or (None, why none came: TIMED_OUT, or its crash or exit code as
+    `exit_reason` words it). The process, and every process it started
     (`target` makes itself a process-group leader), is reaped on every path, Ctrl-C
     included. The one way trials, and the selfcheck's measuring children, are started."""
     ctx = process_context(method)
@@ -183,7 +213,7 @@ def in_fresh_process(
     # Not a daemon: a trial may start processes of its own (DataLoader workers). The
     # parent still reaps it on every path, Ctrl-C included.
     proc = ctx.Process(target=target, args=(*args, sender), kwargs=kwargs or {}, name=name)
-    with _server_environ(method):
+    with _server_environ(method), _environ_set(environ or {}):
         proc.start()
     sender.close()  # the child holds the only writer: EOF now means the child is gone
     sent, timed_out = receive(receiver, proc, timeout)

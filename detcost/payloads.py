@@ -63,6 +63,11 @@ class BusyReport:
     def busy(self) -> bool:
         return bool(self.cpu_busy or self.gpu_others)
 
+    @property
+    def resources(self) -> tuple[str, ...]:
+        """What other processes used to make this busy: "CPU", "GPU", both or neither."""
+        return ("CPU",) * self.cpu_busy + ("GPU",) * bool(self.gpu_others)
+
     @classmethod
     def between(cls, start: CpuSample, end: CpuSample, threads: int = 1, gpu_others=None) -> BusyReport:
         """The report for the time between two samples: /proc/stat's busy time minus the

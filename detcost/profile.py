@@ -2,9 +2,10 @@
 fresh process, never mixed with the timed trials. Its per-step op table goes beside the
 results, where `detcost.derive.attribution` diffs it against the reference setting.
 
-On CUDA the same trial runs with cuDNN's logs on (set by the parent before CUDA starts)
-and records which execution plans were chosen (`detcost.cudnn_log`), and measures how busy the kernels kept the
-GPU in a step: below `record.HOST_BOUND_BELOW` the host set the pace and a price is understated.
+On CUDA the same trial runs with cuDNN's logs on (in its process's environment from its
+start: `isolation.run_isolated` spawns it) and records which execution plans were chosen
+(`detcost.cudnn_log`), and measures how busy the kernels kept the GPU in a step: below
+`record.HOST_BOUND_BELOW` the host set the pace and a price is understated.
 """
 
 from __future__ import annotations

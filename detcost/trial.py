@@ -25,6 +25,7 @@ from detcost import env as envmod
 from detcost.errors import is_out_of_memory
 from detcost.record import Kind, Status, TrialParts, TrialRecord, TrialSpec, one_line
 from detcost.settings import get_setting, read_flags, set_environ
+from detcost.timing import is_cuda
 from detcost.train import trial_state
 
 RUNNERS: dict[Kind, Callable[[TrialSpec, Path | None], TrialParts]] = {
@@ -132,6 +133,7 @@ def child_main(
     if torch.cuda.is_initialized() or torch.cuda._is_in_bad_fork():
         record = failure_record(spec, Status.ERROR, CUDA_AT_START, machine)
     else:
+        before_cuda(spec)
         set_environ(environ.items())
         record = run_trial(spec, results_dir, machine)
     conn.send(record.to_json())
@@ -139,10 +141,21 @@ def child_main(
     del pad
 
 
+def before_cuda(spec: TrialSpec) -> None:
+    """What a trial process does before anything touches CUDA: a timed CUDA trial lists the
+    GPU's compute processes, which its busy guard judges against at the end of its timed
+    region (where NVML may list this process under a host pid it cannot tell as its own)."""
+    if RUNNERS[spec.kind] is measure.run and is_cuda(spec.device):
+        envmod.remember_gpu_processes(spec.device)
+
+
 def trial_environ(spec: TrialSpec, results_dir: Path | None = None) -> dict:
     """The environment variables the parent sets for this trial's process: the setting's
-    (CUBLAS_WORKSPACE_CONFIG) and, for a profiled trial on CUDA, the cuDNN log's."""
-    return {**dict(get_setting(spec.setting).env), **cudnn_log.cudnn_log_environ(spec, results_dir)}
+    (CUBLAS_WORKSPACE_CONFIG) and, for a profiled trial on CUDA whose setting uses cuDNN,
+    the cuDNN log's (which spawn the trial: `cudnn_log.start_environ`)."""
+    setting = get_setting(spec.setting)
+    logs = cudnn_log.cudnn_log_environ(spec, results_dir) if setting.cudnn_enabled else {}
+    return {**dict(setting.env), **logs}
 
 
 def failure_record(spec: TrialSpec, status: Status, error: str, machine: dict | None = None) -> TrialRecord:

@@ -70,3 +70,12 @@ def layout_probe(config):
     wl = simple_cnn.build(config)
     wl.notes["env_pad_seen"] = len(os.environ.get(ENV_PAD_VAR, ""))
     return wl
+
+
+def environ_at_exec(names, conn):
+    """Send which of `names` this process's environment held when it was exec'd
+    (/proc/self/environ: what a library that reads its switches at load time sees)."""
+    with open("/proc/self/environ", "rb") as f:
+        start = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+    conn.send({n: start[n.encode()].decode() for n in names if n.encode() in start})
+    conn.close()

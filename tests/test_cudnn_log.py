@@ -18,9 +18,11 @@ of the descriptor dump is the one cuDNN prints for the same descriptor in the ot
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from detcost import cudnn_log
 from detcost.cudnn_log import (
@@ -213,6 +215,88 @@ def test_no_cudnn_log_is_asked_for_on_the_cpu_or_for_other_kinds(tmp_path):
     assert cudnn_log_environ(cuda_profiled(), None) == {}
 
 
+class _StartSpy:
+    """A multiprocessing context whose processes only note how they were started and with
+    which environment (os.environ at start(), which a spawned process is exec'd with)."""
+
+    def __init__(self, method):
+        self.method, self.started = method, []
+        spy = self
+
+        class Process:
+            pid, exitcode = None, 1
+
+            def __init__(self, **kw):
+                self.kw = kw
+
+            def start(self):
+                spy.started.append((spy.method, dict(os.environ)))
+
+        self.Process = Process
+
+    def Pipe(self, duplex):  # noqa: N802 - multiprocessing's name
+        return _Conn(), _Conn()
+
+
+class _Conn:
+    def close(self):
+        pass
+
+
+def _started(monkeypatch, spec, results_dir):
+    """How `run_isolated` starts `spec`'s process: (method, its starting environment)."""
+    from detcost import isolation
+
+    spies = []
+    monkeypatch.setattr(isolation, "process_context", lambda method: spies.append(_StartSpy(method)) or spies[-1])
+    monkeypatch.setattr(isolation, "receive", lambda receiver, proc, timeout: (None, False))
+    record = isolation.run_isolated(spec, method="forkserver", results_dir=results_dir)
+    assert record.status.value == "crash"  # the spy's process sent nothing
+    (spy,) = spies
+    (started,) = spy.started
+    return started
+
+
+def test_a_profiled_cuda_trial_is_spawned_with_the_api_log_in_its_starting_environment(tmp_path, monkeypatch):
+    """cuDNN reads CUDNN_LOGLEVEL_DBG / CUDNN_LOGDEST_DBG when `import torch` loads it: a
+    trial forked from the forkserver (which imported torch) that sets them gets no API log
+    (pytorch#58670). So the trial is spawned with them in the environment it is exec'd
+    with, and the parent's own environment is as it was after."""
+    for name in cudnn_log._LOG_VARS:
+        monkeypatch.delenv(name, raising=False)
+    method, environ = _started(monkeypatch, cuda_profiled(), tmp_path)
+    asked = cudnn_log_environ(cuda_profiled(), tmp_path)
+    assert method == "spawn"
+    assert environ["CUDNN_LOGLEVEL_DBG"] == "3" and environ["CUDNN_LOGINFO_DBG"] == "1"
+    assert environ[CUDNN_BACKEND_LOG_ENV] == asked[CUDNN_BACKEND_LOG_ENV]
+    assert environ[CUDNN_LOG_ENV] == asked[CUDNN_LOG_ENV]
+    assert not any(name in os.environ for name in cudnn_log._LOG_VARS)  # the parent's is unchanged
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc/self/environ")
+def test_a_spawned_process_holds_the_variables_from_its_exec(monkeypatch):
+    """The real start, not a spy: what `in_fresh_process` is given as `environ` is in the
+    environment the spawned process was exec'd with, not set after its start."""
+    from detcost.isolation import in_fresh_process
+    from tests.probes import environ_at_exec
+
+    monkeypatch.delenv("CUDNN_LOGLEVEL_DBG", raising=False)
+    asked = {"CUDNN_LOGLEVEL_DBG": "3"}
+    probe = (environ_at_exec, (list(asked),))
+    sent, why = in_fresh_process(*probe, method="spawn", timeout=300, name="probe", environ=asked)
+    assert why is None and sent == asked
+    assert "CUDNN_LOGLEVEL_DBG" not in os.environ
+
+
+def test_cpu_and_unlogged_trials_still_fork_from_the_forkserver_with_no_cudnn_variables(tmp_path, monkeypatch):
+    for name in cudnn_log._LOG_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for spec in (make_spec(kind="profiled", sidecar="r/x.json"), cuda_profiled(kind="timed")):
+        method, environ = _started(monkeypatch, spec, tmp_path)
+        assert method == "forkserver" and not any(name in environ for name in cudnn_log._LOG_VARS), spec
+    assert cudnn_log.start_environ({"CUDNN_FRONTEND_LOG_INFO": "1", CUDNN_LOG_ENV: "f.log"}) == {}  # read at first use
+
+
 # ---- the frontend log ------------------------------------------------------------------
 
 
@@ -335,3 +419,18 @@ def test_no_log_to_read_is_skipped_with_a_reason(monkeypatch, device, why):
     monkeypatch.delenv(CUDNN_BACKEND_LOG_ENV, raising=False)
     plans = cudnn_plans(make_spec(kind="profiled", device=device))
     assert plans.status == "skipped" and why in plans.reason
+
+
+def test_a_setting_without_cudnn_asks_for_no_log_and_forks_as_before(tmp_path, monkeypatch):
+    """no_cudnn runs no cuDNN call: no log to ask for, so no spawned process to pay for."""
+    from detcost.trial import trial_environ
+
+    for name in cudnn_log._LOG_VARS:
+        monkeypatch.delenv(name, raising=False)
+    assert not any(name in trial_environ(cuda_profiled(setting="no_cudnn"), tmp_path) for name in cudnn_log._LOG_VARS)
+    assert CUDNN_BACKEND_LOG_ENV in trial_environ(cuda_profiled(), tmp_path)
+    method, environ = _started(monkeypatch, cuda_profiled(setting="no_cudnn"), tmp_path)
+    assert method == "forkserver" and not any(name in environ for name in cudnn_log._LOG_VARS)
+    monkeypatch.setattr(torch.backends.cudnn, "enabled", False)
+    plans = cudnn_plans(cuda_profiled(setting="no_cudnn"))
+    assert plans.status == "skipped" and "cuDNN is disabled" in plans.reason

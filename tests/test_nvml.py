@@ -98,12 +98,93 @@ def test_nvidia_smi_answers_name_driver_and_other_processes_without_cuda(tmp_pat
     # so every GPU's processes count
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     assert env.gpu_names() == ["NVIDIA H100 80GB HBM3"] and env._nvidia_driver() == "570.86"
-    assert env._nvidia_smi_processes(0, own="456") == "process 123 uses 100 MiB on GPU GPU-ab"
+    assert env._nvidia_smi_rows(0) == [
+        ("123", "process 123 uses 100 MiB on GPU GPU-ab"),
+        ("456", "process 456 uses 9 MiB on GPU GPU-cd"),
+    ]
     # a trial, whose CUDA names its GPU: only that GPU's processes count
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: types.SimpleNamespace(uuid="cd"))
-    assert env._nvidia_smi_processes(0, own="456") is None
-    assert env._nvidia_smi_processes(0, own="1") == "process 456 uses 9 MiB"
+    assert env._nvidia_smi_rows(0) == [("456", "process 456 uses 9 MiB")]
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
-    assert env.gpu_names() == [] and env._nvidia_driver() is None and env._nvidia_smi_processes(0, "1") is None
+    assert env.gpu_names() == [] and env._nvidia_driver() is None and env._nvidia_smi_rows(0) == []
+
+
+# ---- the GPU's other processes, as a trial's busy guard sees them ----------------------
+
+
+class FakeGpu:
+    """What NVML lists on GPU 0 through `torch.cuda.list_gpu_processes` (pids as it gives
+    them: host pids in a PID-namespaced container), and whether this process has started CUDA."""
+
+    def __init__(self, monkeypatch):
+        self.pids, self.cuda, self.asked = [], False, 0
+        monkeypatch.setattr(env.torch.cuda, "list_gpu_processes", self.listing)
+        monkeypatch.setattr(env.torch.cuda, "is_initialized", lambda: self.cuda)
+        monkeypatch.setattr(env, "_BEFORE_CUDA", {})
+
+    def listing(self, index):
+        self.asked += 1
+        rows = [f"process {pid:>10d} uses {100.0:>12.3f} MB GPU memory" for pid in self.pids]
+        return "\n".join([f"GPU:{index}", *(rows or ["no processes are running"])])
+
+
+HOST_PID = 2_000_001  # this trial under its host pid: no pid of its namespace maps to it
+NEIGHBOUR, NEWCOMER = 2_000_002, 2_000_003
+
+
+def test_a_trial_in_a_pid_namespace_is_not_its_own_gpu_neighbour(monkeypatch):
+    """NVML lists the trial under a host pid, not os.getpid(): judged against the list
+    taken before the trial started CUDA, the one process new since is the trial itself."""
+    gpu = FakeGpu(monkeypatch)
+    env.remember_gpu_processes("cuda:0")  # before CUDA: nobody on the GPU
+    gpu.cuda, gpu.pids = True, [HOST_PID]
+    assert env.gpu_processes("cuda:0") is None  # on today's main: the trial itself, so busy
+
+
+def test_processes_there_before_the_trial_and_several_new_ones_are_others(monkeypatch):
+    gpu = FakeGpu(monkeypatch)
+    gpu.pids = [NEIGHBOUR]
+    env.remember_gpu_processes("cuda:0")
+    gpu.cuda, gpu.pids = True, [NEIGHBOUR, HOST_PID]
+    assert env.gpu_processes("cuda:0") == f"process {NEIGHBOUR:>10d} uses      100.000 MB GPU memory"
+    gpu.pids = [NEIGHBOUR, HOST_PID, NEWCOMER]  # two new ones: one of them is the trial, the other is not
+    seen = env.gpu_processes("cuda:0")
+    assert str(NEIGHBOUR) in seen and "2 processes new on the GPU since this one started, itself among them" in seen
+    assert str(HOST_PID) in seen and str(NEWCOMER) in seen
+
+
+def test_where_nvml_lists_the_trial_by_its_own_pid_every_other_process_counts(monkeypatch):
+    gpu = FakeGpu(monkeypatch)
+    env.remember_gpu_processes("cuda:0")
+    gpu.cuda, gpu.pids = True, [os.getpid(), NEWCOMER]
+    assert str(NEWCOMER) in env.gpu_processes("cuda:0") and str(os.getpid()) not in env.gpu_processes("cuda:0")
+    monkeypatch.setattr(env, "_BEFORE_CUDA", {})  # no list taken before CUDA (a trial run in-process)
+    gpu.pids = [HOST_PID]
+    assert str(HOST_PID) in env.gpu_processes("cuda:0")  # no list to judge against: as before
+    asked = gpu.asked
+    env.remember_gpu_processes("cuda:0")  # CUDA already started here: too late to take one
+    assert env._BEFORE_CUDA == {} and gpu.asked == asked
+
+
+def test_the_trial_s_own_children_are_its_own_tree():
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert {str(os.getpid()), str(child.pid)} <= env.own_pids()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_only_a_timed_cuda_trial_lists_the_gpu_before_cuda_starts(monkeypatch):
+    from detcost import trial
+    from tests.conftest import make_spec
+
+    asked = []
+    monkeypatch.setattr(trial.envmod, "remember_gpu_processes", asked.append)
+    for spec in (make_spec(device="cuda:1"), make_spec(), make_spec(device="cuda:0", kind="audit")):
+        trial.before_cuda(spec)
+    assert asked == ["cuda:1"]

@@ -285,6 +285,30 @@ def test_a_cpu_group_whose_default_trials_were_all_busy_is_still_priced(tmp_path
     assert aa and all(math.isfinite(p.price.ratio) for p in aa)
 
 
+def test_the_busy_warning_names_what_other_processes_used_the_cpu_or_the_gpu(tmp_path):
+    """A trial flagged for another process on its GPU is not one whose CPUs were taken."""
+    from detcost.derive.analysis import analyse
+    from detcost.report.build import machine_section
+    from detcost.report.sweep_text import _machine_lines
+
+    path = _synthetic_run(tmp_path / "a.jsonl", "a", 0.010, 0.01)
+    gpu = {"busy": True, "cpu_busy": False, "gpu_others": "process 4242 uses 900 MB"}
+
+    def machine(flagged):
+        raw = [json.loads(x) for x in path.read_text().splitlines()]
+        timed = [r for r in raw if r.get("step_times_s") and r["kind"] == "timed"]
+        for r, busy in zip(timed, flagged):
+            r["busy"] = {**(r.get("busy") or {}), **busy}
+        (m,) = analyse([TrialRecord.from_json(r) for r in raw]).machines
+        return machine_section(m)["busy_note"], "\n".join(_machine_lines(m, several=False))
+
+    note, text = machine([gpu])
+    assert note.startswith("1 trial(s) ran while other processes used the GPU;"), note
+    assert "1 trial(s) ran while other processes used the GPU;" in text
+    note, _ = machine([{"busy": True, "cpu_busy": True}, {"busy": True, "cpu_busy": True}, gpu])
+    assert note.startswith("3 trial(s) ran while other processes used the CPU (2) and the GPU (1);"), note
+
+
 def _golden_with(step_of) -> list[TrialRecord]:
     """The committed golden sweep with synthetic step times: `step_of(record) -> seconds`."""
     golden = Path(__file__).parent / "data" / "golden.jsonl"

@@ -244,6 +244,17 @@ def test_the_plan_log_check_gives_the_reason_a_log_was_not_parsed():
     assert selfcheck.plan_log_check([record()]).ok is False  # no cudnn_plans field at all
 
 
+def test_the_plan_log_check_says_which_log_each_trial_was_read_from():
+    """The frontend log, or cuDNN's API log (which a trial gets only if it started with its
+    variables set): a GPU user's pasted line shows which one worked."""
+    frontend, api = {**plans("eng0"), "source": "frontend"}, {**plans("eng1", chosen=("eng1",)), "source": "backend"}
+    check = selfcheck.plan_log_check(
+        [record(cudnn_plans=frontend), record(setting="benchmark", cudnn_plans=api), record("unet", cudnn_plans=api)]
+    )
+    assert check.ok and check.figure == "3 of 3"
+    assert "read 2 from cuDNN's API log, 1 from the cuDNN frontend log" in check.detail, check.detail
+
+
 def test_host_bound_is_not_measured_without_the_field_and_judged_with_it():
     absent = selfcheck.host_bound_check([record("simple_cnn"), record("resnet18")])
     assert absent.ok is None and absent.figure == "not measured"

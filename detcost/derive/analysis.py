@@ -9,6 +9,7 @@ or judge an `Analysis`, and none of them computes a statistic.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -94,6 +95,15 @@ class MachineAnalysis:
     cudnn_plans: list[tuple[str, str, CudnnPlans]]  # (workload, setting, what the profiled trial's cuDNN log said)
     # Each framework switch the run priced: its price and reproducibility beside detcost's cheapest equivalent.
     frameworks: list[SwitchVerdict] = field(default_factory=list)
+
+    @property
+    def busy_used(self) -> str:
+        """What other processes used in the busy trials, as "N trial(s) ran while other
+        processes used ..." ends: "the CPU", "the GPU", or both with each one's trials."""
+        counts = Counter(res for r in self.records if is_busy(r) for res in r.parts.timing.busy.resources)
+        if len(counts) < 2:
+            return f"the {next(iter(counts), 'CPU')}"
+        return " and ".join(f"the {res} ({n})" for res, n in sorted(counts.items()))
 
     @property
     def aa(self) -> list[Price]:

@@ -175,7 +175,7 @@ def machine_section(m: MachineAnalysis, team: str | None = None) -> dict:
         "failures": failed.astype(str).values.tolist(),
         "audit": [dict(zip(("alerts", "strict"), audit_cells(a)), workload=a.workload) for a in m.audits if a.ok],
         "explain": _explain_section(m),
-        "busy_note": f"{busy} trial(s) ran while other processes used the CPU; their times are suspect."
+        "busy_note": f"{busy} trial(s) ran while other processes used {m.busy_used}; their times are suspect."
         if busy
         else "",
         "detectable": detectable_text(m.prices),

@@ -105,7 +105,7 @@ def _machine_lines(m: MachineAnalysis, several: bool, team: str | None = None) -
     if m.busy_trials:
         parts += [
             "",
-            f"warning: {m.busy_trials} trial(s) ran while other processes used the CPU; their times are suspect "
+            f"warning: {m.busy_trials} trial(s) ran while other processes used {m.busy_used}; their times are suspect "
             "(busy.busy in the results)",
         ]
     return parts

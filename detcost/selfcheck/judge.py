@@ -160,15 +160,20 @@ def plans_differ(a: Plans, b: Plans) -> bool | None:
     return None
 
 
+_LOG_NAMES = {"frontend": "the cuDNN frontend log", "backend": "cuDNN's API log"}
+
+
 def plan_log_check(records: list[TrialRecord]) -> Check:
-    """How many profiled trials' cuDNN logs were parsed, and why the others were not."""
-    seen = [plans_of(r) for r in records]
-    parsed = sum(found is not None for found, _ in seen)
-    reasons = Counter(reason for found, reason in seen if found is None)
+    """How many profiled trials' cuDNN logs were parsed, which log each was read from (the
+    frontend's, or cuDNN's API log), and why the others were not."""
+    seen = [(r, *plans_of(r)) for r in records]
+    parsed = sum(found is not None for _, found, _ in seen)
+    sources = Counter(_LOG_NAMES.get(r.cudnn_plans.source, "an unnamed log") for r, found, _ in seen if found)
+    reasons = Counter(reason for _, found, reason in seen if found is None)
     why = "; ".join(f"{reason} ({n} trials)" for reason, n in reasons.most_common())
-    detail = f"{parsed} of {len(records)} profiled trials name their cuDNN plans" + (
-        f"; not parsed: {why}" if why else ""
-    )
+    read = ", ".join(f"{n} from {source}" for source, n in sources.most_common())
+    detail = f"{parsed} of {len(records)} profiled trials name their cuDNN plans" + (f" (read {read})" if read else "")
+    detail += f"; not parsed: {why}" if why else ""
     fraction = parsed / len(records) if records else math.nan
     return Check(PLAN_LOG, fraction, "parsed, or the reason", parsed > 0, detail, figure=f"{parsed} of {len(records)}")
 
