@@ -1,6 +1,8 @@
 """The environment fingerprint: what a result depends on besides the code.
 
-The CUDA queries are in `_cuda_fingerprint`, called only when torch reports CUDA.
+The CUDA queries are in `_gpu_properties` (a trial's, once CUDA is up) and NVML's
+(`nvml_facts`, which need no CUDA call); the sweep's parent never initialises CUDA
+(`cudnn_version` asks the library, not a device).
 """
 
 from __future__ import annotations

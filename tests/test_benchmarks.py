@@ -131,13 +131,13 @@ def test_layer_microbenchmarks_run_under_one_setting_and_load_as_a_table(tmp_pat
             "--benchmark-max-time=0.05",
             f"--benchmark-json={out}",
         ],
-        {**os.environ},
+        {**os.environ, "DETCOST_MICROBENCH_DEVICE": "cpu"},  # the CPU suite stays on the CPU on a GPU box
         timeout=300,
     )
     df = load_benchmark_json(out)
     assert sorted(df["workload"]) == ["bilinear_upsample_x2", "conv1x1_256"]
     assert (df["setting"] == "strict").all() and df["flags.deterministic_algorithms"].all()
-    assert (df["samples_per_s"] > 0).all() and (df["kind"] == "microbench").all()
+    assert (df["samples_per_s"] > 0).all() and (df["kind"] == "microbench").all() and (df["device"] == "cpu").all()
 
 
 def test_selfcheck_reports_overhead_agreement_repeatability_and_efficiency(capsys):

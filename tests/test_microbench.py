@@ -11,6 +11,8 @@ process because switching `cudnn.benchmark` inside a process does not re-tune sh
 has already seen.
 """
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,7 +23,9 @@ from detcost.timing import synchronize
 
 pytestmark = pytest.mark.microbench
 
-DEVICE = "cuda:0" if torch.cuda.is_available() else "cpu"
+# The GPU where there is one (what the micro-benchmarks are for); DETCOST_MICROBENCH_DEVICE
+# pins it, as the CPU test suite's run of them does.
+DEVICE = os.environ.get("DETCOST_MICROBENCH_DEVICE") or ("cuda:0" if torch.cuda.is_available() else "cpu")
 BATCH = 64 if DEVICE != "cpu" else 8
 # name: (module, input shape without batch); GPU shapes are larger
 SHAPES = {

@@ -70,7 +70,7 @@ def decide(p: Price, setting: str, budget: float) -> BudgetDecision:
         return BudgetDecision(UNDECIDED, f"shares no round with {p.price_vs}, the fastest, to be priced against it")
     if p.busy_trials_priced:
         return BudgetDecision(UNDECIDED, "has a price that rests on trials run while the machine was busy")
-    if not p.detectable <= budget:
+    if not p.detectable <= budget and not _over_and_detected(p, line):
         shown = f"{p.detectable:.1%}" if math.isfinite(p.detectable) else "unknown (one round)"
         return BudgetDecision(UNDECIDED, f"cannot be judged: the run cannot detect a price the size of the budget "
                               f"({budget:.0%}): the smallest it can detect is {shown}")  # fmt: skip
@@ -93,6 +93,15 @@ def decide(p: Price, setting: str, budget: float) -> BudgetDecision:
         return BudgetDecision(PASS, f"{shown}{busy}: the whole interval is within the {budget:.0%} budget")
     return BudgetDecision(UNDECIDED, f"{shown}{busy}: the interval straddles the {budget:.0%} budget; "
                           f"{more_rounds(r, line)}", rounds_to_decide(r, line))  # fmt: skip
+
+
+def _over_and_detected(p: Price, line: float) -> bool:
+    """A price over the budget that a run too noisy to pass anything can still fail: its
+    whole interval is over the line and the price is further from 1.00 than the smallest
+    price the run can detect."""
+    r = p.price
+    return (p.label != p.price_vs and r.rounds >= 2 and math.isfinite(r.hi) and r.lo < r.hi and r.lo > line
+            and r.ratio - 1 > p.detectable)  # fmt: skip
 
 
 def open_prices(rows: list[Price], budget: float) -> list[Price]:
