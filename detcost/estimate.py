@@ -323,10 +323,11 @@ class Learned:
     trial it ran, and per kind (and kind x workload) how far that was from the model."""
 
     source: str  # the results file
-    records: int  # its records used: this machine's and device's, with a process_wall_s, not busy
-    left_out: int  # the others: another machine or device, flagged busy, or no process_wall_s
+    records: int  # its records used: this machine's and device's, with a process_wall_s
+    left_out: int  # the others: another machine or device, or no process_wall_s
     walls: dict[tuple, float]  # _trial_key -> median process_wall_s
     ratios: dict[tuple, float]  # (kind,) and (kind, workload) -> median of measured / assumed
+    busy: int = 0  # records used that the guard flagged busy (their times may be long)
 
     def trial_s(self, spec: TrialSpec, model_s: float) -> tuple[float, str]:
         """`spec`'s seconds: measured where the same trial ran, else the model scaled by its
@@ -344,6 +345,7 @@ class Learned:
             "from": self.source,
             "records": self.records,
             "left_out": self.left_out,
+            "busy": self.busy,
             "ratios": {"/".join(k): v for k, v in self.ratios.items()},
         }
 
@@ -353,7 +355,10 @@ def learn(
 ) -> Learned:
     """The process wall times of `records` that ran on this machine (`host`, this one's name
     by default; on CUDA the same `gpu` where both are named) and on the same kind of device
-    (CPU or CUDA) as `device`; records flagged busy are left out (their times are suspect)."""
+    (CPU or CUDA) as `device`. A trial flagged busy counts too (and is counted): the time
+    a trial takes is mostly its fixed costs, which a busy CPU or a GPU process that the
+    guard took for another changes little, and where every trial is flagged (a GPU whose
+    process list names the trial itself) there would be nothing else to learn from."""
     host = socket.gethostname() if host is None else host
     used = [r for r in records if _usable(r) and _same_machine(r, device, gpu, host)]
     walls: dict[tuple, list[float]] = {}
@@ -370,6 +375,7 @@ def learn(
         len(records) - len(used),
         {k: statistics.median(v) for k, v in walls.items()},
         {k: statistics.median(v) for k, v in ratios.items()},
+        sum(r.is_busy for r in used),
     )
 
 
@@ -442,7 +448,7 @@ def _same_machine(record: TrialRecord, device: str, gpu: str | None, host: str) 
 
 
 def _usable(record: TrialRecord) -> bool:
-    return record.process_wall_s is not None and not record.is_busy and record.spec.kind != Kind.MICROBENCH
+    return record.process_wall_s is not None and record.spec.kind != Kind.MICROBENCH
 
 
 def _preset_of(spec: TrialSpec) -> str:

@@ -40,7 +40,7 @@ while [ $# -gt 0 ]; do
         --settings) SETTINGS=(--settings "$2"); shift 2 ;;
         --repeats) REPEATS=$2; shift 2 ;;
         --allow-busy) ALLOW_BUSY=1; shift ;;
-        -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
         *) echo "first_gpu_run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -164,7 +164,7 @@ DIRTY=$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -qv '^??' && echo "
     section "python and packages" python
     section "nvidia-smi" nvidia-smi
     section "detcost selfcheck --device $DEVICE" selfcheck
-    section "the small sweep ($WORKLOADS, ${SETTINGS[1]:-the seven default settings}, $REPEATS repeats; its measured time per trial beside the assumed)" sweep
+    section "the small sweep ($WORKLOADS, settings ${SETTINGS[1]:-the seven defaults}, repeats $REPEATS; its measured time per trial beside the assumed)" sweep
     section "the default sweep's --dry-run: the assumed figures" dryrun-default "trials planned; rough estimate"
     section "the default sweep's --dry-run, learnt from the small sweep (--estimate-from)" dryrun-learned \
         "trials planned; rough estimate"

@@ -1,9 +1,9 @@
 """The dry run learns from an earlier run on this machine: `--estimate-from RESULTS.jsonl`
 (or, under --resume, the --results file) puts each trial's measured process_wall_s in
 place of the assumed figures, scales the figure of a trial of a kind it measured, says
-which is which, and leaves out what another machine, another device or a busy trial
-measured. A sweep's summary prints its measured time per trial beside the assumed one.
-All on crafted records: the CUDA build is faked where the dry run would ask for a GPU."""
+which is which, and leaves out what another machine or another device measured (a trial
+flagged busy counts, and is counted). A sweep's summary prints its measured time per
+trial beside the assumed one. All on crafted records: the CUDA build is faked where the dry run would ask for a GPU."""
 
 from __future__ import annotations
 
@@ -125,20 +125,25 @@ def test_the_dry_run_says_which_figures_are_measured_and_which_assumed(fake_h100
     assert "learned from" not in plain and "no GPU was available to measure these figures" in plain
 
 
-def test_another_machine_another_device_or_a_busy_trial_teaches_nothing(fake_h100):
+def test_another_machine_or_device_teaches_nothing_and_a_busy_trial_is_counted(fake_h100):
     records = _earlier_run()
     other_host = [_record(r.spec, 1.0, host="elsewhere") for r in records]
     other_gpu = [_record(r.spec, 1.0, gpu="NVIDIA A10G") for r in records]
-    busy = [_record(r.spec, 1.0, busy=True) for r in records]
     cpu = [_record(replace(r.spec, device="cpu"), 1.0) for r in records]
     no_wall = [replace(r, process_wall_s=None) for r in records]
-    for others in (other_host, other_gpu, busy, cpu, no_wall):
+    for others in (other_host, other_gpu, cpu, no_wall):
         learned = estimate.learn(others, "x.jsonl", "cuda:0", H100)
         assert learned.records == 0 and learned.left_out == len(others) and not learned.walls
+    # flagged busy (on a GPU whose process list names the trial itself, every trial is): still its time
+    busy = [_record(r.spec, 1.0, busy=True) for r in records[:2]] + records[2:]
+    learned = estimate.learn(busy, "x.jsonl", "cuda:0", H100)
+    assert learned.records == len(records) and learned.busy == 2
+    text = plan_text([], estimate.estimate([], "gpu", 0, learned))
+    assert f"learned from x.jsonl: {len(records)} record(s) of this machine (2 flagged busy: their times" in text
     # the GPU's name as torch gives it in the record and as nvidia-smi gives it here may differ in detail
     assert estimate.learn(records, "x.jsonl", "cuda:1", "H100 80GB HBM3").records == len(records)
-    text = plan_text([], estimate.estimate([], "gpu", 0, estimate.learn(busy, "x.jsonl", "cuda:0", H100)))
-    assert f"learned from x.jsonl: 0 record(s) of this machine ({len(busy)} left out" in text
+    text = plan_text([], estimate.estimate([], "gpu", 0, estimate.learn(cpu, "x.jsonl", "cuda:0", H100)))
+    assert f"learned from x.jsonl: 0 record(s) of this machine ({len(cpu)} left out" in text
     assert "every figure below is assumed" in text
 
 

@@ -45,9 +45,11 @@ def learned_lines(estimate) -> list[str]:
     learned = estimate.learned
     if learned is None:
         return []
-    left = f" ({learned.left_out} left out: another machine or device, busy, or no process_wall_s)"
+    notes = [f"{learned.busy} flagged busy: their times may be long"] if learned.busy else []
+    if learned.left_out:
+        notes.append(f"{learned.left_out} left out: another machine or device, or no process_wall_s")
     head = f"learned from {learned.source}: {learned.records} record(s) of this machine"
-    head += left if learned.left_out else ""
+    head += f" ({'; '.join(notes)})" if notes else ""
     if not learned.records:
         return [f"{head}; every figure below is assumed"]
 
