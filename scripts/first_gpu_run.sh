@@ -120,12 +120,15 @@ if [ "$READY" = 0 ]; then
     step selfcheck $(($(left) > 180 ? $(left) - 120 : 60)) "${DETCOST[@]}" "${SELFCHECK[@]}"
     step dryrun-default 120 "${DETCOST[@]}" run --device "$DEVICE" "${SIZES[@]}" --dry-run --allow-busy \
         --results "$OUT/default-sweep.jsonl"
+    SMALL=(--workloads "$WORKLOADS" "${SETTINGS[@]}" --repeats "$REPEATS" --seeds 0)
+    # the small sweep's own estimate, to hold against the wall time it takes
+    step dryrun-small 120 "${DETCOST[@]}" run --device "$DEVICE" "${SIZES[@]}" "${SMALL[@]}" --dry-run --allow-busy \
+        --results "$OUT/results.jsonl"
     if [ "$(left)" -gt 30 ]; then
         # --max-time: no trial starts after the budget; a hung trial is killed at --timeout, and
         # the whole sweep two and a half minutes past the budget (its records are kept as they come)
-        step sweep $(($(left) + 150)) "${DETCOST[@]}" run --device "$DEVICE" "${SIZES[@]}" -q "${GUARD[@]}" \
-            --workloads "$WORKLOADS" "${SETTINGS[@]}" --repeats "$REPEATS" --seeds 0 --max-time "$(left)" --timeout 120 \
-            --results "$OUT/results.jsonl" --report "$OUT/report"
+        step sweep $(($(left) + 150)) "${DETCOST[@]}" run --device "$DEVICE" "${SIZES[@]}" "${SMALL[@]}" -q \
+            "${GUARD[@]}" --max-time "$(left)" --timeout 120 --results "$OUT/results.jsonl" --report "$OUT/report"
     else
         echo "sweep          not started: the budget ($BUDGET s) was spent before it" >>"$OUT/steps.txt"
     fi
@@ -164,6 +167,11 @@ DIRTY=$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -qv '^??' && echo "
     section "python and packages" python
     section "nvidia-smi" nvidia-smi
     section "detcost selfcheck --device $DEVICE" selfcheck
+    if [ -s "$OUT/dryrun-small.txt" ]; then
+        echo
+        echo "== the small sweep's --dry-run (assumed figures), to hold against the wall time it took"
+        grep -A1 'trials planned; rough estimate' "$OUT/dryrun-small.txt"
+    fi
     section "the small sweep ($WORKLOADS, settings ${SETTINGS[1]:-the seven defaults}, repeats $REPEATS; its measured time per trial beside the assumed)" sweep
     section "the default sweep's --dry-run: the assumed figures" dryrun-default "trials planned; rough estimate"
     section "the default sweep's --dry-run, learnt from the small sweep (--estimate-from)" dryrun-learned \

@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "first_gpu_run.sh"
-STEPS = ["python", "env", "selfcheck", "dryrun-default", "sweep", "dryrun-learned"]
+STEPS = ["python", "env", "selfcheck", "dryrun-default", "dryrun-small", "sweep", "dryrun-learned"]
 
 
 def _run(out: Path, *args: str, python: str = sys.executable, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -41,7 +41,7 @@ def test_on_the_cpu_every_step_runs_and_one_folder_holds_its_outputs_and_the_sum
     assert [line.split()[0] for line in steps] == STEPS
     codes = {line.split()[0]: int(line.split()[2]) for line in steps}
     assert codes["selfcheck"] in (0, 4) and codes["sweep"] in (0, 3)  # a failed check or the budget: findings
-    assert all(codes[name] == 0 for name in ("python", "env", "dryrun-default", "dryrun-learned"))
+    assert all(codes[name] == 0 for name in ("python", "env", "dryrun-default", "dryrun-small", "dryrun-learned"))
     sweep = next(line for line in steps if line.startswith("sweep"))
     assert "--max-time" in sweep and "--repeats 1" in sweep and "--workloads simple_cnn,unet" in sweep
     assert "--quick --steps 4 --warmup 1" in sweep and f"--results {out}/results.jsonl" in sweep
@@ -59,7 +59,9 @@ def test_on_the_cpu_every_step_runs_and_one_folder_holds_its_outputs_and_the_sum
     assert (out / "selfcheck.txt").read_text() in summary
     assert "time per trial, measured here (and as --dry-run assumes it)" in summary
     assert f"results: {out}/results.jsonl" in summary
-    assert summary.count("trials planned; rough estimate") == 2
+    assert summary.count("trials planned; rough estimate") == 3  # the default sweep twice, the small one
+    small = next(line for line in summary.splitlines() if line.startswith("12 trials planned; rough estimate"))
+    assert small in (out / "dryrun-small.txt").read_text()  # 2 x (2 settings + A/A) + 2 audits + 4 profiled
     assert f"learned from {out}/results.jsonl: " in summary
     assert "timed/scatter/" in (out / "dryrun-default.txt").read_text()  # the default sweep's trial ids ...
     assert "timed/scatter/" not in summary  # ... are left in their file
