@@ -214,3 +214,30 @@ def test_a_sweep_prints_its_measured_time_per_trial_beside_the_assumed(fake_h100
         f"({figures[0].assumed_s:.2f} s), profiled 9.00 s ({figures[1].assumed_s:.2f} s); all 12 trials 1.4 min"
     )
     assert "`detcost run --dry-run --estimate-from r.jsonl` estimates from these" in text
+
+
+def test_the_run_summary_carries_the_per_trial_figures_in_text_and_json():
+    """On the committed golden results (CPU trials, each with its process_wall_s): the text
+    summary's line sits before the trial count, the JSON has one entry per kind."""
+    from types import SimpleNamespace
+
+    from detcost import results
+    from detcost.derive.analysis import analyse
+    from detcost.report import text
+
+    golden = Path(__file__).parent / "data" / "golden.jsonl"
+    records = results.load_records(golden)
+    outcome = SimpleNamespace(events=[], precision=None, stopped_early=False, results="RESULTS", planned=records,
+                              ran=len(records), skipped=0, reruns=0)  # fmt: skip
+    analysis = analyse(records, 0.10)
+    figures = estimate.per_trial(records)
+    assert figures and {p.kind for p in figures} == {str(r.spec.kind) for r in records if r.process_wall_s is not None}
+    plain = text.run_summary(analysis, outcome, 0.0, None)
+    summary = text.run_summary(analysis, outcome, 0.0, None, per_trial=figures)
+    line = per_trial_text(figures, "RESULTS")
+    assert line not in plain and summary == plain.replace("\n\n" + plain.split("\n\n")[-1], "") + (
+        "\n\n" + line + "\n\n" + plain.split("\n\n")[-1]
+    )
+    as_json = text.run_summary_json(analysis, outcome, 0.0, None, figures)
+    assert as_json["per_trial"] == [p.to_json() for p in figures]
+    assert "per_trial" not in text.run_summary_json(analysis, outcome, 0.0, None)

@@ -307,7 +307,7 @@ def recommendation_json(rec) -> dict:
 def run_summary_json(analysis: Analysis, outcome, wall: float, report=None, per_trial=None) -> dict:
     machines = analysis.machines
     extra = {"per_trial": [p.to_json() for p in per_trial]} if per_trial else {}
-    return extra | {
+    return {
         "results": str(outcome.results),
         "wall_s": wall,
         "ran": outcome.ran,
@@ -322,4 +322,4 @@ def run_summary_json(analysis: Analysis, outcome, wall: float, report=None, per_
         "failures": [row for m in machines for row in records_json(m.failure_frame())],
         "report": {"html": str(report.html), "markdown": str(report.markdown)} if report else None,
         "recommendation": recommendation_json(machines[0].recommendation) if machines else None,
-    }
+    } | extra
