@@ -227,8 +227,8 @@ def test_the_run_summary_carries_the_per_trial_figures_in_text_and_json():
 
     golden = Path(__file__).parent / "data" / "golden.jsonl"
     records = results.load_records(golden)
-    outcome = SimpleNamespace(events=[], precision=None, stopped_early=False, results="RESULTS", planned=records,
-                              ran=len(records), skipped=0, reruns=0)  # fmt: skip
+    outcome = SimpleNamespace(events=[], precision=None, decide=None, stopped_early=False, results="RESULTS",
+                              planned=records, ran=len(records), skipped=0, reruns=0)  # fmt: skip
     analysis = analyse(records, 0.10)
     figures = estimate.per_trial(records)
     assert figures and {p.kind for p in figures} == {str(r.spec.kind) for r in records if r.process_wall_s is not None}
