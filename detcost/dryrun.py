@@ -1,5 +1,6 @@
 """`detcost run --dry-run`: the trials a sweep would start (with resume: those still to do),
-a rough time for them, and whether the machine is busy now, run nothing.
+a rough time for them (learnt from an earlier run on this machine where one is given), and
+whether the machine is busy now, run nothing.
 
 Nothing here initialises CUDA: the estimate counts FLOPs on the meta device, the GPU is
 named by nvidia-smi, and the look at the machine asks NVML for the GPU's other processes.
@@ -8,14 +9,16 @@ named by nvidia-smi, and the look at the machine asks NVML for the GPU's other p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from detcost import axes, guard, results
 from detcost import env as envmod
-from detcost.estimate import Estimate, estimate
+from detcost.estimate import Estimate, estimate, learn
 from detcost.payloads import BusyReport
 from detcost.plan import SweepOptions, new_servers, plan
 from detcost.record import TrialRecord, TrialSpec
 from detcost.sweep import ok_trial_ids
+from detcost.timing import is_cuda
 
 
 @dataclass(frozen=True)
@@ -33,15 +36,19 @@ class DryRun:
         return [s.trial_id for s in self.specs]
 
 
-def dry_run(opts: SweepOptions, *, resume: bool = False) -> DryRun:
+def dry_run(opts: SweepOptions, *, resume: bool = False, estimate_from: Path | None = None) -> DryRun:
     """Plan `opts` (with `resume`, less the trials already `ok` in its results file),
-    estimate the time, name the GPU, and look at the machine once."""
+    estimate the time, name the GPU, and look at the machine once. The estimate learns
+    from `estimate_from`, an earlier results file (with `resume`, the results file itself
+    where none is given): the process wall times its trials took on this machine."""
     specs = plan(opts)
     if resume and opts.results.exists():
         done = ok_trial_ids([TrialRecord.from_json(r) for r in results.iter_records(opts.results)])
         specs = [s for s in specs if s.trial_id not in done]
-    est = estimate(specs, opts.size_preset, new_servers(opts, specs))
-    gpu = gpu_name(opts.device) if est.cuda else None
+    gpu = gpu_name(opts.device) if is_cuda(opts.device) else None
+    source = estimate_from or (opts.results if resume and opts.results.exists() else None)
+    learned = learn(results.load_records(source), str(source), opts.device, gpu) if source else None
+    est = estimate(specs, opts.size_preset, new_servers(opts, specs), learned)
     load = guard.sample(opts.device, axes.host_threads(opts.axes, opts.device))
     return DryRun(specs, est, gpu, load, opts.wait_quiet)
 

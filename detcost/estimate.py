@@ -9,13 +9,16 @@ DataLoader's reads in every step), with the figures it rests on.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
-from dataclasses import dataclass
+import socket
+import statistics
+from dataclasses import dataclass, field
 
 from detcost import axes, guard
 from detcost.audit import AUDIT_STEPS
 from detcost.measure import flops_per_step
-from detcost.record import Kind, TrialSpec
+from detcost.record import ROUND_KINDS, Kind, TrialRecord, TrialSpec
 from detcost.settings import get_setting
 from detcost.timing import is_cuda
 from detcost.workloads import WorkloadConfig, get_workload
@@ -63,7 +66,15 @@ CUDA_FIGURES: dict[str, Figure] = {
         "CUDA context of a fresh process, with lazy module loading (PyTorch's "
         "default) and persistence mode on; without persistence mode the driver's start adds more",
     ),
-    "libraries_s": Figure(0.7, "s a trial", "cuDNN (its engine libraries) and cuBLAS/cuBLASLt handles on first use"),
+    # Revised up from 0.7 s (issue 21, item 7): cuDNN 9 splits its engines into separate
+    # libraries loaded on first use, then runs its heuristics, and cuBLASLt makes a handle
+    # and a workspace; public reports of a fresh process's first conv put this at 1-2 s.
+    "libraries_s": Figure(
+        1.5,
+        "s a trial",
+        "cuDNN 9's engine libraries loaded on first use, its heuristics, and the cuBLAS/cuBLASLt handles "
+        "(1-2 s in a fresh process)",
+    ),
     "stage_ns": Figure(
         6.0,
         "ns an input value",
@@ -89,10 +100,21 @@ CUDA_FIGURES: dict[str, Figure] = {
         0.05, "s a step", "a workload whose FLOPs the meta device cannot count (a user's): a middling step"
     ),
     "min_warmup_s": Figure(0.5, "s of warm-up at least", "CUDA trials warm up until the clocks leave idle"),
+    # Revised up from 10 steps (issue 21, item 7): benchmark times up to
+    # torch.backends.cudnn.benchmark_limit (10) plans for each of a convolution's forward,
+    # backward-data and backward-filter, the slow candidates included, and cuDNN 9 may
+    # compile a runtime engine (NVRTC) among them.
     "autotune_steps": Figure(
-        10.0,
+        25.0,
         "steps a new input shape",
-        "cudnn.benchmark times every algorithm of each convolution once per shape, in the warm-up",
+        "cudnn.benchmark times up to benchmark_limit (10) plans for each of forward, backward-data and "
+        "backward-filter of every convolution, once per shape, in the warm-up; the slow candidates make "
+        "that ~2.5x ten steps",
+    ),
+    "runtime_compile_s": Figure(
+        0.5,
+        "s a new input shape",
+        "cudnn.benchmark: cuDNN 9 compiles runtime-fused engines (NVRTC) among the candidates it times",
     ),
     "deterministic_x": Figure(
         1.2, "x the step time", "cudnn.deterministic: deterministic algorithms only (no published figure)"
@@ -109,7 +131,23 @@ CUDA_FIGURES: dict[str, Figure] = {
         "x the step time",
         "no_cudnn: PyTorch's own convolutions, im2col + GEMM, without TF32 (off for matmuls by default)",
     ),
-    "profiler_s": Figure(1.0, "s a profiled trial", "torch.profiler starting CUPTI, and writing the op table"),
+    # Revised up from 1 s (issue 21, item 7): CUPTI's start, and the level-3 cuDNN API log
+    # a profiled trial writes for its plan log, tens of MB.
+    "profiler_s": Figure(
+        2.5,
+        "s a profiled trial",
+        "torch.profiler starting CUPTI, the op table, and the cuDNN API log (level 3: tens of MB)",
+    ),
+    # Not modelled before (issue 21, item 7): a process that held a CUDA context frees it at
+    # exit (cuCtxDestroy, its memory), which the parent waits for.
+    "teardown_s": Figure(0.3, "s a trial", "the CUDA context torn down at the trial's exit (its memory freed)"),
+    # Not modelled before (issue 21, item 7): without nvidia-ml-py (the `gpu` extra) a timed
+    # trial asks `nvidia-smi` for the GPU's other processes, a process of its own.
+    "nvidia_smi_s": Figure(
+        0.3,
+        "s a timed trial without nvidia-ml-py",
+        "the GPU's other processes from an nvidia-smi process, where nvidia-ml-py is missing",
+    ),
 }
 WORST_DETERMINISTIC = ("dilated", "transposed")  # workloads that pytorch#28777's figures concern
 REFERENCE_IMAGES = 512  # images a classifier's labels are normalised over (data._reference_stats)
@@ -122,6 +160,10 @@ class Estimate:
     cuda: bool = False  # modelled from CUDA_FIGURES rather than measured per trial
     once_s: float = 0.0  # outside the trials: the forkservers' starts, the first look at the machine
     axis_figures: tuple[str, ...] = ()  # what the axes' costs rest on (axes.Cost.basis), once each
+    learned: Learned | None = None  # an earlier run's measurements on this machine, where given
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> {SOURCES: trials}
+    round_s: float = 0.0  # what one round (every setting and the A/A control once, its forkserver) costs
+    rounds: int = 0
 
     def assumptions(self) -> list[str]:
         """The figures the estimate rests on, one line each: on CUDA the trial's model
@@ -129,25 +171,61 @@ class Estimate:
         cuda = [f"{f.value:g}{'' if f.unit.startswith('x') else ' '}{f.unit}: {f.basis}" for f in CUDA_FIGURES.values()]
         return (cuda if self.cuda else []) + list(self.axis_figures)
 
+    def trims(self) -> dict[str, float]:
+        """On CUDA, where the estimate is over the 15-minute goal (GOAL_S): the flags that
+        would trim the plan, each with the seconds it saves, most first; {} under the goal
+        or on the CPU."""
+        if not self.cuda or self.seconds <= GOAL_S:
+            return {}
+        spent = {kind: seconds for kind, (_, seconds) in self.by_kind.items()}
+        out = {f"--repeats {self.rounds - 1}": self.round_s} if self.rounds > 1 else {}
+        for kind, flag in ((Kind.PROFILED, "--no-explain"), (Kind.SEED, "--seeds 0"), (Kind.AUDIT, "--no-audit")):
+            if spent.get(str(kind)):
+                out[flag] = spent[str(kind)]
+        return dict(sorted(out.items(), key=lambda item: -item[1]))
 
-def estimate(specs: list[TrialSpec], size_preset: str, new_servers: int = 0) -> Estimate:
+
+def estimate(
+    specs: list[TrialSpec], size_preset: str, new_servers: int = 0, learned: Learned | None = None
+) -> Estimate:
     """How long `specs` would take: measured seconds per trial on the CPU; on CUDA a model
     of each trial (CUDA_FIGURES), with each workload's FLOPs counted on the meta device;
-    plus `new_servers` forkserver starts (one a round under the random layout)."""
+    plus `new_servers` forkserver starts (one a round under the random layout). With
+    `learned` (an earlier run on this machine, `learn`), a trial it measured takes its
+    measured time, one of a kind it measured the model's times that kind's ratio."""
     cuda = any(is_cuda(s.device) for s in specs)
     by_kind: dict[str, tuple[int, float]] = {}
+    sources: dict[str, dict[str, int]] = {}
     figures: dict[str, None] = {}
+    in_rounds = 0.0
     for spec in specs:
-        cost = axes.cost(spec)
-        figures.update(dict.fromkeys(cost.basis))
-        seconds = (_cuda_trial_s(spec) if cuda else ESTIMATED_TRIAL_S[size_preset]) + _axes_s(spec, cost)
+        figures.update(dict.fromkeys(axes.cost(spec).basis))
+        seconds, source = _trial_s(spec, size_preset, learned)
         n, total = by_kind.get(str(spec.kind), (0, 0.0))
         by_kind[str(spec.kind)] = (n + 1, total + seconds)
+        counts = sources.setdefault(str(spec.kind), dict.fromkeys(SOURCES, 0))
+        counts[source] += 1
+        in_rounds += seconds if spec.kind in ROUND_KINDS else 0.0
     # the first server is in `once` on CUDA, and in the measured seconds a trial on the CPU
     server_s = CUDA_FIGURES["server_s"].value if cuda else CPU_SERVER_S
     once = CUDA_FIGURES["server_s"].value + guard.SAMPLE_S if cuda and specs else 0.0
     once += max(new_servers - 1, 0) * server_s if specs else 0.0
-    return Estimate(once + sum(t for _, t in by_kind.values()), by_kind, cuda, once, tuple(figures))
+    rounds = len({s.repeat for s in specs if s.kind in ROUND_KINDS})
+    round_s = in_rounds / rounds + (server_s if new_servers else 0.0) if rounds else 0.0
+    total = once + sum(t for _, t in by_kind.values())
+    return Estimate(total, by_kind, cuda, once, tuple(figures), learned, sources, round_s, rounds)
+
+
+def _trial_s(spec: TrialSpec, size_preset: str, learned: Learned | None) -> tuple[float, str]:
+    """One trial's seconds and where they come from (one of SOURCES)."""
+    model = _model_s(spec, size_preset)
+    return learned.trial_s(spec, model) if learned else (model, ASSUMED)
+
+
+def _model_s(spec: TrialSpec, size_preset: str) -> float:
+    """One trial as assumed: the CUDA model, or the CPU's figure per trial; the axes' costs added."""
+    base = _cuda_trial_s(spec) if is_cuda(spec.device) else ESTIMATED_TRIAL_S.get(size_preset, ESTIMATED_TRIAL_S["cpu"])
+    return base + _axes_s(spec, axes.cost(spec))
 
 
 def _axes_s(spec: TrialSpec, cost: axes.Cost) -> float:
@@ -189,13 +267,23 @@ def _cuda_trial_s(spec: TrialSpec) -> float:
     per_value = f["stage_ns"] + (0.0 if work.classifier else f["pixel_labels_ns"])
     stage = images * work.values_per_sample * per_value * 1e-9
     step = _step_s(spec, work)
-    fixed = f["start_s"] + f["context_s"] + f["libraries_s"]
+    fixed = f["start_s"] + f["context_s"] + f["libraries_s"] + f["teardown_s"]
     if spec.kind == Kind.AUDIT:  # built twice (warn-only, then strict proper), no warm-up
         return fixed + 2 * (stage + AUDIT_STEPS * step)
-    tune = f["autotune_steps"] * work.shapes * step if get_setting(spec.setting).cudnn_benchmark else 0.0
+    tune = 0.0
+    if get_setting(spec.setting).cudnn_benchmark:
+        tune = work.shapes * (f["autotune_steps"] * step + f["runtime_compile_s"])
     warm = max(f["min_warmup_s"], spec.warmup * step) + tune
     extra = f["profiler_s"] if spec.kind == Kind.PROFILED else 0.0
+    if spec.kind.measured and not _has_nvml():  # measure.run asks for the GPU's other processes
+        extra += f["nvidia_smi_s"]
     return fixed + stage + warm + spec.steps * step + extra
+
+
+@functools.cache
+def _has_nvml() -> bool:
+    """Whether nvidia-ml-py is installed (found, not imported: no NVML call here)."""
+    return importlib.util.find_spec("pynvml") is not None
 
 
 def _step_s(spec: TrialSpec, work: _Work) -> float:
@@ -215,3 +303,161 @@ def _step_s(spec: TrialSpec, work: _Work) -> float:
     if setting.deterministic_algorithms and setting.fill_uninitialized_memory:
         slowdown *= f["fill_x"]
     return max(f["host_step_s"], kernels) * slowdown
+
+
+# ---- learning from an earlier run on this machine ---------------------------------------
+#
+# `detcost run --dry-run --estimate-from RESULTS.jsonl`: each record's process_wall_s (seen
+# from the parent: the trial's process start to its exit) is what that trial took here.
+
+MEASURED_HERE = "measured"  # the same trial (kind, workload, setting, sizes, axes) ran: its median process_wall_s
+SCALED = "scaled"  # the model, times the measured/assumed ratio of its kind (and workload, where measured)
+ASSUMED = "assumed"  # the model alone: nothing of its kind was measured
+SOURCES = (MEASURED_HERE, SCALED, ASSUMED)
+GOAL_S = 15 * 60  # the default GPU sweep's goal: a first look at every workload in a quarter of an hour
+
+
+@dataclass(frozen=True)
+class Learned:
+    """What an earlier results file measured on this machine: the process wall time of each
+    trial it ran, and per kind (and kind x workload) how far that was from the model."""
+
+    source: str  # the results file
+    records: int  # its records used: this machine's and device's, with a process_wall_s
+    left_out: int  # the others: another machine or device, or no process_wall_s
+    walls: dict[tuple, float]  # _trial_key -> median process_wall_s
+    ratios: dict[tuple, float]  # (kind,) and (kind, workload) -> median of measured / assumed
+    busy: int = 0  # records used that the guard flagged busy (their times may be long)
+
+    def trial_s(self, spec: TrialSpec, model_s: float) -> tuple[float, str]:
+        """`spec`'s seconds: measured where the same trial ran, else the model scaled by its
+        workload's ratio of its kind, else by its kind's, else the model as it is."""
+        wall = self.walls.get(_trial_key(spec))
+        if wall is not None:
+            return wall, MEASURED_HERE
+        for key in ((str(spec.kind), spec.workload), (str(spec.kind),)):
+            if key in self.ratios:
+                return model_s * self.ratios[key], SCALED
+        return model_s, ASSUMED
+
+    def to_json(self) -> dict:
+        return {
+            "from": self.source,
+            "records": self.records,
+            "left_out": self.left_out,
+            "busy": self.busy,
+            "ratios": {"/".join(k): v for k, v in self.ratios.items()},
+        }
+
+
+def learn(
+    records: list[TrialRecord], source: str, device: str, gpu: str | None = None, host: str | None = None
+) -> Learned:
+    """The process wall times of `records` that ran on this machine (`host`, this one's name
+    by default; on CUDA the same `gpu` where both are named) and on the same kind of device
+    (CPU or CUDA) as `device`. A trial flagged busy counts too (and is counted): the time
+    a trial takes is mostly its fixed costs, which a busy CPU or a GPU process that the
+    guard took for another changes little, and where every trial is flagged (a GPU whose
+    process list names the trial itself) there would be nothing else to learn from."""
+    host = socket.gethostname() if host is None else host
+    used = [r for r in records if _usable(r) and _same_machine(r, device, gpu, host)]
+    walls: dict[tuple, list[float]] = {}
+    ratios: dict[tuple, list[float]] = {}
+    for r in used:
+        walls.setdefault(_trial_key(r.spec), []).append(r.process_wall_s)
+        model = _model_s(r.spec, _preset_of(r.spec))
+        if r.ok and model > 0:
+            for key in ((str(r.spec.kind), r.spec.workload), (str(r.spec.kind),)):
+                ratios.setdefault(key, []).append(r.process_wall_s / model)
+    return Learned(
+        source,
+        len(used),
+        len(records) - len(used),
+        {k: statistics.median(v) for k, v in walls.items()},
+        {k: statistics.median(v) for k, v in ratios.items()},
+        sum(r.is_busy for r in used),
+    )
+
+
+@dataclass(frozen=True)
+class PerTrial:
+    """One kind of trial in a sweep that ran: its process wall time per trial, measured,
+    beside what the dry run assumes for the same trials."""
+
+    kind: str
+    trials: int
+    measured_s: float  # median process_wall_s
+    assumed_s: float  # median of the model's figure for the same trials
+    measured_total_s: float
+    assumed_total_s: float
+
+    def to_json(self) -> dict:
+        return {
+            "kind": self.kind,
+            "trials": self.trials,
+            "measured_s": self.measured_s,
+            "assumed_s": self.assumed_s,
+            "measured_total_s": self.measured_total_s,
+            "assumed_total_s": self.assumed_total_s,
+        }
+
+
+def per_trial(records: list[TrialRecord]) -> list[PerTrial]:
+    """Per kind, in the order the kinds first appear: what `records`' trials took (their
+    process_wall_s) and what the estimate assumes for them, so a first run shows how far
+    the dry run's figures are from this machine's."""
+    walls: dict[str, list[tuple[float, float]]] = {}
+    for r in records:
+        if r.process_wall_s is not None and r.spec.kind != Kind.MICROBENCH:  # busy ones too: they took that long
+            walls.setdefault(str(r.spec.kind), []).append((r.process_wall_s, _model_s(r.spec, _preset_of(r.spec))))
+    return [
+        PerTrial(
+            kind,
+            len(pairs),
+            statistics.median(w for w, _ in pairs),
+            statistics.median(m for _, m in pairs),
+            sum(w for w, _ in pairs),
+            sum(m for _, m in pairs),
+        )
+        for kind, pairs in walls.items()
+    ]
+
+
+def _trial_key(spec: TrialSpec) -> tuple:
+    """What makes two trials the same work: kind, workload, setting, sizes and axes (not the
+    repeat, the seed or the GPU's index)."""
+    sizes = {k: v for k, v in spec.sizes().items() if k != "device"}
+    return (
+        str(spec.kind),
+        spec.workload,
+        spec.setting,
+        is_cuda(spec.device),
+        tuple(sorted(sizes.items())),
+        tuple(sorted((k, str(v)) for k, v in spec.axes.items())),
+    )
+
+
+def _same_machine(record: TrialRecord, device: str, gpu: str | None, host: str) -> bool:
+    env = record.env or {}
+    if is_cuda(record.spec.device) != is_cuda(device) or env.get("hostname") != host:
+        return False
+    theirs = env.get("gpu")
+    if not (is_cuda(device) and gpu and isinstance(theirs, str) and theirs):
+        return True  # on the CPU, or a GPU not named on one side: the host decides
+    return theirs in gpu or gpu in theirs  # torch's name and nvidia-smi's
+
+
+def _usable(record: TrialRecord) -> bool:
+    return record.process_wall_s is not None and record.spec.kind != Kind.MICROBENCH
+
+
+def _preset_of(spec: TrialSpec) -> str:
+    """The size preset a recorded trial's CPU figure is the one for: quick where its batch
+    and image are its workload's quick sizes (the CUDA model reads the sizes themselves)."""
+    if is_cuda(spec.device):
+        return "gpu"
+    try:
+        quick = get_workload(spec.workload).size("quick")
+    except Exception:  # noqa: BLE001 - a user workload no longer importable: the CPU's figure
+        return "cpu"
+    return "quick" if (spec.batch_size, spec.image_size) == (quick.batch, quick.image) else "cpu"

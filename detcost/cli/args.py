@@ -240,6 +240,14 @@ def _add_run_output(g) -> None:
     g.add_argument("--no-report", action="store_true", help="do not write the HTML and Markdown report at the end")
     _add_max_slowdown(g, team=True)
     g.add_argument("--dry-run", action="store_true", help="list the planned trials and an estimated time, run nothing")
+    g.add_argument(
+        "--estimate-from",
+        type=Path,
+        default=None,
+        metavar="RESULTS.jsonl",
+        help="with --dry-run: estimate from the time each trial took on this machine in an earlier results file "
+        "(its process_wall_s) instead of the assumed figures (default with --resume: the --results file)",
+    )
     g.add_argument("--json", action="store_true", help="print the summary as JSON")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 

@@ -121,8 +121,10 @@ def cmd_run(args) -> int:
             "note: default added to the settings: the A/A control and the seed yardstick run under it", file=sys.stderr
         )
     _check_paths(opts, args)  # every path the run will write, before its first trial
+    if args.estimate_from is not None and not args.dry_run:
+        raise UsageError("--estimate-from is for --dry-run: a sweep measures its own times")
     if args.dry_run:
-        return _dry_run(opts, args.resume, args.json)
+        return _dry_run(opts, args.resume, args.json, args.estimate_from)
     if not opts.results.parent.exists():
         print(f"note: created the folder {opts.results.parent}/, where the results file goes", file=sys.stderr)
     t0 = time.monotonic()
@@ -138,11 +140,24 @@ def cmd_run(args) -> int:
             paths = build_report(analysis, args.report, [outcome.results], team_setting)
         except OSError as exc:  # the results are safe: say so, and print the summary anyway
             print(f"detcost: could not write the report: {exc}; the results are in {outcome.results}", file=sys.stderr)
+    figures = _per_trial(outcome.records)
     if args.json:
-        print_json(text.run_summary_json(analysis, outcome, wall, paths))
+        print_json(text.run_summary_json(analysis, outcome, wall, paths, figures))
     else:
-        print(text.run_summary(analysis, outcome, wall, paths, team_setting))
+        print(text.run_summary(analysis, outcome, wall, paths, team_setting, figures))
     return EXIT_STOPPED if outcome.stopped_early else EXIT_OK
+
+
+def _per_trial(records) -> list | None:
+    """Each kind's measured time per trial beside the dry run's figure; None (and a note)
+    where the figures cannot be had: the sweep's summary is printed without them."""
+    from detcost.estimate import per_trial
+
+    try:
+        return per_trial(records)
+    except Exception as exc:  # noqa: BLE001 - the results are safe; the summary goes on without this line
+        print(f"note: no per-trial figures: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
 
 
 def _check_paths(opts, args) -> None:
@@ -153,11 +168,13 @@ def _check_paths(opts, args) -> None:
         check_writable(args.report or Path("reports") / opts.run_id, "report folder")
 
 
-def _dry_run(opts, resume: bool, as_json: bool) -> int:
+def _dry_run(opts, resume: bool, as_json: bool, estimate_from: Path | None = None) -> int:
     from detcost.dryrun import dry_run
     from detcost.report.sweep_text import dry_run_json, dry_run_text
 
-    dry = dry_run(opts, resume=resume)
+    if estimate_from is not None and not estimate_from.is_file():
+        raise UsageError(f"--estimate-from {estimate_from}: no such results file")
+    dry = dry_run(opts, resume=resume, estimate_from=estimate_from)
     if as_json:
         print_json(dry_run_json(dry))
     else:

@@ -10,6 +10,7 @@ import pandas as pd
 
 from detcost.derive.analysis import Analysis, MachineAnalysis
 from detcost.derive.decide import FAIL, PASS, UNDECIDED, decide, level_text
+from detcost.estimate import ASSUMED, GOAL_S, MEASURED_HERE, SCALED
 from detcost.report.prices_text import compact_cell, detectable_text, host_bound_lines, noise_lines, price_matrix
 from detcost.settings import get_setting
 from detcost.snippets import apply_call
@@ -32,9 +33,62 @@ def plan_text(specs, estimate, gpu: str | None = None) -> str:
     )
     lines = [s.trial_id for s in specs]
     lines += [f"{len(specs)} trials planned; rough estimate {estimate.seconds / 60:.1f} min", f"  {kinds}{start}"]
+    lines += learned_lines(estimate)
     cuda = cuda_estimate_lines(len(specs), estimate, gpu)
     axes_in = [] if estimate.cuda else [f"  the axes add: {line}" for line in estimate.assumptions()]
-    return "\n".join(lines + axes_in + cuda)
+    return "\n".join(lines + axes_in + cuda + trim_lines(estimate))
+
+
+def learned_lines(estimate) -> list[str]:
+    """Where an earlier run was given (--estimate-from): which trials' figures it measured,
+    which it scaled, which stay assumed; nothing without one."""
+    learned = estimate.learned
+    if learned is None:
+        return []
+    notes = [f"{learned.busy} flagged busy: their times may be long"] if learned.busy else []
+    if learned.left_out:
+        notes.append(f"{learned.left_out} left out: another machine or device, or no process_wall_s")
+    head = f"learned from {learned.source}: {learned.records} record(s) of this machine"
+    head += f" ({'; '.join(notes)})" if notes else ""
+    if not learned.records:
+        return [f"{head}; every figure below is assumed"]
+
+    def counted(source: str, ratio: bool = False) -> str:
+        parts = []
+        for kind, counts in estimate.sources.items():
+            if counts.get(source):
+                factor = learned.ratios.get((kind,))
+                parts.append(f"{kind} {counts[source]}" + (f" (x{factor:.2f})" if ratio and factor else ""))
+        return ", ".join(parts) or "none"
+
+    lines = [
+        head,
+        f"  measured here (the same trial's median process_wall_s): {counted(MEASURED_HERE)}",
+        f"  scaled (the assumed figure x its kind's measured/assumed ratio, its workload's where measured): "
+        f"{counted(SCALED, ratio=True)}",
+        f"  assumed (nothing of its kind measured): {counted(ASSUMED)}",
+    ]
+    return lines + ([f"  still assumed: outside the trials ({estimate.once_s:.0f} s)"] if estimate.once_s else [])
+
+
+def trim_lines(estimate) -> list[str]:
+    """On CUDA over the 15-minute goal: the flags that trim the plan, what each saves, and
+    which together bring it under the goal."""
+    cuts = estimate.trims()
+    if not cuts:
+        return []
+    over = (estimate.seconds - GOAL_S) / 60
+    each = ", ".join(f"{flag} saves {saved / 60:.1f} min" for flag, saved in cuts.items())
+    together, left = [], estimate.seconds
+    for flag, saved in cuts.items():
+        if left <= GOAL_S:
+            break
+        together.append(flag)
+        left -= saved
+    return [
+        f"over the {GOAL_S / 60:.0f}-minute goal of a first GPU sweep by {over:.1f} min: {each}; "
+        f"with {' '.join(together)}: about {left / 60:.1f} min"
+    ]
 
 
 def dry_run_text(dry) -> str:
@@ -52,7 +106,14 @@ def dry_run_json(dry) -> dict:
     return {
         "trials": dry.trial_ids,
         "estimated_s": est.seconds,
-        "estimate": {"by_kind": est.by_kind, "once_s": est.once_s, "assumptions": est.assumptions()},
+        "estimate": {
+            "by_kind": est.by_kind,
+            "once_s": est.once_s,
+            "assumptions": est.assumptions(),
+            "sources": est.sources,
+            "learned": est.learned.to_json() if est.learned else None,
+            "trims": est.trims(),
+        },
         "gpu": dry.gpu,
         "busy_now": dry.load.describe() if dry.load.busy else None,
     }
@@ -63,15 +124,22 @@ def cuda_estimate_lines(trials: int, estimate, gpu: str | None) -> list[str]:
     per trial were measured."""
     if not estimate.cuda:
         return []
+    learned = estimate.learned is not None and estimate.learned.records > 0
     lines = [
-        "how the CUDA estimate is made: no GPU was available to measure these figures, so each is an "
-        "assumption: from the published figure or documentation it cites, else an estimate. A trial is its "
+        (
+            "how the CUDA estimate is made: a trial this machine measured takes its measured time, one of a kind "
+            "it measured the figure below scaled (above); the figures, each an assumption"
+            if learned
+            else "how the CUDA estimate is made: no GPU was available to measure these figures, so each is an "
+            "assumption"
+        )
+        + ": from the published figure or documentation it cites, else an estimate. A trial is its "
         "start, a CUDA context, the cuDNN/cuBLAS libraries, staging its data, a warm-up, its timed steps (and "
         "the profiler, or the audit's second pass); a step is its FLOPs (counted on the meta device) over a "
         "sustained rate, times the setting's expected slowdown. The figures:",
         *(f"  {line}" for line in estimate.assumptions()),
         f"each 0.1 s more per trial adds {trials * 0.1 / 60:.1f} min; after a run, each record's process_wall_s "
-        "says what its trial took",
+        "says what its trial took, and --dry-run --estimate-from RESULTS.jsonl estimates from them",
     ]
     if gpu is None:
         return [*lines, "GPU: not named by nvidia-smi; the figures assume an H100-class GPU"]
@@ -111,10 +179,12 @@ def _machine_lines(m: MachineAnalysis, several: bool, team: str | None = None) -
     return parts
 
 
-def run_summary(analysis: Analysis, outcome, wall: float, report=None, team: str | None = None) -> str:
+def run_summary(analysis: Analysis, outcome, wall: float, report=None, team: str | None = None, per_trial=None) -> str:
     """What `detcost run` prints at the end: per machine a speed caveat first where there is
     one, then the price matrix, the noise floor, notes, failures and warnings; then the
-    guard, precision and the recommendation. The `team` config's setting is marked."""
+    guard, precision and the recommendation, and `per_trial` (`estimate.per_trial`: each
+    kind's measured time per trial beside the dry run's figure). The `team` config's setting
+    is marked."""
     several = len(analysis.machines) > 1
     parts = [line for m in analysis.machines for line in _machine_lines(m, several, team)]
     parts += [f"quiet-machine guard: {e}" for e in outcome.events]
@@ -128,6 +198,7 @@ def run_summary(analysis: Analysis, outcome, wall: float, report=None, team: str
         parts += ["", recommendation_text(m.recommendation) + (f" [{m.machine}]" if several else "")]
     ok = sum(1 for r in analysis.records if str(r.spec.kind) == "timed" and r.ok)
     again = f" ({outcome.reruns} run again after a busy machine)" if outcome.reruns else ""
+    parts += ["", per_trial_text(per_trial, outcome.results)] if per_trial else []
     parts += [
         "",
         f"{len(outcome.planned)} trials: {outcome.ran} run now{again}, {outcome.skipped} already done; "
@@ -176,6 +247,20 @@ def decide_text(d: dict, analysis: Analysis) -> str:
     return "\n".join(lines)
 
 
+def per_trial_text(per_trial, results) -> str:
+    """Each kind's process wall time per trial, measured in this sweep, beside what
+    --dry-run assumes for the same trials, and the totals."""
+    kinds = ", ".join(f"{p.kind} {p.measured_s:.2f} s ({p.assumed_s:.2f} s)" for p in per_trial)
+    measured = sum(p.measured_total_s for p in per_trial) / 60
+    assumed = sum(p.assumed_total_s for p in per_trial) / 60
+    trials = sum(p.trials for p in per_trial)
+    return (
+        f"time per trial, measured here (and as --dry-run assumes it), medians: {kinds}; all {trials} "
+        f"trials {measured:.1f} min ({assumed:.1f} min); `detcost run --dry-run --estimate-from {results}` "
+        "estimates from these"
+    )
+
+
 def precision_text(p: dict) -> str:
     """Whether --precision was reached, and where not, what each price reached."""
     if p["reached"]:
@@ -219,8 +304,9 @@ def recommendation_json(rec) -> dict:
             "speed_caveat": rec.speed_caveat, "notes": rec.notes}  # fmt: skip
 
 
-def run_summary_json(analysis: Analysis, outcome, wall: float, report=None) -> dict:
+def run_summary_json(analysis: Analysis, outcome, wall: float, report=None, per_trial=None) -> dict:
     machines = analysis.machines
+    extra = {"per_trial": [p.to_json() for p in per_trial]} if per_trial else {}
     return {
         "results": str(outcome.results),
         "wall_s": wall,
@@ -236,4 +322,4 @@ def run_summary_json(analysis: Analysis, outcome, wall: float, report=None) -> d
         "failures": [row for m in machines for row in records_json(m.failure_frame())],
         "report": {"html": str(report.html), "markdown": str(report.markdown)} if report else None,
         "recommendation": recommendation_json(machines[0].recommendation) if machines else None,
-    }
+    } | extra
