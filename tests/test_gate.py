@@ -143,11 +143,11 @@ def test_a_noise_floor_wider_than_the_budget_cannot_decide(tmp_path, capsys):
 
 
 def test_a_noisy_run_still_fails_a_price_it_detects_wholly_over_the_budget(tmp_path, capsys):
-    # the A/A control strays 30%, so nothing can pass a 10% budget; a price of 1.6 is
-    # further from 1.00 than that, and its whole interval is over the line
-    code, d = _gate(capsys, str(_run(tmp_path / "r.jsonl", 1.6, aa=1.3)), "--setting", "strict")
+    # the A/A control strays 15%, so nothing can pass a 10% budget (and every interval takes
+    # that stray in); a price of 3.0 is further from 1.00, and its whole interval is over the line
+    code, d = _gate(capsys, str(_run(tmp_path / "r.jsonl", 3.0, aa=1.15)), "--setting", "strict")
     assert code == 1 and all("over the 10% budget" in f["reason"] for f in _findings(d, "price within budget"))
-    code, _ = _gate(capsys, str(_run(tmp_path / "near.jsonl", 1.2, aa=1.3)), "--setting", "strict")
+    code, _ = _gate(capsys, str(_run(tmp_path / "near.jsonl", 1.2, aa=1.15)), "--setting", "strict")
     assert code == 3  # over the line, but not beyond what the run can detect
 
 
