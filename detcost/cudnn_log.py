@@ -21,13 +21,19 @@ CUDNN_BACKEND_LOG_ENV = "CUDNN_LOGDEST_DBG"  # cuDNN's API log: every call and i
 _LOG_VARS = ("CUDNN_FRONTEND_LOG_INFO", CUDNN_LOG_ENV, "CUDNN_LOGLEVEL_DBG", "CUDNN_LOGINFO_DBG", CUDNN_BACKEND_LOG_ENV)
 
 
+def logs_cudnn(spec: TrialSpec) -> bool:
+    """Whether the trial writes cuDNN's logs: a profiled trial on CUDA (whose setting uses
+    cuDNN: `trial.trial_environ` asks that)."""
+    return spec.kind == Kind.PROFILED and is_cuda(spec.device)
+
+
 def cudnn_log_environ(spec: TrialSpec, results_dir: Path | None) -> dict:
     """Environment for the profiled trial's cuDNN logs (CUDA only), in the trial process's
     environment from its start (`start_environ`): the frontend's log and, as its fallback,
     cuDNN's own API log, each to its own file beside the results. A trial cannot know its
     cuDNN version before it imports torch, so both versions' switches of the API log are
     set: CUDNN_LOGLEVEL_DBG=3 (cuDNN 9) and CUDNN_LOGINFO_DBG=1 (cuDNN 8; deprecated in 9)."""
-    if spec.kind != Kind.PROFILED or not is_cuda(spec.device) or results_dir is None or not spec.sidecar:
+    if not logs_cudnn(spec) or results_dir is None or not spec.sidecar:
         return {}
     stem = results_dir / spec.sidecar
     frontend, backend = stem.with_suffix(".cudnn_frontend.log"), stem.with_suffix(".cudnn_api.log")

@@ -21,6 +21,7 @@ from detcost.measure import flops_per_step
 from detcost.record import ROUND_KINDS, Kind, TrialRecord, TrialSpec
 from detcost.settings import get_setting
 from detcost.timing import is_cuda
+from detcost.trial import spawned_for_cudnn_log
 from detcost.workloads import WorkloadConfig, get_workload
 from detcost.workloads.data import POOL_BATCHES
 
@@ -137,6 +138,14 @@ CUDA_FIGURES: dict[str, Figure] = {
         2.5,
         "s a profiled trial",
         "torch.profiler starting CUPTI, the op table, and the cuDNN API log (level 3: tens of MB)",
+    ),
+    # A profiled CUDA trial that asks for cuDNN's API log is spawned, not forked (the log's
+    # variables must be there when libcudnn loads: `cudnn_log.start_environ`), so it imports
+    # torch and detcost again: 4.2 s measured on a 2-core VM, less on a GPU host's CPUs.
+    "spawn_s": Figure(
+        3.0,
+        "s a profiled trial that writes cuDNN's API log",
+        "spawned, not forked, for cuDNN's API log: a fresh interpreter imports torch again",
     ),
     # Not modelled before (issue 21, item 7): a process that held a CUDA context frees it at
     # exit (cuCtxDestroy, its memory), which the parent waits for.
@@ -275,6 +284,8 @@ def _cuda_trial_s(spec: TrialSpec) -> float:
         tune = work.shapes * (f["autotune_steps"] * step + f["runtime_compile_s"])
     warm = max(f["min_warmup_s"], spec.warmup * step) + tune
     extra = f["profiler_s"] if spec.kind == Kind.PROFILED else 0.0
+    if spawned_for_cudnn_log(spec):
+        extra += f["spawn_s"]
     if spec.kind.measured and not _has_nvml():  # measure.run asks for the GPU's other processes
         extra += f["nvidia_smi_s"]
     return fixed + stage + warm + spec.steps * step + extra

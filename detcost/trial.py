@@ -158,6 +158,12 @@ def trial_environ(spec: TrialSpec, results_dir: Path | None = None) -> dict:
     return {**dict(setting.env), **logs}
 
 
+def spawned_for_cudnn_log(spec: TrialSpec) -> bool:
+    """Whether the trial starts spawned, not forked, for cuDNN's API log (what
+    `trial_environ` then asks for: `cudnn_log.start_environ`)."""
+    return get_setting(spec.setting).cudnn_enabled and cudnn_log.logs_cudnn(spec)
+
+
 def failure_record(spec: TrialSpec, status: Status, error: str, machine: dict | None = None) -> TrialRecord:
     """A record the parent writes for a trial whose process produced none (crash, timeout)."""
     return TrialRecord(spec, started_at=now(), env=machine).fail(status, error)

@@ -241,3 +241,19 @@ def test_the_run_summary_carries_the_per_trial_figures_in_text_and_json():
     as_json = text.run_summary_json(analysis, outcome, 0.0, None, figures)
     assert as_json["per_trial"] == [p.to_json() for p in figures]
     assert "per_trial" not in text.run_summary_json(analysis, outcome, 0.0, None)
+
+
+def test_a_profiled_cuda_trial_spawned_for_cudnn_s_api_log_is_estimated_the_interpreter_s_start(tmp_path, monkeypatch):
+    from detcost.cudnn_log import start_environ
+    from detcost.trial import spawned_for_cudnn_log, trial_environ
+    from tests.conftest import make_spec
+
+    profiled = make_spec(kind="profiled", device="cuda:0", sidecar="t/p.json")
+    for spec in (profiled, replace(profiled, setting="no_cudnn"), replace(profiled, kind=Kind.TIMED),
+                 replace(profiled, device="cpu")):  # fmt: skip
+        # the estimate's rule is the one run_isolated spawns by
+        assert spawned_for_cudnn_log(spec) == bool(start_environ(trial_environ(spec, tmp_path)))
+    assert spawned_for_cudnn_log(profiled) and not spawned_for_cudnn_log(replace(profiled, setting="no_cudnn"))
+    spawned = estimate._cuda_trial_s(profiled)
+    monkeypatch.setattr(estimate, "spawned_for_cudnn_log", lambda spec: False)
+    assert spawned - estimate._cuda_trial_s(profiled) == pytest.approx(estimate.CUDA_FIGURES["spawn_s"].value)
