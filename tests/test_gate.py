@@ -138,8 +138,11 @@ def test_busy_trials_are_cannot_decide_never_a_silent_pass(tmp_path, capsys):
 def test_a_noise_floor_wider_than_the_budget_cannot_decide(tmp_path, capsys):
     code, d = _gate(capsys, str(_run(tmp_path / "r.jsonl", 1.02, aa=1.3)), "--setting", "strict")
     assert code == 3
-    assert all("cannot detect a price the size of the budget" in f["reason"]
-               for f in _findings(d, "price within budget"))  # fmt: skip
+    assert all("cannot detect a price the size of the budget" in f["reason"] and "about" in f["reason"]
+               and f["figures"]["rounds_to_decide"] > 3 for f in _findings(d, "price within budget"))  # fmt: skip
+    code, d = _gate(capsys, str(_run(tmp_path / "r.jsonl", 1.02, aa=1.3)), "--setting", "strict", "--max-slowdown",
+                    "0.5%")  # fmt: skip
+    assert "budget (0.5%)" in _findings(d, "price within budget")[0]["reason"]
 
 
 def test_a_noisy_run_still_fails_a_price_it_detects_wholly_over_the_budget(tmp_path, capsys):

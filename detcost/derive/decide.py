@@ -51,11 +51,25 @@ def rounds_to_decide(r: PairedRatio, line: float) -> int | None:
     return 1 + math.ceil((r.rounds - 1) * (half / distance) ** 2)
 
 
+def rounds_to_detect(detectable: float, budget: float, rounds: int) -> int | None:
+    """About how many rounds in all would bring the smallest detectable price (the A/A
+    control's reach, mostly its interval) down to `budget`, were it all interval: it
+    shrinks roughly as 1/sqrt(rounds - 1). None without an interval or a budget."""
+    if not (math.isfinite(detectable) and budget > 0 and rounds >= 2):
+        return None
+    return 1 + math.ceil((rounds - 1) * (math.log1p(detectable) / math.log1p(budget)) ** 2)
+
+
 def more_rounds(r: PairedRatio, line: float) -> str:
     need = rounds_to_decide(r, line)
     if need is None:
         return "its point sits on the line, so no number of rounds would decide it"
     return f"about {need} rounds in all (this run has {r.rounds}) would decide it at the observed spread"
+
+
+def budget_text(budget: float) -> str:
+    """10% as "10%", 0.005 as "0.5%": a budget in the digits it was given."""
+    return f"{budget * 100:.3g}%"
 
 
 def level_text(level: float) -> str:
@@ -72,8 +86,11 @@ def decide(p: Price, setting: str, budget: float) -> BudgetDecision:
         return BudgetDecision(UNDECIDED, "has a price that rests on trials run while the machine was busy")
     if not p.detectable <= budget and not _over_and_detected(p, line):
         shown = f"{p.detectable:.1%}" if math.isfinite(p.detectable) else "unknown (one round)"
+        need = rounds_to_detect(p.detectable, budget, r.rounds)
+        more = f"; about {need} rounds in all would bring it within the budget at the observed spread" if need else ""
         return BudgetDecision(UNDECIDED, f"cannot be judged: the run cannot detect a price the size of the budget "
-                              f"({budget:.0%}): the smallest it can detect is {shown}")  # fmt: skip
+                              f"({budget_text(budget)}): the smallest it can detect is {shown}{more}",
+                              need)  # fmt: skip
     if p.label == p.price_vs:
         if p.pooled and setting != p.label:
             return BudgetDecision(PASS, f"is priced as one with {p.label}, the fastest, on the CPU (its flags change "
@@ -88,10 +105,10 @@ def decide(p: Price, setting: str, budget: float) -> BudgetDecision:
              f"{level_text(p.level)} interval over {r.rounds} rounds")  # fmt: skip
     busy = f" ({p.busy_trials} busy trial(s) left out)" if p.busy_trials else ""
     if status == FAIL:
-        return BudgetDecision(FAIL, f"{shown}{busy}: the whole interval is over the {budget:.0%} budget")
+        return BudgetDecision(FAIL, f"{shown}{busy}: the whole interval is over the {budget_text(budget)} budget")
     if status == PASS:
-        return BudgetDecision(PASS, f"{shown}{busy}: the whole interval is within the {budget:.0%} budget")
-    return BudgetDecision(UNDECIDED, f"{shown}{busy}: the interval straddles the {budget:.0%} budget; "
+        return BudgetDecision(PASS, f"{shown}{busy}: the whole interval is within the {budget_text(budget)} budget")
+    return BudgetDecision(UNDECIDED, f"{shown}{busy}: the interval straddles the {budget_text(budget)} budget; "
                           f"{more_rounds(r, line)}", rounds_to_decide(r, line))  # fmt: skip
 
 

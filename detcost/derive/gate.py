@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from detcost.derive.analysis import Analysis, MachineAnalysis
 from detcost.derive.compare import price_ratio
-from detcost.derive.decide import FAIL, PASS, UNDECIDED, against, decide, more_rounds
+from detcost.derive.decide import FAIL, PASS, UNDECIDED, against, budget_text, decide, more_rounds
 from detcost.derive.keys import GroupKey, ok_of
 from detcost.derive.prices import Price
 from detcost.derive.variance import Spread
@@ -194,7 +194,7 @@ def _drift_findings(m: MachineAnalysis, base: MachineAnalysis, setting: str, bud
             continue
         status = against(r, line)
         shown = f"{r.ratio:.3f} [{r.lo:.3f}, {r.hi:.3f}] x the baseline's"
-        tol = f"the tolerance of {budget:.0%} (the budget)"
+        tol = f"the tolerance of {budget_text(budget)} (the budget)"
         if status == FAIL:
             reason = f"{head} grew to {shown}: the whole interval is over {tol}"
         elif status == PASS:

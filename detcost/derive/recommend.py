@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 
 from detcost import axes
+from detcost.derive.decide import budget_text
 from detcost.derive.keys import is_cpu, ok_of, setting_order
 from detcost.derive.prices import Price
 from detcost.derive.variance import Spread
@@ -136,7 +137,7 @@ def speed_caveat(prices: list[Price], max_slowdown: float) -> str | None:
         shown = f"{wide[worst]:.0%}" if math.isfinite(wide[worst]) else "no interval (one round)"
         shown = ">100%" if math.isfinite(wide[worst]) and wide[worst] > 1 else shown
         reasons.append(
-            f"the smallest price this run can detect is larger than the {max_slowdown:.0%} budget on "
+            f"the smallest price this run can detect is larger than the {budget_text(max_slowdown)} budget on "
             f"{len(wide)} of {len(detectable)} workload(s) ({worst}: {shown}); more rounds narrow it "
             "(e.g. rerun with --precision 5%), as does a quieter machine"
         )
@@ -176,7 +177,7 @@ def recommend(
     # whose interval reaches into the budget is not shown to exceed it.
     eligible = [c for c in cands if c.runs_everywhere and c.max_price_lo <= budget]
     if not eligible:
-        reason = f"no setting ran on every workload within a {max_slowdown:.0%} slowdown"
+        reason = f"no setting ran on every workload within a {budget_text(max_slowdown)} slowdown"
         return Recommendation(None, reason, "", max_slowdown, cands, notes)
     pick, tied = _pick(eligible, noise)
     code = "\n".join([snippet(get_setting(pick.setting)), *axis_snippet(records, cpu)])
@@ -189,7 +190,7 @@ def _on_reproducibility_alone(records, cands, notes, max_slowdown, caveat, cpu) 
     ran everywhere, ties to the fewest changes from `default`; no price enters."""
     eligible = [c for c in cands if c.runs_everywhere and not c.max_price_lo > 1 + max_slowdown]
     if not eligible:
-        reason = f"no setting ran on every workload without being shown over the {max_slowdown:.0%} budget"
+        reason = f"no setting ran on every workload without being shown over the {budget_text(max_slowdown)} budget"
         return Recommendation(None, reason, "", max_slowdown, cands, notes, caveat)
     pick = min(_most_reproducible(eligible), key=lambda c: c.changes)
     reason = f"{_repro_text(pick)}; chosen on reproducibility alone, because this run cannot judge speed"

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from detcost.derive.analysis import Analysis, MachineAnalysis
-from detcost.derive.decide import FAIL, PASS, UNDECIDED, decide, level_text
+from detcost.derive.decide import FAIL, PASS, UNDECIDED, budget_text, decide, level_text
 from detcost.estimate import ASSUMED, GOAL_S, MEASURED_HERE, SCALED
 from detcost.report.prices_text import compact_cell, detectable_text, host_bound_lines, noise_lines, price_matrix
 from detcost.settings import get_setting
@@ -233,7 +233,7 @@ def decide_text(d: dict, analysis: Analysis) -> str:
     """What --decide decided for each price, and why any stayed open."""
     looks = ", ".join(map(str, d["looks"]))
     lines = [
-        f"--decide against the {d['budget']:.0%} budget (over the fastest setting): each interval at "
+        f"--decide against the {budget_text(d['budget'])} budget (over the fastest setting): each interval at "
         f"{level_text(d['level'])}, the 95% spread over {len(d['looks'])} look(s) at {looks} rounds, so a price "
         "decided at an early look is as sure as it says"
     ]
