@@ -13,7 +13,7 @@ import importlib.util
 import math
 import socket
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from detcost import axes, guard
 from detcost.audit import AUDIT_STEPS
@@ -346,7 +346,7 @@ class Learned:
         wall = self.walls.get(_trial_key(spec))
         if wall is not None:
             return wall, MEASURED_HERE
-        for key in ((str(spec.kind), spec.workload), (str(spec.kind),)):
+        for key in _ratio_keys(spec):
             if key in self.ratios:
                 return model_s * self.ratios[key], SCALED
         return model_s, ASSUMED
@@ -359,6 +359,12 @@ class Learned:
             "busy": self.busy,
             "ratios": {"/".join(k): v for k, v in self.ratios.items()},
         }
+
+
+def _ratio_keys(spec: TrialSpec) -> tuple[tuple, ...]:
+    """The measured/assumed ratios a trial teaches and is scaled by: its kind's on its
+    workload, then its kind's."""
+    return (str(spec.kind), spec.workload), (str(spec.kind),)
 
 
 def learn(
@@ -378,7 +384,7 @@ def learn(
         walls.setdefault(_trial_key(r.spec), []).append(r.process_wall_s)
         model = _model_s(r.spec, _preset_of(r.spec))
         if r.ok and model > 0:
-            for key in ((str(r.spec.kind), r.spec.workload), (str(r.spec.kind),)):
+            for key in _ratio_keys(r.spec):
                 ratios.setdefault(key, []).append(r.process_wall_s / model)
     return Learned(
         source,
@@ -403,14 +409,7 @@ class PerTrial:
     assumed_total_s: float
 
     def to_json(self) -> dict:
-        return {
-            "kind": self.kind,
-            "trials": self.trials,
-            "measured_s": self.measured_s,
-            "assumed_s": self.assumed_s,
-            "measured_total_s": self.measured_total_s,
-            "assumed_total_s": self.assumed_total_s,
-        }
+        return asdict(self)
 
 
 def per_trial(records: list[TrialRecord]) -> list[PerTrial]:

@@ -21,8 +21,8 @@ from detcost.parts import StepTiming, TrialParts
 from detcost.payloads import BusyReport
 from detcost.record import Kind, Status, TrialRecord
 from detcost.report.sweep_text import per_trial_text, plan_text
-from detcost.settings import DEFAULT_SETTINGS
 from detcost.workloads import data
+from tests.test_dry_run import _options as dry_run_options
 from tests.test_gpu_sizes import _meta_batch
 
 H100 = "NVIDIA H100 80GB HBM3"
@@ -39,17 +39,8 @@ def fake_h100(monkeypatch):
 
 
 def _options(device: str, **overrides) -> plan.SweepOptions:
-    base = {
-        "workloads": ["resnet18", "simple_cnn"],
-        "settings": list(DEFAULT_SETTINGS),
-        "repeats": 3,
-        "seed": 0,
-        "device": device,
-        "size_preset": "gpu" if device != "cpu" else "cpu",
-        "results": Path("r.jsonl"),
-        "run_id": "t",
-    }
-    return plan.SweepOptions(**{**base, **overrides})
+    """test_dry_run's options, over two workloads unless told otherwise."""
+    return dry_run_options(device, **{"workloads": ["resnet18", "simple_cnn"], **overrides})
 
 
 def _record(spec, wall: float, host: str = HOST, gpu: str | None = H100, busy: bool = False) -> TrialRecord:

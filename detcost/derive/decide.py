@@ -48,7 +48,13 @@ def rounds_to_decide(r: PairedRatio, line: float) -> int | None:
     half = math.log(r.hi / r.ratio) if r.ratio < line else math.log(r.ratio / r.lo)
     if distance <= 0 or not math.isfinite(half):
         return None
-    return 1 + math.ceil((r.rounds - 1) * (half / distance) ** 2)
+    return _rounds_to_shrink(r.rounds, half / distance)
+
+
+def _rounds_to_shrink(rounds: int, by: float) -> int:
+    """Rounds in all that shrink a t interval's half-width (log scale) `by` times, at the
+    spread observed over `rounds`: it goes roughly as 1/sqrt(rounds - 1)."""
+    return 1 + math.ceil((rounds - 1) * by**2)
 
 
 def rounds_to_detect(detectable: float, budget: float, rounds: int) -> int | None:
@@ -57,7 +63,7 @@ def rounds_to_detect(detectable: float, budget: float, rounds: int) -> int | Non
     shrinks roughly as 1/sqrt(rounds - 1). None without an interval or a budget."""
     if not (math.isfinite(detectable) and budget > 0 and rounds >= 2):
         return None
-    return 1 + math.ceil((rounds - 1) * (math.log1p(detectable) / math.log1p(budget)) ** 2)
+    return _rounds_to_shrink(rounds, math.log1p(detectable) / math.log1p(budget))
 
 
 def more_rounds(r: PairedRatio, line: float) -> str:
