@@ -218,6 +218,14 @@ class TrialRecord:
         return self.parts.workload_notes or {}
 
     @property
+    def reacts_to(self) -> str | None:
+        """The flag a workload says its steps react to on the CPU, as `read_flags()` names
+        it (`cudnn_benchmark`): a diagnostic workload that injects a known price under a
+        cuDNN flag declares it (`workload_notes.price_applies_to`)."""
+        flag = self.workload_notes.get("price_applies_to")
+        return flag.replace(".", "_") if isinstance(flag, str) else None
+
+    @property
     def audit(self) -> Audit | None:
         return self.parts.audit
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from detcost.derive.keys import AA_LABEL, GroupKey, by_key, cudnn_only, is_busy, label_order, ok_of, varying_fields
 from detcost.record import ROUND_KINDS, Kind, TrialRecord
-from detcost.settings import REFERENCE
+from detcost.settings import REFERENCE, SETTINGS
 from detcost.stats import LEVEL, PairedRatio, fastest, label_bias_var, paired_ratio, per_round, unpaired_ratio
 
 
@@ -249,6 +249,19 @@ def _reacting(rows: list[Price]) -> set[str]:
     }  # fmt: skip
 
 
+def _declared(records: list[TrialRecord], labels) -> set[str]:
+    """cuDNN-only settings that set a flag the workload says its steps react to on the CPU
+    (`TrialRecord.reacts_to`: a diagnostic workload's injected price). They are priced as
+    measured from the first round, before their data can confirm it, so that a run that
+    stops early (--decide) does not pool a known price away."""
+    flags = {r.reacts_to for r in records} - {None}
+    default = SETTINGS[REFERENCE].expected_flags()
+    return {
+        s for s in labels
+        if cudnn_only(s) and any(SETTINGS[s].expected_flags().get(f) != default.get(f) for f in flags)
+    }  # fmt: skip
+
+
 def _priced_group(key: GroupKey, records: list[TrialRecord], cpu: bool) -> list[Price]:
     per_label, _ = _labels(records, ())
     if not any(label != AA_LABEL for label in per_label):
@@ -256,7 +269,7 @@ def _priced_group(key: GroupKey, records: list[TrialRecord], cpu: bool) -> list[
     rows = _group(key, per_label, {})
     if not cpu:
         return rows
-    reacting = _reacting(rows)
+    reacting = _reacting(rows) | _declared(records, per_label)
     pool = tuple(s for s in label_order(per_label) if (s == REFERENCE or cudnn_only(s)) and s not in reacting)
     if len(pool) > 1:
         rows = _group(key, *_labels(records, pool))
