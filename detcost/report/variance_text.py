@@ -22,18 +22,24 @@ VARIANCE_COLUMNS = {
     "accuracy_range": "acc. range",
     "class_accuracy_range": "class acc. range",
     "same_data_order": "data order",
+    "ranks_agree": "DDP ranks",
 }
 VARIANCE_LEGEND = (
     "identical: repeats whose final parameters are bitwise equal; rel L2: ||dθ|| / ||θ|| on the "
     "parameter sample; rel L2 / seeds: that spread as a fraction of the seed yardstick's; "
     "'1 vs 2' under an axis: the same seed at each of those values; acc. range: max - min of "
     "evaluation accuracy; class acc. range: the largest such spread of one class's accuracy; data "
-    "order: whether a DataLoader gave every repeat the same sample order."
+    "order: whether a DataLoader gave every repeat the same sample order; DDP ranks: whether every rank "
+    "of a DDP trial (--nproc) ended with the same parameters (they should: a disagreement is a finding)."
 )
 
 
 def _order_word(v) -> str:
     return "-" if v is None or (isinstance(v, float) and pd.isna(v)) else ("same" if v else "differs")
+
+
+def _ranks_word(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and pd.isna(v)) else ("agree" if v else "DISAGREE")
 
 
 def variance_display(m: MachineAnalysis) -> pd.DataFrame:
@@ -66,6 +72,9 @@ def variance_display(m: MachineAnalysis) -> pd.DataFrame:
     out["data order"] = out["data order"].map(_order_word)
     if (out["data order"] == "-").all():  # staged batches only: their order is fixed by the data seed
         out = out.drop(columns="data order")
+    out["DDP ranks"] = out["DDP ranks"].map(_ranks_word)
+    if (out["DDP ranks"] == "-").all():  # no DDP trial of two ranks or more
+        out = out.drop(columns="DDP ranks")
     out["first diff step"] = [
         "-" if r < 2 else ("never" if v is None or pd.isna(v) else str(int(v)))
         for v, r in zip(table["first_diff_step"], table["R"])

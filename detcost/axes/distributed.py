@@ -1,0 +1,88 @@
+"""The world size of a DistributedDataParallel job: the `nproc` axis.
+
+Unset (the default), a trial is the ordinary one-process trial. At N (1 or more) the trial
+is one DDP job of N ranks, started by torch's own elastic launcher (what `torchrun` runs)
+from inside the trial's process (`detcost.ddp`): backend gloo on the CPU, nccl on CUDA with
+one process per GPU. Each rank wraps its model in `DistributedDataParallel` and reads its
+shard of the staged batches through a seeded `DistributedSampler` (the same seed on every
+rank, `set_epoch` each epoch); rank 0 measures, every rank hashes its final parameters.
+"""
+
+from __future__ import annotations
+
+from detcost.axes.registry import Axis, int_at_least
+
+
+def _world_size(text: str) -> int:
+    return int_at_least(text, 1)
+
+
+class Nproc(Axis):
+    """The DDP world size (None: no launcher, one process)."""
+
+    def wrap_model(self, value, model, spec):
+        if value is None:
+            return model
+        import torch
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [torch.device(spec.device).index] if spec.device.startswith("cuda") else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    def batches(self, value, batches, spec):
+        if value is None:
+            return batches
+        if getattr(batches, "read_once", False):
+            raise ValueError("--nproc shards the staged batches; a DataLoader's (--data loader) is not sharded yet")
+        return rank_shard(batches, spec.data_seed, spec.total_steps)
+
+    def read_back(self, workload):
+        import torch.distributed as dist
+
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else None
+
+    def id_part(self, value):
+        return None if value is None else f"np{value}"
+
+    def describe(self, value) -> str:
+        return "one process" if value is None else f"DDP x{value}"
+
+    def check(self, value, device):
+        if value is None or not device.startswith("cuda"):
+            return None
+        import torch
+
+        gpus = torch.cuda.device_count()  # NVML or the driver: no CUDA context in this process
+        if value > gpus:
+            return f"--nproc {value}: one process per GPU, and this machine has {gpus}"
+        return None
+
+    def processes(self, value) -> int:
+        return value or 1
+
+
+def rank_shard(batches, seed: int, steps: int) -> list:
+    """This rank's batches for `steps` steps: the staged batches as a dataset, sharded by a
+    `DistributedSampler` seeded with the trial's data seed (the same on every rank), with
+    `set_epoch(epoch)` before each pass, as DDP's training scripts do; passes repeat until
+    `steps` are drawn."""
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(len(batches)), shuffle=True, seed=seed)
+    out, epoch = [], 0
+    while len(out) < steps:
+        sampler.set_epoch(epoch)
+        out += [batches[i] for i in sampler]
+        epoch += 1
+    return out[:steps]
+
+
+NPROC = Nproc(
+    name="nproc",
+    default=None,
+    help="DDP world sizes, comma list: each trial runs as one DistributedDataParallel job of that many "
+    "processes, started by torch's elastic launcher (gloo on the CPU, nccl on CUDA, one process per GPU); "
+    "default: one process, no launcher",
+    parse=_world_size,
+    compare_across=True,
+)

@@ -1,0 +1,138 @@
+"""A DDP trial (the `nproc` axis): one DistributedDataParallel job of N ranks, started by
+torch's own elastic launcher (`elastic_launch`, what `torchrun --standalone` runs) from
+inside the trial's process, which stays the root of the trial's process tree (so the
+sweep's timeout kills the ranks with it, `isolation.kill`).
+
+Each rank is a spawned interpreter: it joins the process group (gloo on the CPU, nccl on
+CUDA, one process per GPU), and runs the trial's own body, the one-process trial's
+(`trial.in_state`: the setting, the axes, the kind's runner; `nproc`'s hooks wrap the
+model in DDP and shard the batches). Rank 0's parts are the record's; every rank's final
+parameter hash is compared. A rank that fails ends the job (no restarts): the launcher
+stops the others and `launch` raises `RankFailed` naming the rank and its error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from detcost.payloads import Distributed
+from detcost.record import TrialParts, TrialSpec
+from detcost.timing import is_cuda
+
+SHUTDOWN_S = 5  # how long the launcher lets the other ranks stop after one failed, before SIGKILL
+
+
+class RankFailed(RuntimeError):
+    """A rank of a DDP trial raised or died; the message names it and says why."""
+
+
+def world_size(spec: TrialSpec) -> int | None:
+    """The DDP world size the trial runs at (None: one process, no launcher)."""
+    return spec.axes.get("nproc")
+
+
+def backend(device: str) -> str:
+    return "nccl" if is_cuda(device) else "gloo"
+
+
+def on_rank(spec: TrialSpec, local_rank: int) -> TrialSpec:
+    """The spec as a rank runs it: on CUDA, the GPU of its local rank (counted from the
+    spec's own index); on the CPU, the spec itself. The one place a rank picks its device."""
+    if not is_cuda(spec.device):
+        return spec
+    import torch
+
+    first = torch.device(spec.device).index or 0
+    return dataclasses.replace(spec, device=f"cuda:{first + local_rank}")
+
+
+def launch(spec: TrialSpec, results_dir: Path | None, prepare: Callable, body: Callable) -> tuple:
+    """Run the trial as a DDP job of `world_size(spec)` ranks through torch's launcher:
+    each rank calls `prepare(spec)` before anything touches CUDA, joins the group, and
+    returns `body(spec, results_dir)`, a (threads, flags, parts) triple (ranks other than 0
+    get no results directory). Returns rank 0's triple, its parts with the job's
+    `Distributed` and the world size in its timing."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    n = world_size(spec)
+    _quiet_launcher()
+    with tempfile.TemporaryDirectory(prefix="detcost-ddp-") as logs:
+        config = LaunchConfig(
+            min_nodes=1,
+            max_nodes=1,
+            nproc_per_node=n,
+            run_id=f"detcost-{uuid.uuid4().hex[:12]}",
+            rdzv_backend="c10d",
+            rdzv_endpoint="localhost:0",  # a free port, as torchrun --standalone picks
+            max_restarts=0,
+            monitor_interval=0.05,
+            start_method="spawn",
+            logs_specs=DefaultLogsSpecs(log_dir=logs),
+            shutdown_timeout=SHUTDOWN_S,
+        )
+        try:
+            ranks = elastic_launch(config, _rank_main)(spec.to_dict(), results_dir, prepare, body)
+        except ChildFailedError as exc:
+            raise RankFailed(_failure(exc)) from None
+    threads, flags, parts = ranks[0]["result"]
+    job = Distributed(
+        backend=backend(spec.device),
+        nccl_version=ranks[0]["nccl_version"],
+        nccl_env=ranks[0]["nccl_env"],
+        rank_params_sha256=tuple(ranks[r]["params_sha256"] for r in range(n)),
+    )
+    timing = dataclasses.replace(parts.timing, world_size=n) if parts.timing else None
+    return threads, flags, dataclasses.replace(parts, timing=timing, distributed=job)
+
+
+def _quiet_launcher() -> None:
+    """The launcher's loggers in this process at CRITICAL: a failed rank's traceback would
+    go to the sweep's terminal, where a trial prints nothing (its error is in the record)."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _failure(exc) -> str:
+    """The launcher's failure as one line: the first rank that failed and its error (the
+    `message` of the exception it raised, or the signal that killed it), and any others."""
+    first_rank, first = exc.get_first_failure()
+    message = first.message.get("message") if isinstance(first.message, dict) else first.message
+    others = sorted(r for r in exc.failures if r != first_rank)
+    also = f" (ranks {', '.join(map(str, others))} stopped with it)" if others else ""
+    line = str(message).strip().splitlines()[0] if message else "no message"
+    return f"rank {first_rank}: {line}{also}"
+
+
+def _rank_main(spec_dict: dict, results_dir: Path | None, prepare: Callable, body: Callable) -> dict:
+    """One rank, in a process the launcher spawned with its RANK, LOCAL_RANK, WORLD_SIZE and
+    rendezvous in the environment."""
+    import torch
+    import torch.distributed as dist
+
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    spec = on_rank(TrialSpec.from_dict(spec_dict), local_rank)
+    prepare(spec)
+    if is_cuda(spec.device):
+        torch.cuda.set_device(spec.device)
+    dist.init_process_group(backend(spec.device))
+    try:
+        threads, flags, parts = body(spec, results_dir if rank == 0 else None)
+    finally:
+        dist.destroy_process_group()
+    parts = parts if isinstance(parts, TrialParts) else TrialParts()
+    cuda = is_cuda(spec.device)
+    return {
+        "result": (threads, flags, parts) if rank == 0 else None,
+        "params_sha256": parts.outcome.params_sha256 if parts.outcome else None,
+        "nccl_version": ".".join(map(str, torch.cuda.nccl.version())) if cuda else None,
+        "nccl_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("NCCL_")} if cuda else {},
+    }
