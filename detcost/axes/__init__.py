@@ -23,7 +23,7 @@ from detcost.axes.data import (
     Data,
     Workers,
 )
-from detcost.axes.distributed import NPROC, Nproc
+from detcost.axes.distributed import DDP_START_S, NPROC, Nproc
 from detcost.axes.model import (
     AMP,
     AMP_MODES,
@@ -77,4 +77,5 @@ __all__ = [
     "Threads", "Vary", "Data", "Workers", "MemoryFormat", "Tf32", "Compile", "Amp", "Autocast", "Nproc",
     "VARY_MODES", "DATA_MODES", "MEMORY_FORMATS", "TF32_MODES", "COMPILE_MODES", "AMP_MODES",
     "LOADER_SAMPLE_S", "LOADER_WORKER_BATCH_S", "LOADER_WORKER_START_S", "COMPILE_CPU_S", "COMPILE_CUDA_S",
+    "DDP_START_S",
 ]  # fmt: skip
