@@ -125,3 +125,19 @@ def test_more_ranks_than_gpus_is_refused_in_one_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert axes.NPROC.check(2, "cuda") == "--nproc 2: one process per GPU, and this machine has 1"
     assert axes.NPROC.check(1, "cuda") is None and axes.NPROC.check(4, "cpu") is None
+
+
+def test_nccl_algo_is_refused_on_the_cpu_and_bucket_size_runs_with_gloo():
+    assert axes.NCCL_ALGO.check("Ring", "cpu") == (
+        "--nccl-algo Ring: NCCL's algorithms are CUDA's; on the CPU DDP reduces with gloo"
+    )
+    assert axes.NCCL_ALGO.check("Ring", "cuda") is None and axes.NCCL_ALGO.check("default", "cpu") is None
+    assert main(["run", "--dry-run", "--device", "cpu", "--nproc", "2", "--nccl-algo", "Ring"]) == 2
+    # both matter only with --nproc: without it a sweep runs each trial once, as before
+    combos = axes.combinations({"nproc": [None], "nccl_algo": ["default", "Ring"], "bucket_mb": [None, 1.0]})
+    assert combos == [{"nproc": None, "nccl_algo": "default", "bucket_mb": None}]
+    spec = make_spec(axes={"threads": 1, "nproc": 2, "bucket_mb": 0.25})
+    assert spec.trial_id.endswith("/t1/np2/bucket0.25")
+    record = run_isolated(spec, timeout=120)
+    assert record.ok, record.error
+    assert record.parts.read_back["bucket_mb"] == 0.25 and record.distributed.ranks_agree

@@ -32,7 +32,7 @@ class Nproc(Axis):
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [torch.device(spec.device).index] if spec.device.startswith("cuda") else None
-        return DistributedDataParallel(model, device_ids=ids)
+        return DistributedDataParallel(model, device_ids=ids, bucket_cap_mb=spec.axes.get("bucket_mb"))
 
     def batches(self, value, batches, spec):
         if value is None:
@@ -87,6 +87,88 @@ def rank_shard(batches, seed: int, steps: int) -> list:
         epoch += 1
     return out[:steps]
 
+
+def _ddp_only(others) -> bool:
+    return others.get("nproc") is not None
+
+
+# NCCL's all-reduce algorithm, pinned through NCCL_ALGO (Megatron-LM pins Ring for
+# bit-exact runs), or NCCL's own choice by message size and topology ("default").
+NCCL_ALGOS = ("default", "Ring", "Tree")
+
+
+class NcclAlgo(Axis):
+    """NCCL_ALGO in a DDP rank's environment; it matters only with --nproc, on CUDA."""
+
+    def apply(self, value, spec):
+        import os
+
+        if value != "default":
+            # Not restored: NCCL reads it once per process, at its first communicator, and
+            # a DDP rank's process ends with its trial.
+            os.environ["NCCL_ALGO"] = value
+        return None
+
+    def read_back(self, workload):
+        import os
+
+        return os.environ.get("NCCL_ALGO")
+
+    def id_part(self, value):
+        return None if value == "default" else f"nccl-{value}"
+
+    def check(self, value, device):
+        if value == "default" or device.startswith("cuda"):
+            return None
+        return f"--nccl-algo {value}: NCCL's algorithms are CUDA's; on the CPU DDP reduces with gloo"
+
+    def applies(self, others):
+        return _ddp_only(others)
+
+    def snippet(self, values, cpu):
+        if cpu or len(values) != 1 or values[0] == "default":
+            return []
+        return [f"# DDP: export NCCL_ALGO={values[0]} before the first collective (torchrun passes it on)"]
+
+
+class BucketMb(Axis):
+    """DDP's gradient bucket size (`bucket_cap_mb`): which gradients one all-reduce carries,
+    so the messages NCCL picks its algorithm for. It matters only with --nproc."""
+
+    def read_back(self, workload):
+        config = getattr(workload.model, "_bucket_config", None)  # DistributedDataParallel's
+        return config.bucket_bytes_cap / 2**20 if config is not None else None
+
+    def id_part(self, value):
+        return None if value is None else f"bucket{value:g}"
+
+    def describe(self, value) -> str:
+        return "DDP's buckets (25 MiB)" if value is None else f"DDP buckets of {value:g} MiB"
+
+    def applies(self, others):
+        return _ddp_only(others)
+
+
+def _positive_mb(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"must be more than 0 MiB, got {text}")
+    return value
+
+
+NCCL_ALGO = NcclAlgo(
+    name="nccl_algo",
+    default="default",
+    values=NCCL_ALGOS,
+    help="comma list of default (NCCL's choice), Ring, Tree: NCCL_ALGO in each rank of a --nproc trial "
+    "(CUDA only); default: default",
+)
+BUCKET_MB = BucketMb(
+    name="bucket_mb",
+    default=None,
+    help="DDP gradient bucket sizes in MiB (bucket_cap_mb), comma list, for --nproc trials; default: DDP's 25",
+    parse=_positive_mb,
+)
 
 NPROC = Nproc(
     name="nproc",
