@@ -90,13 +90,28 @@ def launch(spec: TrialSpec, results_dir: Path | None, prepare: Callable, body: C
             ranks = elastic_launch(config, _rank_main)(spec.to_dict(), results_dir, prepare, body, logs)
         except ChildFailedError as exc:
             raise RankFailed(_failure(exc, Path(logs))) from None
-    threads, flags, parts = ranks[0]["result"]
+    return _with_job(spec, ranks[0])
+
+
+def join(spec: TrialSpec, results_dir: Path | None, prepare: Callable, body: Callable) -> tuple:
+    """Be one rank of a job that `torchrun` started (`detcost rank`, across machines too):
+    the environment holds RANK, LOCAL_RANK, WORLD_SIZE and the rendezvous. Returns what
+    `launch` returns on rank 0; on every other rank, its thread count and flags and no parts."""
+    got = _rank(spec.to_dict(), results_dir, prepare, body)
+    return _with_job(spec, got) if got["result"] is not None else (None, None, TrialParts())
+
+
+def _with_job(spec: TrialSpec, rank0: dict) -> tuple:
+    """Rank 0's (threads, flags, parts), its parts with the job's `Distributed` and the
+    world size in its timing."""
+    threads, flags, parts = rank0["result"]
     job = Distributed(
         backend=backend(spec.device),
-        nccl_version=ranks[0]["nccl_version"],
-        nccl_env=ranks[0]["nccl_env"],
-        rank_params_sha256=tuple(ranks[r]["params_sha256"] for r in range(n)),
+        nccl_version=rank0["nccl_version"],
+        nccl_env=rank0["nccl_env"],
+        rank_params_sha256=tuple(rank0["rank_params_sha256"]),
     )
+    n = len(job.rank_params_sha256)
     timing = dataclasses.replace(parts.timing, world_size=n) if parts.timing else None
     return threads, flags, dataclasses.replace(parts, timing=timing, distributed=job)
 
@@ -157,13 +172,14 @@ def _rank(spec_dict: dict, results_dir: Path | None, prepare: Callable, body: Ca
     dist.init_process_group(backend(spec.device))
     try:
         threads, flags, parts = body(spec, results_dir if rank == 0 else None)
+        hashes = [None] * dist.get_world_size()  # every rank's final parameters, in rank order
+        dist.all_gather_object(hashes, parts.outcome.params_sha256 if parts.outcome else None)
     finally:
         dist.destroy_process_group()
-    parts = parts if isinstance(parts, TrialParts) else TrialParts()
     cuda = is_cuda(spec.device)
     return {
         "result": (threads, flags, parts) if rank == 0 else None,
-        "params_sha256": parts.outcome.params_sha256 if parts.outcome else None,
+        "rank_params_sha256": hashes,
         "nccl_version": ".".join(map(str, torch.cuda.nccl.version())) if cuda else None,
         "nccl_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("NCCL_")} if cuda else {},
     }

@@ -50,11 +50,15 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def run_trial(spec: TrialSpec, results_dir: Path | str | None = None, machine: dict | None = None) -> TrialRecord:
+def run_trial(
+    spec: TrialSpec, results_dir: Path | str | None = None, machine: dict | None = None, *, joined: bool = False
+) -> TrialRecord:
     """Run one trial in this process and return its record; failures become a status.
 
     `machine` is the sweep's fingerprint of this machine, taken once in the parent; the
-    trial adds only what can differ per trial (its thread count and environment)."""
+    trial adds only what can differ per trial (its thread count and environment). A DDP
+    trial launches its ranks, or with `joined` this process is one rank of a job that
+    torchrun started (`detcost rank`): rank 0's record holds the measurements."""
     record = TrialRecord(spec, started_at=now())
     t0 = time.perf_counter()
     results_dir = Path(results_dir) if results_dir is not None else None
@@ -63,7 +67,8 @@ def run_trial(spec: TrialSpec, results_dir: Path | str | None = None, machine: d
         if ddp.world_size(spec) is None:
             threads, record.flags, record.parts = in_state(spec, results_dir)
         else:  # one DDP job, through torch's launcher: each rank runs `in_state`, rank 0's is the record's
-            threads, record.flags, record.parts = ddp.launch(spec, results_dir, before_cuda, in_state)
+            start = ddp.join if joined else ddp.launch
+            threads, record.flags, record.parts = start(spec, results_dir, before_cuda, in_state)
         record.status, record.error = record.outcome.judge() if record.outcome else (Status.OK, None)
     except Exception as exc:  # recorded as a finding; the sweep goes on
         record.fail(failure_kind(exc), one_line(exc))

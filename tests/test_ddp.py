@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+import sys
 
 import psutil
 import pytest
@@ -141,3 +144,19 @@ def test_nccl_algo_is_refused_on_the_cpu_and_bucket_size_runs_with_gloo():
     record = run_isolated(spec, timeout=120)
     assert record.ok, record.error
     assert record.parts.read_back["bucket_mb"] == 0.25 and record.distributed.ranks_agree
+
+
+def test_torchrun_runs_one_trial_as_detcost_rank_with_the_bits_of_the_sweeps_launch(tmp_path):
+    """`torchrun ... -m detcost rank` (here --standalone; --nnodes and --rdzv-endpoint span
+    machines) writes rank 0's record, with the same final parameters as the sweep's own
+    launch of the same trial."""
+    out = tmp_path / "r.jsonl"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command += ["-m", "detcost", "rank", "--quick", "--device", "cpu", "--threads", "1", "--results", str(out)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (stored,) = results.load_records(out)
+    assert stored.ok and stored.timing.world_size == 2 and stored.distributed.ranks_agree
+    ours = run_isolated(stored.spec, timeout=120)
+    assert ours.ok and ours.outcome.params_sha256 == stored.outcome.params_sha256
