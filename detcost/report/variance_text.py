@@ -49,7 +49,11 @@ def variance_display(m: MachineAnalysis) -> pd.DataFrame:
     if table.empty:
         return table
     out = table.copy()
-    out["workload"] = [key_cells(v.key, m.fields)[0] for v in m.spreads]
+    cells = [key_cells(v.key, m.fields) for v in m.spreads]
+    out["workload"] = [c[0] for c in cells]
+    for k, field in enumerate(f for f in m.fields if f != "workload"):  # as the key holds them: 2, not 2.0
+        if field in out:
+            out[field] = [c[k + 1] if len(c) > k + 1 else None for c in cells]
     out["identical"] = [
         f"{r.R} seeds" if r.setting == SEED_LABEL else f"{r.n_identical}/{r.R}" for r in out.itertuples()
     ]
