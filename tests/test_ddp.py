@@ -125,7 +125,7 @@ def test_without_nproc_a_trial_is_the_one_process_trial_with_its_old_id():
 def test_more_ranks_than_gpus_is_refused_in_one_line(monkeypatch):
     import torch
 
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "_device_count_nvml", lambda: 1)
     assert axes.NPROC.check(2, "cuda") == "--nproc 2: one process per GPU, and this machine has 1"
     assert axes.NPROC.check(1, "cuda") is None and axes.NPROC.check(4, "cpu") is None
 

@@ -63,7 +63,9 @@ class Nproc(Axis):
             return None
         import torch
 
-        gpus = torch.cuda.device_count()  # NVML or the driver: no CUDA context in this process
+        # NVML's count, as detcost.env counts: the sweep's parent never initialises CUDA
+        gpus = getattr(torch.cuda, "_device_count_nvml", lambda: -1)()
+        gpus = gpus if gpus >= 0 else torch.cuda.device_count()
         if value > gpus:
             return f"--nproc {value}: one process per GPU, and this machine has {gpus}"
         return None
