@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 
 from detcost.env import gpu_processes
@@ -25,9 +27,11 @@ from detcost.timing import (
     StepTimer,
     cpu_sample,
     is_cuda,
+    live_descendants_cpu_s,
     peak_memory,
     reset_peak_memory,
     synchronize,
+    tree_cpu_s,
     trial_threads,
 )
 from detcost.train import build, read_back, run_steps, warm_clocks
@@ -159,17 +163,33 @@ def _busy(spec: TrialSpec, cpu_start) -> BusyReport:
     tree's (`timing.tree_cpu_s`), so its DataLoader workers are its own work, not a
     neighbour's. On the CPU a trial uses its thread count; a CUDA trial drives the GPU from
     one host thread, and another compute process on the same GPU (NVML, nvidia-smi) makes
-    it busy whatever the CPUs did."""
-    threads = trial_threads(spec.device, [torch.get_num_threads()])
+    it busy whatever the CPUs did. A DDP trial's ranks (`nproc`) are its own work too: its
+    tree is the launcher's, and it uses its thread count in each rank."""
+    ranks = spec.axes.get("nproc") or 1
+    threads = trial_threads(spec.device, [torch.get_num_threads()]) * ranks
     gpu_others = gpu_processes(spec.device) if is_cuda(spec.device) else None
-    return BusyReport.between(cpu_start, cpu_sample(), threads, gpu_others)
+    return BusyReport.between(cpu_start, cpu_sample(_own_tree(spec)), threads, gpu_others)
+
+
+def _own_tree(spec: TrialSpec):
+    """What `cpu_sample` counts as the trial's own CPU time: this process's tree, or for a
+    rank of a DDP trial the tree of the launcher that started every rank (`detcost.ddp`)."""
+    if not spec.axes.get("nproc"):
+        return tree_cpu_s
+    launcher = psutil.Process(os.getppid())
+
+    def job_cpu_s() -> float:
+        t = launcher.cpu_times()
+        return t.user + t.system + t.children_user + t.children_system + live_descendants_cpu_s(launcher)
+
+    return job_cpu_s
 
 
 def timed_region(spec: TrialSpec, wl: Workload, log: StepLog) -> dict:
     """The timed steps; peak memory and the busy guard around them. All step times are
     kept raw; steps that took a snapshot are marked excluded from the statistics (unless
     every timed step took one, as in a run of a step or two)."""
-    out, cpu_start = {}, cpu_sample()
+    out, cpu_start = {}, cpu_sample(_own_tree(spec))
     reset_peak_memory(spec.device)
     timer = StepTimer(spec.device, spec.steps)
     t0 = time.perf_counter()

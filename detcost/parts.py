@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from detcost import stats
-from detcost.payloads import Audit, BusyReport, Profile
+from detcost.payloads import Audit, BusyReport, Distributed, Profile
 from detcost.vocabulary import Status
 
 
@@ -47,6 +47,9 @@ class StepTiming:
     peak_memory_bytes: int | None = None
     memory_metric: str | None = None
     busy: BusyReport | None = None  # the busy-machine guard's view of the timed region
+    # the ranks of a DDP trial (the `nproc` axis), each stepping `batch_size` samples: the
+    # step's samples are world_size x batch_size (None: one process)
+    world_size: int | None = None
     flops_per_step: float | None = None
     flops_source: str | None = None
 
@@ -71,13 +74,18 @@ class StepTiming:
         return q75 - q25
 
     @property
+    def step_samples(self) -> int:
+        """The samples one step trains on, over every rank of a DDP job (global samples)."""
+        return self.batch_size * (self.world_size or 1)
+
+    @property
     def samples_per_s(self) -> float:
-        return self.batch_size / self.step_time_median_s
+        return self.step_samples / self.step_time_median_s
 
     @property
     def samples_per_s_iqr(self) -> float:
         q25, q75 = stats.step_quartiles(*self.kept)
-        return self.batch_size / q25 - self.batch_size / q75
+        return self.step_samples / q25 - self.step_samples / q75
 
     @property
     def noisy_steps(self) -> bool:
@@ -147,6 +155,7 @@ class TrialParts:
     outcome: Outcome | None = None
     audit: Audit | None = None  # the audit trial's alerts and strict's verdict
     profile: Profile | None = None  # the profiled trial's steps, host-bound measure, cuDNN plans
+    distributed: Distributed | None = None  # a DDP trial's job: backend, NCCL, every rank's hash
     workload_notes: dict | None = None  # what a workload says of itself (an injected price)
     payload: dict = field(default_factory=dict)  # fields no part knows (a newer writer's)
     sidecar: str | None = None  # arrays beside the results file (relative path)

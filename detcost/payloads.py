@@ -170,6 +170,39 @@ class Audit:
         return cls(**{**_known(cls, d), "alerts": alerts})
 
 
+# ---- a DDP trial -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """A DDP trial's job (the `nproc` axis): its backend, NCCL's version and the NCCL_*
+    variables in force (CUDA only; None and {} on the CPU), and every rank's final
+    parameter hash, in rank order (its world size is the timing's, `StepTiming.world_size`,
+    which its throughput needs). All ranks receive the same reduced gradients, so they
+    agree even where runs differ; a rank that disagrees is a finding."""
+
+    backend: str
+    nccl_version: str | None = None
+    nccl_env: dict = field(default_factory=dict)
+    rank_params_sha256: tuple[str | None, ...] = ()
+
+    @property
+    def ranks_agree(self) -> bool | None:
+        """Whether every rank ended with the same parameters (None: fewer than two hashed)."""
+        hashes = [h for h in self.rank_params_sha256 if h]
+        return len(set(hashes)) == 1 if len(hashes) > 1 else None
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "rank_params_sha256": list(self.rank_params_sha256), "ranks_agree": self.ranks_agree}
+
+    @classmethod
+    def from_json(cls, d) -> Distributed | None:
+        if not isinstance(d, dict) or "backend" not in d:
+            return None
+        known = _known(cls, d)
+        return cls(**{**known, "rank_params_sha256": tuple(d.get("rank_params_sha256") or ())})
+
+
 # ---- the profiled trial --------------------------------------------------------------
 
 

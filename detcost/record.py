@@ -25,7 +25,7 @@ from detcost.parts import StepTiming as StepTiming
 from detcost.parts import TrialParts as TrialParts
 from detcost.payloads import HOST_BOUND_BELOW as HOST_BOUND_BELOW
 from detcost.payloads import Alert as Alert
-from detcost.payloads import Audit, CudnnPlans, HostBound, Profile
+from detcost.payloads import Audit, CudnnPlans, Distributed, HostBound, Profile
 from detcost.stats import LEVEL
 from detcost.vocabulary import MEASURED as MEASURED
 from detcost.vocabulary import ROUND_KINDS as ROUND_KINDS
@@ -234,6 +234,11 @@ class TrialRecord:
         return self.parts.profile
 
     @property
+    def distributed(self) -> Distributed | None:
+        """A DDP trial's job (`nproc`): its backend, NCCL, every rank's final parameter hash."""
+        return self.parts.distributed
+
+    @property
     def host_bound(self) -> HostBound | None:
         """The profiled trial's host-bound measure, where it made one."""
         hb = self.parts.profile.host_bound if self.parts.profile else None
@@ -279,6 +284,8 @@ class TrialRecord:
             out["audit"] = self.parts.audit.to_json()
         if self.parts.profile is not None:
             out.update(self.parts.profile.to_json())
+        if self.parts.distributed is not None:
+            out["distributed"] = self.parts.distributed.to_json()
         if self.parts.workload_notes:
             out["workload_notes"] = self.parts.workload_notes
         if self.parts.sidecar:
@@ -300,6 +307,7 @@ class TrialRecord:
             outcome=Outcome.from_json(d),
             audit=Audit.from_json(d.get("audit")),
             profile=Profile.from_json(d),
+            distributed=Distributed.from_json(d.get("distributed")),
             workload_notes=d.get("workload_notes") or None,
             payload={k: v for k, v in d.items() if k not in known},
             sidecar=d.get("sidecar"),
@@ -329,7 +337,7 @@ def _str(value) -> str | None:
 
 _TIMING_FIELDS = {f.name for f in fields(StepTiming)} | set(StepTiming.DERIVED)
 _OUTCOME_FIELDS = {f.name for f in fields(Outcome)}
-_PAYLOAD_FIELDS = {"audit", "workload_notes", *Profile.KEYS}
+_PAYLOAD_FIELDS = {"audit", "distributed", "workload_notes", *Profile.KEYS}
 
 
 def _known_fields(spec: TrialSpec) -> set[str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from detcost import audit, cudnn_log, measure, profile
+from detcost import audit, cudnn_log, ddp, measure, profile
 from detcost import env as envmod
 from detcost.errors import is_out_of_memory
 from detcost.record import Kind, Status, TrialParts, TrialRecord, TrialSpec, one_line
@@ -50,20 +50,25 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def run_trial(spec: TrialSpec, results_dir: Path | str | None = None, machine: dict | None = None) -> TrialRecord:
+def run_trial(
+    spec: TrialSpec, results_dir: Path | str | None = None, machine: dict | None = None, *, joined: bool = False
+) -> TrialRecord:
     """Run one trial in this process and return its record; failures become a status.
 
     `machine` is the sweep's fingerprint of this machine, taken once in the parent; the
-    trial adds only what can differ per trial (its thread count and environment)."""
+    trial adds only what can differ per trial (its thread count and environment). A DDP
+    trial launches its ranks, or with `joined` this process is one rank of a job that
+    torchrun started (`detcost rank`): rank 0's record holds the measurements."""
     record = TrialRecord(spec, started_at=now())
     t0 = time.perf_counter()
     results_dir = Path(results_dir) if results_dir is not None else None
     threads = None
     try:
-        with trial_state(spec):
-            threads = torch.get_num_threads()  # the trial's (its state is restored on leaving)
-            record.flags = read_flags()
-            record.parts = RUNNERS[spec.kind](spec, results_dir)
+        if ddp.world_size(spec) is None:
+            threads, record.flags, record.parts = in_state(spec, results_dir)
+        else:  # one DDP job, through torch's launcher: each rank runs `in_state`, rank 0's is the record's
+            start = ddp.join if joined else ddp.launch
+            threads, record.flags, record.parts = start(spec, results_dir, before_cuda, in_state)
         record.status, record.error = record.outcome.judge() if record.outcome else (Status.OK, None)
     except Exception as exc:  # recorded as a finding; the sweep goes on
         record.fail(failure_kind(exc), one_line(exc))
@@ -77,6 +82,15 @@ def run_trial(spec: TrialSpec, results_dir: Path | str | None = None, machine: d
         if record.ok:
             record.fail(Status.ERROR, f"fingerprint: {one_line(exc)}")
     return record
+
+
+def in_state(spec: TrialSpec, results_dir: Path | None) -> tuple[int, dict, TrialParts]:
+    """The trial's body under its process state: its thread count (the state is restored
+    on leaving), the flags read back, and what the kind's runner measured. A DDP trial's
+    ranks each run it (`ddp.launch`)."""
+    with trial_state(spec):
+        threads = torch.get_num_threads()
+        return threads, read_flags(), RUNNERS[spec.kind](spec, results_dir)
 
 
 CUDA_AT_START = "CUDA was initialised before the trial process started"

@@ -23,6 +23,7 @@ from detcost.axes.data import (
     Data,
     Workers,
 )
+from detcost.axes.distributed import BUCKET_MB, DDP_START_S, NCCL_ALGO, NCCL_ALGOS, NPROC, BucketMb, NcclAlgo, Nproc
 from detcost.axes.model import (
     AMP,
     AMP_MODES,
@@ -62,7 +63,7 @@ from detcost.axes.registry import (
 )
 from detcost.axes.vary import VARY, VARY_MODES, Vary
 
-BUILT_IN = (THREADS, VARY, DATA, WORKERS, MEMORY_FORMAT, TF32, COMPILE, AMP)
+BUILT_IN = (THREADS, VARY, DATA, WORKERS, MEMORY_FORMAT, TF32, COMPILE, AMP, NPROC, NCCL_ALGO, BUCKET_MB)
 for _axis in BUILT_IN:
     register(_axis)
 
@@ -72,8 +73,12 @@ __all__ = [
     "each", "first_defaults", "first_problem", "host_threads", "id_parts", "int_at_least", "names", "register",
     "reserve", "unregister", "wrapper_of",
     # detcost's own axes, their classes and figures
-    "BUILT_IN", "THREADS", "VARY", "DATA", "WORKERS", "MEMORY_FORMAT", "TF32", "COMPILE", "AMP",
-    "Threads", "Vary", "Data", "Workers", "MemoryFormat", "Tf32", "Compile", "Amp", "Autocast",
+    "BUILT_IN", "THREADS", "VARY", "DATA", "WORKERS", "MEMORY_FORMAT", "TF32", "COMPILE", "AMP", "NPROC", "NCCL_ALGO",
+    "BUCKET_MB",
+    "Threads", "Vary", "Data", "Workers", "MemoryFormat", "Tf32", "Compile", "Amp", "Autocast", "Nproc", "NcclAlgo",
+    "BucketMb",
     "VARY_MODES", "DATA_MODES", "MEMORY_FORMATS", "TF32_MODES", "COMPILE_MODES", "AMP_MODES",
+    "NCCL_ALGOS",
     "LOADER_SAMPLE_S", "LOADER_WORKER_BATCH_S", "LOADER_WORKER_START_S", "COMPILE_CPU_S", "COMPILE_CUDA_S",
+    "DDP_START_S",
 ]  # fmt: skip

@@ -20,8 +20,9 @@ the trial's spec where it needs one:
   `describe(value)` (a table's words), `snippet(values, cpu)` (the recommendation's
   lines), `check(value, device)` and `check_workload(value, workload)` (why a value
   cannot run, one line), `applies(others)` (whether the axis matters, given the other
-  axes' values), `varies_seed(value, purpose)`, `host_threads(value, device)` (for the
-  busy guard) and `defaults_for(device)` (a sweep's values when none are given).
+  axes' values), `varies_seed(value, purpose)`, `host_threads(value, device)` and
+  `processes(value)` (the processes a trial runs, `nproc`'s ranks: for the busy guard)
+  and `defaults_for(device)` (a sweep's values when none are given).
 
 The hooks import torch in the trial process, not at import: the axes sit below the record
 and load without the training stack.
@@ -130,6 +131,9 @@ class Axis:
 
     def host_threads(self, value, device: str) -> int | None:
         return None
+
+    def processes(self, value) -> int:
+        return 1
 
     def defaults_for(self, device: str) -> list:
         return [self.default]
@@ -240,9 +244,11 @@ def first_problem(values: Mapping[str, list], device: str, workloads: list) -> s
 
 
 def host_threads(values: Mapping[str, list], device: str) -> int:
-    """The host threads a trial of these axes' values keeps busy, at most (at least 1)."""
+    """The host threads a trial of these axes' values keeps busy, at most (at least 1): the
+    most any axis asks for in each of the most processes any axis starts (`nproc`'s ranks)."""
     counts = [axis.host_threads(v, device) for axis, _ in each({}) for v in values.get(axis.name, [])]
-    return max([n for n in counts if n] or [1])
+    ranks = [axis.processes(v) for axis, _ in each({}) for v in values.get(axis.name, [])]
+    return max([n for n in counts if n] or [1]) * max(ranks or [1])
 
 
 def cost(spec) -> Cost:

@@ -1,4 +1,4 @@
-"""The `detcost` command: run | report | compare | variance | explain | audit | gate | config |
+"""The `detcost` command: run | report | compare | variance | explain | audit | rank | gate | config |
 selfcheck | env.
 
 Bad input ends in one line on stderr and exit code 2; an internal error in exit code 1

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from detcost.axes import int_at_least
 from detcost.cli.gate import add_gate
-from detcost.cli.run import cmd_audit, cmd_run
+from detcost.cli.run import cmd_audit, cmd_rank, cmd_run
 from detcost.cli.show import cmd_compare, cmd_config, cmd_env, cmd_explain, cmd_report, cmd_selfcheck, cmd_variance
 from detcost.errors import UsageError
 
@@ -360,6 +360,24 @@ def _add_audit(sub) -> None:
     p.set_defaults(func=cmd_audit)
 
 
+def _add_rank(sub) -> None:
+    p = sub.add_parser(
+        "rank",
+        help="one rank of a DDP trial that torchrun started, on one machine or across several "
+        "(torchrun --nnodes N --nproc-per-node G --rdzv-backend c10d --rdzv-endpoint HOST:PORT -m detcost rank ...): "
+        "rank 0 appends the trial's record to --results, a rank that fails its own",
+    )
+    p.add_argument("--workload", default="simple_cnn", help="one workload (default: simple_cnn)")
+    p.add_argument("--setting", default="default", help="one setting (default: default)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda: each rank takes the GPU of its local rank")
+    p.add_argument("--quick", action="store_true", help="small sizes")
+    p.add_argument("--threads", type=lambda t: int_at_least(t, 1), default=None, help="torch's CPU threads a rank")
+    p.add_argument("--seed", type=int, default=0, help="the trial's seed (default: 0)")
+    p.add_argument("--repeat", type=int, default=0, help="the trial's repeat number, for its id (default: 0)")
+    p.add_argument("--results", type=Path, required=True, help="the JSONL file the record is appended to")
+    p.set_defaults(func=cmd_rank)
+
+
 def build_parser() -> argparse.ArgumentParser:
     import detcost
 
@@ -371,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(sub)
     _add_variance(sub)
     _add_audit(sub)
+    _add_rank(sub)
     _add_report(sub)
     _add_compare(sub)
     _add_selfcheck(sub)

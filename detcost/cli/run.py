@@ -182,6 +182,38 @@ def _dry_run(opts, resume: bool, as_json: bool, estimate_from: Path | None = Non
     return EXIT_OK
 
 
+def cmd_rank(args) -> int:
+    """One rank of a DDP trial that torchrun started (its environment names the rank, the
+    world size and the rendezvous): the trial as `detcost run --nproc` runs it, the job
+    being torchrun's; rank 0 appends the record, a rank that fails its own."""
+    import os
+
+    from detcost import axes
+    from detcost.env import resolve_device
+    from detcost.plan import size_preset
+    from detcost.results import ResultsWriter
+    from detcost.settings import apply_env, get_setting
+    from detcost.train import spec_at_preset
+    from detcost.trial import run_trial
+
+    if "TORCHELASTIC_RUN_ID" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise UsageError("detcost rank runs under torchrun: torchrun --nproc-per-node N -m detcost rank ...")
+    device = resolve_device(args.device)
+    values = {**axes.first_defaults(device), "nproc": int(os.environ["WORLD_SIZE"])}
+    values.update({"threads": args.threads} if args.threads else {})
+    spec = spec_at_preset(
+        args.workload, args.setting, device, size_preset(device, args.quick), axes=values,
+        seed=args.seed, repeat=args.repeat, run_id=f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}",
+    )  # fmt: skip
+    apply_env(get_setting(args.setting))  # the setting's environment, before anything touches CUDA
+    record = run_trial(spec, args.results.parent, joined=True)
+    if int(os.environ["RANK"]) == 0 or not record.ok:
+        with ResultsWriter(args.results) as out:
+            out.write(record.to_json())
+        print(f"{record.trial_id}: {record.status}" + (f" ({record.error})" if record.error else ""))
+    return EXIT_OK if record.ok else 1  # a failed rank: torchrun stops the job
+
+
 def cmd_audit(args) -> int:
     from detcost.env import resolve_device
     from detcost.plan import size_preset

@@ -17,6 +17,6 @@ DERIVED_COLUMNS = (
         "first_diff_step", "loss_std", "loss_std_vs_seeds", "loss_range", "accuracy_std", "accuracy_range",
         "class_accuracy_range", "same_data_order", "disagreement", "disagreement_vs_seeds", "priced_as_one",
         "verdict", "why", "flag_reacts", "machine", "host_bound", "across_values", "cold_start_s",
-        "peak_memory_bytes", "achieved_flops",
+        "peak_memory_bytes", "achieved_flops", "ranks_agree",
 )  # fmt: skip
 axes.reserve(DERIVED_COLUMNS, "a column of the derived tables")

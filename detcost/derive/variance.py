@@ -52,6 +52,10 @@ class Spread:
     disagreement: float = math.nan
     max_abs_dlogits: float = math.nan
     first_diff_step: int | None = None
+    # DDP trials (`nproc`): whether every rank of every trial ended with the same parameters
+    # (None: no trial of the group ran two ranks or more). A False is a finding: DDP's ranks
+    # all receive the same reduced gradients, so they agree even where runs differ.
+    ranks_agree: bool | None = None
     across: str | None = None
     across_values: str | None = None
     vs_seeds: dict = field(default_factory=dict)  # rel_l2, loss_std, disagreement over the yardstick's
@@ -75,7 +79,7 @@ class Spread:
 _METRICS = (
     "R", "n_identical", "bitwise_identical", "loss_std", "loss_range", "accuracy_std", "accuracy_range",
     "class_accuracy_range", "same_data_order", "max_abs_dtheta", "rel_l2", "disagreement", "max_abs_dlogits",
-    "first_diff_step",
+    "first_diff_step", "ranks_agree",
 )  # fmt: skip
 _VS_SEEDS = ("rel_l2", "loss_std", "disagreement")
 
@@ -127,6 +131,13 @@ def _same_data_order(outcomes) -> bool | None:
     return len(set(orders)) == 1 if len(orders) > 1 else None
 
 
+def _ranks_agree(records: list[TrialRecord]) -> bool | None:
+    """Whether the ranks of every DDP trial here agreed (None: no trial ran two ranks)."""
+    verdicts = [r.distributed.ranks_agree for r in records if r.distributed is not None]
+    known = [v for v in verdicts if v is not None]
+    return all(known) if known else None
+
+
 def _distances(sides: list[dict | None]) -> dict:
     pairs = [(a, b) for a, b in combinations(sides, 2) if a is not None and b is not None]
     if not pairs:
@@ -162,6 +173,7 @@ def compare(key: GroupKey, setting: str, records: list[TrialRecord], sides: dict
         accuracy_range=_range(acc),
         class_accuracy_range=_class_accuracy_range(outcomes),
         same_data_order=_same_data_order(outcomes),
+        ranks_agree=_ranks_agree(records),
         **_distances([sides.get(rec.trial_id) for rec in records]),
         **extra,
     )

@@ -22,18 +22,24 @@ VARIANCE_COLUMNS = {
     "accuracy_range": "acc. range",
     "class_accuracy_range": "class acc. range",
     "same_data_order": "data order",
+    "ranks_agree": "DDP ranks",
 }
 VARIANCE_LEGEND = (
     "identical: repeats whose final parameters are bitwise equal; rel L2: ||dθ|| / ||θ|| on the "
     "parameter sample; rel L2 / seeds: that spread as a fraction of the seed yardstick's; "
     "'1 vs 2' under an axis: the same seed at each of those values; acc. range: max - min of "
     "evaluation accuracy; class acc. range: the largest such spread of one class's accuracy; data "
-    "order: whether a DataLoader gave every repeat the same sample order."
+    "order: whether a DataLoader gave every repeat the same sample order; DDP ranks: whether every rank "
+    "of a DDP trial (--nproc) ended with the same parameters (they should: a disagreement is a finding)."
 )
 
 
 def _order_word(v) -> str:
     return "-" if v is None or (isinstance(v, float) and pd.isna(v)) else ("same" if v else "differs")
+
+
+def _ranks_word(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and pd.isna(v)) else ("agree" if v else "DISAGREE")
 
 
 def variance_display(m: MachineAnalysis) -> pd.DataFrame:
@@ -43,7 +49,11 @@ def variance_display(m: MachineAnalysis) -> pd.DataFrame:
     if table.empty:
         return table
     out = table.copy()
-    out["workload"] = [key_cells(v.key, m.fields)[0] for v in m.spreads]
+    cells = [key_cells(v.key, m.fields) for v in m.spreads]
+    out["workload"] = [c[0] for c in cells]
+    for k, field in enumerate(f for f in m.fields if f != "workload"):  # as the key holds them: 2, not 2.0
+        if field in out:
+            out[field] = [c[k + 1] if len(c) > k + 1 else None for c in cells]
     out["identical"] = [
         f"{r.R} seeds" if r.setting == SEED_LABEL else f"{r.n_identical}/{r.R}" for r in out.itertuples()
     ]
@@ -66,6 +76,9 @@ def variance_display(m: MachineAnalysis) -> pd.DataFrame:
     out["data order"] = out["data order"].map(_order_word)
     if (out["data order"] == "-").all():  # staged batches only: their order is fixed by the data seed
         out = out.drop(columns="data order")
+    out["DDP ranks"] = out["DDP ranks"].map(_ranks_word)
+    if (out["DDP ranks"] == "-").all():  # no DDP trial of two ranks or more
+        out = out.drop(columns="DDP ranks")
     out["first diff step"] = [
         "-" if r < 2 else ("never" if v is None or pd.isna(v) else str(int(v)))
         for v, r in zip(table["first_diff_step"], table["R"])

@@ -1,0 +1,162 @@
+"""DDP trials (`--nproc`) on the CPU, through torch's elastic launcher with gloo: a job of
+two ranks records ok with its world size, its repeats agree bitwise and so do its ranks; a
+rank that raises or hangs ends the trial with a recorded failure and leaves no process;
+a run without --nproc is the one-process trial it always was."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from detcost import axes, results
+from detcost.cli import main
+from detcost.isolation import run_isolated
+from detcost.record import Status, TrialRecord
+from detcost.trial import trial_environ
+from tests import ddp_faulty
+from tests.conftest import TIMED_ONLY, V1_SAMPLE, make_spec, run_cli
+
+RAISING = "tests.ddp_faulty:raising"
+
+
+@pytest.fixture(scope="session")
+def ddp_sweep(tmp_path_factory, monkeypatch_session):
+    """simple_cnn and a workload whose rank 1 raises, at two ranks, two repeats."""
+    folder = tmp_path_factory.mktemp("ddp")
+    pids = folder / "pids"
+    pids.mkdir()
+    monkeypatch_session.setenv(ddp_faulty.PIDS_VAR, str(pids))
+    path = folder / "d.jsonl"
+    code = run_cli(
+        "--workloads", f"simple_cnn,{RAISING}", "--settings", "default", "--nproc", "2", "--threads", "1",
+        "--repeats", "2", *TIMED_ONLY, "--timeout", "120", "--results", str(path),
+    )  # fmt: skip
+    assert code == 0
+    return path, pids
+
+
+@pytest.fixture(scope="session")
+def monkeypatch_session():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def records_of(path, workload):
+    return [r for r in results.load_records(path) if r.spec.workload == workload]
+
+
+def test_two_ranks_record_ok_with_world_size_and_agree(ddp_sweep):
+    recs = records_of(ddp_sweep[0], "simple_cnn")
+    assert len(recs) == 2 and all(r.ok for r in recs), [r.error for r in recs]
+    for r in recs:
+        assert r.trial_id.endswith("/t1/np2")
+        assert r.timing.world_size == 2 and r.timing.step_samples == 2 * r.spec.batch_size
+        job = r.distributed
+        assert job.backend == "gloo" and job.nccl_version is None and job.nccl_env == {}
+        assert len(job.rank_params_sha256) == 2 and job.ranks_agree
+        assert job.rank_params_sha256[0] == r.outcome.params_sha256  # rank 0's fingerprints are the record's
+        assert r.parts.read_back["nproc"] == 2
+    assert recs[0].outcome.params_sha256 == recs[1].outcome.params_sha256  # repeats bitwise identical
+
+
+def test_a_rank_that_raises_ends_the_trial_naming_it_and_leaves_no_process(ddp_sweep):
+    path, pids = ddp_sweep
+    recs = records_of(path, RAISING)
+    assert len(recs) == 2
+    for r in recs:
+        assert r.status == Status.ERROR
+        assert r.error.startswith("RankFailed: rank 1: ValueError: injected on rank 1"), r.error
+    _assert_gone(pids, expected=4)  # 2 trials x 2 ranks wrote theirs
+
+
+def test_the_variance_table_shows_rank_agreement(ddp_sweep, capsys):
+    assert main(["variance", str(ddp_sweep[0])]) == 0
+    out = capsys.readouterr().out
+    assert "DDP ranks" in out and "agree" in out and "DISAGREE" not in out
+
+
+def test_a_rank_that_hangs_ends_within_the_timeout_and_leaves_no_process(tmp_path):
+    spec = make_spec(workload="tests.ddp_faulty:hanging", axes={"threads": 1, "nproc": 2})
+    record = run_isolated(spec, timeout=40, environ={**trial_environ(spec), ddp_faulty.PIDS_VAR: str(tmp_path)})
+    assert record.status == Status.TIMEOUT
+    _assert_gone(tmp_path, expected=2)
+
+
+def _assert_gone(folder, expected: int) -> None:
+    """Every rank that wrote its pid, and the launcher (its trial process) it named, has
+    ended: killed processes get a moment to die, and a zombie (dead, not yet reaped by the
+    init process it was handed to) counts as gone."""
+    written = list(folder.iterdir())
+    assert len(written) >= expected
+    pids = {pid for f in written for pid in (int(f.name), int(f.read_text()))}
+    procs = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            procs.append(psutil.Process(pid))
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    alive = [p for p in alive if _status(p) not in (None, psutil.STATUS_ZOMBIE)]
+    assert not alive, f"processes outlived their trial: {[p.pid for p in alive]}"
+
+
+def _status(p: psutil.Process) -> str | None:
+    try:
+        return p.status()
+    except psutil.NoSuchProcess:
+        return None
+
+
+def test_without_nproc_a_trial_is_the_one_process_trial_with_its_old_id():
+    spec = make_spec()
+    assert spec.axes["nproc"] is None and spec.trial_id == "timed/simple_cnn/default/r0/s0/t2"
+    first = json.loads(V1_SAMPLE.read_text().splitlines()[0])
+    old = TrialRecord.from_json(first)
+    assert "nproc" not in first and old.spec.axes["nproc"] is None and old.distributed is None
+    assert old.trial_id == first["trial_id"]
+    assert axes.host_threads({"threads": [2], "nproc": [None]}, "cpu") == 2
+    assert axes.host_threads({"threads": [1], "nproc": [1, 3]}, "cpu") == 3
+
+
+def test_more_ranks_than_gpus_is_refused_in_one_line(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "_device_count_nvml", lambda: 1)
+    assert axes.NPROC.check(2, "cuda") == "--nproc 2: one process per GPU, and this machine has 1"
+    assert axes.NPROC.check(1, "cuda") is None and axes.NPROC.check(4, "cpu") is None
+
+
+def test_nccl_algo_is_refused_on_the_cpu_and_bucket_size_runs_with_gloo():
+    assert axes.NCCL_ALGO.check("Ring", "cpu") == (
+        "--nccl-algo Ring: NCCL's algorithms are CUDA's; on the CPU DDP reduces with gloo"
+    )
+    assert axes.NCCL_ALGO.check("Ring", "cuda") is None and axes.NCCL_ALGO.check("default", "cpu") is None
+    assert main(["run", "--dry-run", "--device", "cpu", "--nproc", "2", "--nccl-algo", "Ring"]) == 2
+    # both matter only with --nproc: without it a sweep runs each trial once, as before
+    combos = axes.combinations({"nproc": [None], "nccl_algo": ["default", "Ring"], "bucket_mb": [None, 1.0]})
+    assert combos == [{"nproc": None, "nccl_algo": "default", "bucket_mb": None}]
+    spec = make_spec(axes={"threads": 1, "nproc": 2, "bucket_mb": 0.25})
+    assert spec.trial_id.endswith("/t1/np2/bucket0.25")
+    record = run_isolated(spec, timeout=120)
+    assert record.ok, record.error
+    assert record.parts.read_back["bucket_mb"] == 0.25 and record.distributed.ranks_agree
+
+
+def test_torchrun_runs_one_trial_as_detcost_rank_with_the_bits_of_the_sweeps_launch(tmp_path):
+    """`torchrun ... -m detcost rank` (here --standalone; --nnodes and --rdzv-endpoint span
+    machines) writes rank 0's record, with the same final parameters as the sweep's own
+    launch of the same trial."""
+    out = tmp_path / "r.jsonl"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command += ["-m", "detcost", "rank", "--quick", "--device", "cpu", "--threads", "1", "--results", str(out)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (stored,) = results.load_records(out)
+    assert stored.ok and stored.timing.world_size == 2 and stored.distributed.ranks_agree
+    ours = run_isolated(stored.spec, timeout=120)
+    assert ours.ok and ours.outcome.params_sha256 == stored.outcome.params_sha256
