@@ -160,3 +160,42 @@ def test_torchrun_runs_one_trial_as_detcost_rank_with_the_bits_of_the_sweeps_lau
     assert stored.ok and stored.timing.world_size == 2 and stored.distributed.ranks_agree
     ours = run_isolated(stored.spec, timeout=120)
     assert ours.ok and ours.outcome.params_sha256 == stored.outcome.params_sha256
+
+
+def _scaled(tmp_path, sps_one: float, sps_two: float, rounds: int = 3):
+    """Crafted records: simple_cnn under default at nproc 1 and 2, known samples/s per round."""
+    from detcost.derive.analysis import analyse
+    from detcost.payloads import BusyReport
+    from detcost.record import Kind, Outcome, Status, StepTiming, TrialParts, TrialRecord, TrialSpec
+
+    out = []
+    for r in range(rounds):
+        for n, sps in ((1, sps_one), (2, sps_two)):
+            spec = TrialSpec("t", Kind.TIMED, "simple_cnn", "default", r, 0, "cpu", 6, 2, 16, 8, axes={"nproc": n})
+            wobble = 1 + 0.01 * ((r * 7 + n) % 3 - 1)  # rounds differ a little, the ratio stays
+            step = n * 16 / (sps * wobble)  # global samples/s = ranks x batch / step time
+            timing = StepTiming(step_times_s=[step] * 4, batch_size=16, busy=BusyReport(), world_size=n)
+            outcome = Outcome(final_loss=1.0, eval_accuracy=0.5, params_sha256="p", logits_sha256="l")
+            parts = TrialParts(timing=timing, outcome=outcome)
+            out.append(TrialRecord(spec, Status.OK, parts=parts, env={"hostname": "h", "cpu": "c"}))
+    return analyse(out).machines[0]
+
+
+def test_ddp_is_priced_against_one_process_as_a_speed_up_of_global_samples_per_s(tmp_path):
+    m = _scaled(tmp_path, 1000.0, 1600.0)
+    (row,) = m.scaling
+    assert row.nproc == 2 and row.setting == "default" and row.speedup.rounds == 3
+    assert row.speedup.ratio == pytest.approx(1.6, rel=0.02) and row.speedup.lo < 1.6 < row.speedup.hi
+    assert row.efficiency == pytest.approx(0.8, rel=0.02)
+    from detcost.report.scaling_text import scaling_text
+
+    text = "\n".join(scaling_text(m))
+    assert "DDP against one process" in text and "1.60 [" in text
+
+
+def test_no_ddp_comparison_without_a_one_process_group_beside_it(tmp_path):
+    m = _scaled(tmp_path, 1000.0, 1600.0)
+    from detcost.derive.scaling import scaling
+
+    only_two = [r for r in m.records if r.spec.axes.get("nproc") == 2]
+    assert scaling(only_two, m.spreads) == []

@@ -27,6 +27,7 @@ from detcost.derive.keys import (
 )
 from detcost.derive.prices import Price, price_frame_rows, prices
 from detcost.derive.recommend import DEFAULT_MAX_SLOWDOWN, Recommendation, recommend
+from detcost.derive.scaling import Scaling, scaling
 from detcost.derive.variance import Divergence, Spread, divergence_curves, load_sidecars, spreads
 from detcost.ops import workaround
 from detcost.record import Alert, CudnnPlans, Kind, Status, TrialRecord
@@ -95,6 +96,8 @@ class MachineAnalysis:
     cudnn_plans: list[tuple[str, str, CudnnPlans]]  # (workload, setting, what the profiled trial's cuDNN log said)
     # Each framework switch the run priced: its price and reproducibility beside detcost's cheapest equivalent.
     frameworks: list[SwitchVerdict] = field(default_factory=list)
+    # DDP (`nproc`): each setting's global samples/s at N ranks over one process's
+    scaling: list[Scaling] = field(default_factory=list)
 
     @property
     def busy_used(self) -> str:
@@ -191,6 +194,7 @@ def analyse_machine(name: str, records: list[TrialRecord], max_slowdown: float) 
         frameworks=framework_switches(
             priced, spread, cpu, [(f.key, f.setting, f"{f.status}: {f.error}") for f in failures if f.kind == "timed"]
         ),
+        scaling=scaling(records, spread),
     )
 
 

@@ -31,6 +31,7 @@ from detcost.report.prices_text import (
     price_details,
     price_matrix,
 )
+from detcost.report.scaling_text import scaling_section
 from detcost.report.variance_text import variance_display
 
 
@@ -185,6 +186,7 @@ def machine_section(m: MachineAnalysis, team: str | None = None) -> dict:
         "cpu_note": cpu_note(m.priced_settings),
         "layout": layout_text(m.layout_varied),
         "frameworks": frameworks_section(m),
+        "scaling": scaling_section(m),
         "snippet_forms": [f for f in snippet_forms(m.recommendation.snippets) if f["key"] != "pytorch"],
     }
 
@@ -258,6 +260,9 @@ def markdown_summary(context: dict) -> str:
         if m["frameworks"]:
             fw = m["frameworks"]
             parts += [f"## {fw['title']}", "", fw["intro"], "", _md_table(fw["header"], fw["rows"]), ""]
+        if m["scaling"]:
+            sc = m["scaling"]
+            parts += [f"## {sc['title']}", "", sc["intro"], "", _md_table(sc["header"], sc["rows"]), ""]
         if m["variance_rows"]:
             parts += ["## Variance", "", _md_table(m["variance_header"], m["variance_rows"]), ""]
         if m["failures"]:

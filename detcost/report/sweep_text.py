@@ -12,6 +12,7 @@ from detcost.derive.analysis import Analysis, MachineAnalysis
 from detcost.derive.decide import FAIL, PASS, UNDECIDED, budget_text, decide, level_text
 from detcost.estimate import ASSUMED, GOAL_S, MEASURED_HERE, SCALED
 from detcost.report.prices_text import compact_cell, detectable_text, host_bound_lines, noise_lines, price_matrix
+from detcost.report.scaling_text import scaling_json, scaling_text
 from detcost.settings import get_setting
 from detcost.snippets import apply_call
 
@@ -165,6 +166,7 @@ def _machine_lines(m: MachineAnalysis, several: bool, team: str | None = None) -
     if m.prices:
         parts += ["", VERDICT_LEGEND + ":", price_matrix_text(m, team), *noise_lines(m), detectable_text(m.prices)]
         parts += host_bound_lines(m.prices)
+    parts += scaling_text(m)
     parts += ["", *(f"note: {n}" for n in rec.notes)] if rec.notes else []
     failed = m.failure_frame()
     if not failed.empty:
@@ -320,6 +322,7 @@ def run_summary_json(analysis: Analysis, outcome, wall: float, report=None, per_
         "decide": {**outcome.decide, "decisions": decisions(outcome.decide, analysis)} if outcome.decide else None,
         "speed": [row for m in machines for row in records_json(m.price_frame())],
         "failures": [row for m in machines for row in records_json(m.failure_frame())],
+        "ddp": [row for m in machines for row in scaling_json(m)],
         "report": {"html": str(report.html), "markdown": str(report.markdown)} if report else None,
         "recommendation": recommendation_json(machines[0].recommendation) if machines else None,
     } | extra
