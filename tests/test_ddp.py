@@ -162,40 +162,100 @@ def test_torchrun_runs_one_trial_as_detcost_rank_with_the_bits_of_the_sweeps_lau
     assert ours.ok and ours.outcome.params_sha256 == stored.outcome.params_sha256
 
 
-def _scaled(tmp_path, sps_one: float, sps_two: float, rounds: int = 3):
-    """Crafted records: simple_cnn under default at nproc 1 and 2, known samples/s per round."""
-    from detcost.derive.analysis import analyse
+SPEEDS = {  # (threads, setting): samples/s at nproc 1 and at nproc 2
+    (1, "default"): (1000.0, 2000.0),  # 2.00
+    (1, "strict"): (500.0, 400.0),  # 0.80: the pairing must keep each setting's own trials
+    (2, "default"): (3000.0, 3000.0),  # 1.00: and each axis value's
+}
+
+
+def _crafted(speeds=SPEEDS, nprocs=(1, 2), rounds: int = 3, busy=()):
+    """Records of simple_cnn with known global samples/s per (threads, setting, nproc), each
+    round a little off the last, the ratio within a round a little off its own; `busy`: (round, nproc) whose
+    trials the guard flagged, 10x slow."""
     from detcost.payloads import BusyReport
-    from detcost.record import Kind, Outcome, Status, StepTiming, TrialParts, TrialRecord, TrialSpec
+    from detcost.record import Kind, Outcome, StepTiming, TrialParts, TrialSpec
 
     out = []
     for r in range(rounds):
-        for n, sps in ((1, sps_one), (2, sps_two)):
-            spec = TrialSpec("t", Kind.TIMED, "simple_cnn", "default", r, 0, "cpu", 6, 2, 16, 8, axes={"nproc": n})
-            wobble = 1 + 0.01 * ((r * 7 + n) % 3 - 1)  # rounds differ a little, the ratio stays
-            step = n * 16 / (sps * wobble)  # global samples/s = ranks x batch / step time
-            timing = StepTiming(step_times_s=[step] * 4, batch_size=16, busy=BusyReport(), world_size=n)
-            outcome = Outcome(final_loss=1.0, eval_accuracy=0.5, params_sha256="p", logits_sha256="l")
-            parts = TrialParts(timing=timing, outcome=outcome)
-            out.append(TrialRecord(spec, Status.OK, parts=parts, env={"hostname": "h", "cpu": "c"}))
-    return analyse(out).machines[0]
+        for (threads, setting), by_n in speeds.items():
+            for n, sps in zip((1, 2), by_n):
+                if n not in nprocs:
+                    continue
+                axes_ = {"threads": threads, "nproc": n}
+                spec = TrialSpec("t", Kind.TIMED, "simple_cnn", setting, r, 0, "cpu", 6, 2, 16, 8, axes=axes_)
+                slow = 10.0 if (r, n) in busy else 1.0
+                drift = (1 + 0.02 * r) * (1 + 0.01 * (r - 1) if n == 2 else 1)  # the ratio wobbles around sps's
+                step = n * 16 * slow * drift / sps  # global samples/s = ranks x batch / step time
+                timing = StepTiming(step_times_s=[step] * 4, batch_size=16, busy=BusyReport(cpu_busy=slow > 1),
+                                    world_size=n)  # fmt: skip
+                outcome = Outcome(final_loss=1.0, eval_accuracy=0.5, params_sha256="p", logits_sha256="l")
+                parts = TrialParts(timing=timing, outcome=outcome)
+                out.append(TrialRecord(spec, Status.OK, parts=parts, env={"hostname": "h", "cpu": "c"}))
+    return out
+
+
+def _one_process(records):
+    """The same records as one-process trials of a run without --nproc."""
+    import dataclasses
+
+    out = []
+    for r in records:
+        if r.spec.axes["nproc"] != 1:
+            continue
+        spec = dataclasses.replace(r.spec, axes={**r.spec.axes, "nproc": None})
+        timing = dataclasses.replace(r.timing, world_size=None)
+        out.append(dataclasses.replace(r, spec=spec, parts=dataclasses.replace(r.parts, timing=timing)))
+    return out
 
 
 def test_ddp_is_priced_against_one_process_as_a_speed_up_of_global_samples_per_s(tmp_path):
-    m = _scaled(tmp_path, 1000.0, 1600.0)
-    (row,) = m.scaling
-    assert row.nproc == 2 and row.setting == "default" and row.speedup.rounds == 3
-    assert row.speedup.ratio == pytest.approx(1.6, rel=0.02) and row.speedup.lo < 1.6 < row.speedup.hi
-    assert row.efficiency == pytest.approx(0.8, rel=0.02)
+    from detcost.derive.analysis import analyse
+    from detcost.report.build import build_report
+    from detcost.report.scaling_text import TITLE, scaling_json, scaling_text
+
+    analysis = analyse(_crafted())
+    m = analysis.machines[0]
+    rows = {(s.key.as_dict()["threads"], s.setting): s for s in m.scaling}
+    assert set(rows) == set(SPEEDS) and all(s.nproc == 2 and s.speedup.rounds == 3 for s in m.scaling)
+    for k, want in {(1, "default"): 2.0, (1, "strict"): 0.8, (2, "default"): 1.0}.items():
+        s = rows[k]
+        assert s.speedup.ratio == pytest.approx(want, rel=1e-3) and s.speedup.lo < want < s.speedup.hi
+        assert s.efficiency == pytest.approx(want / 2, rel=1e-3) and s.reproducible and s.ranks_agree is None
+    text = "\n".join(scaling_text(m))
+    assert TITLE in text and "2.00 [" in text and "0.80 [" in text and "share this machine's cores" in text
+    (row,) = [j for j in scaling_json(m) if j["setting"] == "strict"]
+    assert row["nproc"] == 2 and row["speedup"] == pytest.approx(0.8, rel=1e-3) and row["speedup_lo"] <= 0.8
+    paths = build_report(analysis, tmp_path, [])
+    for page in (paths.markdown, paths.html):
+        assert TITLE in page.read_text() and "2.00 [" in page.read_text()
+
+
+def test_busy_trials_are_left_out_of_the_speed_up():
+    from detcost.derive.analysis import analyse
+
+    (row,) = analyse(_crafted({(1, "default"): (1000.0, 2000.0)}, busy={(0, 2)})).machines[0].scaling
+    assert row.speedup.rounds == 2 and row.speedup.ratio == pytest.approx(2 / 1.01**0.5)  # rounds 1 and 2
+    # a world size busy in every round but one: no round in common, so unpaired, as prices do
+    (row,) = analyse(_crafted({(1, "default"): (1000.0, 2000.0)}, busy={(0, 2), (1, 2), (2, 1)})).machines[0].scaling
+    assert row.speedup.rounds == 1 and row.speedup.ratio == pytest.approx(2 * 1.02**0.5 / (1.04 * 1.01))
+
+
+def test_no_ddp_comparison_without_a_one_process_group_beside_it(ddp_sweep):
+    from detcost.derive.analysis import analyse
     from detcost.report.scaling_text import scaling_text
 
-    text = "\n".join(scaling_text(m))
-    assert "DDP against one process" in text and "1.60 [" in text
+    m = analyse(_crafted(nprocs=(2,))).machines[0]
+    assert m.scaling == [] and scaling_text(m) == []
+    m = analyse(results.load_records(ddp_sweep[0])).machines[0]  # --nproc 2 alone, really run
+    assert m.scaling == [] and scaling_text(m) == []
 
 
-def test_no_ddp_comparison_without_a_one_process_group_beside_it(tmp_path):
-    m = _scaled(tmp_path, 1000.0, 1600.0)
-    from detcost.derive.scaling import scaling
+def test_a_run_without_nproc_has_no_ddp_section(tmp_path):
+    from detcost.derive.analysis import analyse
+    from detcost.report.build import build_report
+    from detcost.report.scaling_text import TITLE
 
-    only_two = [r for r in m.records if r.spec.axes.get("nproc") == 2]
-    assert scaling(only_two, m.spreads) == []
+    analysis = analyse(_one_process(_crafted()))
+    assert analysis.machines[0].scaling == []
+    assert TITLE not in build_report(analysis, tmp_path, []).markdown.read_text()

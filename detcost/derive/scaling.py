@@ -16,7 +16,7 @@ from detcost.derive.keys import GroupKey, by_key, group_fields, label_order, ok_
 from detcost.derive.prices import interval_level, rounds_of, without_busy
 from detcost.derive.variance import Spread
 from detcost.record import ROUND_KINDS, Kind, TrialRecord
-from detcost.stats import PairedRatio, paired_ratio
+from detcost.stats import PairedRatio, paired_ratio, unpaired_ratio
 
 AXIS = "nproc"
 
@@ -35,7 +35,7 @@ class Scaling:
 
     @property
     def efficiency(self) -> float:
-        """The speed-up per rank: 1.00 is perfect scaling."""
+        """The speed-up over N (the speed-up per rank): 1.00 is perfect scaling."""
         return self.speedup.ratio / self.nproc
 
 
@@ -56,13 +56,20 @@ def scaling(records: list[TrialRecord], spreads: list[Spread]) -> list[Scaling]:
             if not base:
                 continue
             level = interval_level(mine + base)
-            r = paired_ratio(rounds_of(base), rounds_of(mine), level)  # one process's step time over the job's
+            r = _over_rounds(rounds_of(base), rounds_of(mine), level)  # one process's step time over the job's
             s = spread.get((key, setting))
             out.append(Scaling(
                 key, setting, int(n), PairedRatio(r.ratio * n, r.lo * n, r.hi * n, r.rounds), level,
                 None if s is None or s.R < 2 else s.bitwise_identical, None if s is None else s.ranks_agree,
             ))  # fmt: skip
     return out
+
+
+def _over_rounds(a: dict, b: dict, level: float) -> PairedRatio:
+    """Paired within rounds; where busy trials left the two world sizes no round in common,
+    unpaired (as prices do: drift then does not cancel, and the interval is wider for it)."""
+    paired = paired_ratio(a, b, level)
+    return paired if paired.rounds else unpaired_ratio(a, b, level)
 
 
 def _with(key: GroupKey, nproc: int) -> GroupKey:

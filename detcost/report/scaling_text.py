@@ -10,7 +10,7 @@ from detcost.report.fmt import ratio_text
 from detcost.report.keys_text import key_cells
 
 TITLE = "DDP against one process"
-HEADER = ["setting", "ranks", "speed-up over one process", "per rank", "repeats", "ranks"]
+HEADER = ["setting", "ranks", "speed-up over one process", "efficiency", "repeats", "rank agreement"]
 
 
 def _yes(v: bool | None, yes: str, no: str) -> str:
@@ -33,9 +33,9 @@ def scaling_table(m: MachineAnalysis) -> tuple[list[str], list[list[str]]]:
 def scaling_intro(m: MachineAnalysis) -> str:
     level = level_text(min(s.level for s in m.scaling))
     text = (f"How many times one process's samples/s the N ranks of a DDP job give together (global samples/s), "
-            f"paired within rounds, {level} interval; per rank: the speed-up over N (1.00 is perfect scaling); "
-            "repeats: whether the job's repeats ended bitwise identical; ranks: whether every rank ended with the "
-            "same parameters.")  # fmt: skip
+            f"paired within rounds, {level} interval over the rounds; efficiency: the speed-up over N (1.00 is perfect "
+            "scaling); repeats: whether the job's repeats ended bitwise identical; rank agreement: whether every rank "
+            "ended with the same parameters.")  # fmt: skip
     if m.cpu:
         text += (" On the CPU the ranks share this machine's cores, so the speed-up says what the cores held, not "
                  "what N GPUs would give.")  # fmt: skip
