@@ -135,6 +135,9 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "microbench: layer micro-benchmarks, run with pytest --benchmark-only")
+    config.addinivalue_line(
+        "markers", "dynamo_in_process: runs torch.compile in the pytest process (tests.fake_cuda_available skips it)"
+    )
 
 
 def pytest_collection_modifyitems(config, items):

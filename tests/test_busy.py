@@ -297,11 +297,11 @@ def test_a_cuda_trial_asks_the_gpu_for_other_processes_and_counts_one_host_threa
     asked = []
     monkeypatch.setattr(measure, "gpu_processes", lambda device: asked.append(device) or "4242 python 900MiB")
     samples = iter([CpuSample(0.0, 0.0, 0.0, None), CpuSample(1.0, 0.0, 0.0, None)])
-    monkeypatch.setattr(measure, "cpu_sample", lambda: next(samples))
+    monkeypatch.setattr(measure, "cpu_sample", lambda *tree: next(samples))
     report = measure._busy(make_spec(device="cuda:1"), next(samples))
     assert asked == ["cuda:1"] and report.busy and not report.cpu_busy
     assert "4242 python" in report.describe()
     assert report.busy_above_cores == round(max(0.25, report.usable_cpus - 1 - 0.5), 2)  # one host thread
     quiet = iter([CpuSample(0.0, 0.0, 0.0, None), CpuSample(1.0, 0.0, 0.0, None)])
-    monkeypatch.setattr(measure, "cpu_sample", lambda: next(quiet))
+    monkeypatch.setattr(measure, "cpu_sample", lambda *tree: next(quiet))
     assert not measure._busy(make_spec(device="cpu"), next(quiet)).busy and asked == ["cuda:1"]  # the CPU asks no GPU

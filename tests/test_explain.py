@@ -158,6 +158,7 @@ def test_a_compiled_cpu_trial_is_bitwise_reproducible_and_compiles_in_the_cold_s
     assert all(r["compile_read_back"].startswith("on") and r["trial_id"].endswith("/compiled") for r in records)
 
 
+@pytest.mark.dynamo_in_process
 def test_the_compile_axis_compiles_in_the_warm_up_and_never_in_a_timed_step(monkeypatch):
     """Which steps compile, counted rather than timed: torch.compile (with a backend that
     records each graph it is handed, and runs it eagerly) compiles on the first warm-up
