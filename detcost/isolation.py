@@ -85,11 +85,19 @@ def new_server(rng: random.Random) -> bool:
     Call it only between trials. False where this Python cannot restart its forkserver
     (the sweep then keeps the one it has, and each trial's own pads still vary the heap)."""
     global _next_server_pad
+    if not stop_server():
+        return False
+    _next_server_pad = rng.randrange(ENV_PAD_MAX)
+    return True
+
+
+def stop_server() -> bool:
+    """Stop this process's forkserver, if one runs, so that the next trial starts a new one
+    (with no pad). False where this Python cannot restart its forkserver."""
     server = _forkserver._forkserver
     if not hasattr(server, "_stop"):
         return False
     server._stop()  # nothing to do where none runs yet
-    _next_server_pad = rng.randrange(ENV_PAD_MAX)
     return True
 
 

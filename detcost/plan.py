@@ -66,6 +66,9 @@ class SweepOptions:
     # (fixed when the options are made, so added rounds keep the sweep's interval level).
     decide: float | None = None
     looks: tuple[int, ...] = ()
+    # --ray: None runs the rounds one after another here; "local" (a Ray cluster of this
+    # machine) or a Ray address runs them in parallel, a Ray task each (detcost.cluster)
+    ray: str | None = None
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:

@@ -170,6 +170,7 @@ _RUN_FIELDS = (
     "flags",
     "env",
     "layout",
+    "placement",
 )
 
 
@@ -190,6 +191,8 @@ class TrialRecord:
     # the layout the trial process was given (isolation.py): its heap and environment pads
     # and the forkserver it forked from
     layout: dict | None = None
+    # where a `--ray` round ran: Ray's node and task, the host, its pinned cores or its GPU
+    placement: dict | None = None
     results_path: str | None = None  # the file it was loaded from (not stored)
 
     @property
@@ -296,6 +299,8 @@ class TrialRecord:
             out["process_wall_s"] = self.process_wall_s
         if self.layout is not None:
             out["layout"] = self.layout
+        if self.placement is not None:
+            out["placement"] = self.placement
         return out
 
     @classmethod

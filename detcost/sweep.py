@@ -223,6 +223,8 @@ class _Runner:
         self.t0 = time.monotonic()
         self.bar = _progress(0, progress)
         self.writer = ResultsWriter(opts.results)
+        self.cluster = None  # --ray: the Ray cluster the rounds run on, connected at the first trial
+        self.tasks = 0  # --ray: the tasks submitted, each with a forkserver of its own
 
     def __enter__(self) -> _Runner:
         self.writer.__enter__()
@@ -230,7 +232,11 @@ class _Runner:
 
     def __exit__(self, *exc) -> None:
         self.bar.close()
-        self.writer.__exit__(*exc)
+        try:
+            if self.cluster is not None:
+                self.cluster.close()
+        finally:
+            self.writer.__exit__(*exc)
 
     def todo(self, planned: list[TrialSpec]) -> list[TrialSpec]:
         ok = self.done_before | {r.trial_id for r in self.new if r.ok}
@@ -244,6 +250,8 @@ class _Runner:
         """Run `specs`; True if --max-time stopped it first."""
         self.bar.total += len(specs)
         self.bar.refresh()
+        if self.opts.ray is not None:
+            return self._run_on_cluster(specs)
         for spec in specs:
             if self.out_of_time():
                 return True
@@ -277,14 +285,56 @@ class _Runner:
 
     def _one(self, spec: TrialSpec) -> TrialRecord:
         spec = replace(spec, known_flops=self.flops.get(flops_key(spec)))
-        record = _run_one(self.opts, spec, self.machine, self._layout_for(spec))
+        return self._keep(_run_one(self.opts, spec, self.machine, self._layout_for(spec)))
+
+    def _keep(self, record: TrialRecord) -> TrialRecord:
+        """A record as it arrives: appended to the results file at once, its FLOPs learned."""
         if record.timing and record.timing.flops_per_step:
-            self.flops[flops_key(spec)] = record.timing.flops_per_step
+            self.flops[flops_key(record.spec)] = record.timing.flops_per_step
         self.writer.write(record.to_json())
         self.new.append(record)
         if self.on_record:
             self.on_record(record)
         return record
+
+    def _run_on_cluster(self, specs: list[TrialSpec]) -> bool:
+        """--ray: `specs` as Ray tasks (a round each), run in parallel as the cluster holds
+        them (detcost.cluster). A busy trial is not run again at once (its neighbours are
+        detcost's own rounds): `rerun_busy` runs those at the end, the machine quiet."""
+        from detcost.cluster import Cluster, tasks_of
+
+        if self.cluster is None:
+            self.cluster = Cluster.connect(self.opts.ray, self.opts.device)
+
+        def arrived(record: TrialRecord) -> None:
+            self._keep(record)
+            self.bar.update(1)
+            if record.error == CUDA_AT_START:  # every later trial would start tainted too
+                raise HarnessError(f"{record.trial_id}: {CUDA_AT_START} (a Ray worker used CUDA); the sweep stopped")
+
+        self.bar.set_postfix_str(f"on Ray ({self.opts.ray})", refresh=True)
+        return self.cluster.run(tasks_of(specs), self._task, arrived, self.out_of_time, self.machine)
+
+    def _task(self, specs: list[TrialSpec]):
+        """A Ray task of `specs`, prepared as it is submitted: the FLOPs learned so far, the
+        layouts drawn from the sweep's seed, a forkserver of its own, the time left."""
+        from detcost.cluster import Task, task_threads
+
+        specs = [replace(s, known_flops=self.flops.get(flops_key(s))) for s in specs]
+        varied = self.opts.layout != "fixed"
+        self.tasks += 1
+        left = None if self.opts.max_time is None else max(0.0, self.opts.max_time - (time.monotonic() - self.t0))
+        return Task(
+            specs=specs,
+            layouts=[Layout.draw(self.layout_rng) if varied else None for _ in specs],
+            server_seed=f"{self.opts.run_id}:{self.opts.seed}:server:{self.tasks}" if varied else None,
+            device=self.opts.device,
+            start_method=self.opts.start_method,
+            timeout=self.opts.timeout,
+            results_dir=str(self.opts.results.parent.resolve()),
+            seconds_left=left,
+            threads=task_threads(specs, self.opts.device),
+        )
 
     def _layout_for(self, spec: TrialSpec) -> Layout | None:
         """The trial's layout pads; with the forkserver, a server of this sweep's own for its

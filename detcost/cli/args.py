@@ -183,6 +183,15 @@ def _add_run_trials(g) -> None:
         help="skip the profiled trials that explain the price (one per workload x setting)",
     )
     g.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run the rounds in parallel on Ray, a task per round (one GPU, or --threads cores of its own): "
+        "--ray alone starts a Ray cluster of this machine, --ray ADDRESS joins one (pip install 'detcost[ray]')",
+    )
+    g.add_argument(
         "--start-method",
         choices=("auto", "forkserver", "spawn"),
         default="auto",

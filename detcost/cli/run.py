@@ -101,7 +101,20 @@ def sweep_options(args, team=None, notes: list[str] | None = None):
         precision=args.precision,
         decide=args.max_slowdown if args.decide else None,
         max_repeats=max(args.max_repeats, args.repeats or 0),
+        ray=_ray(args.ray, device, args),
     )
+
+
+def _ray(address: str | None, device: str, args) -> str | None:
+    """--ray's address, refused in one line before any trial where Ray is not installed or
+    the sweep cannot run as a round per task."""
+    if address is None:
+        return None
+    from detcost.cluster import check_available, check_options
+
+    check_available()
+    check_options(device, [int(n) for n in (getattr(args, "axis_nproc", None) or [1])])
+    return address
 
 
 def cmd_run(args) -> int:

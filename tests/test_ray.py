@@ -1,0 +1,270 @@
+"""--ray: a sweep's rounds as Ray tasks, in parallel, on a local Ray cluster of this machine.
+
+The real-Ray tests start a local cluster (two CPUs, so two rounds at one thread run at once)
+and skip where Ray is not installed; the parent's loop on CUDA (a GPU per task) and the
+task's checks run against fakes of what Ray and a GPU box give."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import psutil
+import pytest
+
+from detcost import cluster
+from detcost.cli import main
+from detcost.errors import HarnessError, UsageError
+from detcost.plan import SweepOptions, plan
+from detcost.record import ROUND_KINDS, Kind, TrialRecord
+from tests.conftest import QUICK, TIMED_ONLY, make_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+# two settings and the A/A control, two rounds, one thread each: two tasks of three trials
+RAY_RUN = [*QUICK, "--no-report", "--workloads", "simple_cnn", "--settings", "default,strict", "--threads", "1"]
+RAY_RUN += ["--seeds", "0", "--no-audit", "--no-explain", "--repeats", "2"]
+
+
+def _records(path: Path) -> list[TrialRecord]:
+    return [TrialRecord.from_json(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _latest(path: Path) -> dict[str, TrialRecord]:
+    return {r.trial_id: r for r in _records(path)}
+
+
+def _planned_ids(path: Path) -> set[str]:
+    """The trial ids a serial run of RAY_RUN plans (the run id is the file's)."""
+    first = _records(path)[0]
+    opts = SweepOptions(
+        workloads=["simple_cnn"], settings=["default", "strict"], repeats=2, seed=0, device="cpu",
+        size_preset="quick", results=path, run_id=first.spec.run_id, axes={"threads": [1]}, steps=4, warmup=1,
+        seeds=0, audit=False, explain=False,
+    )  # fmt: skip
+    return {s.trial_id for s in plan(opts)}
+
+
+@pytest.fixture(scope="module")
+def ray_sweep(tmp_path_factory):
+    pytest.importorskip("ray")
+    path = tmp_path_factory.mktemp("ray") / "r.jsonl"
+    assert main(["run", *RAY_RUN, "--ray", "--results", str(path)]) == 0
+    return path
+
+
+def test_ray_rounds_run_in_parallel_tasks_with_the_serial_runs_trials(ray_sweep):
+    latest = _latest(ray_sweep)
+    assert set(latest) == _planned_ids(ray_sweep)  # the same trials as a serial run
+    assert all(r.ok for r in latest.values()), {t: r.error for t, r in latest.items() if not r.ok}
+    rounds: dict[int, set] = {}
+    for r in latest.values():
+        assert r.spec.kind in ROUND_KINDS and r.placement is not None
+        rounds.setdefault(r.spec.repeat, set()).add((r.placement["ray_task"], tuple(r.placement["cores"])))
+    # each round's trials on one task, pinned to one core; the two rounds on two tasks, two cores
+    assert all(len(v) == 1 for v in rounds.values()), rounds
+    (task0, cores0), (task1, cores1) = rounds[0].pop(), rounds[1].pop()
+    assert task0 != task1 and len(cores0) == len(cores1) == 1 and cores0 != cores1
+    # a round's labels forked from one forkserver, the task's own
+    servers = {rep: {r.layout["server"] for r in latest.values() if r.spec.repeat == rep} for rep in rounds}
+    assert all(len(s) == 1 for s in servers.values()) and servers[0] != servers[1]
+
+
+def test_a_task_that_dies_records_its_remaining_trials_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    import ray
+
+    def dies_in_round_1(task):  # the real task, but round 1's worker dies before its first trial
+        import os
+
+        from detcost.cluster import run_task
+
+        if task["specs"][0]["repeat"] == 1:
+            os._exit(1)
+        yield from run_task(task)
+
+    connect = cluster.Cluster.connect.__func__
+
+    def connect_with_a_dying_task(cls, address, device):
+        c = connect(cls, address, device)
+        c.remote = ray.remote(max_retries=0)(dies_in_round_1)
+        return c
+
+    monkeypatch.setattr(cluster.Cluster, "connect", classmethod(connect_with_a_dying_task))
+    path = tmp_path / "r.jsonl"
+    assert main(["run", *RAY_RUN, "--ray", "--results", str(path)]) == 0
+    latest = _latest(path)
+    assert set(latest) == _planned_ids(path)
+    lost = [r for r in latest.values() if not r.ok]
+    assert len(lost) == 3 and {r.spec.repeat for r in lost} == {1}  # every trial of round 1
+    assert all(r.status == "crash" and "Ray task running it was lost" in r.error for r in lost)
+    assert all(r.ok for r in latest.values() if r.spec.repeat == 0)
+
+
+def test_resume_after_the_parent_is_killed_mid_sweep_loses_nothing(tmp_path):
+    pytest.importorskip("ray")
+    path = tmp_path / "r.jsonl"
+    cmd = [sys.executable, "-m", "detcost", "run", *RAY_RUN, "--ray", "--results", str(path)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    tree: set[int] = set()
+    try:
+        deadline = time.monotonic() + 300
+        while not (path.exists() and path.read_text().count("\n") >= 1):
+            assert proc.poll() is None and time.monotonic() < deadline, "the sweep ended before its first record"
+            tree |= {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+            time.sleep(0.2)
+        tree |= {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        _kill_all(proc, tree)
+    before = path.read_text().splitlines()
+    assert 1 <= len(before) < 6  # killed mid-sweep, every record it had appended kept
+    assert main(["run", *RAY_RUN, "--ray", "--results", str(path), "--resume"]) == 0
+    after = path.read_text().splitlines()
+    assert after[: len(before)] == before  # nothing lost, nothing rewritten
+    latest = _latest(path)
+    assert set(latest) == _planned_ids(path) and all(r.ok for r in latest.values())
+    kept_ok = {json.loads(line)["trial_id"] for line in before if json.loads(line)["status"] == "ok"}
+    rerun = {r.trial_id for r in _records(path)[len(before) :]}
+    assert not kept_ok & rerun  # resume ran only what the killed sweep had not finished
+
+
+def _kill_all(proc, pids: set[int]) -> None:
+    """The killed sweep's Ray cluster and anything it left (trials lead groups of their own)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+# ---- without Ray: the one-line refusals, the task's checks, the parent's loop on CUDA ----
+
+
+def test_ray_refusals_are_one_line_and_exit_2(monkeypatch, capsys):
+    monkeypatch.setattr(cluster.importlib.util, "find_spec", lambda name: None)
+    assert main(["run", *QUICK, *TIMED_ONLY, "--workloads", "simple_cnn", "--ray"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pip install 'detcost[ray]'" in err
+    monkeypatch.undo()
+    with pytest.raises(UsageError, match="--nproc's DDP trials need a box each"):
+        cluster.check_options("cpu", [1, 2])
+    with pytest.raises(UsageError, match="use --device cuda, not cuda:1"):
+        cluster.check_options("cuda:1", [1])
+
+
+def test_slots_are_the_gpus_or_each_nodes_cores_over_a_rounds_threads():
+    nodes = [{"Alive": True, "Resources": {"CPU": 16.0, "GPU": 4.0}}, {"Alive": True, "Resources": {"CPU": 3.0}}]
+    nodes.append({"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}})
+    assert cluster.slots(nodes, "cuda", 1) == 4
+    assert cluster.slots(nodes, "cpu", 2) == 8 + 1  # a round's cores never span two nodes
+    with pytest.raises(UsageError, match="needs 32 cores of its own.*more than 16"):
+        cluster.slots(nodes, "cpu", 32)
+    with pytest.raises(UsageError, match="no GPU"):
+        cluster.slots(nodes[1:2], "cuda", 1)
+
+
+def test_rounds_hold_cores_apart_and_a_round_with_none_left_is_refused(tmp_path):
+    locks = tmp_path / "locks"
+    cores = sorted(cluster.usable_cpus())
+    with cluster._hold_cores(1, lock_dir=locks) as first:
+        if len(cores) > 1:
+            with cluster._hold_cores(len(cores) - 1, lock_dir=locks) as rest:
+                assert not first & rest and first | rest == set(cores)
+        refused = pytest.raises(HarnessError, match="other rounds hold the rest")
+        with refused, cluster._hold_cores(len(cores), wait_s=0.2, lock_dir=locks):
+            pass
+    with cluster._hold_cores(len(cores), lock_dir=locks) as everything:  # released when a round ends
+        assert everything == set(cores)
+
+
+def test_a_stale_cuda_visible_devices_is_replaced_by_the_gpu_ray_assigned(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    placed = cluster._check_gpu([3])
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+    assert placed == {"ray_gpu": "3", "stale_visible_devices": "0", "cuda_visible_devices": "3"}
+    with pytest.raises(HarnessError, match="2 GPUs"):
+        cluster._check_gpu([1, 2])
+
+
+def test_tasks_are_rounds_of_one_group_and_a_task_per_kind_otherwise():
+    specs = [make_spec(repeat=r, setting=s) for r in (0, 1) for s in ("default", "strict")]
+    specs += [make_spec(repeat=0, workload="resnet18")]
+    specs += [make_spec(kind=Kind.SEED, seed=k) for k in (1, 2)]
+    tasks = cluster.tasks_of(specs)
+    assert [[(s.workload, s.repeat, s.setting) for s in t] for t in tasks[:3]] == [
+        [("simple_cnn", 0, "default"), ("simple_cnn", 0, "strict")],
+        [("simple_cnn", 1, "default"), ("simple_cnn", 1, "strict")],
+        [("resnet18", 0, "default")],
+    ]
+    assert [s.seed for s in tasks[3]] == [1, 2] and len(tasks) == 4
+    task = cluster.Task(specs[:2], [None, None], "x", "cpu", "auto", 60.0, "/tmp", 5.0, 1)
+    assert cluster.Task.from_json(task.to_json()) == task
+
+
+class FakeRay:
+    """What the parent's loop asks of Ray, on a GPU box: each submitted task's options,
+    and its records streamed back (one generator per task, as Ray's streaming ones)."""
+
+    def __init__(self, gpus: int):
+        self.gpus, self.submitted, self.in_flight, self.most_in_flight = gpus, [], 0, 0
+
+    def nodes(self):
+        return [{"Alive": True, "Resources": {"CPU": 32.0, "GPU": float(self.gpus)}}]
+
+    def remote(self, **opts):
+        ray = self
+
+        def wrap(fn):
+            class Remote:
+                def options(self, **options):
+                    return SimpleNamespace(remote=lambda task: ray._start(fn, task, {**opts, **options}))
+
+            return Remote()
+
+        return wrap
+
+    def _start(self, fn, task, options):
+        self.submitted.append(options)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        ray = self
+
+        def stream():
+            for spec in task["specs"]:
+                yield {**TrialRecord(spec=make_spec(**spec), status="ok").to_json()}
+            ray.in_flight -= 1
+
+        return iter(stream())
+
+    def wait(self, refs, num_returns, timeout):
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, value):
+        return value
+
+    def cancel(self, ref):
+        pass
+
+
+def test_on_cuda_each_round_asks_ray_for_one_gpu_and_rounds_fill_the_gpus(monkeypatch):
+    fake = FakeRay(gpus=2)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    specs = [make_spec(repeat=r, setting=s, device="cuda", axes={}) for r in range(3) for s in ("default", "strict")]
+    c = cluster.Cluster("local", "cuda")
+    got = []
+
+    def prepare(task_specs):
+        return cluster.Task(task_specs, [None] * len(task_specs), None, "cuda", "auto", 60.0, "/tmp", None, 1)
+
+    assert c.run(cluster.tasks_of(specs), prepare, got.append, lambda: False) is False
+    assert fake.submitted == [{"max_retries": 0, "num_gpus": 1, "num_cpus": 1}] * 3
+    assert fake.most_in_flight == 2  # two GPUs: two rounds at once, the third when one ends
+    assert sorted(r.trial_id for r in got) == sorted(s.trial_id for s in specs)
