@@ -266,6 +266,8 @@ class Cluster:
     started_here: bool = False
     running: dict = field(default_factory=dict)  # generator -> (Task, trial ids still to come)
     remote: object = None  # `_ray_task` as Ray's remote function, made once
+    width: int = 0  # the most rounds it ran at once
+    submitted: int = 0
 
     @classmethod
     def connect(cls, address: str, device: str) -> Cluster:
@@ -305,6 +307,7 @@ class Cluster:
 
         queue = list(tasks)
         width = self.slots(max(task_threads(t, self.device) for t in tasks)) if tasks else 1
+        self.width = max(self.width, min(width, len(tasks)))
         stopped = False
         try:
             while queue or self.running:
@@ -329,6 +332,7 @@ class Cluster:
         if self.remote is None:  # a task that fails is recorded, never run again behind the sweep's back
             self.remote = ray.remote(max_retries=0)(_ray_task)
         self.running[self.remote.options(**options).remote(task.to_json())] = (task, [s.trial_id for s in task.specs])
+        self.submitted += 1
 
     def _receive(self, gen, on_record, machine: dict | None) -> None:
         import ray
@@ -358,6 +362,13 @@ class Cluster:
             with contextlib.suppress(Exception):
                 ray.cancel(gen)
         self.running.clear()
+
+    def summary(self) -> dict:
+        """What the sweep's summary says of the cluster: where, how many tasks, how wide."""
+        import ray
+
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive", True)) if ray.is_initialized() else None
+        return {"address": self.address, "tasks": self.submitted, "at_once": self.width, "nodes": nodes}
 
     def close(self) -> None:
         import ray

@@ -45,6 +45,7 @@ class SweepResult:
     reruns: int = 0  # trials run a second time because the machine was busy the first
     precision: dict | None = None  # --precision: reached or not, and what each price reached
     decide: dict | None = None  # --decide: the budget, the looks, the level, why it stopped
+    ray: dict | None = None  # --ray: the cluster's address, the tasks, how many ran at once, its nodes
 
 
 def _check_same_options(existing: list[TrialRecord], planned: list[TrialSpec], path: Path) -> None:
@@ -97,6 +98,7 @@ def run_sweep(
             opts, planned, stopped, precision = _add_rounds(opts, runner, planned)
         if opts.decide is not None and not stopped:
             opts, planned, stopped, decision = _decide_rounds(opts, runner, planned)
+        ray = runner.cluster.summary() if runner.cluster is not None else None
     latest = latest_by_trial(existing + runner.new)
     records = [latest[s.trial_id] for s in planned if s.trial_id in latest]
     for r in records:  # where their sidecars are: beside the results file
@@ -112,6 +114,7 @@ def run_sweep(
         events=runner.events,
         precision=precision,
         decide=decision,
+        ray=ray,
     )
 
 

@@ -190,6 +190,12 @@ def run_summary(analysis: Analysis, outcome, wall: float, report=None, team: str
     several = len(analysis.machines) > 1
     parts = [line for m in analysis.machines for line in _machine_lines(m, several, team)]
     parts += [f"quiet-machine guard: {e}" for e in outcome.events]
+    if getattr(outcome, "ray", None):
+        r = outcome.ray
+        parts += [
+            "",
+            f"on Ray ({r['address']}): {r['tasks']} task(s), up to {r['at_once']} at once, on {r['nodes']} node(s)",
+        ]
     if outcome.precision:
         parts += ["", precision_text(outcome.precision)]
     if outcome.decide:
@@ -309,6 +315,8 @@ def recommendation_json(rec) -> dict:
 def run_summary_json(analysis: Analysis, outcome, wall: float, report=None, per_trial=None) -> dict:
     machines = analysis.machines
     extra = {"per_trial": [p.to_json() for p in per_trial]} if per_trial else {}
+    if getattr(outcome, "ray", None):  # --ray: where the rounds ran
+        extra["ray"] = outcome.ray
     return {
         "results": str(outcome.results),
         "wall_s": wall,
