@@ -13,6 +13,7 @@ from pathlib import Path
 
 from detcost import axes, guard, results
 from detcost import env as envmod
+from detcost.cluster import tasks_of
 from detcost.estimate import Estimate, estimate, learn
 from detcost.payloads import BusyReport
 from detcost.plan import SweepOptions, new_servers, plan
@@ -30,6 +31,7 @@ class DryRun:
     gpu: str | None  # the GPU as nvidia-smi names it, on CUDA
     load: BusyReport  # one look at the machine, by the guard's rule
     wait_quiet: float  # how long a run would wait for a busy machine to go quiet
+    ray_tasks: int | None = None  # --ray: the Ray tasks the trials make (a round each, and a few more)
 
     @property
     def trial_ids(self) -> list[str]:
@@ -50,7 +52,8 @@ def dry_run(opts: SweepOptions, *, resume: bool = False, estimate_from: Path | N
     learned = learn(results.load_records(source), str(source), opts.device, gpu) if source else None
     est = estimate(specs, opts.size_preset, new_servers(opts, specs), learned)
     load = guard.sample(opts.device, axes.host_threads(opts.axes, opts.device))
-    return DryRun(specs, est, gpu, load, opts.wait_quiet)
+    tasks = len(tasks_of(specs)) if opts.ray is not None else None
+    return DryRun(specs, est, gpu, load, opts.wait_quiet, tasks)
 
 
 def gpu_name(device: str) -> str | None:

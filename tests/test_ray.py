@@ -268,3 +268,13 @@ def test_on_cuda_each_round_asks_ray_for_one_gpu_and_rounds_fill_the_gpus(monkey
     assert fake.submitted == [{"max_retries": 0, "num_gpus": 1, "num_cpus": 1}] * 3
     assert fake.most_in_flight == 2  # two GPUs: two rounds at once, the third when one ends
     assert sorted(r.trial_id for r in got) == sorted(s.trial_id for s in specs)
+
+
+def test_the_dry_run_counts_the_ray_tasks_without_starting_ray(capsys, monkeypatch):
+    monkeypatch.setattr(cluster.importlib.util, "find_spec", lambda name: object())  # as if Ray were installed
+    args = [*QUICK, "--workloads", "simple_cnn,resnet18", "--settings", "default,strict", "--threads", "1"]
+    assert main(["run", *args, "--ray", "--dry-run", "--json"]) == 0
+    dry = json.loads(capsys.readouterr().out)
+    # 2 repeats x 2 workloads of rounds, and per workload its audit, profiled and seed trials
+    assert dry["ray_tasks"] == 2 * 2 + 3 * 2
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()

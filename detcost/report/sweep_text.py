@@ -99,7 +99,14 @@ def dry_run_text(dry) -> str:
         machine = f"the machine is busy now: {dry.load.describe()}; {wait}"
     else:
         machine = "the machine is quiet now (no other process competes for its CPUs or GPU)"
-    return plan_text(dry.specs, dry.estimate, dry.gpu) + "\n" + machine
+    ray = ""
+    if dry.ray_tasks is not None:
+        ray = (
+            f"\nwith --ray: {dry.ray_tasks} Ray task(s), a round each (and a task per kind and workload for the "
+            "other trials); the estimate above is serial: Ray runs as many tasks at once as it has GPUs (or "
+            "cores per --threads), each task also starting a forkserver of its own"
+        )
+    return plan_text(dry.specs, dry.estimate, dry.gpu) + ray + "\n" + machine
 
 
 def dry_run_json(dry) -> dict:
@@ -117,7 +124,7 @@ def dry_run_json(dry) -> dict:
         },
         "gpu": dry.gpu,
         "busy_now": dry.load.describe() if dry.load.busy else None,
-    }
+    } | ({"ray_tasks": dry.ray_tasks} if dry.ray_tasks is not None else {})
 
 
 def cuda_estimate_lines(trials: int, estimate, gpu: str | None) -> list[str]:
