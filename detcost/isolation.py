@@ -29,7 +29,9 @@ import multiprocessing.forkserver as _forkserver
 import os
 import random
 import signal
+import sys
 import time
+import types
 from pathlib import Path
 
 from detcost.cudnn_log import start_environ
@@ -128,6 +130,27 @@ def _server_environ(method: str):
     return _environ_set({ENV_PAD_VAR: "x" * pad})
 
 
+@contextlib.contextmanager
+def _main_left_out():
+    """Around a start: the child does not import this process's `__main__` script again.
+    multiprocessing's forkserver and spawn children run the parent's main module (by its
+    path) before their target, which a trial, whose target is `detcost.trial`'s, never
+    needs: in a Ray worker that main is Ray's own worker script, which costs each trial
+    ~0.4 s of importing Ray before it starts. A main named `__main__` is one multiprocessing
+    leaves alone (as under `python -m`), so that is the name it is given while the child
+    starts, and its own after."""
+    main = sys.modules.get("__main__")
+    if main is None or getattr(getattr(main, "__spec__", None), "name", None) is not None:
+        yield  # run as a module (python -m ...): the child imports it by name, or not at all
+        return
+    spec = getattr(main, "__spec__", None)
+    main.__spec__ = types.SimpleNamespace(name="__main__")
+    try:
+        yield
+    finally:
+        main.__spec__ = spec
+
+
 def server_pid() -> int | None:
     """The running forkserver's process id (None before the first trial, or with spawn)."""
     return getattr(_forkserver._forkserver, "_forkserver_pid", None)
@@ -221,7 +244,7 @@ def in_fresh_process(
     # Not a daemon: a trial may start processes of its own (DataLoader workers). The
     # parent still reaps it on every path, Ctrl-C included.
     proc = ctx.Process(target=target, args=(*args, sender), kwargs=kwargs or {}, name=name)
-    with _server_environ(method), _environ_set(environ or {}):
+    with _server_environ(method), _environ_set(environ or {}), _main_left_out():
         proc.start()
     sender.close()  # the child holds the only writer: EOF now means the child is gone
     sent, timed_out = receive(receiver, proc, timeout)

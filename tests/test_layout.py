@@ -131,3 +131,21 @@ def test_the_trials_before_the_first_round_share_its_server(tmp_path, monkeypatc
     audit = [server for spec, _, server in seen if spec.kind == "audit"]
     first_round = {server for spec, _, server in seen if spec.kind in ROUND_KINDS and spec.repeat == 0}
     assert audit and first_round == set(audit[:1])
+
+
+def test_a_trial_does_not_import_the_parents_main_script_again(tmp_path, monkeypatch):
+    """multiprocessing's forkserver children import the parent's __main__ by its path; a
+    trial must not (in a Ray worker that script is Ray's, ~0.4 s a trial)."""
+    import sys
+    import types
+
+    marker = tmp_path / "imported"
+    script = tmp_path / "main_script.py"
+    script.write_text(f"open({str(marker)!r}, 'a').write('x')\n")
+    main = types.ModuleType("__main__")
+    main.__file__, main.__spec__ = str(script), None
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    record = run_isolated(make_spec(steps=1, warmup=0), method="forkserver", timeout=120)
+    assert record.ok, record.error
+    assert not marker.exists()
+    assert main.__spec__ is None  # the parent's own main as it was
