@@ -34,14 +34,14 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from detcost import axes
 from detcost import env as envmod
 from detcost.errors import HarnessError, UsageError
 from detcost.isolation import Layout, new_server, run_isolated, start_method, stop_server
-from detcost.record import ROUND_KINDS, Status, TrialRecord, TrialSpec
+from detcost.record import ROUND_KINDS, Status, TrialRecord, TrialSpec, flops_key
 from detcost.timing import is_cuda, usable_cpus
 from detcost.trial import failure_record
 
@@ -163,12 +163,16 @@ def run_task(task: dict, ray_context: dict | None = None) -> Iterator[dict]:
         if method == "forkserver":  # a server of this task's own, started after the pinning
             new_server(random.Random(t.server_seed)) if t.server_seed is not None else stop_server()
         results_dir = _results_dir(t.results_dir)
+        flops: dict[tuple, float] = {}  # counted once per task, as the serial sweep counts once per sweep
         for spec, layout in zip(t.specs, t.layouts):
             if t.seconds_left is not None and time.monotonic() - started > t.seconds_left:
                 return  # --max-time: the parent records nothing for these; --resume runs them
+            spec = replace(spec, known_flops=spec.known_flops or flops.get(flops_key(spec)))
             record = run_isolated(
                 spec, method=method, timeout=t.timeout, results_dir=results_dir, machine=machine, layout=layout
             )
+            if record.timing and record.timing.flops_per_step:
+                flops[flops_key(spec)] = record.timing.flops_per_step
             record.placement = placement
             yield record.to_json()
 
@@ -275,15 +279,19 @@ class Cluster:
         import ray
 
         kwargs = {"logging_level": "ERROR", "log_to_driver": False}
-        if address == LOCAL:
+        if address == LOCAL:  # always a new cluster of this box ("local"), never one found running
             kwargs.update(
                 num_cpus=len(usable_cpus()),
                 object_store_memory=LOCAL_OBJECT_STORE_BYTES,
                 include_dashboard=False,
             )
-            ray.init(**kwargs)
         else:
+            check_reachable(address)  # Ray itself retries an address that answers nothing for minutes
+        try:
             ray.init(address=address, **kwargs)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"--ray {address}: Ray could not start or join the cluster: {first}") from None
         return cls(address, device, started_here=address == LOCAL)
 
     def slots(self, threads: int) -> int:
@@ -373,8 +381,19 @@ class Cluster:
     def close(self) -> None:
         import ray
 
-        if self.started_here and ray.is_initialized():
+        if ray.is_initialized():  # a cluster started here stops; one joined is only left
             ray.shutdown()
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A HOST:PORT address whose port takes no connection is refused in one line, at once."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in host:
+        return  # "auto" and other forms Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UsageError(f"--ray {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
 
 
 def _ray_task(task: dict):

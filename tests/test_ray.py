@@ -278,3 +278,17 @@ def test_the_dry_run_counts_the_ray_tasks_without_starting_ray(capsys, monkeypat
     # 2 repeats x 2 workloads of rounds, and per workload its audit, profiled and seed trials
     assert dry["ray_tasks"] == 2 * 2 + 3 * 2
     assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+def test_an_address_where_no_cluster_answers_is_one_line_before_any_trial(tmp_path, monkeypatch, capsys):
+    import socket
+
+    monkeypatch.setattr(cluster.importlib.util, "find_spec", lambda name: object())  # as if Ray were installed
+    with socket.socket() as s:  # a port that takes no connection: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        results = tmp_path / "r.jsonl"
+        code = main(["run", *QUICK, *TIMED_ONLY, "--ray", f"127.0.0.1:{port}", "--results", str(results)])
+    assert code == 2 and not results.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--ray 127.0.0.1:{port}: no Ray cluster answers there" in err[0]

@@ -110,10 +110,12 @@ def _ray(address: str | None, device: str, args) -> str | None:
     the sweep cannot run as a round per task."""
     if address is None:
         return None
-    from detcost.cluster import check_available, check_options
+    from detcost.cluster import LOCAL, check_available, check_options, check_reachable
 
     check_available()
     check_options(device, [int(n) for n in (getattr(args, "axis_nproc", None) or [1])])
+    if address != LOCAL:
+        check_reachable(address)
     return address
 
 
