@@ -102,6 +102,16 @@ def test_two_hosts_of_one_kind_pool_and_the_spread_between_them_is_shown(tmp_pat
     assert {r["unit"] for r in rows} == {"vm", "vm-2"} and all(r["max_over_min"] == 1.0 for r in rows)
 
 
+def test_two_hosts_under_one_run_id_keep_their_rounds_apart(tmp_path):
+    """A round pairs the labels of one unit: the same run id and repeat on another host is
+    another round, not the same one. (Loaded file by file: the loader keeps the latest
+    record of a run id and trial id, so one load of both files keeps one host's.)"""
+    run_id = results.load_records(BOX_A)[0].spec.run_id
+    twin = _rewritten(tmp_path / "twin.jsonl", BOX_A, run_id, hostname="vm-2")
+    m = analyse(results.load_records(BOX_A) + results.load_records(twin)).only
+    assert {p.price.rounds for p in m.prices} == {6}
+
+
 def test_gpus_of_one_model_pool_by_uuid_and_another_driver_is_another_kind(tmp_path):
     g1 = _rewritten(tmp_path / "g1.jsonl", BOX_A, "g1", "cuda:0", **H100, hostname="n1", gpu_uuid="GPU-aaa")
     g2 = _rewritten(tmp_path / "g2.jsonl", BOX_A, "g2", "cuda:0", **H100, hostname="n1", gpu_uuid="GPU-bbb")
