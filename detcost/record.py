@@ -159,6 +159,10 @@ ENV_FIELDS = (
     "detcost",
 )  # fmt: skip
 
+# The fingerprint fields that make a kind of machine (`TrialRecord.machine_kind`): trials of
+# one kind are priced together, whichever host or GPU of that kind ran them.
+MACHINE_KIND_FIELDS = {"cuda": ("gpu", "driver", "torch", "cudnn"), "cpu": ("cpu", "cpu_count", "torch")}
+
 _RUN_FIELDS = (
     "status",
     "error",
@@ -257,6 +261,41 @@ class TrialRecord:
         env = self.env or {}
         gpu = env.get("gpu")
         return f"{env.get('hostname', '?')} ({gpu if isinstance(gpu, str) and gpu else env.get('cpu', '?')})"
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.spec.device.startswith("cuda")
+
+    @property
+    def machine_kind_fields(self) -> dict:
+        """What makes two trials' machines the same kind (`MACHINE_KIND_FIELDS`: on CUDA the GPU
+        model, driver, torch and cuDNN; on the CPU the CPU model, its cores and torch), read
+        from the fingerprint; a field the record lacks (an older file, a trial that failed
+        before it read its GPU) is None."""
+        env = self.env or {}
+        return {f: env.get(f) for f in MACHINE_KIND_FIELDS["cuda" if self.on_cuda else "cpu"]}
+
+    @property
+    def machine_kind(self) -> str:
+        """The kind of machine the trial ran on, as a report names it: `NVIDIA H100, driver
+        550.54, torch 2.4.0, cuDNN 90100` or `AMD EPYC x2 cores, torch 2.4.0`. Prices pool
+        across the trials of one kind (many hosts, many GPUs), never across kinds."""
+        k = {f: ("?" if v in (None, "") else v) for f, v in self.machine_kind_fields.items()}
+        if self.on_cuda:
+            return f"{k['gpu']}, driver {k['driver']}, torch {k['torch']}, cuDNN {k['cudnn']}"
+        return f"{k['cpu']} x{k['cpu_count']} cores, torch {k['torch']}"
+
+    @property
+    def unit(self) -> str:
+        """The one GPU (on the CPU: the one host) the trial ran on: the host and the GPU's
+        UUID where NVML gave it, else the host and the device (`cuda:0`), which under
+        CUDA_VISIBLE_DEVICES names the GPU only within one process's view."""
+        env = self.env or {}
+        host = str(env.get("hostname") or "?")
+        if not self.on_cuda:
+            return host
+        uuid = env.get("gpu_uuid")
+        return f"{host} {uuid}" if isinstance(uuid, str) and uuid else f"{host} {self.spec.device}"
 
     @property
     def layout_varied(self) -> bool:

@@ -105,17 +105,30 @@ def test_every_string_from_results_is_html_escaped(tmp_path, small_sweep):
     assert "<img src=x onerror" not in html
 
 
-def test_results_from_two_machines_are_grouped_by_machine(tmp_path, small_sweep):
+def _other_box(tmp_path, small_sweep, **env) -> Path:
     other = tmp_path / "other.jsonl"
     records = [json.loads(x) for x in small_sweep.read_text().splitlines()]
     for r in records:
         r["run_id"] = "other-run"
         if r.get("env"):
-            r["env"]["hostname"] = "gpu-box-2"
+            r["env"].update(env)
     other.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    return other
+
+
+def test_results_from_two_hosts_of_one_kind_pool_with_the_spread_between_them(tmp_path, small_sweep):
+    other = _other_box(tmp_path, small_sweep, hostname="cpu-box-2")
     assert main(["report", str(small_sweep), str(other), "--out", str(tmp_path / "rep")]) == 0
     html = (tmp_path / "rep" / "index.html").read_text()
-    assert html.count("Machine: ") == 2 and "gpu-box-2" in html
+    assert html.count("Machine: ") == 0 and 'id="kinds"' not in html  # one kind: one set of sections
+    assert "Spread between 2 hosts of " in html and "cpu-box-2" in html
+
+
+def test_results_from_two_machine_kinds_are_grouped_by_kind(tmp_path, small_sweep):
+    other = _other_box(tmp_path, small_sweep, hostname="cpu-box-2", cpu="Another CPU", cpu_count=64)
+    assert main(["report", str(small_sweep), str(other), "--out", str(tmp_path / "rep")]) == 0
+    html = (tmp_path / "rep" / "index.html").read_text()
+    assert html.count("Machine: ") == 2 and "Another CPU x64 cores" in html and 'id="kinds"' in html
 
 
 def _synthetic_run(path: Path, run_id: str, step_s: float, spread: float) -> Path:
@@ -215,17 +228,25 @@ def test_a_setting_that_fails_on_a_workload_is_not_recommended():
 # ---- in a real browser -------------------------------------------------------------------
 
 
-@pytest.mark.skipif(
+needs_chromium = pytest.mark.skipif(
     not CHROMIUM and os.environ.get("CI") != "true",
     reason="Debian's chromium is not installed (apt-get install chromium); CI installs it",
 )
-def test_the_report_opens_in_headless_chromium_without_errors(report):
+
+
+def _playwright():
     sync_api = (
         pytest.importorskip("playwright.sync_api")
         if os.environ.get("CI") != "true"
         else __import__("playwright.sync_api", fromlist=["sync_playwright"])
     )
     assert CHROMIUM, "CI=true but Chromium is missing: .ci/run installs Debian's chromium"
+    return sync_api
+
+
+@needs_chromium
+def test_the_report_opens_in_headless_chromium_without_errors(report):
+    sync_api = _playwright()
     errors = []
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -241,6 +262,36 @@ def test_the_report_opens_in_headless_chromium_without_errors(report):
     assert errors == []
     assert len(images) == 5 and all(images)
     assert heading == "Recommendation" and recommendation.startswith(("Use ", "No recommendation"))
+
+
+@needs_chromium
+def test_the_report_of_two_machine_kinds_shows_a_column_per_kind_and_the_figure_in_chromium(tmp_path):
+    """The committed pair (tests/data/kinds: a real CPU sweep and the same records under a
+    rewritten fingerprint) in one report."""
+    sync_api = _playwright()
+    kinds = Path(__file__).parent / "data" / "kinds"
+    out = tmp_path / "rep"
+    assert main(["report", str(kinds / "box-a.jsonl"), str(kinds / "box-b.jsonl"), "--out", str(out)]) == 0
+    errors = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((out / "index.html").resolve().as_uri())
+        page.wait_for_load_state("load")
+        heading = page.inner_text("#kinds")
+        header = page.eval_on_selector_all("table.kinds tr:first-child th", "ths => ths.map(t => t.innerText)")
+        cells = page.eval_on_selector_all("table.kinds tr", "trs => trs.slice(1).map(t => t.children.length)")
+        figure = page.eval_on_selector(
+            'img[alt="price per machine kind"]', "i => i.complete && i.naturalWidth > 0 && i.naturalHeight > 0"
+        )
+        browser.close()
+    assert errors == []
+    assert heading == "Price per machine kind"
+    assert header == ["workload", "setting", "AMD EPYC x2 cores, torch 2.13.0+cpu",
+                      "Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz x16 cores, torch 2.13.0+cpu"]  # fmt: skip
+    assert cells == [4, 4, 4] and figure
 
 
 def test_a_run_computes_each_table_once_and_reads_no_file_back(tmp_path, monkeypatch):

@@ -89,6 +89,7 @@ def cmd_report(args) -> int:
     from detcost import results as results_mod
     from detcost.derive.analysis import analyse
     from detcost.report.build import build_report
+    from detcost.report.kinds_text import kinds_json, unit_spread_json
     from detcost.report.sweep_text import recommendation_json
 
     team = config.find()  # the team's setting is marked in the tables, as `run` marks it
@@ -96,9 +97,12 @@ def cmd_report(args) -> int:
     paths = build_report(analysis, args.out, args.results, team.setting if team else None)
     if args.json:
         recs = [recommendation_json(m.recommendation) | {"machine": m.machine} for m in analysis.machines]
-        print_json({"html": str(paths.html), "markdown": str(paths.markdown), "recommendation": recs})
+        spread = [row for m in analysis.machines for row in unit_spread_json(m)]
+        print_json({"html": str(paths.html), "markdown": str(paths.markdown), "recommendation": recs,
+                    "across_kinds": kinds_json(analysis), "unit_spread": spread})  # fmt: skip
     else:
-        print(f"report:  {paths.html}\n         {paths.markdown}")
+        kinds = f" ({len(analysis.machines)} machine kinds side by side)" if analysis.across_kinds else ""
+        print(f"report:  {paths.html}{kinds}\n         {paths.markdown}")
     return EXIT_OK
 
 

@@ -1,10 +1,13 @@
 """One analysis of a set of records, computed once: `analyse(records) -> Analysis`.
 
 Prices, variance, divergence curves, attribution, audit findings, failures, the noise
-floor, host-bound marks and the recommendation, per machine, each a typed value keyed by a
-`GroupKey` built from the spec. The CLI hands a sweep's records straight in, or loads
-files once at the top; text, HTML, Markdown, JSON, asv tracking and the gate only render
-or judge an `Analysis`, and none of them computes a statistic.
+floor, host-bound marks and the recommendation, per machine kind (`TrialRecord.machine_kind`:
+the rounds of every GPU or host of one kind pool, two kinds never do), each a typed value
+keyed by a `GroupKey` built from the spec; the spread between the units of one kind, and
+where several kinds ran, each setting's price per kind side by side (`kinds`). The CLI
+hands a sweep's records straight in, or loads files once at the top; text, HTML,
+Markdown, JSON, asv tracking and the gate only render or judge an `Analysis`, and none of
+them computes a statistic.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from detcost.derive.keys import (
     ok_of,
     varying_fields,
 )
+from detcost.derive.kinds import AcrossKinds, UnitSpread, across_kinds, unit_spreads, units_of
 from detcost.derive.prices import Price, price_frame_rows, prices
 from detcost.derive.recommend import DEFAULT_MAX_SLOWDOWN, Recommendation, recommend
 from detcost.derive.scaling import Scaling, scaling
@@ -76,9 +80,9 @@ class AuditFinding:
 
 @dataclass(frozen=True)
 class MachineAnalysis:
-    """Everything derived from one machine's records."""
+    """Everything derived from the records of one machine kind (every host and GPU of it)."""
 
-    machine: str
+    machine: str  # the kind's name (`TrialRecord.machine_kind`)
     records: list[TrialRecord]
     cpu: bool
     fields: list[str]  # the group fields that vary (the tables' extra key columns)
@@ -98,6 +102,11 @@ class MachineAnalysis:
     frameworks: list[SwitchVerdict] = field(default_factory=list)
     # DDP (`nproc`): each setting's global samples/s at N ranks over one process's
     scaling: list[Scaling] = field(default_factory=list)
+    # What makes the kind (`TrialRecord.machine_kind_fields`), the units (GPUs; hosts on the
+    # CPU) its records ran on, and where there are several, each price row on each unit.
+    kind_fields: dict = field(default_factory=dict)
+    units: list[str] = field(default_factory=list)
+    unit_spreads: list[UnitSpread] = field(default_factory=list)
 
     @property
     def busy_used(self) -> str:
@@ -138,11 +147,13 @@ class MachineAnalysis:
 
 @dataclass(frozen=True)
 class Analysis:
-    """The analysis of a set of records: one `MachineAnalysis` per machine they ran on."""
+    """The analysis of a set of records: one `MachineAnalysis` per machine kind they ran on,
+    and where there are several, each setting's price per kind side by side."""
 
     records: list[TrialRecord]
     machines: list[MachineAnalysis]
     max_slowdown: float
+    across_kinds: AcrossKinds | None = None
 
     @property
     def run_ids(self) -> list[str]:
@@ -155,12 +166,12 @@ class Analysis:
 
 
 def analyse(records: list[TrialRecord], max_slowdown: float = DEFAULT_MAX_SLOWDOWN) -> Analysis:
-    """Every table and verdict of these records, computed once."""
-    per_machine: dict[str, list[TrialRecord]] = {}
+    """Every table and verdict of these records, computed once, per machine kind."""
+    per_kind: dict[str, list[TrialRecord]] = {}
     for r in records:
-        per_machine.setdefault(r.machine, []).append(r)
-    machines = [analyse_machine(name, recs, max_slowdown) for name, recs in per_machine.items()]
-    return Analysis(list(records), machines, max_slowdown)
+        per_kind.setdefault(r.machine_kind, []).append(r)
+    machines = [analyse_machine(name, recs, max_slowdown) for name, recs in per_kind.items()]
+    return Analysis(list(records), machines, max_slowdown, across_kinds([(m.machine, m.prices) for m in machines]))
 
 
 def analyse_machine(name: str, records: list[TrialRecord], max_slowdown: float) -> MachineAnalysis:
@@ -195,6 +206,9 @@ def analyse_machine(name: str, records: list[TrialRecord], max_slowdown: float) 
             priced, spread, cpu, [(f.key, f.setting, f"{f.status}: {f.error}") for f in failures if f.kind == "timed"]
         ),
         scaling=scaling(records, spread),
+        kind_fields=records[0].machine_kind_fields if records else {},
+        units=units_of(records),
+        unit_spreads=unit_spreads(records, cpu, priced),
     )
 
 

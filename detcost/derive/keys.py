@@ -1,5 +1,5 @@
 """What the analysis groups by and how it names things: a group key built from a trial's
-spec (workload, every axis value, the sizes, the machine), the labels of a price table,
+spec (workload, every axis value, the sizes, the machine kind), the labels of a price table,
 the order of settings, and which records count. Every derived table reads records
 through these, never through table columns."""
 
@@ -38,20 +38,21 @@ def group_fields() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class GroupKey:
-    """One workload at one value of every axis and size, on one machine: trials with the
-    same key are comparable, and prices and spreads are computed within a key."""
+    """One workload at one value of every axis and size, on one kind of machine
+    (`TrialRecord.machine_kind`: the GPUs or hosts of one kind pool): trials with the same
+    key are comparable, and prices and spreads are computed within a key."""
 
     workload: str
     values: tuple  # in the order of `group_fields()`
-    machine: str = ""
+    machine: str = ""  # the machine kind
 
     @classmethod
     def of(cls, record: TrialRecord) -> GroupKey:
-        return cls.of_spec(record.spec, record.machine)
+        return cls.of_spec(record.spec, record.machine_kind)
 
     @classmethod
     def of_spec(cls, spec: TrialSpec, machine: str = "") -> GroupKey:
-        """The key of a planned trial (on `machine`; a plan does not know its machine)."""
+        """The key of a planned trial (on machine kind `machine`; a plan does not know it)."""
         sizes = {"batch_size": spec.batch_size, "image_size": spec.image_size, "steps": spec.steps}
         return cls(spec.workload, tuple({**spec.axes, **sizes}.get(f) for f in group_fields()), machine)
 

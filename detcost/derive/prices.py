@@ -119,9 +119,11 @@ class Price:
 
 
 def rounds_of(records: list[TrialRecord]) -> dict:
-    """{round: typical step time} of one label's trials; a round is a repeat of one run."""
+    """{round: typical step time} of one label's trials; a round is a repeat of one run on
+    one unit (GPU, or host on the CPU): where two units of a machine kind ran under one run
+    id, their trials never pair as one round."""
     kept = [r.timing.kept for r in records]
-    pairs = [((r.spec.run_id, r.spec.repeat), times) for r, (times, _) in zip(records, kept)]
+    pairs = [((r.spec.run_id, r.spec.repeat, r.unit), times) for r, (times, _) in zip(records, kept)]
     return per_round(pairs, kept[0][1] if kept else None)
 
 

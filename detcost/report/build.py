@@ -23,6 +23,7 @@ from detcost.report.explain_text import CPU_RANKING_NOTE, audit_cells, headline
 from detcost.report.fmt import compact, fmt, interval_text, si
 from detcost.report.frameworks_text import frameworks_section, snippet_forms
 from detcost.report.keys_text import models_rows
+from detcost.report.kinds_text import kinds_section, unit_spread_section
 from detcost.report.prices_text import (
     detectable_text,
     host_bound_lines,
@@ -187,6 +188,7 @@ def machine_section(m: MachineAnalysis, team: str | None = None) -> dict:
         "layout": layout_text(m.layout_varied),
         "frameworks": frameworks_section(m),
         "scaling": scaling_section(m),
+        "unit_spread": unit_spread_section(m),
         "snippet_forms": [f for f in snippet_forms(m.recommendation.snippets) if f["key"] != "pytorch"],
     }
 
@@ -195,19 +197,36 @@ def build_report(analysis: Analysis, out_dir: Path | None, sources: list, team: 
     """Write the report of `analysis` to `out_dir` (default: reports/<first run id>), the
     `team` config's setting marked in its tables."""
     out_dir = Path(out_dir) if out_dir else Path("reports") / analysis.run_ids[0]
+    out_dir.mkdir(parents=True, exist_ok=True)
     context = {
         "title": ", ".join(analysis.run_ids),
         "n_records": len(analysis.records),
         "sources": [str(p) for p in sources],
         "generated": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "machines": [machine_section(m, team) for m in analysis.machines],
+        "kinds": _kinds(analysis, out_dir),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
     html = out_dir / "index.html"
     html.write_text(_template().render(**context), encoding="utf-8")
     md = out_dir / "summary.md"
     md.write_text(markdown_summary(context), encoding="utf-8")
     return ReportPaths(html, md)
+
+
+KINDS_FIGURE = "price-per-kind.png"  # beside summary.md, which links it (the HTML embeds it)
+
+
+def _kinds(analysis: Analysis, out_dir: Path) -> dict | None:
+    """The section "Price per machine kind" with its figure, written beside the Markdown."""
+    section = kinds_section(analysis)
+    if section is None:
+        return None
+    png = figures.kind_bars(pd.DataFrame(analysis.across_kinds.frame_rows()), list(analysis.across_kinds.kinds))
+    (out_dir / KINDS_FIGURE).write_bytes(png)
+    caption = ("Price per setting on each machine kind: a bar per kind, whiskers its interval across that kind's "
+               "rounds; a gap where a kind did not run the setting.")  # fmt: skip
+    return {**section, "figure": {"alt": "price per machine kind", "png": _png(png), "caption": caption,
+                                  "file": KINDS_FIGURE}}  # fmt: skip
 
 
 def template_env() -> Environment:
@@ -245,6 +264,10 @@ def _md_recommendation(m: dict) -> list[str]:
 
 def markdown_summary(context: dict) -> str:
     parts = [f"# detcost summary: {context['title']}", ""]
+    if context.get("kinds"):
+        k = context["kinds"]
+        parts += [f"## {k['title']}", "", k["intro"], "", _md_table(k["header"], k["rows"]), ""]
+        parts += [f"![{k['figure']['alt']}]({k['figure']['file']})", "", k["figure"]["caption"], ""]
     for m in context["machines"]:
         if len(context["machines"]) > 1:
             parts += [f"## Machine: {m['name']}", ""]
@@ -257,6 +280,9 @@ def markdown_summary(context: dict) -> str:
             parts += [m["detectable"], ""] if m["detectable"] else []
             parts += [m["host_bound_note"], ""] if m["host_bound_note"] else []
             parts += ["### Every price", "", _md_table(m["price_header"], [r["cells"] for r in m["price_rows"]]), ""]
+        if m["unit_spread"]:
+            us = m["unit_spread"]
+            parts += [f"### {us['title']}", "", us["intro"], "", _md_table(us["header"], us["rows"]), ""]
         if m["frameworks"]:
             fw = m["frameworks"]
             parts += [f"## {fw['title']}", "", fw["intro"], "", _md_table(fw["header"], fw["rows"]), ""]

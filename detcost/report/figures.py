@@ -105,6 +105,46 @@ def price_bars(speed: pd.DataFrame) -> bytes:
     return _png(fig)
 
 
+KIND_COLORS = plt.get_cmap("Set2").colors  # one colour a machine kind, in the order the kinds came
+
+
+def kind_bars(table: pd.DataFrame, kinds: list[str]) -> bytes:
+    """Each setting's price per machine kind: per workload a group of bars per setting, one
+    bar per kind (a gap where that kind did not run it), interval whiskers; as in
+    `price_bars`, a whisker beyond the axis is drawn to the edge and marked."""
+    panels = _panels(table)
+    fig, axes = _grid(len(panels), width=max(4.2, 1.1 * len(kinds) + 2.5), height=3.8)
+    width = 0.8 / max(len(kinds), 1)
+    for ax, (title, rows) in zip(axes, panels):
+        present = set(rows["setting"])
+        labels = [*setting_order(present - {AA_LABEL}), *([AA_LABEL] if AA_LABEL in present else [])]
+        x = np.arange(len(labels))
+        top = max(1.5, float(np.nanmax(rows["price"])) * 1.25)
+        for i, kind in enumerate(kinds):
+            mine = rows[rows["machine"] == kind].set_index("setting").reindex(labels)
+            hi = mine["price_hi"].clip(upper=top)
+            err = np.vstack([mine["price"] - mine["price_lo"], hi - mine["price"]]).clip(min=0)
+            xs = x - 0.4 + width * (i + 0.5)
+            color = KIND_COLORS[i % len(KIND_COLORS)]
+            label = textwrap.shorten(kind, 90)
+            ax.bar(xs, mine["price"], width, yerr=np.nan_to_num(err), capsize=2, color=color, edgecolor="white",
+                   label=label)  # fmt: skip
+            for xi, value, price in zip(xs, mine["price_hi"], mine["price"]):
+                if np.isfinite(price) and not value <= top:
+                    ax.annotate("▲", (xi, top), ha="center", va="top", fontsize=6, color="dimgrey")
+        ax.axhline(1.0, color="black", lw=0.8, ls="--")
+        ax.set_xticks(x, labels, rotation=90, fontsize=8)
+        ax.set_ylabel("price (vs its kind's fastest)", fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.set_ylim(min(0.9, float(np.nanmin(rows["price_lo"])) - 0.05), top)
+    if axes:
+        axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.45), frameon=False)
+    fig.suptitle("Price per setting on each machine kind (whiskers: interval across that kind's rounds)", fontsize=10,
+                 y=1.0)  # fmt: skip
+    fig.tight_layout()
+    return _png(fig)
+
+
 def variance_vs_price(points: pd.DataFrame) -> bytes:
     """One point per setting: its worst price across workloads against its mean spread
     between repeats (relative L2 of parameters); bitwise-identical settings sit on the

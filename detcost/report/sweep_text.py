@@ -11,6 +11,7 @@ import pandas as pd
 from detcost.derive.analysis import Analysis, MachineAnalysis
 from detcost.derive.decide import FAIL, PASS, UNDECIDED, budget_text, decide, level_text
 from detcost.estimate import ASSUMED, GOAL_S, MEASURED_HERE, SCALED
+from detcost.report.kinds_text import kinds_json, kinds_text, unit_spread_json, unit_spread_text
 from detcost.report.prices_text import compact_cell, detectable_text, host_bound_lines, noise_lines, price_matrix
 from detcost.report.scaling_text import scaling_json, scaling_text
 from detcost.settings import get_setting
@@ -173,6 +174,7 @@ def _machine_lines(m: MachineAnalysis, several: bool, team: str | None = None) -
     if m.prices:
         parts += ["", VERDICT_LEGEND + ":", price_matrix_text(m, team), *noise_lines(m), detectable_text(m.prices)]
         parts += host_bound_lines(m.prices)
+    parts += unit_spread_text(m)
     parts += scaling_text(m)
     parts += ["", *(f"note: {n}" for n in rec.notes)] if rec.notes else []
     failed = m.failure_frame()
@@ -196,6 +198,7 @@ def run_summary(analysis: Analysis, outcome, wall: float, report=None, team: str
     is marked."""
     several = len(analysis.machines) > 1
     parts = [line for m in analysis.machines for line in _machine_lines(m, several, team)]
+    parts += kinds_text(analysis)
     parts += [f"quiet-machine guard: {e}" for e in outcome.events]
     if getattr(outcome, "ray", None):
         r = outcome.ray
@@ -338,6 +341,8 @@ def run_summary_json(analysis: Analysis, outcome, wall: float, report=None, per_
         "speed": [row for m in machines for row in records_json(m.price_frame())],
         "failures": [row for m in machines for row in records_json(m.failure_frame())],
         "ddp": [row for m in machines for row in scaling_json(m)],
+        "unit_spread": [row for m in machines for row in unit_spread_json(m)],
+        "across_kinds": kinds_json(analysis),
         "report": {"html": str(report.html), "markdown": str(report.markdown)} if report else None,
         "recommendation": recommendation_json(machines[0].recommendation) if machines else None,
     } | extra
