@@ -295,7 +295,10 @@ class TrialRecord:
         if not self.on_cuda:
             return host
         uuid = env.get("gpu_uuid")
-        return f"{host} {uuid}" if isinstance(uuid, str) and uuid else f"{host} {self.spec.device}"
+        if isinstance(uuid, str) and uuid:
+            return f"{host} {uuid}"
+        ray_gpu = (self.placement or {}).get("ray_gpu")  # --ray without NVML: the GPU Ray assigned
+        return f"{host} GPU {ray_gpu}" if ray_gpu is not None else f"{host} {self.spec.device}"
 
     @property
     def layout_varied(self) -> bool:

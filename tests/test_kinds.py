@@ -61,6 +61,9 @@ def test_a_kind_is_the_gpu_driver_torch_and_cudnn_on_cuda_and_the_cpu_cores_and_
     assert gpu.machine_kind == "NVIDIA H100 80GB HBM3, driver 550.54.15, torch 2.4.0, cuDNN 90100"
     assert gpu.unit == "g cuda:1"  # no NVML: the host and the device
     assert TrialRecord(make_spec(device="cuda:0"), env={**gpu.env, "gpu_uuid": "GPU-1"}).unit == "g GPU-1"
+    # --ray without NVML: every round sees its GPU as cuda, so the GPU Ray assigned names it
+    on_ray = TrialRecord(make_spec(device="cuda"), env=gpu.env, placement={"ray_gpu": "3"})
+    assert on_ray.unit == "g GPU 3"
     # another host, the same GPU model, driver, torch and cuDNN: the same kind
     assert TrialRecord(make_spec(device="cuda:0"), env={**gpu.env, "hostname": "h"}).machine_kind == gpu.machine_kind
 
