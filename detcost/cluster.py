@@ -10,9 +10,11 @@ Inside the task every trial is still a fresh process, forked from a forkserver t
 starts anew (`isolation`), so a task that lands on a reused Ray worker inherits nothing.
 Before its first trial the task checks what Ray gave it, since users report both going
 wrong: on CUDA, that `CUDA_VISIBLE_DEVICES` names the GPU Ray assigned (a stale value is
-replaced before the forkserver starts); on the CPU, that its cores are its own, by taking a
-lock per core on the node and pinning itself (and so its forkserver and trials) to the
-cores it holds, so parallel rounds never share a core. Each record streams back to the
+replaced before the forkserver starts); and that its cores are its own, by taking a lock
+per core on the node and pinning itself (and so its forkserver and trials) to the cores it
+holds (on the CPU its trials' threads; on CUDA its GPU's share of the node's cores), so
+parallel rounds never share a core and no trial's busy check takes a sibling round for
+another job. Each record streams back to the
 sweep's parent as its trial ends (a Ray streaming generator) and is appended to the one
 results file there, so a parent killed mid-sweep loses only the trials still running, and
 `--resume` runs those. A task that dies (its worker or node lost) has its remaining trials
@@ -91,6 +93,14 @@ def tasks_of(specs: list[TrialSpec]) -> list[list[TrialSpec]]:
 def task_threads(specs: list[TrialSpec], device: str) -> int:
     """The host threads the task's trials keep busy: the CPUs it asks Ray for (on the CPU)."""
     return max(axes.host_threads({k: [v] for k, v in s.axes.items()}, device) for s in specs)
+
+
+def gpu_share(nodes: list[dict]) -> int:
+    """The cores a GPU round is pinned to: the fewest CPUs per GPU of any node with GPUs,
+    so every node can hold a round on each of its GPUs."""
+    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive", True)]
+    shares = [int(r.get("CPU", 0) // r["GPU"]) for r in alive if r.get("GPU")]
+    return max(1, min(shares, default=1))
 
 
 def slots(nodes: list[dict], device: str, threads: int) -> int:
@@ -180,13 +190,13 @@ def run_task(task: dict, ray_context: dict | None = None) -> Iterator[dict]:
 @contextlib.contextmanager
 def _place(task: Task, ray_context: dict):
     """The task's place, checked: on CUDA the GPU Ray assigned, made the only visible one;
-    on the CPU `task.threads` cores of the node held by this task alone, and this process
-    pinned to them. Yields what a record stores of it."""
+    and `task.threads` cores of the node held by this task alone (on CUDA its GPU's share of
+    the node's cores), this process pinned to them. So a round's neighbours, the sweep's
+    other rounds, never run on its cores, and each trial's busy check (which looks at the
+    cores it may use) does not take them for other jobs. Yields what a record stores."""
     placement = {"host": socket.gethostname(), **{k: v for k, v in ray_context.items() if k != "gpu_ids"}}
     if is_cuda(task.device):
         placement.update(_check_gpu(ray_context.get("gpu_ids")))
-        yield placement
-        return
     with _hold_cores(task.threads) as cores:
         os.sched_setaffinity(0, cores)
         if set(os.sched_getaffinity(0)) != set(cores):
@@ -271,6 +281,7 @@ class Cluster:
     running: dict = field(default_factory=dict)  # generator -> (Task, trial ids still to come)
     remote: object = None  # `_ray_task` as Ray's remote function, made once
     width: int = 0  # the most rounds it ran at once
+    share: int = 1  # on CUDA: the cores each GPU round is pinned to
     submitted: int = 0
 
     @classmethod
@@ -315,6 +326,7 @@ class Cluster:
 
         queue = list(tasks)
         width = self.slots(max(task_threads(t, self.device) for t in tasks)) if tasks else 1
+        self.share = gpu_share(ray.nodes()) if is_cuda(self.device) else 1
         self.width = max(self.width, min(width, len(tasks)))
         stopped = False
         try:
@@ -323,7 +335,10 @@ class Cluster:
                     if out_of_time():
                         stopped, queue = True, []
                         break
-                    self._submit(prepare(queue.pop(0)))
+                    task = prepare(queue.pop(0))
+                    if is_cuda(self.device):  # a GPU each, and that GPU's share of its node's cores
+                        task.threads = self.share
+                    self._submit(task)
                 if not self.running:
                     break
                 ready, _ = ray.wait(list(self.running), num_returns=1, timeout=None)
@@ -336,7 +351,7 @@ class Cluster:
     def _submit(self, task: Task) -> None:
         import ray
 
-        options = {"num_gpus": 1, "num_cpus": 1} if is_cuda(self.device) else {"num_cpus": task.threads}
+        options = {"num_cpus": task.threads} | ({"num_gpus": 1} if is_cuda(self.device) else {})
         if self.remote is None:  # a task that fails is recorded, never run again behind the sweep's back
             self.remote = ray.remote(max_retries=0)(_ray_task)
         self.running[self.remote.options(**options).remote(task.to_json())] = (task, [s.trial_id for s in task.specs])

@@ -62,11 +62,15 @@ def _gpu_properties(device: str) -> dict:
     """The GPU's name, memory and capability, from torch: this initialises CUDA, so only a
     trial process (or `detcost env`) asks, never the sweep's parent."""
     props = torch.cuda.get_device_properties(torch.device(device).index or 0)
-    return {
+    out = {
         "gpu": props.name,
         "gpu_memory_bytes": int(props.total_memory),
         "gpu_capability": f"{props.major}.{props.minor}",
     }
+    uuid = str(getattr(props, "uuid", "") or "")
+    if uuid:  # as NVML writes it ("GPU-..."): which GPU of a box, whatever CUDA_VISIBLE_DEVICES renumbered
+        out["gpu_uuid"] = "GPU-" + uuid.removeprefix("GPU-").removeprefix("gpu-")
+    return out
 
 
 def cudnn_version() -> int | None:
@@ -120,7 +124,10 @@ def for_trial(machine: dict, device: str, threads: int | None = None) -> dict:
     which the parent leaves out so as never to initialise CUDA itself."""
     info = {**machine, "threads": threads or torch.get_num_threads(), "env": relevant_env()}
     if device.startswith("cuda") and info.get("gpu") is None and torch.cuda.is_initialized():
-        info.update(_gpu_properties(device))
+        props = _gpu_properties(device)
+        if info.get("gpu_uuid"):  # NVML's, where the parent had it
+            props.pop("gpu_uuid", None)
+        info.update(props)
     if device.startswith("cuda"):
         info.update(nvml_facts(device, current=True))
     return info

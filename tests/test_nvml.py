@@ -188,3 +188,14 @@ def test_only_a_timed_cuda_trial_lists_the_gpu_before_cuda_starts(monkeypatch):
     for spec in (make_spec(device="cuda:1"), make_spec(), make_spec(device="cuda:0", kind="audit")):
         trial.before_cuda(spec)
     assert asked == ["cuda:1"]
+
+
+def test_a_cuda_trial_names_its_gpu_by_uuid_without_nvml_and_keeps_nvmls_where_given(monkeypatch):
+    """Which GPU of a box a trial ran on (the report's unit): from torch's properties in the
+    trial, as NVML writes it, where the parent's fingerprint had no NVML UUID."""
+    props = types.SimpleNamespace(name="NVIDIA H100", total_memory=80, major=9, minor=0, uuid="8f6e-11")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    monkeypatch.setattr(env, "nvml_facts", lambda device, current=False: {})
+    assert env.for_trial({"gpu": None}, "cuda:0", threads=1)["gpu_uuid"] == "GPU-8f6e-11"
+    assert env.for_trial({"gpu": None, "gpu_uuid": "GPU-from-nvml"}, "cuda:0", threads=1)["gpu_uuid"] == "GPU-from-nvml"

@@ -169,6 +169,11 @@ def test_slots_are_the_gpus_or_each_nodes_cores_over_a_rounds_threads():
         cluster.slots(nodes, "cpu", 32)
     with pytest.raises(UsageError, match="no GPU"):
         cluster.slots(nodes[1:2], "cuda", 1)
+    # a GPU round's cores: the fewest per GPU of any node with GPUs (so each holds its GPUs')
+    assert cluster.gpu_share(nodes) == 4  # the dead node's 64 / 8 does not count
+    mixed = [{"Resources": {"CPU": 64.0, "GPU": 8.0}}, {"Resources": {"CPU": 16.0, "GPU": 1.0}}]
+    assert cluster.gpu_share(mixed) == 8
+    assert cluster.gpu_share([{"Resources": {"CPU": 2.0, "GPU": 8.0}}]) == 1
 
 
 def test_rounds_hold_cores_apart_and_a_round_with_none_left_is_refused(tmp_path):
@@ -265,7 +270,8 @@ def test_on_cuda_each_round_asks_ray_for_one_gpu_and_rounds_fill_the_gpus(monkey
         return cluster.Task(task_specs, [None] * len(task_specs), None, "cuda", "auto", 60.0, "/tmp", None, 1)
 
     assert c.run(cluster.tasks_of(specs), prepare, got.append, lambda: False) is False
-    assert fake.submitted == [{"max_retries": 0, "num_gpus": 1, "num_cpus": 1}] * 3
+    # a GPU each, pinned to that GPU's share of the node's 32 cores
+    assert fake.submitted == [{"max_retries": 0, "num_gpus": 1, "num_cpus": 16}] * 3
     assert fake.most_in_flight == 2  # two GPUs: two rounds at once, the third when one ends
     assert sorted(r.trial_id for r in got) == sorted(s.trial_id for s in specs)
 
@@ -292,3 +298,16 @@ def test_an_address_where_no_cluster_answers_is_one_line_before_any_trial(tmp_pa
     assert code == 2 and not results.exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"--ray 127.0.0.1:{port}: no Ray cluster answers there" in err[0]
+
+
+def test_a_gpu_round_is_given_its_gpu_and_pinned_to_its_share_of_cores(monkeypatch, tmp_path):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")  # what a reused worker may still carry
+    task = cluster.Task([make_spec(device="cuda")], [None], None, "cuda", "auto", 60.0, str(tmp_path), None, 1)
+    before = os.sched_getaffinity(0)
+    try:
+        with cluster._place(task, {"ray_node": "n1", "ray_task": "t1", "gpu_ids": [2]}) as placed:
+            assert os.environ["CUDA_VISIBLE_DEVICES"] == "2" and len(os.sched_getaffinity(0)) == 1
+            assert placed["ray_gpu"] == "2" and placed["stale_visible_devices"] == "0,1,2,3"
+            assert placed["cores"] == sorted(os.sched_getaffinity(0)) and placed["ray_node"] == "n1"
+    finally:
+        os.sched_setaffinity(0, before)
