@@ -119,8 +119,9 @@ def run_sweep(
 
 
 def _add_rounds(opts: SweepOptions, runner: _Runner, planned: list[TrialSpec]):
-    """--precision: one more round at a time until every price's interval half-width is at
-    most the target, or --max-repeats or --max-time comes first."""
+    """--precision: one more round at a time (on Ray, as many as run at once) until every
+    price's interval half-width is at most the target, or --max-repeats or --max-time comes
+    first."""
     from detcost.derive.prices import half_widths  # the prices' own statistic, not a copy
 
     while True:
@@ -128,10 +129,11 @@ def _add_rounds(opts: SweepOptions, runner: _Runner, planned: list[TrialSpec]):
         runner.note_widest(max(widths.values(), default=0.0))
         if max(widths.values(), default=0.0) <= opts.precision or opts.repeats >= opts.max_repeats:
             return opts, planned, False, _precision_report(opts, widths, None)
-        opts = replace(opts, repeats=opts.repeats + 1)
+        before = opts.repeats  # one round more; on Ray as many as run at once
+        opts = replace(opts, repeats=min(opts.max_repeats, opts.repeats + runner.rounds_at_once()))
         planned = plan(opts)
-        # only the new round: failed trials of earlier rounds are findings, not retried
-        new_round = [s for s in runner.todo(planned) if s.repeat == opts.repeats - 1 and s.kind in ROUND_KINDS]
+        # only the new rounds: failed trials of earlier rounds are findings, not retried
+        new_round = [s for s in runner.todo(planned) if s.repeat >= before and s.kind in ROUND_KINDS]
         if runner.run(new_round):
             widths = half_widths(runner.records_of(planned))
             return opts, planned, True, _precision_report(opts, widths, "--max-time")
@@ -304,10 +306,7 @@ class _Runner:
         """--ray: `specs` as Ray tasks (a round each), run in parallel as the cluster holds
         them (detcost.cluster). A busy trial is not run again at once (its neighbours are
         detcost's own rounds): `rerun_busy` runs those at the end, the machine quiet."""
-        from detcost.cluster import Cluster, tasks_of
-
-        if self.cluster is None:
-            self.cluster = Cluster.connect(self.opts.ray, self.opts.device)
+        from detcost.cluster import tasks_of
 
         def arrived(record: TrialRecord) -> None:
             self._keep(record)
@@ -316,7 +315,19 @@ class _Runner:
                 raise HarnessError(f"{record.trial_id}: {CUDA_AT_START} (a Ray worker used CUDA); the sweep stopped")
 
         self.bar.set_postfix_str(f"on Ray ({self.opts.ray})", refresh=True)
-        return self.cluster.run(tasks_of(specs), self._task, arrived, self.out_of_time, self.machine)
+        return self._connected().run(tasks_of(specs), self._task, arrived, self.out_of_time, self.machine)
+
+    def rounds_at_once(self) -> int:
+        """How many rounds run at once: one here; on Ray, as many as the cluster holds."""
+        return 1 if self.opts.ray is None else self._connected().slots(self.threads)
+
+    def _connected(self):
+        """--ray's cluster, joined (or started) at the first trial, after the guard's first look."""
+        from detcost.cluster import Cluster
+
+        if self.cluster is None:
+            self.cluster = Cluster.connect(self.opts.ray, self.opts.device)
+        return self.cluster
 
     def _task(self, specs: list[TrialSpec]):
         """A Ray task of `specs`, prepared as it is submitted: the FLOPs learned so far, the
