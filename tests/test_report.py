@@ -1,5 +1,6 @@
 """The report: what a team lead opens. Built from a real small sweep's results file."""
 
+import contextlib
 import json
 import math
 import os
@@ -244,8 +245,9 @@ def _playwright():
     return sync_api
 
 
-@needs_chromium
-def test_the_report_opens_in_headless_chromium_without_errors(report):
+@contextlib.contextmanager
+def _opened(html: Path):
+    """The page `html` in headless Chromium, loaded, and the console and page errors it gave."""
     sync_api = _playwright()
     errors = []
     with sync_api.sync_playwright() as p:
@@ -253,12 +255,20 @@ def test_the_report_opens_in_headless_chromium_without_errors(report):
         page = browser.new_page()
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(report[0].resolve().as_uri())
+        page.goto(html.resolve().as_uri())
         page.wait_for_load_state("load")
+        try:
+            yield page, errors
+        finally:
+            browser.close()
+
+
+@needs_chromium
+def test_the_report_opens_in_headless_chromium_without_errors(report):
+    with _opened(report[0]) as (page, errors):
         images = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete && i.naturalWidth > 0)")
         heading = page.inner_text("#recommendation")
         recommendation = page.inner_text(".rec")
-        browser.close()
     assert errors == []
     assert len(images) == 5 and all(images)
     assert heading == "Recommendation" and recommendation.startswith(("Use ", "No recommendation"))
@@ -268,25 +278,16 @@ def test_the_report_opens_in_headless_chromium_without_errors(report):
 def test_the_report_of_two_machine_kinds_shows_a_column_per_kind_and_the_figure_in_chromium(tmp_path):
     """The committed pair (tests/data/kinds: a real CPU sweep and the same records under a
     rewritten fingerprint) in one report."""
-    sync_api = _playwright()
     kinds = Path(__file__).parent / "data" / "kinds"
     out = tmp_path / "rep"
     assert main(["report", str(kinds / "box-a.jsonl"), str(kinds / "box-b.jsonl"), "--out", str(out)]) == 0
-    errors = []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page()
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto((out / "index.html").resolve().as_uri())
-        page.wait_for_load_state("load")
+    with _opened(out / "index.html") as (page, errors):
         heading = page.inner_text("#kinds")
         header = page.eval_on_selector_all("table.kinds tr:first-child th", "ths => ths.map(t => t.innerText)")
         cells = page.eval_on_selector_all("table.kinds tr", "trs => trs.slice(1).map(t => t.children.length)")
         figure = page.eval_on_selector(
             'img[alt="price per machine kind"]', "i => i.complete && i.naturalWidth > 0 && i.naturalHeight > 0"
         )
-        browser.close()
     assert errors == []
     assert heading == "Price per machine kind"
     assert header == ["workload", "setting", "AMD EPYC x2 cores, torch 2.13.0+cpu",
