@@ -226,6 +226,8 @@ def _hold_cores(n: int, wait_s: float = CORE_WAIT_S, lock_dir: Path = CORE_LOCKS
     exclusive lock on one file per core, held until the task ends (the kernel drops it if
     the task dies). Waits up to `wait_s` for a finishing task's cores; refuses after."""
     lock_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # shared by every user's sweeps on the node, as /tmp is
+        lock_dir.chmod(0o1777)
     cores = sorted(usable_cpus())
     if n > len(cores):
         raise HarnessError(f"the round needs {n} cores and this node lets it use {len(cores)}")
@@ -237,7 +239,8 @@ def _hold_cores(n: int, wait_s: float = CORE_WAIT_S, lock_dir: Path = CORE_LOCKS
                 if len(held) == n:
                     break
                 if core not in held:
-                    fd = os.open(lock_dir / f"core-{core}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+                    # read-only: a lock file another user's sweep made is still ours to lock
+                    fd = os.open(lock_dir / f"core-{core}.lock", os.O_CREAT | os.O_RDONLY, 0o644)
                     try:
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                         held[core] = fd
