@@ -374,7 +374,7 @@ def _add_rank(sub) -> None:
         "rank",
         help="one rank of a DDP trial that torchrun started, on one machine or across several "
         "(torchrun --nnodes N --nproc-per-node G --rdzv-backend c10d --rdzv-endpoint HOST:PORT -m detcost rank ...): "
-        "rank 0 appends the trial's record to --results, a rank that fails its own",
+        "rank 0 appends the trial's record to --results, and a rank that fails appends its own failure",
     )
     p.add_argument("--workload", default="simple_cnn", help="one workload (default: simple_cnn)")
     p.add_argument("--setting", default="default", help="one setting (default: default)")
