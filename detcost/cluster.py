@@ -36,7 +36,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from detcost import axes
@@ -95,10 +95,15 @@ def task_threads(specs: list[TrialSpec], device: str) -> int:
     return max(axes.host_threads({k: [v] for k, v in s.axes.items()}, device) for s in specs)
 
 
+def _alive(nodes: list[dict]) -> list[dict]:
+    """The resources of each node of `ray.nodes()` that is alive."""
+    return [n.get("Resources", {}) for n in nodes if n.get("Alive", True)]
+
+
 def gpu_share(nodes: list[dict]) -> int:
     """The cores a GPU round is pinned to: the fewest CPUs per GPU of any node with GPUs,
     so every node can hold a round on each of its GPUs."""
-    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive", True)]
+    alive = _alive(nodes)
     shares = [int(r.get("CPU", 0) // r["GPU"]) for r in alive if r.get("GPU")]
     return max(1, min(shares, default=1))
 
@@ -106,7 +111,7 @@ def gpu_share(nodes: list[dict]) -> int:
 def slots(nodes: list[dict], device: str, threads: int) -> int:
     """How many rounds the cluster runs at once: its GPUs on CUDA; on the CPU, each node's
     CPUs divided by a round's threads. None at all is refused in one line."""
-    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive", True)]
+    alive = _alive(nodes)
     if is_cuda(device):
         gpus = sum(int(r.get("GPU", 0)) for r in alive)
         if not gpus:
@@ -138,12 +143,11 @@ class Task:
     threads: int = 1
 
     def to_json(self) -> dict:
+        plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("specs", "layouts")}
         return {
             "specs": [s.to_dict() for s in self.specs],
             "layouts": [lay.to_json() if lay else None for lay in self.layouts],
-            **{k: getattr(self, k) for k in ("server_seed", "device", "start_method", "timeout", "results_dir")},
-            "seconds_left": self.seconds_left,
-            "threads": self.threads,
+            **plain,
         }
 
     @classmethod
@@ -284,7 +288,6 @@ class Cluster:
     running: dict = field(default_factory=dict)  # generator -> (Task, trial ids still to come)
     remote: object = None  # `_ray_task` as Ray's remote function, made once
     width: int = 0  # the most rounds it ran at once
-    share: int = 1  # on CUDA: the cores each GPU round is pinned to
     submitted: int = 0
 
     @classmethod
@@ -308,10 +311,10 @@ class Cluster:
             raise UsageError(f"--ray {address}: Ray could not start or join the cluster: {first}") from None
         return cls(address, device, started_here=address == LOCAL)
 
-    def slots(self, threads: int) -> int:
+    def slots(self, threads: int, nodes: list[dict] | None = None) -> int:
         import ray
 
-        return slots(ray.nodes(), self.device, threads)
+        return slots(ray.nodes() if nodes is None else nodes, self.device, threads)
 
     def run(
         self,
@@ -327,9 +330,9 @@ class Cluster:
         kept a task from starting."""
         import ray
 
-        queue = list(tasks)
-        width = self.slots(max(task_threads(t, self.device) for t in tasks)) if tasks else 1
-        self.share = gpu_share(ray.nodes()) if is_cuda(self.device) else 1
+        queue, nodes = list(tasks), ray.nodes()
+        width = self.slots(max(task_threads(t, self.device) for t in tasks), nodes) if tasks else 1
+        share = gpu_share(nodes) if is_cuda(self.device) else None
         self.width = max(self.width, min(width, len(tasks)))
         stopped = False
         try:
@@ -339,8 +342,8 @@ class Cluster:
                         stopped, queue = True, []
                         break
                     task = prepare(queue.pop(0))
-                    if is_cuda(self.device):  # a GPU each, and that GPU's share of its node's cores
-                        task.threads = self.share
+                    if share is not None:  # a GPU each, and that GPU's share of its node's cores
+                        task.threads = share
                     self._submit(task)
                 if not self.running:
                     break

@@ -133,8 +133,8 @@ def _add_rounds(opts: SweepOptions, runner: _Runner, planned: list[TrialSpec]):
         opts = replace(opts, repeats=min(opts.max_repeats, opts.repeats + runner.rounds_at_once()))
         planned = plan(opts)
         # only the new rounds: failed trials of earlier rounds are findings, not retried
-        new_round = [s for s in runner.todo(planned) if s.repeat >= before and s.kind in ROUND_KINDS]
-        if runner.run(new_round):
+        new_rounds = [s for s in runner.todo(planned) if s.repeat >= before and s.kind in ROUND_KINDS]
+        if runner.run(new_rounds):
             widths = half_widths(runner.records_of(planned))
             return opts, planned, True, _precision_report(opts, widths, "--max-time")
 
@@ -262,10 +262,7 @@ class _Runner:
                 return True
             self.bar.set_postfix_str(spec.trial_id, refresh=True)
             record = self._one(spec)
-            if record.error == CUDA_AT_START:  # every later trial would start tainted too
-                raise HarnessError(
-                    f"{spec.trial_id}: {CUDA_AT_START} (the forkserver or this process used CUDA); the sweep stopped"
-                )
+            _stop_if_cuda_at_start(record, "the forkserver or this process")
             retry = record.is_busy and not (self.opts.allow_busy or self.out_of_time())
             if retry and self.wait_quiet(f"{spec.trial_id} ran while the machine was busy"):
                 self._one(spec)  # run again now that the machine is quiet
@@ -311,8 +308,7 @@ class _Runner:
         def arrived(record: TrialRecord) -> None:
             self._keep(record)
             self.bar.update(1)
-            if record.error == CUDA_AT_START:  # every later trial would start tainted too
-                raise HarnessError(f"{record.trial_id}: {CUDA_AT_START} (a Ray worker used CUDA); the sweep stopped")
+            _stop_if_cuda_at_start(record, "a Ray worker")
 
         self.bar.set_postfix_str(f"on Ray ({self.opts.ray})", refresh=True)
         return self._connected().run(tasks_of(specs), self._task, arrived, self.out_of_time, self.machine)
@@ -405,6 +401,13 @@ class _Runner:
     def note_widest(self, widest: float) -> None:
         shown = "no interval yet" if widest == float("inf") else f"±{widest:.1%}"
         self.bar.set_description_str(f"detcost (widest {shown}, target ±{self.opts.precision:.1%})")
+
+
+def _stop_if_cuda_at_start(record: TrialRecord, who: str) -> None:
+    """A trial that found CUDA initialised before it started stops the sweep: every later
+    trial would start tainted too."""
+    if record.error == CUDA_AT_START:
+        raise HarnessError(f"{record.trial_id}: {CUDA_AT_START} ({who} used CUDA); the sweep stopped")
 
 
 def audit_workloads(workloads: list[str], device: str, preset: str) -> list[TrialRecord]:
