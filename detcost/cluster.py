@@ -63,7 +63,8 @@ def check_available() -> None:
 def check_options(device: str, nproc: list[int]) -> None:
     """What `--ray` cannot run, refused in one line: a DDP trial needs several GPUs (or
     processes) of one box, not the one a round gets; a round takes whichever GPU Ray gives
-    it, so `--device cuda:N` cannot hold."""
+    it, so `--device cuda:N` cannot hold. `device` is the one the user asked for (auto,
+    cpu, cuda, cuda:N): resolved, auto and cuda are cuda:0 on a GPU box."""
     if any(n > 1 for n in nproc):
         raise UsageError(
             "--ray runs each round on one GPU (or cores of its own); --nproc's DDP trials need a box each: "

@@ -160,6 +160,21 @@ def test_ray_refusals_are_one_line_and_exit_2(monkeypatch, capsys):
         cluster.check_options("cuda:1", [1])
 
 
+@pytest.mark.parametrize("device", ["cuda", "auto"])
+def test_ray_on_a_gpu_box_plans_with_device_cuda_or_auto(device, monkeypatch, capsys, tmp_path):
+    """auto and cuda resolve to cuda:0 on a GPU box; the check judges what the user asked
+    for, so --ray is not refused for a device it was never given."""
+    pytest.importorskip("ray")
+    from detcost import env
+
+    monkeypatch.setattr(env, "nvml_gpu_count", lambda: 2)
+    monkeypatch.setattr(env, "gpu_names", lambda: ["NVIDIA H100 80GB HBM3"] * 2)
+    argv = ["run", "--device", device, "--ray", "--dry-run", "--allow-busy", "--workloads", "simple_cnn"]
+    assert main([*argv, "--results", str(tmp_path / "r.jsonl")]) == 0, capsys.readouterr().err
+    assert main([*argv[:2], "cuda:1", *argv[3:], "--results", str(tmp_path / "s.jsonl")]) == 2
+    assert "use --device cuda, not cuda:1" in capsys.readouterr().err
+
+
 def test_slots_are_the_gpus_or_each_nodes_cores_over_a_rounds_threads():
     nodes = [{"Alive": True, "Resources": {"CPU": 16.0, "GPU": 4.0}}, {"Alive": True, "Resources": {"CPU": 3.0}}]
     nodes.append({"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}})

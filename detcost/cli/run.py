@@ -101,19 +101,21 @@ def sweep_options(args, team=None, notes: list[str] | None = None):
         precision=args.precision,
         decide=args.max_slowdown if args.decide else None,
         max_repeats=max(args.max_repeats, args.repeats or 0),
-        ray=_ray(args.ray, device, args),
+        ray=_ray(args.ray, args),
     )
 
 
-def _ray(address: str | None, device: str, args) -> str | None:
+def _ray(address: str | None, args) -> str | None:
     """--ray's address, refused in one line before any trial where Ray is not installed or
-    the sweep cannot run as a round per task."""
+    the sweep cannot run as a round per task. The device judged is the one the user asked
+    for (auto, cuda, cuda:N), not the resolved one: auto and cuda resolve to cuda:0 on a
+    GPU box, and Ray, not the user, picks each round's GPU."""
     if address is None:
         return None
     from detcost.cluster import LOCAL, check_available, check_options, check_reachable
 
     check_available()
-    check_options(device, [int(n) for n in (getattr(args, "axis_nproc", None) or [1])])
+    check_options(args.device, [int(n) for n in (getattr(args, "axis_nproc", None) or [1])])
     if address != LOCAL:
         check_reachable(address)
     return address
