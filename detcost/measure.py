@@ -133,19 +133,18 @@ class StepLog:
 
 def warm_up(spec: TrialSpec, wl: Workload, log: StepLog, min_seconds: float | None = None) -> dict:
     """The cold start: the first steps, where cuDNN autotunes (synchronising here is
-    outside the timed region); then, on CUDA, training on a copy until the warm-up has
+    outside the timed region); then, on CUDA, a load of its own until the warm-up has
     lasted `min_seconds` (the clocks leave idle, `train.warm_clocks`), which leaves the
     trial's bits alone."""
-    out, t0, batch = {}, time.perf_counter(), None
+    out, t0 = {}, time.perf_counter()
     for i in range(spec.warmup):
-        batch = wl.batches[i]
-        run_steps(wl, [batch], after_step=log.from_step(i))
+        run_steps(wl, [wl.batches[i]], after_step=log.from_step(i))
         if i == 0:
             synchronize(spec.device)
             out["first_step_s"] = time.perf_counter() - t0
     synchronize(spec.device)
     out["cold_start_s"] = time.perf_counter() - t0 if spec.warmup else None
-    out.update(warm_clocks(spec, wl, batch, t0, min_seconds))
+    out.update(warm_clocks(spec, t0, min_seconds))
     return out
 
 

@@ -38,8 +38,9 @@ class StepTiming:
     build_s: float | None = None
     first_step_s: float | None = None
     cold_start_s: float | None = None  # wall time of the warm-up steps (where cuDNN autotunes)
-    # On CUDA, steps on a copy of the model after the warm-up steps, until the warm-up has
-    # lasted timing.CUDA_MIN_WARMUP_S (clocks leave idle); the trial's bits are untouched.
+    # On CUDA, rounds of a load of its own (timing.warm_load) after the warm-up steps, until
+    # the warm-up has lasted timing.CUDA_MIN_WARMUP_S (clocks leave idle); the trial's bits
+    # are untouched. Records written before counted training steps on a copy of the model.
     clock_warmup_steps: int | None = None
     clock_warmup_s: float | None = None
     clock_warmup_note: str | None = None

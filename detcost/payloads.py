@@ -314,7 +314,7 @@ class Profile:
     """The profiled trial's payload: the ops' table is in its sidecar; here the steps, the
     slowest ops, the host-bound measure (CUDA only), the cuDNN plans, and (CUDA only) the
     clock warm-up before the profiled steps, the timed trials' own (`train.warm_clocks`):
-    steps on a copy of the model and, where there were none, why."""
+    rounds of its load and, where there were none, why."""
 
     profiled_steps: int | None = None
     profiled_step_s: float | None = None

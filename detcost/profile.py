@@ -103,14 +103,15 @@ def _save_ops(spec: TrialSpec, results_dir: Path | None, rows: list[dict]) -> st
 
 def run(spec: TrialSpec, results_dir: Path | None) -> TrialParts:
     """A few steps after warm-up under torch.profiler; the op table goes to the sidecar.
-    The warm-up is the timed trials': the step count, then on CUDA the clock warm-up
+    The warm-up is the timed trials': the step count, each warm-up batch read once (a
+    DataLoader's are read once, in order), then on CUDA the clock warm-up
     (`train.warm_clocks`), so the profiled kernels run at the clocks the timed ones do and
     the kernel-busy share is not inflated by idle clocks."""
     wl = build(spec)
     t0 = time.perf_counter()
     run_steps(wl, wl.batches[: spec.warmup])
     synchronize(spec.device)
-    warmed = warm_clocks(spec, wl, wl.batches[spec.warmup - 1] if spec.warmup else None, t0)
+    warmed = warm_clocks(spec, t0)
     batches = wl.batches[spec.warmup : spec.total_steps]
     prof, step_times, wall = _profile(spec, wl, batches)
     rows = _op_rows(prof, len(batches))

@@ -30,6 +30,31 @@ def min_warmup_s(device: str) -> float:
     return CUDA_MIN_WARMUP_S if is_cuda(device) else 0.0
 
 
+# The clock warm-up's load: square fp32 matmuls on buffers of its own, the same for every
+# label, whatever wraps its model (compiled, DDP), and touching none of the trial's state.
+# On CUDA 4096 (~0.14 TFLOP a product: milliseconds on a datacenter GPU; 128 MiB of
+# buffers); the CPU needs no warm-up, and where a test asks for one a small product keeps it fast.
+WARM_LOAD_N = {"cuda": 4096, "cpu": 128}
+WARM_LOAD_PRODUCTS = 4  # products between synchronisations: the device never idles for the host
+
+
+def warm_load(device: str, seconds: float, clock: Callable[[], float] = time.perf_counter) -> int:
+    """Keep `device` busy for `seconds` with matmuls (`WARM_LOAD_N`), synchronising after
+    each few; returns how many rounds of products ran. Its buffers come from no generator
+    and are freed before it returns."""
+    n = WARM_LOAD_N["cuda" if is_cuda(device) else "cpu"]
+    a = torch.ones(n, n, device=device)
+    out = torch.empty_like(a)
+    rounds, t0 = 0, clock()
+    while clock() - t0 < seconds:
+        for _ in range(WARM_LOAD_PRODUCTS):
+            torch.mm(a, a, out=out)
+        synchronize(device)
+        rounds += 1
+    del a, out
+    return rounds
+
+
 def synchronize(device: str) -> None:
     if is_cuda(device):
         torch.cuda.synchronize(device)

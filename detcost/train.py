@@ -1,13 +1,12 @@
 """Training, once: build a workload for a spec, the process state a trial runs under, and
 the one training loop that every trial kind (timed, audited, profiled) and the selfcheck
-use, and the clock warm-up (training on a copy) the timed and profiled kinds share.
+use, and the clock warm-up (a load of its own) the timed and profiled kinds share.
 Nothing here records or measures; the kinds above it do.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +19,7 @@ from detcost.errors import is_out_of_memory
 from detcost.record import Kind, TrialSpec
 from detcost.seeding import seed_everything
 from detcost.settings import apply_env, get_setting, set_environ
-from detcost.timing import StepTimer, is_cuda, min_warmup_s, release_cached_memory, synchronize, use_device
+from detcost.timing import StepTimer, min_warmup_s, release_cached_memory, synchronize, use_device, warm_load
 from detcost.workloads import Batch, Workload, WorkloadConfig, get_workload
 
 
@@ -133,50 +132,37 @@ def run_steps(
 # ---- the clock warm-up ------------------------------------------------------------------
 
 
-def warm_clocks(spec: TrialSpec, wl: Workload, batch, started: float, min_seconds: float | None = None) -> dict:
+def warm_clocks(spec: TrialSpec, started: float, min_seconds: float | None = None) -> dict:
     """After a trial's step-count warm-up (begun at `started`, a `time.perf_counter()`),
-    training on a copy (`keep_warm`) on its last `batch` until the warm-up has lasted
-    `min_seconds` (default `timing.min_warmup_s`: on CUDA the GPU's clocks leave idle only
-    under load; the CPU needs none). Every kind that reads device time after a warm-up
-    (timed, profiled) takes it from here. {} where there is nothing to top up."""
+    keep the device loaded (`keep_warm`) until the warm-up has lasted `min_seconds`
+    (default `timing.min_warmup_s`: on CUDA the GPU's clocks leave idle only under load;
+    the CPU needs none). Every kind that reads device time after a warm-up (timed,
+    profiled) takes it from here. {} where there is nothing to top up."""
     minimum = min_warmup_s(spec.device) if min_seconds is None else min_seconds
-    if batch is None or minimum <= 0:
+    if minimum <= 0:
         return {}
-    return keep_warm(spec, wl, batch, minimum - (time.perf_counter() - started))
+    return keep_warm(spec, minimum - (time.perf_counter() - started))
 
 
-def keep_warm(spec: TrialSpec, wl: Workload, batch, seconds: float) -> dict:
-    """Train a copy of the model and optimizer on `batch` for `seconds`: the device
-    stays loaded, and the trial's own model, optimizer and generators never see it. A
-    model an axis wrapped in another module (torch.compile: the copy would compile again)
-    or one the device has no room to copy keeps the step-count warm-up alone, and the
-    record says why."""
+def keep_warm(spec: TrialSpec, seconds: float) -> dict:
+    """Load the device for `seconds` with a load of its own (`timing.warm_load`), not
+    with the trial's model: every label gets the same warm-up, whatever wraps its model
+    (a compiled or DDP one could not be copied), and the trial's model, optimizer and
+    generators never see it. A device with no room for the load keeps the step-count
+    warm-up alone, and the record says why."""
     if seconds <= 0:
         return {"clock_warmup_steps": 0}
-    if wl.model_as_built is not None and wl.model is not wl.model_as_built:
-        wrapped = f"not for a model wrapped in a {type(wl.model).__name__}: the copy would be wrapped again"
-        return {"clock_warmup_steps": 0, "clock_warmup_note": wrapped}
-    wl.optimizer.zero_grad(set_to_none=True)  # every step starts with it: the copy holds no gradients twice
+    t0 = time.perf_counter()
     try:
-        return _train_twin(spec, wl, batch, seconds)
+        rounds = warm_load(spec.device, seconds, clock=time.perf_counter)
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
-        note = f"no room to copy the model: {type(exc).__name__}"
-    release_cached_memory(spec.device)  # out of the except block: the copy went with the traceback
+        note = f"no room for the warm-up load: {type(exc).__name__}"
+    else:
+        return {"clock_warmup_steps": rounds, "clock_warmup_s": time.perf_counter() - t0}
+    release_cached_memory(spec.device)  # out of the except block: the buffers went with the traceback
     return {"clock_warmup_steps": 0, "clock_warmup_note": note}
-
-
-def _train_twin(spec: TrialSpec, wl: Workload, batch, seconds: float) -> dict:
-    twin = copy.copy(wl)
-    twin.model, twin.optimizer, twin.step = copy.deepcopy((wl.model, wl.optimizer, wl.step))
-    steps, t0 = 0, time.perf_counter()
-    with torch.random.fork_rng(devices=[torch.device(spec.device)] if is_cuda(spec.device) else []):
-        while time.perf_counter() - t0 < seconds:
-            run_steps(twin, [batch])
-            synchronize(spec.device)
-            steps += 1
-    return {"clock_warmup_steps": steps, "clock_warmup_s": time.perf_counter() - t0}
 
 
 class TrainStep:

@@ -111,14 +111,20 @@ def test_a_failing_fingerprint_is_an_error_record_not_a_crash(monkeypatch):
     assert record.env == {"torch": "x"} and record.timing is not None  # what it measured is kept
 
 
-@pytest.mark.parametrize("amp", ["off", "fp16"])
-def test_the_clock_warm_up_trains_a_copy_and_leaves_the_trials_bits_alone(amp, monkeypatch):
-    """On CUDA the warm-up lasts at least 0.5 s; the extra steps train a copy, so the
-    trial's parameters are those of a warm-up of its step count alone (run on the CPU).
-    The copy takes the training step as the axes wrapped it: fp16's GradScaler too. The
-    warm-up's clock is one that advances 0.1 s a reading: its steps are counted, not timed."""
+def _ticking(step: float):
+    """A clock that advances `step` seconds a reading: the warm-up's rounds are counted,
+    not timed."""
     from types import SimpleNamespace
 
+    readings = iter(range(1_000_000))
+    return SimpleNamespace(perf_counter=lambda: next(readings) * step)
+
+
+@pytest.mark.parametrize("amp", ["off", "fp16"])
+def test_the_clock_warm_up_loads_the_device_and_leaves_the_trials_bits_alone(amp, monkeypatch):
+    """On CUDA the warm-up lasts at least 0.5 s; the extra time goes to a load of its own
+    (matmuls on buffers of its own), so the trial's parameters, generators and fp16's
+    GradScaler are those of a warm-up of its step count alone (run on the CPU)."""
     import torch
 
     from detcost import measure, train
@@ -126,18 +132,14 @@ def test_the_clock_warm_up_trains_a_copy_and_leaves_the_trials_bits_alone(amp, m
 
     spec = make_spec(steps=2, warmup=2, axes={"threads": 2, "amp": amp})
 
-    def ticking_clock():
-        readings = iter(range(1_000_000))
-        return SimpleNamespace(perf_counter=lambda: next(readings) * 0.1)
-
     def trained(extra_seconds: float):
         with trial_state(spec):
             wl = build(spec)
             log = measure.StepLog(wl.model, spec.total_steps, spec.device)
             measure.warm_up(spec, wl, log)  # on the CPU: the step count alone
             with monkeypatch.context() as m:
-                m.setattr(train, "time", ticking_clock())
-                out = train.keep_warm(spec, wl, wl.batches[spec.warmup - 1], extra_seconds)
+                m.setattr(train, "time", _ticking(0.1))
+                out = train.keep_warm(spec, extra_seconds)
             measure.run_steps(wl, wl.batches[spec.warmup : spec.total_steps])
             scaler = getattr(wl.step, "scaler", None)
             assert (scaler is not None) == (amp == "fp16")
@@ -147,80 +149,99 @@ def test_the_clock_warm_up_trains_a_copy_and_leaves_the_trials_bits_alone(amp, m
     plain, params, rng, scale = trained(0.0)
     warmed, warmed_params, warmed_rng, warmed_scale = trained(0.25)
     assert plain == {"clock_warmup_steps": 0}
-    # readings 0.0 (start), 0.1 and 0.2 (a step each), 0.3 (done), 0.4 (the time it took)
-    assert warmed == {"clock_warmup_steps": 2, "clock_warmup_s": pytest.approx(0.4)}
+    # readings 0.0 (keep_warm starts), 0.1 (the load starts), 0.2 and 0.3 (a round each),
+    # 0.4 (done), 0.5 (the time it took)
+    assert warmed == {"clock_warmup_steps": 2, "clock_warmup_s": pytest.approx(0.5)}
     assert all(torch.equal(a, b) for a, b in zip(params, warmed_params))
     assert torch.equal(rng, warmed_rng) and scale == warmed_scale
 
 
-def test_a_model_an_axis_wrapped_keeps_the_step_count_warm_up_alone():
-    """A wrapped model (torch.compile's OptimizedModule) is not copied for the clock
-    warm-up: its copy would be wrapped (compiled) again. The record says so."""
+@pytest.mark.parametrize("wrap", ["compiled", "ddp"])
+def test_a_model_an_axis_wrapped_gets_the_same_clock_warm_up_as_a_plain_one(wrap, monkeypatch):
+    """Every label is timed after the same warm-up: a model that --compile or --nproc
+    wrapped (an OptimizedModule, a DistributedDataParallel) is warmed by the same load as
+    a plain one, where a copy of it could not be made (it would be compiled again)."""
+    import torch
+
+    from detcost import measure, train
+    from detcost.train import build, trial_state
+
+    monkeypatch.setattr(train, "min_warmup_s", lambda device: 0.25)
+    spec = make_spec(steps=2, warmup=1)
+    outs = {}
+    for label in ("plain", wrap):
+        with trial_state(spec):
+            wl = build(spec)
+            if label != "plain":
+                wl.model = torch.nn.Sequential(wl.model)  # wrapped, as an axis's wrap_model does
+            log = measure.StepLog(wl.model, spec.total_steps, spec.device)
+            with monkeypatch.context() as m:
+                m.setattr(train, "time", _ticking(0.05))
+                m.setattr(measure, "time", _ticking(0.05))
+                out = measure.warm_up(spec, wl, log)
+        outs[label] = {k: v for k, v in out.items() if k.startswith("clock_warmup")}
+    assert outs["plain"] == outs[wrap] and outs[wrap]["clock_warmup_steps"] > 0
+    assert "clock_warmup_note" not in outs[wrap]
+
+
+def test_no_room_for_the_warm_up_load_is_a_note_and_other_errors_still_raise(monkeypatch):
     import torch
 
     from detcost import train
-    from detcost.train import build, trial_state
 
     spec = make_spec(steps=2, warmup=1)
-    with trial_state(spec):
-        wl = build(spec)
-        wl.model = torch.nn.Sequential(wl.model)  # wrapped, as an axis's wrap_model may
-        out = train.keep_warm(spec, wl, wl.batches[0], 0.5)
-    note = "not for a model wrapped in a Sequential: the copy would be wrapped again"
-    assert out == {"clock_warmup_steps": 0, "clock_warmup_note": note}
 
+    def no_room(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-def test_no_room_for_the_warm_up_copy_is_a_note_and_other_errors_still_raise(monkeypatch):
-    import torch
+    monkeypatch.setattr(train, "warm_load", no_room)
+    out = train.keep_warm(spec, 0.5)
+    assert out == {"clock_warmup_steps": 0, "clock_warmup_note": "no room for the warm-up load: OutOfMemoryError"}
 
-    from detcost import train
-    from detcost.train import build, trial_state
+    def broken(*args, **kwargs):
+        raise RuntimeError("a real bug")
 
-    spec = make_spec(steps=2, warmup=1)
-    with trial_state(spec):
-        wl = build(spec)
-        batch = wl.batches[0]
-
-        def no_room(*args):
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-        monkeypatch.setattr(train, "_train_twin", no_room)
-        out = train.keep_warm(spec, wl, batch, 0.5)
-        assert out == {"clock_warmup_steps": 0, "clock_warmup_note": "no room to copy the model: OutOfMemoryError"}
-
-        def broken(*args):
-            raise RuntimeError("a real bug")
-
-        monkeypatch.setattr(train, "_train_twin", broken)
-        with pytest.raises(RuntimeError, match="a real bug"):
-            train.keep_warm(spec, wl, batch, 0.5)
+    monkeypatch.setattr(train, "warm_load", broken)
+    with pytest.raises(RuntimeError, match="a real bug"):
+        train.keep_warm(spec, 0.5)
 
 
 def test_a_profiled_trial_warms_the_clocks_as_a_timed_one_does_before_the_profiler_starts(monkeypatch):
     """On CUDA a profiled trial's warm-up lasts the timed trials' minimum too (faked on the
-    CPU: a minimum of 0.5 s, and a clock that advances 0.125 s a reading), on a copy of the
-    model, before the profiled steps: their kernels run at working clocks, not idle ones."""
-    from types import SimpleNamespace
-
+    CPU: a minimum of 0.5 s, and a clock that advances 0.125 s a reading), with the same
+    load, before the profiled steps: their kernels run at working clocks, not idle ones."""
     from detcost import profile, train
     from detcost.train import trial_state
 
-    readings = iter(range(1_000_000))
-    clock = SimpleNamespace(perf_counter=lambda: next(readings) * 0.125)
-    monkeypatch.setattr(train, "min_warmup_s", lambda device: 0.5, raising=False)
-    monkeypatch.setattr(train, "time", clock, raising=False)
+    clock = _ticking(0.125)
+    monkeypatch.setattr(train, "min_warmup_s", lambda device: 0.5)
+    monkeypatch.setattr(train, "time", clock)
     monkeypatch.setattr(profile, "time", clock)
     order = []
-    twin, profiled = getattr(train, "_train_twin", None), profile._profile
-    monkeypatch.setattr(train, "_train_twin", lambda *a: order.append("clock warm-up") or twin(*a), raising=False)
+    load, profiled = train.warm_load, profile._profile
+    monkeypatch.setattr(train, "warm_load", lambda *a, **k: order.append("clock warm-up") or load(*a, **k))
     monkeypatch.setattr(profile, "_profile", lambda *a: order.append("profiled") or profiled(*a))
     spec = make_spec(kind="profiled", steps=2, warmup=1)
     with trial_state(spec):
         parts = profile.run(spec, None)
     assert order == ["clock warm-up", "profiled"]
-    # readings 0 (the warm-up starts), 0.125 (0.375 s to go), 0.25 (the copy starts), then
-    # 0.375 and 0.5 (a step each), 0.625 (done)
+    # readings 0 (the warm-up starts), 0.125 (0.375 s to go), 0.25 (keep_warm starts),
+    # 0.375 (the load starts), then 0.5 and 0.625 (a round each), 0.75 (done)
     assert parts.profile.to_json()["profiled_clock_warmup_steps"] == 2
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_profiled_trial_reads_a_dataloaders_warm_up_batches_once(workers):
+    """--data loader: a DataLoader's batches are read once, in order; the profiled trial's
+    warm-up reads each once and its profiled steps the ones after (it used to read the last
+    warm-up batch again for the clock warm-up, and failed with an IndexError)."""
+    from detcost import profile
+    from detcost.train import trial_state
+
+    spec = make_spec(kind="profiled", steps=2, warmup=2, axes={"threads": 2, "data": "loader", "workers": workers})
+    with trial_state(spec):
+        parts = profile.run(spec, None)
+    assert parts.profile.profiled_steps == 2
 
 
 def _alive_in_group(pgid: int) -> list[int]:
