@@ -130,6 +130,26 @@ def test_more_ranks_than_gpus_is_refused_in_one_line(monkeypatch):
     assert axes.NPROC.check(1, "cuda") is None and axes.NPROC.check(4, "cpu") is None
 
 
+def test_ranks_counted_from_a_later_gpu_must_fit_on_the_box(monkeypatch, capsys, tmp_path):
+    """Rank r of a --device cuda:N trial takes cuda:N+r: on 8 GPUs, cuda:4 holds 4 ranks,
+    not 8 (the ranks would ask for cuda:8 to cuda:11, and fail inside the trial)."""
+    import torch
+
+    from detcost import env
+    from detcost.cli import main
+
+    monkeypatch.setattr(torch.cuda, "_device_count_nvml", lambda: 8)
+    monkeypatch.setattr(env, "nvml_gpu_count", lambda: 8)
+    monkeypatch.setattr(env, "gpu_names", lambda: ["NVIDIA H100 80GB HBM3"] * 8)
+    assert axes.NPROC.check(4, "cuda:4") is None
+    want = "--nproc 8: one process per GPU from cuda:4 (cuda:4 to cuda:11), and this machine has 8"
+    assert axes.NPROC.check(8, "cuda:4") == want
+    argv = ["run", "--device", "cuda:4", "--nproc", "8", "--dry-run", "--workloads", "simple_cnn", "--allow-busy"]
+    assert main([*argv, "--results", str(tmp_path / "r.jsonl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert want in err and err.count("\n") == 0
+
+
 def test_nccl_algo_is_refused_on_the_cpu_and_bucket_size_runs_with_gloo():
     assert axes.NCCL_ALGO.check("Ring", "cpu") == (
         "--nccl-algo Ring: NCCL's algorithms are CUDA's; on the CPU DDP reduces with gloo"

@@ -66,8 +66,10 @@ class Nproc(Axis):
         # NVML's count, as detcost.env counts: the sweep's parent never initialises CUDA
         gpus = getattr(torch.cuda, "_device_count_nvml", lambda: -1)()
         gpus = gpus if gpus >= 0 else torch.cuda.device_count()
-        if value > gpus:
-            return f"--nproc {value}: one process per GPU, and this machine has {gpus}"
+        first = torch.device(device).index or 0  # the ranks take cuda:first to cuda:first + value - 1
+        if first + value > gpus:
+            ranks = "" if first == 0 else f" from {device} (cuda:{first} to cuda:{first + value - 1})"
+            return f"--nproc {value}: one process per GPU{ranks}, and this machine has {gpus}"
         return None
 
     def processes(self, value) -> int:
