@@ -71,6 +71,11 @@ def launch(spec: TrialSpec, results_dir: Path | None, prepare: Callable, body: C
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     n = world_size(spec)
+    # LaunchConfig asks torch.cuda.is_available() in this process, before it forks the
+    # ranks: only the NVML-based check leaves fork usable (without it, every rank fails
+    # "Cannot re-initialize CUDA in forked subprocess"). Set here, not inherited from the
+    # CLI's parent: a --ray worker or a library caller starts trials without it.
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     _quiet_launcher()
     with tempfile.TemporaryDirectory(prefix="detcost-ddp-") as logs:
         config = LaunchConfig(

@@ -150,6 +150,31 @@ def test_ranks_counted_from_a_later_gpu_must_fit_on_the_box(monkeypatch, capsys,
     assert want in err and err.count("\n") == 0
 
 
+def test_the_launcher_asks_nvml_not_the_cuda_driver_whatever_started_the_trial(monkeypatch):
+    """torch's LaunchConfig calls torch.cuda.is_available() in the trial's process before
+    it forks the ranks; without PYTORCH_NVML_BASED_CUDA_CHECK=1 that call starts the CUDA
+    driver and poisons fork for every rank. `ddp.launch` sets it itself: a --ray worker or a
+    library caller does not inherit it from detcost's CLI."""
+    from torch.distributed.launcher import api
+
+    from detcost import ddp
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def config(**kwargs):
+        seen.append(os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK"))
+        raise Stop
+
+    monkeypatch.delenv("PYTORCH_NVML_BASED_CUDA_CHECK", raising=False)
+    monkeypatch.setattr(api, "LaunchConfig", config)
+    with pytest.raises(Stop):
+        ddp.launch(make_spec(axes={"threads": 1, "nproc": 2}), None, lambda spec: None, lambda spec, d: None)
+    assert seen == ["1"]
+
+
 def test_nccl_algo_is_refused_on_the_cpu_and_bucket_size_runs_with_gloo():
     assert axes.NCCL_ALGO.check("Ring", "cpu") == (
         "--nccl-algo Ring: NCCL's algorithms are CUDA's; on the CPU DDP reduces with gloo"
