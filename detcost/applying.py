@@ -21,12 +21,14 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 
 from detcost import config
+from detcost.env import DRIVER_READS, cuda_driver_loaded
 from detcost.errors import UsageError
 from detcost.seeding import data_generator, seed_everything, worker_init_fn
 from detcost.settings import REFERENCE, Setting, applied, get_setting, read_flags, set_environ
@@ -61,6 +63,17 @@ def _check_env(setting: Setting) -> None:
                 f"{'unset' if value is None else 'set'} {key} before anything touches CUDA, "
                 "e.g. at the top of the script or in the shell"
             )
+
+
+def _unconfirmed(changed: list[str]) -> tuple[str, ...]:
+    """The variables `apply()` changed that the CUDA driver reads as it initialises, where
+    the driver may have started already (a `torch.cuda.is_available()` before `apply()`
+    starts it without starting torch's CUDA): in os.environ, and perhaps in force, but
+    nothing can confirm it. Nothing on a torch built without CUDA."""
+    if torch.version.cuda is None:
+        return ()
+    late = [key for key in changed if key in DRIVER_READS]
+    return tuple(late) if late and cuda_driver_loaded() is not False else ()
 
 
 def _set_env(setting: Setting) -> dict[str, str | None]:
@@ -98,6 +111,9 @@ class Applied:
     setting: str
     seed: int
     flags: dict[str, object]
+    # Variables set, and read back in `flags`, that the CUDA driver may have read before
+    # they were set (see `apply`): their effect is unconfirmed.
+    unconfirmed: tuple[str, ...] = field(compare=False)
     generator: torch.Generator = field(repr=False, compare=False)
     worker_init_fn: Callable[[int], None] = field(repr=False, compare=False)
     _stack: contextlib.ExitStack = field(repr=False, compare=False)
@@ -134,19 +150,32 @@ def apply(setting: str | Setting | None = None, *, seed: int | None = None) -> A
     """Apply `setting` (a name or a `Setting`; None: the team config's, else `default`)
     and seed random, NumPy and torch with `seed` (None: the team config's, else 0).
 
-    Call it at the top of a training script, before anything touches CUDA: a variable
-    the setting needs (CUBLAS_WORKSPACE_CONFIG) cannot take effect once CUDA has started,
-    and is then a `UsageError` naming it. A plain call leaves the setting in force for the
+    Call it at the top of a training script, before any `torch.cuda` call, even
+    `torch.cuda.is_available()`: a variable the setting needs (CUBLAS_WORKSPACE_CONFIG)
+    cannot take effect once CUDA has started, and is then a `UsageError` naming it; one
+    the CUDA driver reads as it loads (CUDA_LAUNCH_BLOCKING), which a bare
+    `torch.cuda.is_available()` already does, is set but unconfirmed: listed in
+    `Applied.unconfirmed`, with a warning. A plain call leaves the setting in force for the
     rest of the process; `with detcost.apply("strict"):` restores it on leaving the block.
     """
     chosen, seed = _team_choice(setting, seed)
+    changed = [key for key, value in chosen.env if os.environ.get(key) != value]
     stack = contextlib.ExitStack()
     stack.enter_context(in_force(chosen, seed=seed))
     _KEPT.append(stack)
+    late = _unconfirmed(changed)
+    if late:
+        warnings.warn(
+            f"detcost.apply({chosen.name!r}) set {', '.join(late)}, but the CUDA driver was already loaded "
+            "(a torch.cuda call came first) and reads it only as it starts: unconfirmed; call apply() before "
+            "any torch.cuda call, or set it in the shell",
+            stacklevel=2,
+        )
     return Applied(
         setting=chosen.name,
         seed=seed,
         flags=read_flags(),
+        unconfirmed=late,
         generator=data_generator(seed),
         worker_init_fn=worker_init_fn,
         _stack=stack,

@@ -177,6 +177,25 @@ def gpu_names() -> list[str]:
     return nvidia_smi("query-gpu=name")
 
 
+# Variables the CUDA driver reads once, as it initialises (cuInit): set after that, they
+# are in os.environ and do nothing. (cuBLAS reads CUBLAS_WORKSPACE_CONFIG later, at its
+# first handle, after torch's CUDA has started.)
+DRIVER_READS = ("CUDA_LAUNCH_BLOCKING",)
+
+
+def cuda_driver_loaded(maps: str = "/proc/self/maps") -> bool | None:
+    """Whether this process has loaded the CUDA driver (libcuda), which
+    `torch.cuda.is_available()` without PYTORCH_NVML_BASED_CUDA_CHECK, or
+    `torch.cuda.device_count()` without NVML, do while `torch.cuda.is_initialized()` stays
+    False. Read from the process's memory map: no CUDA call. None where that cannot be
+    read (not Linux)."""
+    try:
+        with open(maps) as f:
+            return any("libcuda.so" in line for line in f)
+    except OSError:
+        return None
+
+
 def _cuda_build(torch) -> str:
     return f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import detcost
-from detcost import config, seeding
+from detcost import applying, config, seeding
 from detcost.errors import UsageError
 from detcost.settings import SETTINGS, applied, get_setting, read_flags
 from detcost.trial import run_trial
@@ -155,6 +155,38 @@ def test_a_setting_that_needs_the_variable_unset_says_so_once_cuda_started(monke
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     with pytest.raises(UsageError, match="needs CUBLAS_WORKSPACE_CONFIG unset"):
         detcost.apply("default")
+
+
+def test_a_variable_the_driver_read_before_apply_is_reported_unconfirmed(monkeypatch):
+    """A script that called torch.cuda.is_available() (no NVML check) has loaded the CUDA
+    driver without starting torch's CUDA: CUDA_LAUNCH_BLOCKING set after that is in
+    os.environ, and `flags` reads it back, but the driver read it already. apply() lists
+    it as unconfirmed and warns; before the driver loads, nothing is unconfirmed."""
+    monkeypatch.setattr(torch.version, "cuda", "13.0")  # a CUDA build of torch
+    monkeypatch.delenv("CUDA_LAUNCH_BLOCKING", raising=False)
+    monkeypatch.setattr(applying, "cuda_driver_loaded", lambda: False)
+    with detcost.apply("hf_full") as done:
+        assert done.unconfirmed == () and done.flags["cuda_launch_blocking"] == "1"
+    monkeypatch.setattr(applying, "cuda_driver_loaded", lambda: True)
+    with pytest.warns(UserWarning, match="set CUDA_LAUNCH_BLOCKING, but the CUDA driver was already loaded"):
+        done = detcost.apply("hf_full")
+    try:
+        assert done.unconfirmed == ("CUDA_LAUNCH_BLOCKING",) and done.flags["cuda_launch_blocking"] == "1"
+    finally:
+        done.restore()
+    with detcost.apply("default") as done:  # sets no variable the driver reads
+        assert done.unconfirmed == ()
+
+
+def test_the_driver_is_seen_loaded_from_the_process_memory_map(tmp_path):
+    from detcost import env
+
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
+    assert env.cuda_driver_loaded(str(maps)) is False
+    maps.write_text(maps.read_text() + "7f02-7f03 r-xp 0 08:01 2 /usr/lib/x86_64-linux-gnu/libcuda.so.580.65.06\n")
+    assert env.cuda_driver_loaded(str(maps)) is True
+    assert env.cuda_driver_loaded(str(tmp_path / "none")) is None
 
 
 def test_a_trial_records_the_flags_apply_reads_back(monkeypatch):
