@@ -47,6 +47,22 @@ def cudnn_log_environ(spec: TrialSpec, results_dir: Path | None) -> dict:
     }
 
 
+def rank_environ(rank: int, environ=os.environ) -> dict:
+    """For rank `rank` of a DDP trial, before its first cuDNN call: the frontend log's file
+    with the rank in its name, so that the ranks (forked from one trial process, so
+    started with one file name) do not interleave their lines in one file. The frontend
+    reads its variables at its first log line, so a rank can still set them; cuDNN's API
+    log was opened as libcudnn loaded, before the fork: its ranks share one file, and each
+    reads its own calls from it by their process id (`parse_cudnn_api_log`). {} where the
+    trial writes no frontend log to a file."""
+    path = environ.get(CUDNN_LOG_ENV)
+    if not path or path in ("stdout", "stderr"):
+        return {}
+    log = Path(path)
+    stem, dot, rest = log.name.partition(".")
+    return {CUDNN_LOG_ENV: str(log.with_name(f"{stem}.rank{rank}{dot}{rest}"))}
+
+
 def start_environ(environ: dict) -> dict:
     """Of a trial's environment, what its process must have from its exec: cuDNN reads the
     API log's switches when libcudnn loads, at `import torch`, so set in a process that
@@ -70,7 +86,10 @@ def start_environ(environ: dict) -> dict:
 # "engine_id: type=int; val=0;", "CUDNN_KNOB_TYPE_KERNEL_CFG: type=int; val=27;", or on the
 # legacy API "algo: type=cudnnConvolutionFwdAlgo_t; val=CUDNN_CONVOLUTION_FWD_ALGO_GEMM (2);".
 
-_LOG_CAP_CHARS = 64 * 2**20  # the API log grows by megabytes a step; the plans are chosen early
+# The API log grows by megabytes a step: a longer log is read as its first and last
+# halves of this, the candidates named early and the plans each step runs at the end
+# (a head alone may stop inside autotuning, where a candidate ran as often as the kept plan).
+_LOG_CAP_CHARS = 64 * 2**20
 _PLAN_TAG = re.compile(r"(?:(?<![A-Za-z0-9])([A-Z][A-Za-z]*)_)?(?<![A-Za-z0-9])(eng\d+(?:_k\d+=-?\d+)*)")
 _TOOK = re.compile(r"\bPlan\s+(\S+)\s+took\s+([0-9]+\.?[0-9]*(?:[eE][-+]?\d+)?)")
 _FAILED = re.compile(r"\bPlan\s+(\S+)\s+failed with\s+(\w+)")
@@ -132,19 +151,23 @@ def parse_cudnn_log(text: str) -> dict:
     }
 
 
-def _api_calls(lines):
-    """(cuDNN version, function, the lines of its arguments) per call of an API log."""
+_PROCESS = re.compile(r"\bProcess=(\d+)")  # "i! Process=391; Thread=391; GPU=0; ..." closes each call
+
+
+def _api_calls(lines, pid: int | None = None):
+    """(cuDNN version, function, the lines of its arguments) per call of an API log; with
+    `pid`, only the calls that process made (the ranks of a DDP trial share one log) and
+    those whose block names no process."""
     head, body = None, []
-    for line in lines:
-        call = _API_CALL.match(line)
-        if call:
-            if head:
+    for line in [*lines, None]:
+        call = None if line is None else _API_CALL.match(line)
+        if call or line is None:
+            made_by = next((int(m[1]) for m in map(_PROCESS.search, body) if m), None)
+            if head and (pid is None or made_by in (None, pid)):
                 yield (*head, body)
-            head, body = (call[1], call[2]), []
+            head, body = (call[1], call[2]) if call else None, []
         elif head:
             body.append(line)
-    if head:
-        yield (*head, body)
 
 
 def _engine_tags(body: list[str]) -> list[str]:
@@ -203,13 +226,13 @@ def _kept_after_autotuning(executions) -> tuple[Counter, bool]:
     return kept, not ungrouped
 
 
-def parse_cudnn_api_log(lines) -> dict:
+def parse_cudnn_api_log(lines, pid: int | None = None) -> dict:
     """What a cuDNN API log names: every plan (engine + knobs) and legacy algorithm any call
     names (`plans`: heuristics' and autotuning's candidates too), the one each operation
     ran after autotuning (`chosen`, see `_kept_after_autotuning`), the engines, and the
-    notes."""
+    notes. With `pid`, of that process's calls alone."""
     calls, version, named, executions, notes = 0, None, Counter(), [], Counter()
-    for call_version, function, body in _api_calls(lines):
+    for call_version, function, body in _api_calls(lines, pid):
         calls, version = calls + 1, call_version
         found = _engine_tags(body) + [a[1] for a in map(_ALGO.search, body) if a]
         named.update(found)
@@ -245,18 +268,38 @@ def read_cudnn_log(source: str, path: str | None) -> CudnnPlans:
         return _not_parsed(f"the {name} went to {path}, not to a file")
     log = Path(path)
     try:
-        with open(log, encoding="utf-8", errors="replace") as f:
-            text = f.read(_LOG_CAP_CHARS)
+        text, truncated = _read_ends(log)
     except OSError as exc:
         return _not_parsed(f"{name} {log.name} unreadable: {exc.strerror or exc}")
     if not text.strip():
         return _not_parsed(f"{name} {log.name} is empty: this build wrote nothing to it")
-    found = parse_cudnn_log(text) if source == "frontend" else parse_cudnn_api_log(text.splitlines())
+    # a rank of a DDP trial shares the API log with its sibling ranks: its own calls only
+    pid = os.getpid() if "RANK" in os.environ else None
+    found = parse_cudnn_log(text) if source == "frontend" else parse_cudnn_api_log(text.splitlines(), pid)
     if not found["plans"] and not found["chosen"]:
         what = f"{found['calls']} API calls" if source == "backend" else f"{found['lines']} lines"
         return _not_parsed(f"{name} {log.name} ({what}) names no cuDNN engine or algorithm")
     found["cudnn_version"] = found.get("cudnn_version") and str(found["cudnn_version"])
-    return CudnnPlans(status="ok", log=log.name, truncated=len(text) >= _LOG_CAP_CHARS, **found)
+    return CudnnPlans(status="ok", log=log.name, truncated=truncated, **found)
+
+
+def _read_ends(log: Path) -> tuple[str, bool]:
+    """The log's text, or where it is longer than `_LOG_CAP_CHARS` bytes its first and last
+    halves of that, each cut to whole lines, the last from its first cuDNN call on (a
+    call's block is its header and the lines under it); and whether it was cut."""
+    cap = _LOG_CAP_CHARS
+    with open(log, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(0)
+        if size <= cap:
+            return f.read().decode("utf-8", errors="replace"), False
+        head = f.read(cap // 2).decode("utf-8", errors="replace")
+        f.seek(size - cap // 2)
+        tail = f.read().decode("utf-8", errors="replace")
+    head = head[: head.rfind("\n") + 1]
+    lines = tail.splitlines(keepends=True)[1:]  # the first is a part of a line
+    start = next((i for i, line in enumerate(lines) if _API_CALL.match(line)), 0)
+    return head + "".join(lines[start:]), True
 
 
 def _not_parsed(reason: str) -> CudnnPlans:
@@ -282,9 +325,10 @@ def cudnn_plans(spec: TrialSpec) -> CudnnPlans:
     return _not_parsed("; ".join(reasons))
 
 
-def drop_redundant_api_log(plans: CudnnPlans) -> None:
-    """Where the frontend log named the plans, remove the API log: it repeats them inside
-    megabytes per step, and a sweep profiles every workload x setting."""
+def drop_api_log() -> None:
+    """Once the logs are parsed (their findings are in the record), remove cuDNN's API log:
+    at level 3 it grows by megabytes a step, and a sweep profiles every workload x
+    setting. In a DDP trial only rank 0 removes it: its ranks share the one file."""
     path = os.environ.get(CUDNN_BACKEND_LOG_ENV)
-    if plans.source == "frontend" and path and path not in ("stdout", "stderr"):
+    if path and path not in ("stdout", "stderr") and os.environ.get("RANK", "0") == "0":
         Path(path).unlink(missing_ok=True)

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from detcost.cudnn_log import rank_environ
 from detcost.payloads import Distributed
 from detcost.record import TrialParts, TrialSpec, one_line
 from detcost.timing import is_cuda
@@ -170,6 +171,7 @@ def _rank(spec_dict: dict, results_dir: Path | None, prepare: Callable, body: Ca
     import torch.distributed as dist
 
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    os.environ.update(rank_environ(rank))  # a profiled trial's cuDNN log, a file per rank
     spec = on_rank(TrialSpec.from_dict(spec_dict), local_rank)
     prepare(spec)
     if is_cuda(spec.device):

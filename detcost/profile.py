@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from detcost.cudnn_log import cudnn_plans, drop_redundant_api_log
+from detcost.cudnn_log import cudnn_plans, drop_api_log
 from detcost.record import HostBound, Profile, TrialParts, TrialSpec
 from detcost.timing import StepTimer, is_cuda, synchronize
 from detcost.train import build, read_back, run_steps, warm_clocks
@@ -116,7 +116,7 @@ def run(spec: TrialSpec, results_dir: Path | None) -> TrialParts:
     prof, step_times, wall = _profile(spec, wl, batches)
     rows = _op_rows(prof, len(batches))
     plans = cudnn_plans(spec)
-    drop_redundant_api_log(plans)
+    drop_api_log()
     found = Profile(
         profiled_steps=len(batches),
         profiled_step_s=wall,

@@ -386,7 +386,7 @@ def test_the_frontend_log_is_used_when_it_names_the_plans(tmp_path, monkeypatch)
     plans = cudnn_plans(cuda_profiled())
     assert plans.status == "ok" and plans.source == "frontend"
     assert plans.log == Path(env[CUDNN_LOG_ENV]).name
-    cudnn_log.drop_redundant_api_log(plans)  # it repeats the plans at far greater size
+    cudnn_log.drop_api_log()  # it repeats the plans at far greater size
     assert not Path(env[CUDNN_BACKEND_LOG_ENV]).exists() and Path(env[CUDNN_LOG_ENV]).exists()
 
 
@@ -399,8 +399,12 @@ def test_the_api_log_is_the_fallback_when_the_frontend_wrote_nothing(tmp_path, m
     plans = cudnn_plans(cuda_profiled())
     assert plans.status == "ok" and plans.source == "backend"
     assert plans.log == Path(env[CUDNN_BACKEND_LOG_ENV]).name and plans.chosen
-    cudnn_log.drop_redundant_api_log(plans)
-    assert Path(env[CUDNN_BACKEND_LOG_ENV]).exists()  # the one that was read stays
+    monkeypatch.setenv("RANK", "1")  # a DDP rank other than 0: its ranks share the one file
+    cudnn_log.drop_api_log()
+    assert Path(env[CUDNN_BACKEND_LOG_ENV]).exists()
+    monkeypatch.setenv("RANK", "0")
+    cudnn_log.drop_api_log()  # parsed into the record: megabytes a step are not kept
+    assert not Path(env[CUDNN_BACKEND_LOG_ENV]).exists()
 
 
 def test_when_neither_log_names_a_plan_the_trial_says_why_for_each(tmp_path, monkeypatch):
@@ -434,3 +438,76 @@ def test_a_setting_without_cudnn_asks_for_no_log_and_forks_as_before(tmp_path, m
     monkeypatch.setattr(torch.backends.cudnn, "enabled", False)
     plans = cudnn_plans(cuda_profiled(setting="no_cudnn"))
     assert plans.status == "skipped" and "cuDNN is disabled" in plans.reason
+
+
+# ---- DDP ranks and long logs ------------------------------------------------------------
+
+
+def test_each_rank_of_a_ddp_trial_writes_its_own_frontend_log(tmp_path):
+    env = cudnn_log_environ(cuda_profiled(), tmp_path)
+    names = {cudnn_log.rank_environ(r, env)[CUDNN_LOG_ENV] for r in range(2)}
+    assert len(names) == 2 and all(
+        n.endswith(".cudnn_frontend.log") and Path(n).parent == tmp_path / "r" for n in names
+    )
+    assert cudnn_log.rank_environ(1, env)[CUDNN_LOG_ENV].endswith("simple_cnn__default.rank1.cudnn_frontend.log")
+    assert cudnn_log.rank_environ(1, {CUDNN_LOG_ENV: "stderr"}) == {} and cudnn_log.rank_environ(1, {}) == {}
+
+
+def test_a_rank_names_its_frontend_log_before_its_setting_and_cuda_start(tmp_path, monkeypatch):
+    from detcost import ddp
+
+    env = cudnn_log_environ(cuda_profiled(), tmp_path)
+    for key, value in {**env, "RANK": "1", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(key, value)
+    seen = []
+
+    def prepare(spec):  # the first thing a rank runs of the trial's own (the setting's environment)
+        seen.append(os.environ[CUDNN_LOG_ENV])
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ddp._rank(make_spec(axes={"threads": 1, "nproc": 2}).to_dict(), None, prepare, None)
+    assert seen == [cudnn_log.rank_environ(1, env)[CUDNN_LOG_ENV]]
+
+
+def test_the_ranks_share_the_api_log_and_each_reads_its_own_calls():
+    """cuDNN opened the API log as it loaded, before the launcher forked the ranks: both
+    write into one file, each call's block closed by its process id."""
+    mine = api_log_cudnn9(benchmark=False)
+    theirs = _execute_cudnn9(*FWD, 42, 3).replace("Process=4782", "Process=4783") * (STEPS + 1)
+    lines = (mine + theirs).splitlines()
+    assert "eng42_TILE_SIZE=3" in parse_cudnn_api_log(lines)["chosen"]  # the other rank's, read as this one's
+    found = parse_cudnn_api_log(lines, pid=4782)
+    assert found["chosen"] == {"eng28_TILE_SIZE=2": STEPS, "eng34_TILE_SIZE=1": STEPS}
+    assert found["calls"] == 2 * STEPS
+
+
+def test_a_rank_reads_its_own_calls_from_the_shared_api_log_file(tmp_path, monkeypatch):
+    log = tmp_path / "api.log"
+    theirs = _execute_cudnn9(*FWD, 42, 3).replace("Process=4782", "Process=4783") * (STEPS + 1)
+    log.write_text(api_log_cudnn9(benchmark=False) + theirs)
+    monkeypatch.setattr(os, "getpid", lambda: 4782)
+    monkeypatch.delenv("RANK", raising=False)  # one process: every call in its log is its own
+    assert "eng42_TILE_SIZE=3" in read_cudnn_log("backend", str(log)).chosen
+    monkeypatch.setenv("RANK", "0")
+    assert read_cudnn_log("backend", str(log)).chosen == {"eng28_TILE_SIZE=2": STEPS, "eng34_TILE_SIZE=1": STEPS}
+
+
+def test_a_log_longer_than_the_cap_is_read_at_both_ends_so_the_kept_plan_is_not_a_candidate(tmp_path, monkeypatch):
+    """Under cudnn.benchmark the first step executes every candidate; a read of the first
+    part alone can stop there, where a candidate ran as often as the plan kept. The log's
+    end holds the steps after autotuning, each running the kept plan."""
+    log = tmp_path / "api.log"
+    tuning = "".join(_execute_cudnn9(*FWD, e, t) * 3 for e, t in [(0, 1), (42, 3)])
+    steps = _execute_cudnn9(*FWD, 28, 2) * 40
+    log.write_text(tuning + steps)
+    monkeypatch.setattr(cudnn_log, "_LOG_CAP_CHARS", 2 * len(tuning.encode()))  # the head ends in the tuning
+    head_only = parse_cudnn_api_log(log.read_text()[: len(tuning)].splitlines())
+    assert "eng28_TILE_SIZE=2" not in head_only["chosen"]  # what the first part alone would say
+    found = read_cudnn_log("backend", str(log))
+    assert found.status == "ok" and found.truncated is True
+    assert max(found.chosen, key=found.chosen.get) == "eng28_TILE_SIZE=2"
+    assert {"eng0_TILE_SIZE=1", "eng42_TILE_SIZE=3"} <= set(found.plans)  # the candidates, named early
+    small = tmp_path / "small.log"
+    small.write_text(API_LOG_CUDNN9)
+    assert read_cudnn_log("backend", str(small)).truncated is False
