@@ -58,6 +58,33 @@ def _nvidia_driver() -> str | None:
     return lines[0] if lines else None
 
 
+def _visible_entry(device: str) -> str | None:
+    """What CUDA_VISIBLE_DEVICES names for `device` (cuda:N: its Nth entry: an index, a
+    UUID or a UUID's prefix, a MIG id), or None where it is unset or names fewer GPUs."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    index = torch.device(device).index or 0
+    if visible is None:
+        return str(index)
+    ids = [v.strip() for v in visible.split(",") if v.strip()]
+    return ids[index] if index < len(ids) else None
+
+
+def smi_gpu(device: str) -> dict:
+    """`device`'s name and UUID as `nvidia-smi --query-gpu` lists them (a separate process:
+    no CUDA in this one), the device mapped through CUDA_VISIBLE_DEVICES (an index or a
+    UUID); {} where nvidia-smi is missing or the device cannot be mapped (a MIG id). The
+    parent's fingerprint names the GPU from here where NVML is missing, so that every
+    record of a sweep, a DDP trial's and a crashed trial's too, names the same GPU."""
+    entry = _visible_entry(device)
+    if entry is None:
+        return {}
+    for row in nvidia_smi("query-gpu=index,name,uuid"):
+        index, name, uuid = ([p.strip() for p in row.split(",")] + ["", ""])[:3]
+        if entry == index or (entry.upper().startswith("GPU-") and uuid.upper().startswith(entry.upper())):
+            return {"gpu": name or None, "gpu_uuid": uuid or None}
+    return {}
+
+
 def _gpu_properties(device: str) -> dict:
     """The GPU's name, memory and capability, from torch: this initialises CUDA, so only a
     trial process (or `detcost env`) asks, never the sweep's parent."""
@@ -110,8 +137,10 @@ def fingerprint(device: str = "cpu", gpu_properties: bool = True) -> dict:
         "env": relevant_env(),
     }
     if device.startswith("cuda"):
-        # device_count and the driver come from NVML / nvidia-smi: no CUDA context
+        # device_count, the driver and the GPU's name come from NVML / nvidia-smi: no CUDA context
         info.update(gpu_count=gpu_count(), driver=_nvidia_driver(), **nvml_facts(device))
+        if info.get("gpu") is None:
+            info.update({k: v for k, v in smi_gpu(device).items() if v and info.get(k) is None})
         if gpu_properties:
             info.update(_gpu_properties(device))
     return info
@@ -123,11 +152,10 @@ def for_trial(machine: dict, device: str, threads: int | None = None) -> dict:
     variables (the setting's CUBLAS_WORKSPACE_CONFIG), and on CUDA the GPU's properties,
     which the parent leaves out so as never to initialise CUDA itself."""
     info = {**machine, "threads": threads or torch.get_num_threads(), "env": relevant_env()}
-    if device.startswith("cuda") and info.get("gpu") is None and torch.cuda.is_initialized():
-        props = _gpu_properties(device)
-        if info.get("gpu_uuid"):  # NVML's, where the parent had it
-            props.pop("gpu_uuid", None)
-        info.update(props)
+    if device.startswith("cuda") and info.get("gpu_capability") is None and torch.cuda.is_initialized():
+        # the memory and capability; the name and UUID stay the parent's where it had them
+        # (NVML's or nvidia-smi's), as in the records of trials that never start CUDA here
+        info.update({k: v for k, v in _gpu_properties(device).items() if info.get(k) is None})
     if device.startswith("cuda"):
         info.update(nvml_facts(device, current=True))
     return info
@@ -282,14 +310,15 @@ def _gpu_rows(index: int) -> list[tuple[str, str]]:
 def _nvidia_smi_rows(index: int) -> list[tuple[str, str]]:
     try:
         # Only a process that already uses CUDA (a trial) may ask torch which GPU it is: the
-        # sweep's parent must not initialise CUDA. There, every GPU's processes count.
-        uuid = (
-            str(torch.cuda.get_device_properties(index).uuid).lower().removeprefix("gpu-")
-            if torch.cuda.is_initialized()
-            else None
-        )
+        # sweep's parent must not initialise CUDA, and asks nvidia-smi which UUID its device
+        # is (through CUDA_VISIBLE_DEVICES). Where neither can tell, every GPU's processes count.
+        if torch.cuda.is_initialized():
+            uuid = str(torch.cuda.get_device_properties(index).uuid)
+        else:
+            uuid = smi_gpu(f"cuda:{index}").get("gpu_uuid")
     except (RuntimeError, AttributeError):
         return []
+    uuid = uuid.lower().removeprefix("gpu-") if uuid else None
     rows = []
     for row in nvidia_smi("query-compute-apps=pid,used_memory,gpu_uuid"):
         parts = [p.strip() for p in row.split(",")]
@@ -342,7 +371,9 @@ def _nvml_read(nv, handle, current: bool) -> dict:
         return {"gpu_sm_clock_mhz": ask(nv.nvmlDeviceGetClockInfo, nv.NVML_CLOCK_SM)}
     limit = ask(nv.nvmlDeviceGetEnforcedPowerLimit)
     persistence = ask(nv.nvmlDeviceGetPersistenceMode)
+    name = ask(nv.nvmlDeviceGetName)
     return {
+        "gpu": name.decode() if isinstance(name, bytes) else name,
         "gpu_uuid": ask(nv.nvmlDeviceGetUUID),
         "gpu_sm_clock_max_mhz": ask(nv.nvmlDeviceGetMaxClockInfo, nv.NVML_CLOCK_SM),
         "gpu_sm_clock_app_mhz": ask(nv.nvmlDeviceGetApplicationsClock, nv.NVML_CLOCK_SM),

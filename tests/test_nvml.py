@@ -30,6 +30,7 @@ def fake_nvml(refuse=(), init_fails=False):
 
     nv.nvmlInit, nv.nvmlShutdown = init, lambda: None
     nv.nvmlDeviceGetHandleByIndex = lambda i: nv.asked.append(i) or f"gpu{i}"
+    nv.nvmlDeviceGetName = answer("name", "NVIDIA H100 80GB HBM3")
     nv.nvmlDeviceGetUUID = answer("uuid", "GPU-1234")
     nv.nvmlDeviceGetMaxClockInfo = answer("max", {1: 1980, 2: 2619})
     nv.nvmlDeviceGetApplicationsClock = answer("app", {1: 1755})
@@ -53,6 +54,7 @@ def nvml(monkeypatch):
 def test_the_fingerprint_takes_uuid_clocks_power_and_persistence_from_nvml(nvml):
     nvml()
     assert env.nvml_facts("cuda:0") == {
+        "gpu": "NVIDIA H100 80GB HBM3",
         "gpu_uuid": "GPU-1234",
         "gpu_sm_clock_max_mhz": 1980,
         "gpu_sm_clock_app_mhz": 1755,
@@ -81,27 +83,38 @@ def test_nvml_counts_all_gpus_and_cuda_only_the_visible_ones(nvml, monkeypatch):
     assert env.nvml_facts("cuda:0") == {}
 
 
-def test_nvidia_smi_answers_name_driver_and_other_processes_without_cuda(tmp_path, monkeypatch):
-    """The fallbacks that ask `nvidia-smi` (a separate process), on a fake one."""
+def fake_nvidia_smi(tmp_path, monkeypatch) -> None:
+    """An `nvidia-smi` on PATH that answers as a box of two H100s does."""
     fake = tmp_path / "nvidia-smi"
     fake.write_text(
         "#!/bin/sh\n"
         'case "$1" in\n'
-        '  --query-gpu=name) echo "NVIDIA H100 80GB HBM3";;\n'
+        '  --query-gpu=name) echo "NVIDIA H100 80GB HBM3"; echo "NVIDIA H100 80GB HBM3";;\n'
+        '  --query-gpu=index,name,uuid) echo "0, NVIDIA H100 80GB HBM3, GPU-ab";\n'
+        '    echo "1, NVIDIA H100 80GB HBM3, GPU-cd";;\n'
         "  --query-gpu=driver_version) echo 570.86;;\n"
         '  *) echo "123, 100 MiB, GPU-ab"; echo "456, 9 MiB, GPU-cd";;\n'
         "esac\n"
     )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    # the sweep's parent: no CUDA here (on a GPU box an earlier test may have started it),
-    # so every GPU's processes count
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+def test_nvidia_smi_answers_name_driver_and_other_processes_without_cuda(tmp_path, monkeypatch):
+    """The fallbacks that ask `nvidia-smi` (a separate process), on a fake one."""
+    fake_nvidia_smi(tmp_path, monkeypatch)
+    # the sweep's parent: no CUDA here (on a GPU box an earlier test may have started it);
+    # nvidia-smi says which UUID its device is, so only that GPU's processes count
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
-    assert env.gpu_names() == ["NVIDIA H100 80GB HBM3"] and env._nvidia_driver() == "570.86"
-    assert env._nvidia_smi_rows(0) == [
-        ("123", "process 123 uses 100 MiB on GPU GPU-ab"),
-        ("456", "process 456 uses 9 MiB on GPU GPU-cd"),
-    ]
+    assert env.gpu_names() == ["NVIDIA H100 80GB HBM3"] * 2 and env._nvidia_driver() == "570.86"
+    assert env._nvidia_smi_rows(0) == [("123", "process 123 uses 100 MiB")]
+    for visible in ("1", "GPU-cd", "GPU-c"):  # an index, a UUID, a UUID's prefix, as CUDA reads them
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        assert env._nvidia_smi_rows(0) == [("456", "process 456 uses 9 MiB")], visible
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-9a1b")  # not mapped: every GPU's processes count
+    assert len(env._nvidia_smi_rows(0)) == 2
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     # a trial, whose CUDA names its GPU: only that GPU's processes count
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: types.SimpleNamespace(uuid="cd"))
@@ -109,6 +122,43 @@ def test_nvidia_smi_answers_name_driver_and_other_processes_without_cuda(tmp_pat
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
     assert env.gpu_names() == [] and env._nvidia_driver() is None and env._nvidia_smi_rows(0) == []
+
+
+@pytest.mark.parametrize("source", ["nvml", "nvidia-smi"])
+def test_ddp_and_crashed_cuda_trials_are_of_the_machine_kind_of_the_trials_they_pair_with(
+    source, nvml, tmp_path, monkeypatch
+):
+    """The sweep's parent names the GPU from NVML, else nvidia-smi (no CUDA there). So a
+    DDP trial's record (its launcher's process never starts CUDA: its ranks do) and a
+    crashed trial's (written by the parent) name the GPU, and pool with the one-process
+    trials of the same sweep instead of landing under a made-up "?" kind."""
+    from detcost import trial
+    from detcost.record import Status, TrialRecord
+    from tests.conftest import make_spec
+
+    if source == "nvml":
+        nvml()
+    else:
+        monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed
+    fake_nvidia_smi(tmp_path, monkeypatch)
+    monkeypatch.setattr(env, "cudnn_version", lambda: 91002)
+    monkeypatch.setattr(env, "nvml_gpu_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    machine = env.fingerprint("cuda:0", gpu_properties=False)
+    assert machine["gpu"] == "NVIDIA H100 80GB HBM3"
+    ddp_env = env.for_trial(machine, "cuda:0", threads=1)  # the launcher's process: no CUDA
+    crash = trial.failure_record(make_spec(device="cuda:0"), Status.CRASH, "killed", machine)
+    props = types.SimpleNamespace(name="NVIDIA H100 80GB HBM3", total_memory=80, major=9, minor=0, uuid="ab")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    one_env = env.for_trial(machine, "cuda:0", threads=1)  # a one-process trial, CUDA started
+    assert one_env["gpu_capability"] == "9.0" and one_env["gpu_uuid"] == machine["gpu_uuid"]
+    kinds = {
+        TrialRecord(make_spec(device="cuda:0"), env=one_env).machine_kind,
+        TrialRecord(make_spec(device="cuda:0", axes={"nproc": 2}), env=ddp_env).machine_kind,
+        crash.machine_kind,
+    }
+    assert kinds == {f"NVIDIA H100 80GB HBM3, driver 570.86, torch {torch.__version__}, cuDNN 91002"}
 
 
 # ---- the GPU's other processes, as a trial's busy guard sees them ----------------------
