@@ -252,18 +252,20 @@ def resolve_device(requested: str) -> str:
 _BEFORE_CUDA: dict[int, frozenset[str]] = {}
 
 
-def gpu_processes(device: str) -> str | None:
+def gpu_processes(device: str, own: frozenset[str] | None = None, processes: int = 1) -> str | None:
     """Other processes on this GPU, one line each, or None: from torch (which needs
     pynvml), else from `nvidia-smi --query-compute-apps`.
 
-    Left out: this process's tree (its pid and its children's), and, where NVML does not
-    list this process's pid though it uses the GPU (a PID-namespaced container, where NVML
-    lists host pids) and `remember_gpu_processes` took the list before this process
-    started CUDA, the one process that appeared since: this process under its host pid.
-    Processes listed before are others for certain; two or more new ones are named as such."""
+    Left out: the trial's own processes (`own`: by default this process's tree, its pid and
+    its children's; a DDP rank's is the launcher's tree, its sibling ranks included, which
+    NCCL lists on each other's GPUs), and, where NVML lists none of them though they use
+    the GPU (a PID-namespaced container, where NVML lists host pids) and
+    `remember_gpu_processes` took the list before CUDA started, up to `processes` that
+    appeared since: the trial's own (its ranks) under their host pids. Processes listed
+    before are others for certain; more new ones than that are named as such."""
     index = torch.device(device).index or 0
     rows = _gpu_rows(index)
-    own = own_pids()
+    own = own_pids() if own is None else own
     others = [(pid, line) for pid, line in rows if pid not in own]
     before = _BEFORE_CUDA.get(index)
     if before is None or len(others) < len(rows) or not torch.cuda.is_initialized():
@@ -271,26 +273,31 @@ def gpu_processes(device: str) -> str | None:
     new = [row for row in others if row[0] not in before]
     others = [row for row in others if row[0] in before]
     lines = [line for _, line in others]
-    if len(new) > 1:  # this process is one of them, but which is hidden
+    if len(new) > processes:  # the trial's own are among them, but which are hidden
         named = "; ".join(line for _, line in new)
-        lines.append(f"{len(new)} processes new on the GPU since this one started, itself among them: {named}")
+        mine = "itself" if processes == 1 else f"its {processes} processes"
+        lines.append(f"{len(new)} processes new on the GPU since this one started, {mine} among them: {named}")
     return "\n".join(lines) or None
 
 
 def remember_gpu_processes(device: str) -> None:
     """Take the list `gpu_processes` judges against: the GPU's compute processes now, which
-    must be before this process starts CUDA (otherwise it takes none)."""
-    if torch.cuda.is_initialized():
-        return
+    must be before this process starts CUDA (otherwise it takes none). Taken once: a DDP
+    rank keeps the list its launcher took for every rank's GPU before forking them (taken
+    in the rank, a sibling rank that started first would be on it)."""
     index = torch.device(device).index or 0
+    if torch.cuda.is_initialized() or index in _BEFORE_CUDA:
+        return
     _BEFORE_CUDA[index] = frozenset(pid for pid, _ in _gpu_rows(index))
 
 
-def own_pids() -> frozenset[str]:
-    """This process's pid and those of the processes it started (DataLoader workers)."""
-    pids = {os.getpid()}
+def own_pids(root: psutil.Process | None = None) -> frozenset[str]:
+    """The pid of this process (or of `root`) and those of the processes it started
+    (DataLoader workers; a DDP launcher's ranks)."""
+    root = root or psutil.Process()
+    pids = {root.pid}
     with contextlib.suppress(psutil.Error):  # a child that ends while it is read
-        pids.update(p.pid for p in psutil.Process().children(recursive=True))
+        pids.update(p.pid for p in root.children(recursive=True))
     return frozenset(map(str, pids))
 
 

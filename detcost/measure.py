@@ -19,7 +19,7 @@ import numpy as np
 import psutil
 import torch
 
-from detcost.env import gpu_processes
+from detcost.env import gpu_processes, own_pids
 from detcost.loader import batch_shapes, order_sha256
 from detcost.payloads import BusyReport
 from detcost.record import Outcome, StepTiming, TrialParts, TrialSpec
@@ -166,8 +166,17 @@ def _busy(spec: TrialSpec, cpu_start) -> BusyReport:
     tree is the launcher's, and it uses its thread count in each rank."""
     ranks = spec.axes.get("nproc") or 1
     threads = trial_threads(spec.device, [torch.get_num_threads()]) * ranks
-    gpu_others = gpu_processes(spec.device) if is_cuda(spec.device) else None
+    gpu_others = None
+    if is_cuda(spec.device):  # the trial's own processes: a DDP job's are every rank
+        own = own_pids(_launcher()) if spec.axes.get("nproc") else None
+        gpu_others = gpu_processes(spec.device, own, processes=ranks)
     return BusyReport.between(cpu_start, cpu_sample(_own_tree(spec)), threads, gpu_others)
+
+
+def _launcher() -> psutil.Process:
+    """A DDP rank's parent: the launcher that started every rank of the job (`detcost.ddp`;
+    torchrun's agent for `detcost rank`)."""
+    return psutil.Process(os.getppid())
 
 
 def _own_tree(spec: TrialSpec):
@@ -175,7 +184,7 @@ def _own_tree(spec: TrialSpec):
     rank of a DDP trial the tree of the launcher that started every rank (`detcost.ddp`)."""
     if not spec.axes.get("nproc"):
         return tree_cpu_s
-    launcher = psutil.Process(os.getppid())
+    launcher = _launcher()
 
     def job_cpu_s() -> float:
         t = launcher.cpu_times()

@@ -147,7 +147,7 @@ def child_main(
     if torch.cuda.is_initialized() or torch.cuda._is_in_bad_fork():
         record = failure_record(spec, Status.ERROR, CUDA_AT_START, machine)
     else:
-        before_cuda(spec)
+        job_before_cuda(spec)
         set_environ(environ.items())
         record = run_trial(spec, results_dir, machine)
     conn.send(record.to_json())
@@ -156,11 +156,20 @@ def child_main(
 
 
 def before_cuda(spec: TrialSpec) -> None:
-    """What a trial process does before anything touches CUDA: a timed CUDA trial lists the
-    GPU's compute processes, which its busy guard judges against at the end of its timed
-    region (where NVML may list this process under a host pid it cannot tell as its own)."""
+    """What a trial process (a DDP trial's ranks too) does before anything touches CUDA: a
+    timed CUDA trial lists the GPU's compute processes, which its busy guard judges
+    against at the end of its timed region (where NVML may list this process under a host
+    pid it cannot tell as its own)."""
     if RUNNERS[spec.kind] is measure.run and is_cuda(spec.device):
         envmod.remember_gpu_processes(spec.device)
+
+
+def job_before_cuda(spec: TrialSpec) -> None:
+    """`before_cuda` for every GPU of the trial's job: a DDP trial's process lists each
+    rank's GPU before it forks the ranks, which keep that list (listed in a rank, a
+    sibling rank that started CUDA first would be on it)."""
+    for rank in range(ddp.world_size(spec) or 1):
+        before_cuda(ddp.on_rank(spec, rank))
 
 
 def trial_environ(spec: TrialSpec, results_dir: Path | None = None) -> dict:

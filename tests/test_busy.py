@@ -295,7 +295,9 @@ def test_a_cuda_trial_asks_the_gpu_for_other_processes_and_counts_one_host_threa
     """The timed region's CUDA branch, faked on the CPU: another process on the trial's GPU
     makes it busy though the CPUs were quiet; the trial is judged at one host thread."""
     asked = []
-    monkeypatch.setattr(measure, "gpu_processes", lambda device: asked.append(device) or "4242 python 900MiB")
+    monkeypatch.setattr(
+        measure, "gpu_processes", lambda device, own=None, processes=1: asked.append(device) or "4242 python 900MiB"
+    )
     samples = iter([CpuSample(0.0, 0.0, 0.0, None), CpuSample(1.0, 0.0, 0.0, None)])
     monkeypatch.setattr(measure, "cpu_sample", lambda *tree: next(samples))
     report = measure._busy(make_spec(device="cuda:1"), next(samples))

@@ -4,6 +4,7 @@ what a GPU reports, a fact it refuses, and NVML missing altogether."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import types
 
@@ -249,3 +250,68 @@ def test_a_cuda_trial_names_its_gpu_by_uuid_without_nvml_and_keeps_nvmls_where_g
     monkeypatch.setattr(env, "nvml_facts", lambda device, current=False: {})
     assert env.for_trial({"gpu": None}, "cuda:0", threads=1)["gpu_uuid"] == "GPU-8f6e-11"
     assert env.for_trial({"gpu": None, "gpu_uuid": "GPU-from-nvml"}, "cuda:0", threads=1)["gpu_uuid"] == "GPU-from-nvml"
+
+
+# ---- a DDP trial's ranks on the GPU list ---------------------------------------------------
+
+
+def test_a_ddp_ranks_siblings_are_its_own_on_the_gpu_list(monkeypatch):
+    """NCCL's peers appear in each other's GPU's process list (pytorch#64130): a rank counts
+    its launcher's whole tree, every rank of the job, as the trial's own, not only its own
+    tree (which would take its sibling rank for another job)."""
+    import time
+
+    import psutil
+
+    from detcost import measure
+    from tests.conftest import make_spec
+
+    gpu = FakeGpu(monkeypatch)
+    # a launcher with its other rank, outside this process's tree (the shell that starts it exits)
+    started = subprocess.run(["sh", "-c", "sh -c 'sleep 60 & wait' >/dev/null 2>&1 & echo $!"], capture_output=True)
+    launcher = psutil.Process(int(started.stdout))
+    try:
+        deadline = time.monotonic() + 10
+        while not launcher.children() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (sibling,) = launcher.children()
+        gpu.cuda, gpu.pids = True, [sibling.pid]
+        monkeypatch.setattr(measure, "_launcher", lambda: launcher)
+        spec = make_spec(device="cuda:0", axes={"nproc": 2})
+        busy = measure._busy(spec, measure.cpu_sample(measure._own_tree(spec)))
+        assert busy.gpu_others is None
+        assert str(sibling.pid) in env.gpu_processes("cuda:0")  # this process's tree alone
+    finally:
+        for process in [*launcher.children(), launcher]:
+            process.kill()
+
+
+def test_in_a_pid_namespace_a_ddp_jobs_ranks_may_all_be_new_on_the_gpu(monkeypatch):
+    """NVML lists host pids: the job's N ranks are N processes new since the list was
+    taken, none of them another job's; one more is."""
+    gpu = FakeGpu(monkeypatch)
+    env.remember_gpu_processes("cuda:0")
+    gpu.cuda, gpu.pids = True, [HOST_PID, NEWCOMER]
+    assert env.gpu_processes("cuda:0", processes=2) is None
+    assert "2 processes new on the GPU since this one started, itself among them" in env.gpu_processes("cuda:0")
+    gpu.pids = [HOST_PID, NEWCOMER, NEIGHBOUR]
+    assert "3 processes new on the GPU since this one started, its 2 processes among them" in env.gpu_processes(
+        "cuda:0", processes=2
+    )
+
+
+def test_a_ddp_trial_lists_every_ranks_gpu_before_forking_them_and_the_ranks_keep_it(monkeypatch):
+    """Listed in a rank, a sibling rank that started CUDA first would be on the list, as
+    another job; the trial's process lists each rank's GPU before the launcher forks the
+    ranks, and a rank's own listing keeps the list it inherited."""
+    from detcost import trial
+    from tests.conftest import make_spec
+
+    gpu = FakeGpu(monkeypatch)
+    asked = []
+    monkeypatch.setattr(env, "_gpu_rows", lambda index: asked.append(index) or [])
+    trial.job_before_cuda(make_spec(device="cuda:1", axes={"nproc": 2}))
+    assert asked == [1, 2] and set(env._BEFORE_CUDA) == {1, 2}
+    trial.before_cuda(make_spec(device="cuda:2", axes={"nproc": 2}))  # rank 1, forked with the list
+    assert asked == [1, 2]
+    assert gpu.asked == 0
