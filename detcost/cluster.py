@@ -200,9 +200,11 @@ def _place(task: Task, ray_context: dict):
     other rounds, never run on its cores, and each trial's busy check (which looks at the
     cores it may use) does not take them for other jobs. Yields what a record stores."""
     placement = {"host": socket.gethostname(), **{k: v for k, v in ray_context.items() if k != "gpu_ids"}}
+    near = None
     if is_cuda(task.device):
         placement.update(_check_gpu(ray_context.get("gpu_ids")))
-    with _hold_cores(task.threads) as cores:
+        near = envmod.gpu_local_cpus(task.device)  # the GPU's NUMA node, taken first
+    with _hold_cores(task.threads, prefer=near) as cores:
         os.sched_setaffinity(0, cores)
         if set(os.sched_getaffinity(0)) != set(cores):
             raise HarnessError(f"could not pin the round to cores {sorted(cores)}")
@@ -226,14 +228,15 @@ def _check_gpu(gpu_ids) -> dict:
 
 
 @contextlib.contextmanager
-def _hold_cores(n: int, wait_s: float = CORE_WAIT_S, lock_dir: Path = CORE_LOCKS):
-    """`n` of this process's usable cores that no other task on the node holds: an
-    exclusive lock on one file per core, held until the task ends (the kernel drops it if
-    the task dies). Waits up to `wait_s` for a finishing task's cores; refuses after."""
+def _hold_cores(n: int, wait_s: float = CORE_WAIT_S, lock_dir: Path = CORE_LOCKS, prefer: set[int] | None = None):
+    """`n` of this process's usable cores that no other task on the node holds, those in
+    `prefer` (a GPU's NUMA node) first: an exclusive lock on one file per core, held until
+    the task ends (the kernel drops it if the task dies). Waits up to `wait_s` for a
+    finishing task's cores; refuses after."""
     lock_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):  # shared by every user's sweeps on the node, as /tmp is
         lock_dir.chmod(0o1777)
-    cores = sorted(usable_cpus())
+    cores = sorted(usable_cpus(), key=lambda core: (core not in (prefer or ()), core))
     if n > len(cores):
         raise HarnessError(f"the round needs {n} cores and this node lets it use {len(cores)}")
     deadline = time.monotonic() + wait_s

@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import psutil
 import torch
@@ -70,19 +71,39 @@ def _visible_entry(device: str) -> str | None:
 
 
 def smi_gpu(device: str) -> dict:
-    """`device`'s name and UUID as `nvidia-smi --query-gpu` lists them (a separate process:
-    no CUDA in this one), the device mapped through CUDA_VISIBLE_DEVICES (an index or a
-    UUID); {} where nvidia-smi is missing or the device cannot be mapped (a MIG id). The
-    parent's fingerprint names the GPU from here where NVML is missing, so that every
-    record of a sweep, a DDP trial's and a crashed trial's too, names the same GPU."""
+    """`device`'s name, UUID and PCI bus id as `nvidia-smi --query-gpu` lists them (a
+    separate process: no CUDA in this one), the device mapped through CUDA_VISIBLE_DEVICES
+    (an index or a UUID); {} where nvidia-smi is missing or the device cannot be mapped (a
+    MIG id). The parent's fingerprint names the GPU from here where NVML is missing, so
+    that every record of a sweep, a DDP trial's and a crashed trial's too, names the same GPU."""
     entry = _visible_entry(device)
     if entry is None:
         return {}
-    for row in nvidia_smi("query-gpu=index,name,uuid"):
-        index, name, uuid = ([p.strip() for p in row.split(",")] + ["", ""])[:3]
+    for row in nvidia_smi("query-gpu=index,name,uuid,pci.bus_id"):
+        index, name, uuid, bus = ([p.strip() for p in row.split(",")] + ["", "", ""])[:4]
         if entry == index or (entry.upper().startswith("GPU-") and uuid.upper().startswith(entry.upper())):
-            return {"gpu": name or None, "gpu_uuid": uuid or None}
+            return {"gpu": name or None, "gpu_uuid": uuid or None, "pci_bus_id": bus or None}
     return {}
+
+
+def gpu_local_cpus(device: str, devices: str = "/sys/bus/pci/devices") -> set[int] | None:
+    """The CPUs of the GPU's own NUMA node, as the kernel lists them for its PCI device
+    (`local_cpulist`), found from its bus id (nvidia-smi's "00000000:18:00.0" is sysfs's
+    "0000:18:00.0"); no CUDA call. None where that cannot be read."""
+    bus = smi_gpu(device).get("pci_bus_id")
+    if not bus:
+        return None
+    domain, _, rest = bus.partition(":")
+    try:
+        text = Path(devices, f"{domain[-4:]}:{rest}".lower(), "local_cpulist").read_text().strip()
+        return {cpu for part in text.split(",") if part for cpu in _cpu_range(part)}
+    except (OSError, ValueError):
+        return None
+
+
+def _cpu_range(part: str) -> range:
+    first, _, last = part.partition("-")
+    return range(int(first), int(last or first) + 1)
 
 
 def _gpu_properties(device: str) -> dict:
@@ -140,7 +161,8 @@ def fingerprint(device: str = "cpu", gpu_properties: bool = True) -> dict:
         # device_count, the driver and the GPU's name come from NVML / nvidia-smi: no CUDA context
         info.update(gpu_count=gpu_count(), driver=_nvidia_driver(), **nvml_facts(device))
         if info.get("gpu") is None:
-            info.update({k: v for k, v in smi_gpu(device).items() if v and info.get(k) is None})
+            named = smi_gpu(device)
+            info.update({k: named[k] for k in ("gpu", "gpu_uuid") if named.get(k) and info.get(k) is None})
         if gpu_properties:
             info.update(_gpu_properties(device))
     return info

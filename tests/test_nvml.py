@@ -91,8 +91,8 @@ def fake_nvidia_smi(tmp_path, monkeypatch) -> None:
         "#!/bin/sh\n"
         'case "$1" in\n'
         '  --query-gpu=name) echo "NVIDIA H100 80GB HBM3"; echo "NVIDIA H100 80GB HBM3";;\n'
-        '  --query-gpu=index,name,uuid) echo "0, NVIDIA H100 80GB HBM3, GPU-ab";\n'
-        '    echo "1, NVIDIA H100 80GB HBM3, GPU-cd";;\n'
+        '  --query-gpu=index,name,uuid,pci.bus_id) echo "0, NVIDIA H100 80GB HBM3, GPU-ab, 00000000:18:00.0";\n'
+        '    echo "1, NVIDIA H100 80GB HBM3, GPU-cd, 00000000:9A:00.0";;\n'
         "  --query-gpu=driver_version) echo 570.86;;\n"
         '  *) echo "123, 100 MiB, GPU-ab"; echo "456, 9 MiB, GPU-cd";;\n'
         "esac\n"
@@ -315,3 +315,39 @@ def test_a_ddp_trial_lists_every_ranks_gpu_before_forking_them_and_the_ranks_kee
     trial.before_cuda(make_spec(device="cuda:2", axes={"nproc": 2}))  # rank 1, forked with the list
     assert asked == [1, 2]
     assert gpu.asked == 0
+
+
+def test_a_gpus_numa_node_cores_are_read_from_its_pci_device_without_cuda(tmp_path, monkeypatch):
+    fake_nvidia_smi(tmp_path, monkeypatch)
+    devices = tmp_path / "devices"
+    for bus, cpus in (("0000:18:00.0", "0-3,8-11"), ("0000:9a:00.0", "4-7,12-15")):
+        (devices / bus).mkdir(parents=True)
+        (devices / bus / "local_cpulist").write_text(cpus + "\n")
+    assert env.gpu_local_cpus("cuda:0", str(devices)) == {0, 1, 2, 3, 8, 9, 10, 11}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # a Ray round's one GPU, seen as cuda:0
+    assert env.gpu_local_cpus("cuda:0", str(devices)) == {4, 5, 6, 7, 12, 13, 14, 15}
+    assert env.gpu_local_cpus("cuda:0", str(tmp_path / "no-sysfs")) is None
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert env.gpu_local_cpus("cuda:0", str(devices)) is None
+
+
+def test_a_cuda_trials_threads_are_capped_at_the_cores_it_may_run_on(monkeypatch):
+    """A --ray round on CUDA is pinned to its GPU's share of the node (14 of 112 cores, say)
+    while its planned thread count is the parent's whole box: its trials run at most one
+    thread a core they hold. On the CPU the thread count is the axis measured: never capped."""
+    from detcost import axes, timing
+    from tests.conftest import make_spec
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(timing, "usable_cpus", lambda: {0})
+    restore = axes.THREADS.apply(2, make_spec(device="cuda:0", axes={"threads": 2}))
+    try:
+        assert torch.get_num_threads() == 1
+    finally:
+        restore()
+    restore = axes.THREADS.apply(2, make_spec(axes={"threads": 2}))
+    try:
+        assert torch.get_num_threads() == 2
+    finally:
+        restore()
+    assert torch.get_num_threads() == before

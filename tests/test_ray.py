@@ -205,6 +205,21 @@ def test_rounds_hold_cores_apart_and_a_round_with_none_left_is_refused(tmp_path)
         assert everything == set(cores)
 
 
+def test_a_gpu_round_takes_the_cores_of_its_gpus_numa_node_first(tmp_path, monkeypatch):
+    cores = sorted(cluster.usable_cpus())
+    with cluster._hold_cores(1, lock_dir=tmp_path / "locks", prefer={cores[-1]}) as held:
+        assert held == {cores[-1]}  # not the first core by index
+    monkeypatch.setattr(cluster.envmod, "gpu_local_cpus", lambda device: {cores[-1]})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # restored after: the task sets the GPU Ray gave it
+    task = cluster.Task([make_spec(device="cuda")], [None], None, "cuda", "auto", 60.0, str(tmp_path), None, 1)
+    before = os.sched_getaffinity(0)
+    try:
+        with cluster._place(task, {"gpu_ids": [0]}) as placed:
+            assert placed["cores"] == [cores[-1]]
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def test_a_stale_cuda_visible_devices_is_replaced_by_the_gpu_ray_assigned(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     placed = cluster._check_gpu([3])

@@ -17,8 +17,15 @@ class Threads(Axis):
     def apply(self, value, spec):
         import torch
 
+        from detcost.timing import is_cuda, usable_cpus
+
         if not value:
             return None
+        if is_cuda(spec.device):
+            # a CUDA trial drives the GPU from one host thread; its CPU ops get no more
+            # threads than the cores it may run on (a --ray round is pinned to its GPU's
+            # share of the node, while the planned count is the parent's whole box)
+            value = min(value, len(usable_cpus()))
         before = torch.get_num_threads()
         torch.set_num_threads(value)
         return lambda: torch.set_num_threads(before)
