@@ -1,5 +1,6 @@
 """The exception types the CLI turns into one line: bad input (exit 2) and a broken
-harness (exit 1), and what counts as running out of memory."""
+harness (exit 1); the warning it prints as one line (a torn results file); and what
+counts as running out of memory."""
 
 
 class UsageError(Exception):
@@ -9,6 +10,12 @@ class UsageError(Exception):
 class HarnessError(Exception):
     """detcost cannot measure honestly here (a trial process started with CUDA already in
     use): the sweep stops at once; the CLI prints it on one line and exits with code 1."""
+
+
+class TornRecordWarning(UserWarning):
+    """A results file's last line was cut short (a write that never finished: a full disk,
+    a power cut, a killed process); the records before it are read. The CLI prints it as
+    one line."""
 
 
 # Out of memory as torch, cuDNN and cuBLAS word it (cuDNN and cuBLAS fail to allocate their

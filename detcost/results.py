@@ -10,29 +10,51 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
 
-from detcost.errors import UsageError
+from detcost.errors import TornRecordWarning, UsageError
 from detcost.record import SCHEMA_VERSION, TABLE_COLUMNS, Kind, TrialRecord, table_rows
 
 
-def iter_records(path: str | Path) -> Iterator[dict]:
-    """Yield the records of a results file; a file that is not detcost's JSONL is a UsageError."""
+def iter_records(path: str | Path, torn_at: list[int] | None = None) -> Iterator[dict]:
+    """Yield the records of a results file; a file that is not detcost's JSONL is a UsageError.
+
+    A last line cut short (unterminated and not JSON) after at least one good record is a
+    torn write, not a foreign file: the records before it are yielded, a
+    `TornRecordWarning` names the file and the line, and `torn_at` (where given) gets the
+    byte offset the torn line starts at (`--resume` cuts the file there). A bad line
+    anywhere else is an error naming it."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"results file {path} does not exist")
-    n = 1
-    try:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                yield _check(json.loads(line), path, n)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UsageError(f"{path} is not a detcost results file (line {n} is not JSON)") from None
+    good, offset = 0, 0
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            start, offset = offset, offset + len(raw)
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                if good and not raw.endswith(b"\n"):  # the last line (only it lacks a newline), cut short
+                    warnings.warn(TornRecordWarning(_torn(path, n, good)), stacklevel=2)
+                    if torn_at is not None:
+                        torn_at.append(start)
+                    return
+                raise UsageError(f"{path} is not a detcost results file (line {n} is not JSON)") from None
+            good += 1
+            yield _check(record, path, n)
+
+
+def _torn(path: Path, n: int, good: int) -> str:
+    return (
+        f"{path}: line {n}, the last, is cut short (a write that did not finish: a full disk, a crash); "
+        f"read the {good} record{'s' * (good != 1)} before it"
+    )
 
 
 def _check(record: object, path: Path, n: int) -> dict:
@@ -201,7 +223,9 @@ def open_for_sweep(path: str | Path, resume: bool) -> list[dict]:
             raise UsageError(
                 f"results file {path} already exists; pass --resume to continue it, or choose another --results"
             )
-        existing = list(iter_records(path))
+        torn_at: list[int] = []
+        existing = list(iter_records(path, torn_at))
+        _end_whole(path, torn_at[0] if torn_at else None)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8"):
@@ -209,3 +233,21 @@ def open_for_sweep(path: str | Path, resume: bool) -> list[dict]:
     except OSError as exc:
         raise UsageError(f"cannot write results file {path}: {exc.strerror or exc}") from None
     return existing
+
+
+def _end_whole(path: Path, torn_at: int | None) -> None:
+    """Before a resumed sweep appends: cut a torn last line off (at `torn_at`), and end a
+    last record that lacks its newline with one, so the next record starts a line."""
+    try:
+        with open(path, "r+b") as f:
+            if torn_at is not None:
+                f.truncate(torn_at)
+            end = f.seek(0, os.SEEK_END)
+            if end:
+                f.seek(end - 1)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise UsageError(f"cannot write results file {path}: {exc.strerror or exc}") from None

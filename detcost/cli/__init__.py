@@ -15,10 +15,11 @@ import os
 import signal
 import sys
 import threading
+import warnings
 
 from detcost.cli.args import build_parser
 from detcost.cli.output import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from detcost.errors import HarnessError, UsageError
+from detcost.errors import HarnessError, TornRecordWarning, UsageError
 
 __all__ = ["build_parser", "main"]
 
@@ -42,10 +43,28 @@ def _terminate_as_interrupt():
             signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """detcost's own warnings (a torn results file) as one line each on stderr, once each,
+    not Python's two-line form with a source location."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, TornRecordWarning):
+            print(f"detcost: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", TornRecordWarning)
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        with _terminate_as_interrupt():
+        with _terminate_as_interrupt(), _warnings_as_lines():
             return args.func(args)
     except UsageError as exc:
         print(f"detcost: error: {exc}", file=sys.stderr)
