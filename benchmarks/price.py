@@ -55,6 +55,12 @@ class Price:
 
     track_achieved_flops.unit = "FLOP/s"
 
+    def track_within_budget(self, figures, workload, setting):
+        """The price's decision against the team's budget: 1 within, 0 over, NaN cannot decide."""
+        return figures[(workload, setting)]["within_budget"]
+
+    track_within_budget.unit = "decision"
+
     def track_slowdown_vs_default(self, figures, workload, setting):
         return figures[(workload, setting)]["slowdown_vs_default"]
 

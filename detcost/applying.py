@@ -110,6 +110,7 @@ class Applied:
 
     setting: str
     seed: int
+    threads: int  # torch's CPU thread count, read back after applying
     flags: dict[str, object]
     # Variables set, and read back in `flags`, that the CUDA driver may have read before
     # they were set (see `apply`): their effect is unconfirmed.
@@ -135,20 +136,36 @@ class Applied:
         self.restore()
 
 
-def _team_choice(setting: str | Setting | None, seed: int | None) -> tuple[Setting, int]:
+def _team_choice(setting: str | Setting | None, seed: int | None) -> tuple[Setting, int, int | None]:
     """The setting and seed to apply: the arguments, else the team config's, else
-    `default` and seed 0. The config is read only when something is left to it."""
+    `default` and seed 0; and, with no setting given, the team config's CPU thread count.
+    The config is read only when something is left to it."""
     team = config.find() if setting is None or seed is None else None
+    threads = team.threads if team is not None and setting is None else None
     if setting is None:
         setting = team.setting if team is not None and team.setting else REFERENCE
     if seed is None:
         seed = team.seed if team is not None and team.seed is not None else DEFAULT_SEED
-    return (setting if isinstance(setting, Setting) else get_setting(setting)), seed
+    return (setting if isinstance(setting, Setting) else get_setting(setting)), seed, threads
 
 
-def apply(setting: str | Setting | None = None, *, seed: int | None = None) -> Applied:
+def _threads(count: int | None) -> contextlib.AbstractContextManager:
+    """torch's CPU thread count at `count` (None: left alone), restored on exit."""
+    stack = contextlib.ExitStack()
+    if count is not None:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise UsageError(f"threads must be a whole number of 1 or more, got {count!r}")
+        stack.callback(torch.set_num_threads, torch.get_num_threads())
+        torch.set_num_threads(count)
+    return stack
+
+
+def apply(setting: str | Setting | None = None, *, seed: int | None = None, threads: int | None = None) -> Applied:
     """Apply `setting` (a name or a `Setting`; None: the team config's, else `default`)
-    and seed random, NumPy and torch with `seed` (None: the team config's, else 0).
+    and seed random, NumPy and torch with `seed` (None: the team config's, else 0); with
+    `threads`, fix torch's CPU thread count too (None: the team config's where no setting
+    is given, else left alone), as the snippet a CPU run prints does: on the CPU the
+    results depend on it.
 
     Call it at the top of a training script, before any `torch.cuda` call, even
     `torch.cuda.is_available()`: a variable the setting needs (CUBLAS_WORKSPACE_CONFIG)
@@ -158,9 +175,10 @@ def apply(setting: str | Setting | None = None, *, seed: int | None = None) -> A
     `Applied.unconfirmed`, with a warning. A plain call leaves the setting in force for the
     rest of the process; `with detcost.apply("strict"):` restores it on leaving the block.
     """
-    chosen, seed = _team_choice(setting, seed)
+    chosen, seed, team_threads = _team_choice(setting, seed)
     changed = [key for key, value in chosen.env if os.environ.get(key) != value]
     stack = contextlib.ExitStack()
+    stack.enter_context(_threads(threads if threads is not None else team_threads))
     stack.enter_context(in_force(chosen, seed=seed))
     _KEPT.append(stack)
     late = _unconfirmed(changed)
@@ -174,6 +192,7 @@ def apply(setting: str | Setting | None = None, *, seed: int | None = None) -> A
     return Applied(
         setting=chosen.name,
         seed=seed,
+        threads=torch.get_num_threads(),
         flags=read_flags(),
         unconfirmed=late,
         generator=data_generator(seed),

@@ -35,6 +35,7 @@ class TeamConfig:
     setting: str | None = None
     seed: int | None = None
     max_slowdown: float | None = None  # a fraction: 0.10 is 10%
+    threads: int | None = None  # the CPU thread count `detcost.apply()` fixes (results depend on it)
     workloads: tuple[str, ...] = ()
     model: str | None = None
     baseline: Path | None = None
@@ -73,7 +74,7 @@ def parse(table: dict, path: Path) -> TeamConfig:
     """A `[tool.detcost]` table as a TeamConfig; the first unknown or malformed key is one line."""
     if not isinstance(table, dict):
         raise UsageError(f"{path}: [tool.detcost] must be a table")
-    known = {"setting", "seed", "max_slowdown", "workloads", "model", "baseline", "require"}
+    known = {"setting", "seed", "max_slowdown", "threads", "workloads", "model", "baseline", "require"}
     unknown = sorted(set(table) - known)
     if unknown:
         raise UsageError(
@@ -93,6 +94,11 @@ def parse(table: dict, path: Path) -> TeamConfig:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1:
             raise UsageError(f"{where} seed must be a whole number from 0 to {2**32 - 1}")
         out["seed"] = seed
+    if "threads" in table:
+        threads = table["threads"]
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise UsageError(f"{where} threads must be a whole number of 1 or more (torch's CPU thread count)")
+        out["threads"] = threads
     if "max_slowdown" in table:
         out["max_slowdown"] = _fraction(table["max_slowdown"], f"{where} max_slowdown")
     if "workloads" in table:

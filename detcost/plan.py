@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from detcost import axes, guard
+from detcost.derive.policy import DEFAULT_MAX_SLOWDOWN, MIN_ROUNDS, Policy
 from detcost.errors import UsageError
 from detcost.isolation import LAYOUTS, TRIAL_TIMEOUT_S, start_method
 from detcost.profile import PROFILE_STEPS
@@ -66,6 +67,7 @@ class SweepOptions:
     # (fixed when the options are made, so added rounds keep the sweep's interval level).
     decide: float | None = None
     looks: tuple[int, ...] = ()
+    min_rounds: int = MIN_ROUNDS  # the least rounds a price is judged on (`derive.policy`): the first look
     # --ray: None runs the rounds one after another here; "local" (a Ray cluster of this
     # machine) or a Ray address runs them in parallel, a Ray task each (detcost.cluster)
     ray: str | None = None
@@ -76,7 +78,7 @@ class SweepOptions:
         if self.decide is not None and self.precision is not None:
             raise UsageError("--decide and --precision both add rounds, to different ends: give one of them")
         if self.decide is not None and not self.looks:
-            self.looks = tuple(decide_looks(self.repeats, self.max_repeats))
+            self.looks = tuple(decide_looks(max(self.repeats, self.min_rounds), self.max_repeats))
         given = dict(self.axes)
         self.axes = {a.name: list(given.pop(a.name, None) or a.defaults_for(self.device)) for a, _ in axes.each({})}
         if given:
@@ -91,6 +93,12 @@ class SweepOptions:
             self.added_default = True
 
     added_default: bool = field(default=False, init=False)
+
+    @property
+    def policy(self) -> Policy:
+        """What --decide judges each price by: its budget and the least rounds a verdict needs."""
+        return Policy(max_slowdown=self.decide if self.decide is not None else DEFAULT_MAX_SLOWDOWN,
+                      min_rounds=self.min_rounds)  # fmt: skip
 
     @property
     def interval_level(self) -> float:

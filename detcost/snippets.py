@@ -147,14 +147,19 @@ SNIPPET_FORMS = {
 }
 
 
-def apply_call(setting: Setting, seed: int = 0) -> str:
-    return f'detcost.apply("{setting.name}", seed={seed})'
+def apply_call(setting: Setting, seed: int = 0, threads: int | None = None) -> str:
+    """The `detcost.apply(...)` call that does what the plain lines do, a fixed CPU thread
+    count included where the run fixed one (`threads`)."""
+    return f'detcost.apply("{setting.name}", seed={seed}' + (f", threads={threads})" if threads else ")")
 
 
-def snippets(setting: Setting, seed: int = 0) -> dict[str, str]:
-    """The setting in each form a user may apply it (keys as in `SNIPPET_FORMS`)."""
+def snippets(setting: Setting, seed: int = 0, threads: int | None = None) -> dict[str, str]:
+    """The setting in each form a user may apply it (keys as in `SNIPPET_FORMS`); `threads`:
+    the CPU thread count the run fixed, which the `detcost.apply` form passes on (the plain
+    lines get theirs from the threads axis's snippet)."""
+    call = apply_call(setting, seed, threads)
     return {
-        "apply": f"import detcost\n\n{apply_call(setting, seed)}  # returns what it applied, read back from torch",
+        "apply": f"import detcost\n\n{call}  # returns what it applied, read back from torch",
         "pytorch": snippet(setting, seed),
         "framework": _framework_form(setting, seed),
         "tensorflow": _tensorflow_form(setting, seed),

@@ -43,6 +43,7 @@ class SweepResult:
     results: Path
     events: list[str] = field(default_factory=list)  # what the quiet-machine guard did
     reruns: int = 0  # trials run a second time because the machine was busy the first
+    reruns_at_end: int = 0  # of those, the ones run again after the planned trials (`rerun_busy`)
     precision: dict | None = None  # --precision: reached or not, and what each price reached
     decide: dict | None = None  # --decide: the budget, the looks, the level, why it stopped
     ray: dict | None = None  # --ray: the cluster's address, the tasks, how many ran at once, its nodes
@@ -99,6 +100,9 @@ def run_sweep(
         if opts.decide is not None and not stopped:
             opts, planned, stopped, decision = _decide_rounds(opts, runner, planned)
         ray = runner.cluster.summary() if runner.cluster is not None else None
+    if runner.rerun_now:  # one line for them all (the waits above name the trials that made the sweep wait)
+        runner.events.append(f"ran {len(runner.rerun_now)} busy trial(s) again at once, the machine quiet: "
+                             f"{_named(runner.rerun_now)}")  # fmt: skip
     latest = latest_by_trial(existing + runner.new)
     records = [latest[s.trial_id] for s in planned if s.trial_id in latest]
     for r in records:  # where their sidecars are: beside the results file
@@ -108,6 +112,7 @@ def run_sweep(
         records=records,
         ran=len(runner.new) - runner.reruns,
         reruns=runner.reruns,
+        reruns_at_end=runner.reruns_at_end,
         skipped=len({s.trial_id for s in planned} & runner.done_before),
         stopped_early=stopped,
         results=opts.results,
@@ -144,14 +149,15 @@ def _decide_rounds(opts: SweepOptions, runner: _Runner, planned: list[TrialSpec]
     the rounds up to the next look, with their group's fastest setting, `default` and the A/A
     control beside them; decided prices get no more. Until every price is decided, the
     last look (--max-repeats) or --max-time. Between looks no interval is read."""
-    from detcost.derive.decide import open_prices  # the gate's own rule, not a copy
+    from detcost.derive.decide import decided, open_prices  # the analysis's own decisions, not a copy
     from detcost.derive.prices import prices
 
     cpu = not is_cuda(opts.device)
+    policy = opts.policy
     while True:
-        rows = prices(runner.records_of(planned), cpu)
+        rows = decided(prices(runner.records_of(planned), cpu), policy)
         looked = opts.repeats in opts.looks
-        undecided = open_prices(rows, opts.decide) if looked else rows
+        undecided = open_prices(rows) if looked else rows
         if looked and (not undecided or opts.repeats >= opts.looks[-1]):
             return opts, planned, False, _decide_report(opts, undecided, None)
         wanted = _beside(rows, undecided)
@@ -161,8 +167,8 @@ def _decide_rounds(opts: SweepOptions, runner: _Runner, planned: list[TrialSpec]
         opts, planned = grown, planned + added
         runner.note_open(len(undecided) if looked else None, opts.repeats)
         if runner.run(runner.todo(added)):
-            rows = prices(runner.records_of(planned), cpu)
-            return opts, planned, True, _decide_report(opts, open_prices(rows, opts.decide), "--max-time")
+            rows = decided(prices(runner.records_of(planned), cpu), policy)
+            return opts, planned, True, _decide_report(opts, open_prices(rows), "--max-time")
 
 
 def _beside(rows: list, undecided: list) -> set[tuple]:
@@ -222,6 +228,8 @@ class _Runner:
         self.new: list[TrialRecord] = []
         self.events: list[str] = []
         self.reruns = 0  # busy trials run again once the machine was quiet
+        self.reruns_at_end = 0  # of those, run again after the planned trials
+        self.rerun_now: list[TrialSpec] = []  # of those, the ones run again at once
         # After a wait that ended with the machine still busy, the sweep stops waiting: the
         # load is not passing, and waiting before every trial would only stretch the run.
         self.gave_up = False
@@ -267,6 +275,7 @@ class _Runner:
             if retry and self.wait_quiet(f"{spec.trial_id} ran while the machine was busy"):
                 self._one(spec)  # run again now that the machine is quiet
                 self.reruns += 1
+                self.rerun_now.append(spec)
             self.bar.update(1)
         return False
 
@@ -281,8 +290,9 @@ class _Runner:
         self.gave_up = False  # one full wait: the trials are worth it
         if not self.wait_quiet(f"{len(busy)} trial(s) ran while the machine was busy"):
             return False
-        self.events.append(f"ran {len(busy)} busy trial(s) again at the end, the machine quiet")
+        self.events.append(f"ran {len(busy)} busy trial(s) again at the end, the machine quiet: {_named(busy)}")
         self.reruns += len(busy)
+        self.reruns_at_end += len(busy)
         return self.run(busy)
 
     def _one(self, spec: TrialSpec) -> TrialRecord:
@@ -401,6 +411,12 @@ class _Runner:
     def note_widest(self, widest: float) -> None:
         shown = "no interval yet" if widest == float("inf") else f"±{widest:.1%}"
         self.bar.set_description_str(f"detcost (widest {shown}, target ±{self.opts.precision:.1%})")
+
+
+def _named(specs: list[TrialSpec], most: int = 5) -> str:
+    """The trials' ids, the first `most` of them and how many more."""
+    shown = ", ".join(s.trial_id for s in specs[:most])
+    return shown + (f" and {len(specs) - most} more" if len(specs) > most else "")
 
 
 def _stop_if_cuda_at_start(record: TrialRecord, who: str) -> None:

@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 from detcost import results  # noqa: E402
 from detcost.derive.decide import decide  # noqa: E402
 from detcost.derive.keys import AA_LABEL  # noqa: E402
+from detcost.derive.policy import Policy  # noqa: E402
 from detcost.derive.prices import prices  # noqa: E402
 from detcost.plan import SweepOptions  # noqa: E402
 from detcost.record import Kind, TrialRecord  # noqa: E402
@@ -61,8 +62,8 @@ def one_sweep(
 ) -> dict:
     """One sweep of the known-price workload; its two intervals and their truths. With
     `decide` (a budget), the sweep runs as `detcost run --decide` does: two rounds, then
-    rounds at each look (3, 6, 12, ...) only while the known price is not decided against
-    the budget, up to `rounds`."""
+    rounds at each look (5, 10, 20, ...: from the least rounds a verdict rests on) only
+    while the known price is not decided against the budget, up to `rounds`."""
     name = f"{size}-{rounds}-{k}" if decide is None else f"{size}-decide{decide:g}-{rounds}-{k}"
     opts = SweepOptions(
         workloads=[SIZES[size]],
@@ -110,7 +111,9 @@ def judge(records: list[TrialRecord], decide_budget: float | None = None) -> dic
     # the decision as the sweep took it: on the CPU's rows, where cuDNN-only settings pool
     # with default unless they react (the known price's workload says benchmark does)
     on_cpu = next(p for p in prices(records, cpu=True) if "benchmark" in p.members)
-    decided = decide(on_cpu, "benchmark", decide_budget).status if decide_budget is not None else None
+    decided = (
+        decide(on_cpu, "benchmark", Policy(max_slowdown=decide_budget)).status if decide_budget is not None else None
+    )
     return {
         "rounds": bench.price.rounds,
         "level": bench.level,

@@ -99,18 +99,18 @@ def test_a_decide_cell_stops_its_sweeps_at_different_looks_and_its_intervals_sti
     """Sweeps run as --decide runs them, the known 1.10 a little over a 7% budget: some are
     decided at an early look, some run on; the intervals they stop on cover the truth."""
     cell = _cell(tmp_path, monkeypatch, "random", rounds=12, decide=0.07, bias_sd=0.0, noise_sd=0.02)
-    lo, hi = cell["rounds_range"]
-    assert lo == 6 and hi == 12 and cell["level"] == pytest.approx(1 - 0.05 / 3)
+    lo, hi = cell["rounds_range"]  # the looks at 5, 10 and 12 rounds
+    assert lo in (5, 10) and hi == 12 and lo < hi and cell["level"] == pytest.approx(1 - 0.05 / 3)
     assert cell["decisions"].get("fail", 0) >= 10 and cell["wrong_decisions"] == 0  # over the budget, decided
     assert cell["known_price_covered"] >= 18 and cell["aa_covered"] >= 18
     page = calibrate.markdown({calibrate.cell_name("tight", 12, 0.07): cell}, _meta())
-    assert "decide 7% (up to 12): 6-12" in page and "fail" in page and "0 wrong" in page
+    assert f"decide 7% (up to 12): {lo}-12" in page and "fail" in page and "0 wrong" in page
 
 
 def test_a_decide_sweep_on_the_cpu_does_not_pool_the_known_price_away_at_an_early_look(tmp_path, monkeypatch):
     """On the CPU a cuDNN-only setting is priced as one with default until its data shows
     a price; the known-price workload says its steps react to cudnn.benchmark, so a sweep
-    that looks at 3 rounds, where nothing is confirmed yet, does not pass the known 1.10
+    that looks early, where nothing is confirmed yet, does not pass the known 1.10
     against an 8% budget as "priced as one with default, within any budget" (4 of these 10
     sweeps did, wrongly, while the workload's word was not read)."""
     cell = _cell(tmp_path, monkeypatch, "random", sweeps=10, rounds=6, decide=0.08, bias_sd=0.0, noise_sd=0.02)

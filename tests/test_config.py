@@ -101,12 +101,17 @@ def test_run_takes_the_team_config_where_no_flag_is_given_and_marks_the_team_set
 def test_a_run_flag_always_wins_over_the_team_config(tmp_path):
     from detcost.cli.args import build_parser
     from detcost.cli.run import with_team
+    from detcost.derive.policy import resolve
 
     team = config.read(_write(tmp_path, "detcost.toml", 'seed = 5\nmax_slowdown = "20%"\nmodel = "m.py:net"\n'))
     args = build_parser().parse_args(["run", "--seed", "1", "--max-slowdown", "5%", "--workloads", "resnet18"])
     given = with_team(args, team)
-    assert (given.seed, given.max_slowdown, given.workloads, given.model) == (1, 0.05, "resnet18", None)
-    filled = with_team(build_parser().parse_args(["run"]), team)
-    assert (filled.seed, filled.max_slowdown, filled.workloads, filled.model) == (5, 0.2, None, "m.py:net")
-    plain = with_team(build_parser().parse_args(["run"]), None)
-    assert (plain.seed, plain.max_slowdown, plain.workloads, plain.model) == (0, 0.1, None, None)
+    assert (given.seed, given.workloads, given.model) == (1, "resnet18", None)
+    assert resolve(args.max_slowdown, team=team).max_slowdown == 0.05
+    bare = build_parser().parse_args(["run"])
+    filled = with_team(bare, team)
+    assert (filled.seed, filled.workloads, filled.model) == (5, None, "m.py:net")
+    assert resolve(bare.max_slowdown, team=team).max_slowdown == 0.2
+    plain = with_team(bare, None)
+    assert (plain.seed, plain.workloads, plain.model) == (0, None, None)
+    assert resolve(bare.max_slowdown, team=None).max_slowdown == 0.1

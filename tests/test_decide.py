@@ -14,6 +14,7 @@ import pytest
 from detcost import guard, sweep
 from detcost.cli import main
 from detcost.derive.decide import FAIL, PASS, UNDECIDED, against, decide
+from detcost.derive.policy import Policy
 from detcost.derive.prices import prices
 from detcost.errors import UsageError
 from detcost.payloads import BusyReport
@@ -97,26 +98,27 @@ def test_stopping_at_the_first_look_that_decides_keeps_coverage_only_with_alpha_
 
 def test_decide_adds_rounds_only_to_the_prices_the_budget_does_not_decide(tmp_path, monkeypatch, quiet_machine):
     out, trials = _decide(tmp_path, monkeypatch)
-    assert trials.rounds_of("strict") == 3  # over the budget at the first look (3 rounds): no more rounds
+    assert trials.rounds_of("strict") == 5  # over the budget at the first look (the least rounds judged): no more
     assert trials.rounds_of("strict_nofill") == 12  # on the line: to the last look
     assert trials.rounds_of("default") == 12 and trials.rounds_of("default", Kind.AA) == 12  # beside it
     d = out.decide
-    assert d["looks"] == [3, 6, 12] and d["rounds"] == 12 and d["undecided"] == 1
+    assert d["looks"] == [5, 10, 12] and d["rounds"] == 12 and d["undecided"] == 1
     assert d["stopped_by"] == "the last look (--max-repeats 12)"
     assert d["level"] == pytest.approx(1 - 0.05 / 3)
     assert {r.spec.interval_level for r in out.records} == {d["level"]}
     rows = {p.label: p for p in prices(out.records, cpu=True) if not p.is_aa}
-    assert decide(rows["strict"], "strict", 0.10).status == FAIL
-    assert decide(rows["strict_nofill"], "strict_nofill", 0.10).status == UNDECIDED
-    assert decide(rows["default"], "default", 0.10).status == PASS
-    assert rows["strict"].price.rounds == 3 and rows["strict_nofill"].price.rounds == 12
+    policy = Policy(max_slowdown=0.10)
+    assert decide(rows["strict"], "strict", policy).status == FAIL
+    assert decide(rows["strict_nofill"], "strict_nofill", policy).status == UNDECIDED
+    assert decide(rows["default"], "default", policy).status == PASS
+    assert rows["strict"].price.rounds == 5 and rows["strict_nofill"].price.rounds == 12
 
 
 def test_decide_stops_at_the_look_where_every_price_is_decided(tmp_path, monkeypatch, quiet_machine):
     out, trials = _decide(tmp_path, monkeypatch, {"default": 0.010, "strict": 0.0125, "strict_nofill": 0.0101},
                           noise=0.005)  # fmt: skip
-    assert out.decide["rounds"] == 3 and out.decide["stopped_by"] is None and out.decide["undecided"] == 0
-    assert {trials.rounds_of(s) for s in ("default", "strict", "strict_nofill")} == {3}
+    assert out.decide["rounds"] == 5 and out.decide["stopped_by"] is None and out.decide["undecided"] == 0
+    assert {trials.rounds_of(s) for s in ("default", "strict", "strict_nofill")} == {5}
 
 
 def test_decide_and_precision_together_are_bad_input(tmp_path):
@@ -130,8 +132,9 @@ def test_the_records_interval_level_round_trips_and_older_records_read_as_95(tmp
 
     spec = next(s for s in plan(opts) if s.kind == Kind.TIMED)
     stored = TrialRecord(spec, Status.OK).to_json()
-    assert stored["interval_level"] == pytest.approx(0.9875)
-    assert TrialRecord.from_json(stored).spec.interval_level == pytest.approx(0.9875)
+    assert opts.looks == (5, 10, 20)  # from the least rounds a price is judged on
+    assert stored["interval_level"] == pytest.approx(level_over_looks(3))
+    assert TrialRecord.from_json(stored).spec.interval_level == pytest.approx(level_over_looks(3))
     older = {k: v for k, v in stored.items() if k != "interval_level"}
     assert TrialRecord.from_json(older).spec.interval_level == LEVEL
 
@@ -148,6 +151,6 @@ def test_run_decide_prints_a_decision_for_every_price(tmp_path, monkeypatch, qui
     assert "over budget: strict on simple_cnn" in out and "cannot decide: strict_nofill on simple_cnn" in out
     assert "within budget: default on simple_cnn" in out and "stopped by the last look" in out
     assert main([*args[:-2], "--results", str(tmp_path / "j.jsonl"), "--json"]) == 0
-    d = json.loads(capsys.readouterr().out)["decide"]
+    d = json.loads(capsys.readouterr().out)
     assert {x["setting"]: x["status"] for x in d["decisions"]} == {"default": PASS, "strict": FAIL,
                                                                  "strict_nofill": UNDECIDED}  # fmt: skip

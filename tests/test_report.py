@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from detcost.cli import main
+from detcost.derive.decide import decided
 from detcost.derive.keys import AA_LABEL, SEED_LABEL, GroupKey
+from detcost.derive.policy import Policy
 from detcost.derive.prices import Price, Verdict, prices
 from detcost.derive.recommend import recommend
 from detcost.derive.variance import Spread
@@ -180,8 +182,14 @@ def test_compare_leaves_out_busy_trials_as_the_report_does(tmp_path, capsys):
 def _price(label: str, p: float) -> Price:
     nan = math.nan
     verdict = Verdict.NOISE_FLOOR if label == AA_LABEL else Verdict.WITHIN_NOISE
-    return Price(GroupKey("w", ()), label, (label,), 3, 100.0, nan, 0.01, PairedRatio(p, p - 0.01, p + 0.01, 3),
+    return Price(GroupKey("w", ()), label, (label,), 5, 100.0, nan, 0.01, PairedRatio(p, p - 0.01, p + 0.01, 5),
                  "default", None, nan, nan, nan, 0.0, 0, 0, detectable=0.01, verdict=verdict)  # fmt: skip
+
+
+def _recommend(records, prices, spreads, budget: float = 0.10):
+    """The recommendation on prices decided against `budget`, as the analysis decides them."""
+    policy = Policy(max_slowdown=budget)
+    return recommend(records, decided(prices, policy), spreads, policy)
 
 
 def _spread(setting: str, identical: bool, rel_l2: float) -> Spread:
@@ -205,22 +213,22 @@ def test_the_most_reproducible_setting_within_budget_wins():
         {"default": 1.0, "benchmark": 1.0, "deterministic": 1.05, "strict": 1.3},
         {"default": False, "benchmark": False, "deterministic": True, "strict": True},
     )
-    rec = recommend(df, speed, var, max_slowdown=0.10)
+    rec = _recommend(df, speed, var, 0.10)
     assert rec.setting == "deterministic"  # strict is as reproducible but over budget
     assert "torch.backends.cudnn.deterministic = True" in rec.snippet
-    assert recommend(df, speed, var, max_slowdown=0.5).setting == "deterministic"  # cheaper than strict
+    assert _recommend(df, speed, var, 0.5).setting == "deterministic"  # cheaper than strict
 
 
 def test_ties_within_noise_go_to_the_fewest_changes_from_default():
     df, speed, var = _tables({"default": 1.005, "benchmark": 1.0}, {"default": True, "benchmark": True})
-    assert recommend(df, speed, var).setting == "default"
+    assert _recommend(df, speed, var).setting == "default"
 
 
 def test_a_setting_that_fails_on_a_workload_is_not_recommended():
     df, speed, var = _tables(
         {"default": 1.0, "strict": 1.0}, {"default": False, "strict": True}, statuses={"strict": "unsupported"}
     )
-    rec = recommend(df, speed, var)
+    rec = _recommend(df, speed, var)
     assert rec.setting == "default"
     assert any("strict did not finish everywhere" in n for n in rec.notes)
     assert any("No setting was bitwise reproducible on every workload" in n for n in rec.notes)

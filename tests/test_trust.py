@@ -151,7 +151,7 @@ def test_quiet_narrow_prices_get_a_speed_judgement(tmp_path):
 
 
 def test_noise_wider_than_the_budget_refuses_a_speed_judgement(tmp_path):
-    rec = _recommendation(_records(tmp_path, noise=0.3, repeats=3))
+    rec = _recommendation(_records(tmp_path, noise=0.3, repeats=5))
     assert rec.speed_caveat and "larger than the 10% budget" in rec.speed_caveat
     assert "reproducibility alone" in rec.reason and "budget" not in rec.reason
 

@@ -247,7 +247,7 @@ def _add_run_output(g) -> None:
     )
     g.add_argument("--report", type=Path, default=None, help="report folder (default: reports/<run-id>)")
     g.add_argument("--no-report", action="store_true", help="do not write the HTML and Markdown report at the end")
-    _add_max_slowdown(g, team=True)
+    add_max_slowdown(g)
     g.add_argument("--dry-run", action="store_true", help="list the planned trials and an estimated time, run nothing")
     g.add_argument(
         "--estimate-from",
@@ -299,17 +299,17 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _add_max_slowdown(p, team: bool = False) -> None:
-    """--max-slowdown; with `team`, unset unless given, so the team config's can stand in."""
-    from detcost.derive.recommend import DEFAULT_MAX_SLOWDOWN
+def add_max_slowdown(p) -> None:
+    """--max-slowdown, the one definition every command that judges prices shares: unset
+    unless given, so that `derive.policy.resolve` takes the team config's, else the default."""
+    from detcost.derive.policy import DEFAULT_MAX_SLOWDOWN
 
     p.add_argument(
         "--max-slowdown",
         type=_fraction,
-        default=None if team else DEFAULT_MAX_SLOWDOWN,
-        help="speed budget of the recommendation, relative to the fastest setting (default: "
-        + ("the team config's, else " if team else "")
-        + f"{DEFAULT_MAX_SLOWDOWN})",
+        default=None,
+        help="speed budget, relative to the fastest setting: 10%% or 0.1 (default: the team config's, else "
+        f"{DEFAULT_MAX_SLOWDOWN * 100:g}%%)",
     )
 
 
@@ -317,7 +317,7 @@ def _add_report(sub) -> None:
     p = sub.add_parser("report", help="write the HTML report and Markdown summary of results file(s)")
     p.add_argument("results", type=Path, nargs="+", help="results JSONL file(s); several machines are grouped")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<run-id>)")
-    _add_max_slowdown(p)
+    add_max_slowdown(p)
     p.add_argument("--json", action="store_true", help="print the recommendation and paths as JSON")
     p.set_defaults(func=cmd_report)
 
@@ -403,5 +403,5 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_selfcheck(sub)
     _add_explain(sub)
-    add_gate(sub, _fraction)
+    add_gate(sub, add_max_slowdown)
     return parser

@@ -12,8 +12,8 @@ EXIT_PASS, EXIT_FAIL, EXIT_UNDECIDED = 0, 1, 3
 EXIT_OF = {"pass": EXIT_PASS, "fail": EXIT_FAIL, "cannot decide": EXIT_UNDECIDED}  # bad input: 2, as everywhere
 
 
-def add_gate(sub, fraction) -> None:
-    """The gate's options (`fraction` parses 10% or 0.1)."""
+def add_gate(sub, add_max_slowdown) -> None:
+    """The gate's options (`add_max_slowdown` adds the one --max-slowdown every command shares)."""
     p = sub.add_parser(
         "gate",
         help="judge the team's setting on a run (and against a baseline run): exit 0 pass, 1 fail, 3 cannot decide",
@@ -23,8 +23,7 @@ def add_gate(sub, fraction) -> None:
                    "run's recommendation)")  # fmt: skip
     p.add_argument("--baseline", type=Path, default=None, help="results JSONL of the run to compare with (default: "
                    "the team config's baseline)")  # fmt: skip
-    p.add_argument("--max-slowdown", type=fraction, default=None, help="speed budget, relative to the fastest setting "
-                   "(default: the team config's, else the recommendation's 10%%)")  # fmt: skip
+    add_max_slowdown(p)
     p.add_argument("--require", choices=("reproducible",), default=None, help="fail where the setting's repeats "
                    "are not bitwise identical (default: the team config's require)")  # fmt: skip
     p.add_argument("--json", action="store_true")
@@ -46,24 +45,23 @@ def cmd_gate(args) -> int:
     from detcost import results as results_mod
     from detcost.derive.analysis import analyse
     from detcost.derive.gate import judge
-    from detcost.derive.recommend import DEFAULT_MAX_SLOWDOWN
+    from detcost.derive.policy import resolve
     from detcost.report.gate_text import gate_json, gate_text
     from detcost.settings import get_setting
 
     team = config.find()
-    budget = next(b for b in (args.max_slowdown, team and team.max_slowdown, DEFAULT_MAX_SLOWDOWN) if b is not None)
+    policy = resolve(args.max_slowdown, team=team, require_reproducible=args.require == "reproducible")
     baseline_path = _baseline(args, team)
-    analysis = analyse(results_mod.load_records(args.results), budget)
-    baseline = analyse(results_mod.load_records([baseline_path]), budget) if baseline_path else None
+    analysis = analyse(results_mod.load_records(args.results), policy)
+    baseline = analyse(results_mod.load_records([baseline_path]), policy) if baseline_path else None
     if args.setting:
         setting, source = get_setting(args.setting).name, "--setting"
-    elif team is not None and team.setting:
-        setting, source = team.setting, f"the team config's, {team.path.name}"
+    elif policy.setting:
+        setting, source = policy.setting, f"the team config's, {team.path.name}"
     else:
         rec = analysis.only.recommendation if analysis.only else None
         setting, source = (rec.setting if rec else None), "the run's recommendation"
-    required = args.require == "reproducible" or bool(team and team.requires_reproducible)
-    decision = judge(analysis, setting, baseline=baseline, max_slowdown=budget, require_reproducible=required)
+    decision = judge(analysis, setting, baseline=baseline)
     shown = str(baseline_path) if baseline_path else None
     if args.json:
         print_json(gate_json(decision, source, shown))

@@ -36,9 +36,8 @@ def _results_path(given: Path | None, run_id: str) -> Path:
 
 def with_team(args, team):
     """`detcost run`'s options with the team config's where a flag was not given (a flag
-    always wins): its workloads (or model), seed and speed budget."""
-    from detcost.derive.recommend import DEFAULT_MAX_SLOWDOWN
-
+    always wins): its workloads (or model) and seed. The budget is the policy's
+    (`derive.policy.resolve`), never resolved here."""
     values = vars(args).copy()
     if team is not None:
         if args.workloads is None and args.model is None:
@@ -46,10 +45,7 @@ def with_team(args, team):
             values["model"] = team.model
         if args.seed is None:
             values["seed"] = team.seed
-        if args.max_slowdown is None:
-            values["max_slowdown"] = team.max_slowdown
     values["seed"] = 0 if values["seed"] is None else values["seed"]
-    values["max_slowdown"] = DEFAULT_MAX_SLOWDOWN if values["max_slowdown"] is None else values["max_slowdown"]
     return argparse.Namespace(**values)
 
 
@@ -58,11 +54,13 @@ def sweep_options(args, team=None, notes: list[str] | None = None):
     and the team's setting among the settings (a line in `notes` where it was added); bad
     input is a UsageError here, before any trial."""
     from detcost import axes
+    from detcost.derive.policy import resolve
     from detcost.env import resolve_device
     from detcost.plan import SweepOptions, new_run_id, size_preset
     from detcost.settings import DEFAULT_SETTINGS, parse_settings
     from detcost.timing import is_cuda
 
+    policy = resolve(args.max_slowdown, team=team)
     args = with_team(args, team)
     workloads = _workload_names(args)
     settings = [s.name for s in parse_settings(args.settings or ",".join(DEFAULT_SETTINGS))]
@@ -99,7 +97,7 @@ def sweep_options(args, team=None, notes: list[str] | None = None):
         allow_busy=args.allow_busy,
         wait_quiet=args.wait_quiet,
         precision=args.precision,
-        decide=args.max_slowdown if args.decide else None,
+        decide=policy.max_slowdown if args.decide else None,
         max_repeats=max(args.max_repeats, args.repeats or 0),
         ray=_ray(args.ray, args),
     )
@@ -124,13 +122,15 @@ def _ray(address: str | None, args) -> str | None:
 def cmd_run(args) -> int:
     from detcost import config
     from detcost.derive.analysis import analyse
+    from detcost.derive.policy import resolve
     from detcost.report import text
     from detcost.sweep import run_sweep
 
     team, notes = config.find(), []
     opts = sweep_options(args, team, notes)
+    policy = resolve(args.max_slowdown, team=team)
     args = with_team(args, team)
-    team_setting = team.setting if team else None
+    team_setting = policy.setting
     for note in notes:
         print(note, file=sys.stderr)
     if opts.added_default:
@@ -148,13 +148,13 @@ def cmd_run(args) -> int:
     outcome = run_sweep(opts, resume=args.resume, progress=not args.quiet)
     wall = time.monotonic() - t0
     # the sweep's records, every planned trial's latest (a --precision run may have added rounds)
-    analysis = analyse(outcome.records, args.max_slowdown)
+    analysis = analyse(outcome.records, policy)
     paths = None
     if not args.no_report and outcome.records:
         from detcost.report.build import build_report
 
         try:
-            paths = build_report(analysis, args.report, [outcome.results], team_setting)
+            paths = build_report(analysis, args.report, [outcome.results], team_setting, text.ran_report(outcome))
         except OSError as exc:  # the results are safe: say so, and print the summary anyway
             print(f"detcost: could not write the report: {exc}; the results are in {outcome.results}", file=sys.stderr)
     figures = _per_trial(outcome.records)

@@ -45,7 +45,7 @@ def cmd_config(args) -> int:
         )
         return EXIT_OK
     print(f"team config: {found.path}")
-    for key in ("setting", "seed", "max_slowdown", "workloads", "model", "baseline", "require"):
+    for key in ("setting", "seed", "max_slowdown", "threads", "workloads", "model", "baseline", "require"):
         value = getattr(found, key)
         if value not in (None, ()):
             print(f"  {key}: {', '.join(value) if isinstance(value, tuple) else value}")
@@ -85,20 +85,21 @@ def cmd_variance(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from detcost import config
     from detcost import results as results_mod
     from detcost.derive.analysis import analyse
+    from detcost.derive.policy import resolve
     from detcost.report.build import build_report
     from detcost.report.kinds_text import kinds_json, unit_spread_json
-    from detcost.report.sweep_text import recommendation_json
+    from detcost.report.sweep_text import decisions, recommendation_json
 
-    team = config.find()  # the team's setting is marked in the tables, as `run` marks it
-    analysis = analyse(results_mod.load_records(args.results), args.max_slowdown)
-    paths = build_report(analysis, args.out, args.results, team.setting if team else None)
+    policy = resolve(args.max_slowdown)  # the team's budget, and its setting marked as `run` marks it
+    analysis = analyse(results_mod.load_records(args.results), policy)
+    paths = build_report(analysis, args.out, args.results, policy.setting)
     if args.json:
         recs = [recommendation_json(m.recommendation) | {"machine": m.machine} for m in analysis.machines]
         spread = [row for m in analysis.machines for row in unit_spread_json(m)]
         print_json({"html": str(paths.html), "markdown": str(paths.markdown), "recommendation": recs,
+                    "policy": policy.to_json(), "decisions": decisions(analysis),
                     "across_kinds": kinds_json(analysis), "unit_spread": spread})  # fmt: skip
     else:
         kinds = f" ({len(analysis.machines)} machine kinds side by side)" if analysis.across_kinds else ""
@@ -110,10 +111,12 @@ def cmd_compare(args) -> int:
     from detcost import results as results_mod
     from detcost.derive.analysis import analyse
     from detcost.derive.compare import compare_runs
+    from detcost.derive.policy import resolve
     from detcost.report import compare, text
 
     a, b = results_mod.load_records(args.a), results_mod.load_records(args.b)
-    ma, mb = analyse(a).only, analyse(b).only
+    policy = resolve()
+    ma, mb = analyse(a, policy).only, analyse(b, policy).only
     deltas, missing = compare_runs(a, b, ma.prices if ma else [], mb.prices if mb else [])
     html = None
     if args.out:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from detcost.derive.attribution import attribution
+from detcost.derive.decide import decided
 from detcost.derive.frameworks import SwitchVerdict, framework_switches
 from detcost.derive.keys import (
     AA_LABEL,
@@ -29,8 +30,9 @@ from detcost.derive.keys import (
     varying_fields,
 )
 from detcost.derive.kinds import AcrossKinds, UnitSpread, across_kinds, unit_spreads, units_of
+from detcost.derive.policy import Policy
 from detcost.derive.prices import Price, price_frame_rows, prices
-from detcost.derive.recommend import DEFAULT_MAX_SLOWDOWN, Recommendation, recommend
+from detcost.derive.recommend import Recommendation, recommend
 from detcost.derive.scaling import Scaling, scaling
 from detcost.derive.variance import Divergence, Spread, divergence_curves, load_sidecars, spreads
 from detcost.ops import workaround
@@ -152,8 +154,12 @@ class Analysis:
 
     records: list[TrialRecord]
     machines: list[MachineAnalysis]
-    max_slowdown: float
+    policy: Policy
     across_kinds: AcrossKinds | None = None
+
+    @property
+    def max_slowdown(self) -> float:
+        return self.policy.max_slowdown
 
     @property
     def run_ids(self) -> list[str]:
@@ -165,18 +171,22 @@ class Analysis:
         return self.machines[0] if self.machines else None
 
 
-def analyse(records: list[TrialRecord], max_slowdown: float = DEFAULT_MAX_SLOWDOWN) -> Analysis:
-    """Every table and verdict of these records, computed once, per machine kind."""
+def analyse(records: list[TrialRecord], policy: Policy | float | None = None) -> Analysis:
+    """Every table and verdict of these records, computed once, per machine kind: each
+    price decided against `policy` (`derive.policy.resolve`: the flag, the team config,
+    the built-in default; a number is a budget under the built-in rest; None: all built-in)."""
+    if not isinstance(policy, Policy):
+        policy = Policy() if policy is None else Policy(max_slowdown=float(policy), budget_from="given")
     per_kind: dict[str, list[TrialRecord]] = {}
     for r in records:
         per_kind.setdefault(r.machine_kind, []).append(r)
-    machines = [analyse_machine(name, recs, max_slowdown) for name, recs in per_kind.items()]
-    return Analysis(list(records), machines, max_slowdown, across_kinds([(m.machine, m.prices) for m in machines]))
+    machines = [analyse_machine(name, recs, policy) for name, recs in per_kind.items()]
+    return Analysis(list(records), machines, policy, across_kinds([(m.machine, m.prices) for m in machines]))
 
 
-def analyse_machine(name: str, records: list[TrialRecord], max_slowdown: float) -> MachineAnalysis:
+def analyse_machine(name: str, records: list[TrialRecord], policy: Policy) -> MachineAnalysis:
     cpu = is_cpu(records)
-    priced = prices(records, cpu)
+    priced = decided(prices(records, cpu), policy)
     sides = load_sidecars(records)
     spread = spreads(records, sides)
     timed = [r for r in records if r.spec.kind == Kind.TIMED]
@@ -192,7 +202,7 @@ def analyse_machine(name: str, records: list[TrialRecord], max_slowdown: float) 
         attribution=attribution(records, priced, cpu),
         audits=[AuditFinding.of(r) for r in records if r.spec.kind == Kind.AUDIT],
         failures=failures,
-        recommendation=recommend(records, priced, spread, max_slowdown),
+        recommendation=recommend(records, priced, spread, policy),
         busy_trials=sum(map(is_busy, records)),
         layout_varied=bool(timed) and all(r.layout_varied for r in timed),
         environment=_environment(records),

@@ -56,7 +56,7 @@ def _price_of(prices: list[Price], record: TrialRecord) -> float:
     """The price a run's own table gives this trial's group and setting (NaN if none)."""
     key = next(iter(by_key([record])))
     for p in prices:
-        if p.key.without("steps") == key.without("steps") and p.prices(record.spec.setting) and not p.is_aa:
+        if p.key.same_group(key, "steps", machine=True) and p.prices(record.spec.setting) and not p.is_aa:
             return p.price.ratio
     return math.nan
 
@@ -104,8 +104,7 @@ def _round_prices(records: list[TrialRecord], setting: str, key: GroupKey) -> di
 
     def group(label: str) -> list[TrialRecord]:
         return without_busy([r for r in ok_of(records) if r.timing and r.spec.setting == label and
-                             GroupKey.of(r).without("steps").values == key.without("steps").values and
-                             r.spec.workload == key.workload])  # fmt: skip
+                             GroupKey.of(r).same_group(key, "steps")])  # fmt: skip
 
     mine, default = group(setting), group(REFERENCE)
     if not mine or not default:

@@ -12,27 +12,25 @@ the line does not make the decision more confident than it says.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import replace
 
+from detcost.derive.policy import Policy
 from detcost.derive.prices import Price
+from detcost.derive.verdict import (
+    BUSY,
+    FAIL,
+    NO_INTERVAL,
+    NOISY,
+    PASS,
+    STRADDLES,
+    TOO_FEW_ROUNDS,
+    UNDECIDED,
+    UNPAIRED,
+    BudgetDecision,
+)
 from detcost.stats import PairedRatio
 
-PASS, FAIL, UNDECIDED = "pass", "fail", "cannot decide"
-
-
-@dataclass(frozen=True)
-class BudgetDecision:
-    """A price against the budget: its status, the reason (a sentence that follows the
-    setting and workload) and, where the interval straddles, about how many rounds in
-    all would decide it at the observed spread."""
-
-    status: str
-    reason: str
-    rounds_to_decide: int | None = None
-
-    @property
-    def decided(self) -> bool:
-        return self.status != UNDECIDED
+__all__ = ["FAIL", "PASS", "UNDECIDED", "BudgetDecision", "decide", "decided", "open_prices"]
 
 
 def against(r: PairedRatio, line: float) -> str:
@@ -83,29 +81,35 @@ def level_text(level: float) -> str:
     return f"{level * 100:.4g}%"
 
 
-def decide(p: Price, setting: str, budget: float) -> BudgetDecision:
-    """The price of `setting` (priced by row `p`) against `budget`, by the row's interval."""
+def decide(p: Price, setting: str, policy: Policy) -> BudgetDecision:
+    """The price of `setting` (priced by row `p`) against the policy's budget, by the row's
+    interval; "cannot decide" below the policy's least rounds, whatever the interval says."""
+    budget = policy.max_slowdown
     line, r = 1 + budget, p.price
     if not r.rounds:
-        return BudgetDecision(UNDECIDED, f"shares no round with {p.price_vs}, the fastest, to be priced against it")
+        return BudgetDecision(UNDECIDED, f"shares no round with {p.price_vs}, the fastest, to be priced against it",
+                              cause=UNPAIRED)  # fmt: skip
+    if r.rounds < policy.min_rounds:
+        return BudgetDecision(UNDECIDED, f"rests on {r.rounds} round(s): detcost judges a price on {policy.min_rounds} "
+                              "or more, since a few rounds that happen to agree look precise by luck",
+                              _rounds_at_least(p, policy), cause=TOO_FEW_ROUNDS)  # fmt: skip
     if p.busy_trials_priced:
-        return BudgetDecision(UNDECIDED, "has a price that rests on trials run while the machine was busy")
+        return BudgetDecision(UNDECIDED, "has a price that rests on trials run while the machine was busy", cause=BUSY)
     if not p.detectable <= budget and not _over_and_detected(p, line):
-        shown = f"{p.detectable:.1%}" if math.isfinite(p.detectable) else "unknown (one round)"
+        shown = f"{p.detectable:.1%}" if math.isfinite(p.detectable) else "unknown (no A/A control)"
         need = rounds_to_detect(p.detectable, budget, r.rounds)
         more = f"; about {need} rounds in all would bring it within the budget at the observed spread" if need else ""
         return BudgetDecision(UNDECIDED, f"cannot be judged: the run cannot detect a price the size of the budget "
                               f"({budget_text(budget)}): the smallest it can detect is {shown}{more}",
-                              need)  # fmt: skip
+                              need, cause=NOISY)  # fmt: skip
     if p.label == p.price_vs:
         if p.pooled and setting != p.label:
             return BudgetDecision(PASS, f"is priced as one with {p.label}, the fastest, on the CPU (its flags change "
                                   "no CPU kernel): within any budget")  # fmt: skip
         return BudgetDecision(PASS, "is the fastest setting of the run: its price is 1.00, within any budget")
-    if r.rounds < 2 or not math.isfinite(r.hi):
-        return BudgetDecision(UNDECIDED, "has one round, which gives no interval; run 2 rounds or more")
-    if r.lo == r.hi:
-        return BudgetDecision(UNDECIDED, f"has no spread across its {r.rounds} rounds, so no interval")
+    if not math.isfinite(r.hi) or r.lo == r.hi:
+        return BudgetDecision(UNDECIDED, f"has no spread across its {r.rounds} rounds, so no interval",
+                              cause=NO_INTERVAL)  # fmt: skip
     status = against(r, line)
     shown = (f"costs {r.ratio:.3f} [{r.lo:.3f}, {r.hi:.3f}] x {p.price_vs}'s step time (the fastest), "
              f"{level_text(p.level)} interval over {r.rounds} rounds")  # fmt: skip
@@ -115,7 +119,25 @@ def decide(p: Price, setting: str, budget: float) -> BudgetDecision:
     if status == PASS:
         return BudgetDecision(PASS, f"{shown}{busy}: the whole interval is within the {budget_text(budget)} budget")
     return BudgetDecision(UNDECIDED, f"{shown}{busy}: the interval straddles the {budget_text(budget)} budget; "
-                          f"{more_rounds(r, line)}", rounds_to_decide(r, line))  # fmt: skip
+                          f"{more_rounds(r, line)}", rounds_to_decide(r, line), cause=STRADDLES)  # fmt: skip
+
+
+def decided(rows: list[Price], policy: Policy) -> list[Price]:
+    """The price rows, each with its decision against the policy for every setting it
+    prices (several where the CPU pools settings); the A/A control has none. The one place
+    a price is judged: everything downstream reads `Price.decision_for`."""
+    return [p if p.is_aa else replace(p, decisions=tuple((s, decide(p, s, policy)) for s in p.members)) for p in rows]
+
+
+def _rounds_at_least(p: Price, policy: Policy) -> int:
+    """Rounds in all that a run with too few would need to judge this price: the least a
+    verdict rests on, or more where the spread so far (a rough guide on so few rounds)
+    says the noise floor would still be above the budget. (A price on the budget's line
+    may need more: its own interval says so once the run can judge it.)"""
+    needs = [policy.min_rounds]
+    if p.price.rounds >= 2:
+        needs.append(rounds_to_detect(p.detectable, policy.max_slowdown, p.price.rounds) or 0)
+    return max(needs)
 
 
 def _over_and_detected(p: Price, line: float) -> bool:
@@ -127,6 +149,6 @@ def _over_and_detected(p: Price, line: float) -> bool:
             and r.ratio - 1 > p.detectable)  # fmt: skip
 
 
-def open_prices(rows: list[Price], budget: float) -> list[Price]:
-    """The price rows (A/A control aside) that the budget does not yet decide."""
-    return [p for p in rows if not p.is_aa and not decide(p, p.label, budget).decided]
+def open_prices(rows: list[Price]) -> list[Price]:
+    """The price rows (A/A control aside) whose decision (`decided`) is still open."""
+    return [p for p in rows if not p.is_aa and not p.decision.decided]

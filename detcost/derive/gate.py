@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from detcost.derive.analysis import Analysis, MachineAnalysis
 from detcost.derive.compare import price_ratio
-from detcost.derive.decide import FAIL, PASS, UNDECIDED, against, budget_text, decide, more_rounds
+from detcost.derive.decide import FAIL, PASS, UNDECIDED, against, budget_text, more_rounds
 from detcost.derive.keys import GroupKey, ok_of
 from detcost.derive.prices import Price
 from detcost.derive.variance import Spread
@@ -62,16 +62,11 @@ class GateDecision:
         return FAIL if FAIL in statuses else UNDECIDED if UNDECIDED in statuses or PASS not in statuses else PASS
 
 
-def judge(
-    analysis: Analysis,
-    setting: str | None,
-    *,
-    baseline: Analysis | None = None,
-    max_slowdown: float,
-    require_reproducible: bool = False,
-) -> GateDecision:
+def judge(analysis: Analysis, setting: str | None, *, baseline: Analysis | None = None) -> GateDecision:
     """Judge `setting` on every machine of `analysis` (against `baseline`'s same machine,
-    or its only one)."""
+    or its only one), by the analysis's policy: its budget, whether the team requires
+    reproducible repeats, and each price's decision as the analysis made it."""
+    max_slowdown, require_reproducible = analysis.policy.max_slowdown, analysis.policy.require_reproducible
     findings: list[Finding] = []
     if setting is None:
         findings.append(Finding(PRICE, UNDECIDED, "no setting to judge: none was given, the team config names none "
@@ -99,11 +94,6 @@ def _where(key: GroupKey, m: MachineAnalysis) -> str:
     return ", ".join(f"{k}={v}" for k, v in key.shown(m.fields).items() if k != "workload")
 
 
-def _same_group(a: GroupKey, b: GroupKey, *ignore: str) -> bool:
-    """The same workload, axes and sizes (`ignore` blanked), on any machine."""
-    return a.workload == b.workload and a.without(*ignore).values == b.without(*ignore).values
-
-
 # ---- the price against the budget ---------------------------------------------------
 
 
@@ -126,8 +116,8 @@ def _price_findings(m: MachineAnalysis, setting: str, budget: float) -> list[Fin
 
 def _price_finding(p: Price, setting: str, budget: float, m: MachineAnalysis) -> Finding:
     """The setting's price against the fastest setting of its group (DESIGN: the budget is
-    relative to the fastest, as the recommendation's is), decided by `derive.decide`."""
-    decision = decide(p, setting, budget)
+    relative to the fastest, as the recommendation's is), as the analysis decided it."""
+    decision = p.decision_for(setting)
     figures = {**_ratio_figures(p.price), "price_vs": p.price_vs, "interval_level": p.level, "budget": budget,
                "detectable": p.detectable, "busy_trials": p.busy_trials}  # fmt: skip
     if decision.rounds_to_decide is not None:
@@ -148,7 +138,7 @@ def _reproducible_findings(
 ) -> list[Finding]:
     out = []
     for s in _spreads_of(m, setting):
-        was = next((b for b in _spreads_of(base, setting) if _same_group(b.key, s.key)), None) if base else None
+        was = next((b for b in _spreads_of(base, setting) if b.key.same_group(s.key)), None) if base else None
         was_identical = bool(was and was.bitwise_identical)
         if not (required or was_identical):
             continue
@@ -183,7 +173,7 @@ def _drift_findings(m: MachineAnalysis, base: MachineAnalysis, setting: str, bud
     line = 1 + budget
     out = []
     for p in (p for p in m.prices if p.prices(setting) and not p.is_aa):
-        if not any(_same_group(b.key, p.key, "steps") for b in base.prices if b.prices(setting)):
+        if not any(b.key.same_group(p.key, "steps") for b in base.prices if b.prices(setting)):
             continue
         r = price_ratio(base.records, m.records, setting, p.key)
         head = f"{setting}'s price on {p.key.workload}"

@@ -70,6 +70,12 @@ class GroupKey:
         values = tuple(None if f in names else v for f, v in zip(group_fields(), self.values))
         return GroupKey(self.workload, values, self.machine)
 
+    def same_group(self, other: GroupKey, *ignore: str, machine: bool = False) -> bool:
+        """The same workload and values, the fields `ignore` names aside (e.g. "steps": a
+        run with other step counts measures the same group); on any machine unless `machine`."""
+        same = self.workload == other.workload and self.without(*ignore).values == other.without(*ignore).values
+        return same and (not machine or self.machine == other.machine)
+
     def shown(self, fields: Iterable[str]) -> dict:
         """The key's workload and the given fields (those that vary in a table)."""
         d = self.as_dict()

@@ -18,6 +18,8 @@ from enum import Enum
 import numpy as np
 
 from detcost.derive.keys import AA_LABEL, GroupKey, by_key, cudnn_only, is_busy, label_order, ok_of, varying_fields
+from detcost.derive.policy import MIN_ROUNDS
+from detcost.derive.verdict import BudgetDecision
 from detcost.record import ROUND_KINDS, Kind, TrialRecord
 from detcost.settings import REFERENCE, SETTINGS
 from detcost.stats import LEVEL, PairedRatio, fastest, label_bias_var, paired_ratio, per_round, unpaired_ratio
@@ -66,6 +68,9 @@ class Price:
     # yardstick; a pooled row's own CV mixes settings)
     default_cv: float = math.nan
     level: float = LEVEL  # the confidence of this row's intervals (the sweep's, see TrialSpec)
+    # Each priced setting's decision against the budget (`derive.decide.decided`, made once
+    # in the analysis); empty for the A/A control and for rows not yet judged.
+    decisions: tuple[tuple[str, BudgetDecision], ...] = ()
 
     @property
     def is_aa(self) -> bool:
@@ -77,6 +82,25 @@ class Price:
 
     def prices(self, setting: str) -> bool:
         return setting in self.members
+
+    @property
+    def strayed(self) -> bool:
+        """An A/A control whose interval excludes 1.00, its true price: by chance on 1 group
+        in 20 at 95%, more often where the machine was not steady; the group's prices that
+        exclude 1.00 are then unconfirmed."""
+        return self.is_aa and self.price.rounds >= 2 and not self.price.includes_one
+
+    def decision_for(self, setting: str) -> BudgetDecision:
+        """The decision on `setting`'s price by this row (one of its members)."""
+        found = dict(self.decisions).get(setting)
+        if found is None:
+            raise LookupError(f"the price of {setting} on {self.key.workload} has not been judged (derive.decide)")
+        return found
+
+    @property
+    def decision(self) -> BudgetDecision:
+        """The decision on this row's label."""
+        return self.decision_for(self.label)
 
     def row(self, fields: list[str]) -> dict:
         """The row of the exported price table (derived columns only)."""
@@ -320,13 +344,15 @@ def _judged(p: Price, rows: list[Price]) -> Price:
         return replace(p, verdict=Verdict.UNCONFIRMED, why=f"no spread across its {r.rounds} rounds: no interval")
     if r.includes_one:
         return replace(p, verdict=Verdict.WITHIN_NOISE)
+    if r.rounds < MIN_ROUNDS:
+        why = f"{r.rounds} rounds, fewer than the {MIN_ROUNDS} a verdict rests on: a narrow interval may be luck"
+        return replace(p, verdict=Verdict.UNCONFIRMED, why=why)
     if p.busy_trials_priced:
         return replace(p, verdict=Verdict.UNCONFIRMED, why="it rests on trials run while the machine was busy")
     if math.isfinite(p.detectable) and abs(r.ratio - 1) < p.detectable:
         why = f"closer to 1.00 than the smallest price this run can detect ({p.detectable:.0%})"
         return replace(p, verdict=Verdict.UNCONFIRMED, why=why)
-    aa = next((q for q in rows if q.is_aa), None)
-    if aa is not None and not aa.price.includes_one:
+    if any(q.strayed for q in rows):
         return replace(p, verdict=Verdict.UNCONFIRMED, why="the A/A control strayed beyond its own interval")
     return replace(p, verdict=Verdict.REAL)
 
@@ -341,7 +367,7 @@ def _host_bound(p: Price, records: list[TrialRecord]) -> Price:
     found = None
     for r in ok_of(records, (Kind.PROFILED,)):
         hb = r.host_bound
-        if hb and r.spec.setting == setting and GroupKey.of(r).without("steps") == p.key.without("steps"):
+        if hb and r.spec.setting == setting and GroupKey.of(r).same_group(p.key, "steps", machine=True):
             found = hb  # the latest profiled trial of the label wins
     if found is None:
         return p
@@ -369,3 +395,21 @@ def half_widths(records: list[TrialRecord]) -> dict[str, float]:
             name = "/".join(str(v) for v in p.key.shown(fields).values())
             out[f"{name}: {p.label}"] = p.price.half_width
     return out
+
+
+def detectable_by_workload(prices: list[Price]) -> dict[str, float]:
+    """The smallest price each workload's run can tell apart from noise (its worst group's
+    `detectable`; infinite where a group has none, as without an A/A control)."""
+    out: dict[str, float] = {}
+    for p in prices:
+        d = p.detectable if math.isfinite(p.detectable) else math.inf
+        out[p.key.workload] = max(out.get(p.key.workload, -math.inf), d)
+    return out
+
+
+def noise_floor(prices: list[Price]) -> float:
+    """The largest price difference this run cannot resolve (its worst workload's
+    `detectable`): prices closer than this tie. NaN where no workload has one (then no
+    price is decided, and nothing asks)."""
+    finite = [d for d in detectable_by_workload(prices).values() if math.isfinite(d)]
+    return max(finite) if finite else math.nan

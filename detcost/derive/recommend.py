@@ -14,19 +14,19 @@ be over budget. Every figure it quotes is a row of the analysis's own price tabl
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from detcost import axes
 from detcost.derive.decide import budget_text
 from detcost.derive.keys import is_cpu, ok_of, setting_order
-from detcost.derive.prices import Price
+from detcost.derive.policy import Policy
+from detcost.derive.prices import Price, detectable_by_workload, noise_floor
 from detcost.derive.variance import Spread
+from detcost.derive.verdict import BUSY, FAIL, NOISY, RUN_CAUSES, TOO_FEW_ROUNDS, UNPAIRED
 from detcost.record import Kind, Status, TrialRecord
 from detcost.settings import REFERENCE, SETTINGS, get_setting
 from detcost.snippets import snippet, snippets
 
-DEFAULT_MAX_SLOWDOWN = 0.10
-FALLBACK_NOISE = 0.02  # price tolerance when a sweep has no A/A control
 # Two spreads this close are the same spread (float noise of a mean): ties go to fewer changes.
 SPREAD_TIE = 1.0001
 
@@ -39,6 +39,7 @@ class Candidate:
     runs_everywhere: bool
     failures: str
     worst: Price | None  # its highest price across the groups (the row that prices it)
+    over_budget: bool  # a price of it decided over the budget (`Price.decision_for`)
     bitwise_workloads: int
     groups: int
     spread: float
@@ -71,28 +72,15 @@ class Recommendation:
     # The pick in every form a user may apply it (`snippets.snippets`: detcost.apply(), plain
     # PyTorch, the nearest framework switch and what to add, TensorFlow as text).
     snippets: dict[str, str] = field(default_factory=dict)
+    # Where the run cannot judge speed: about how many rounds in all would let it (None
+    # where no number of rounds would, or it can judge).
+    rounds_to_judge: int | None = None
 
 
 def changes_from_default(name: str) -> int:
     """How many flags (and environment variables) a setting changes relative to `default`."""
     base, other = get_setting(REFERENCE).expected_flags(), get_setting(name).expected_flags()
     return sum(base[k] != other[k] for k in base)
-
-
-def detectable_by_workload(prices: list[Price]) -> dict[str, float]:
-    """The smallest price each workload's run can tell apart from noise (its worst group)."""
-    out: dict[str, float] = {}
-    for p in prices:
-        d = p.detectable if math.isfinite(p.detectable) else math.inf
-        out[p.key.workload] = max(out.get(p.key.workload, -math.inf), d)
-    return out
-
-
-def noise_floor(prices: list[Price]) -> float:
-    """The largest price difference this run cannot resolve (its worst workload's
-    `detectable`); prices closer than this tie."""
-    finite = [d for d in detectable_by_workload(prices).values() if math.isfinite(d)]
-    return max(finite) if finite else FALLBACK_NOISE
 
 
 def candidates(records: list[TrialRecord], prices: list[Price], spreads: list[Spread]) -> list[Candidate]:
@@ -111,6 +99,7 @@ def candidates(records: list[TrialRecord], prices: list[Price], spreads: list[Sp
                 runs_everywhere=not failed and {r.spec.workload for r in trials} == workloads,
                 failures="; ".join(sorted({f"{r.spec.workload}: {r.status}" for r in failed})),
                 worst=max(rows, key=lambda p: p.price.ratio) if rows else None,
+                over_budget=any(p.decision_for(s).status == FAIL for p in rows),
                 bitwise_workloads=sum(v.all_identical for v in same),
                 groups=len(same),
                 spread=float(sum(0.0 if math.isnan(v.rel_l2) else v.rel_l2 for v in same) / len(same))
@@ -122,26 +111,41 @@ def candidates(records: list[TrialRecord], prices: list[Price], spreads: list[Sp
     return out
 
 
-def speed_caveat(prices: list[Price], max_slowdown: float) -> str | None:
-    """Why this run cannot judge a price against the budget, or None when it can: prices
-    that rest on trials run while the machine was busy, or a noise floor wider than the
-    budget (a 10% budget cannot be checked where only 25% differences are detectable)."""
+def speed_caveat(prices: list[Price], policy: Policy) -> str | None:
+    """Why this run cannot judge a price against the budget, or None when it can: the
+    run's own reasons among the prices' open decisions (`verdict.RUN_CAUSES`: too few
+    rounds, a busy machine, a noise floor wider than the budget, no common round), each
+    said once with its figures. What to run instead follows from how the run was made,
+    and the renderers add it (`Recommendation.rounds_to_judge`)."""
+    open_ = [(p, d) for p in prices if not p.is_aa for _, d in p.decisions if d.cause in RUN_CAUSES]
+    causes = {d.cause for _, d in open_}
     reasons = []
+    if TOO_FEW_ROUNDS in causes:
+        least = min(p.price.rounds for p, d in open_ if d.cause == TOO_FEW_ROUNDS)
+        reasons.append(f"its prices rest on {least} round(s), and detcost judges none on fewer than "
+                       f"{policy.min_rounds}: a few rounds that happen to agree look precise by luck")  # fmt: skip
     busy = sum(p.busy_trials_priced for p in prices)
-    if busy:
+    if BUSY in causes:
         reasons.append(f"{busy} priced trial(s) ran while the machine was busy with other processes")
-    detectable = detectable_by_workload(prices)
-    wide = {w: d for w, d in detectable.items() if not d <= max_slowdown}
-    if wide:
+    if NOISY in causes:
+        detectable = detectable_by_workload(prices)
+        wide = {w: d for w, d in detectable.items() if not d <= policy.max_slowdown}
         worst = max(wide, key=lambda w: wide[w] if math.isfinite(wide[w]) else -1)
-        shown = f"{wide[worst]:.0%}" if math.isfinite(wide[worst]) else "no interval (one round)"
+        shown = f"{wide[worst]:.0%}" if math.isfinite(wide[worst]) else "unknown: no A/A control"
         shown = ">100%" if math.isfinite(wide[worst]) and wide[worst] > 1 else shown
-        reasons.append(
-            f"the smallest price this run can detect is larger than the {budget_text(max_slowdown)} budget on "
-            f"{len(wide)} of {len(detectable)} workload(s) ({worst}: {shown}); more rounds narrow it "
-            "(e.g. rerun with --precision 5%), as does a quieter machine"
-        )
+        reasons.append(f"the smallest price this run can detect is larger than the {budget_text(policy.max_slowdown)} "
+                       f"budget on {len(wide)} of {len(detectable)} workload(s) ({worst}: {shown})")  # fmt: skip
+    if UNPAIRED in causes:
+        reasons.append("some prices share no round with their group's fastest setting")
     return "; ".join(reasons) or None
+
+
+def rounds_to_judge(prices: list[Price]) -> int | None:
+    """About how many rounds in all would let this run judge speed: the most that any of
+    its prices open for a reason of the run's needs (None where no number would do, or
+    none is open for such a reason)."""
+    needs = [d.rounds_to_decide for p in prices if not p.is_aa for _, d in p.decisions if d.cause in RUN_CAUSES]
+    return max((n for n in needs if n), default=None)
 
 
 def _most_reproducible(cands: list[Candidate]) -> list[Candidate]:
@@ -161,21 +165,21 @@ def _repro_text(c: Candidate) -> str:
     return "not bitwise reproducible on any workload; the smallest spread between repeats"
 
 
-def recommend(
-    records: list[TrialRecord], prices: list[Price], spreads: list[Spread], max_slowdown: float = DEFAULT_MAX_SLOWDOWN
-) -> Recommendation:
+def recommend(records: list[TrialRecord], prices: list[Price], spreads: list[Spread], policy: Policy) -> Recommendation:
+    """The recommendation from the decided prices (`derive.decide.decided`): a setting is
+    over the budget where a price of it was decided over it; none is judged here."""
+    max_slowdown = policy.max_slowdown
     cpu = is_cpu(records)
     cands = candidates(records, prices, spreads)
     notes = _notes(records, prices, cands, cpu)
-    caveat = speed_caveat(prices, max_slowdown)
+    caveat = speed_caveat(prices, policy)
     if not prices:
         return Recommendation(None, "no timed trial finished", "", max_slowdown, cands, notes)
     if caveat:
-        return _on_reproducibility_alone(records, cands, notes, max_slowdown, caveat, cpu)
+        rec = _on_reproducibility_alone(records, cands, notes, max_slowdown, caveat, cpu)
+        return replace(rec, rounds_to_judge=rounds_to_judge(prices))
     budget, noise = 1 + max_slowdown, noise_floor(prices)
-    # Over budget: the whole interval of the worst price lies above the budget; a price
-    # whose interval reaches into the budget is not shown to exceed it.
-    eligible = [c for c in cands if c.runs_everywhere and c.max_price_lo <= budget]
+    eligible = [c for c in cands if c.runs_everywhere and not c.over_budget]
     if not eligible:
         reason = f"no setting ran on every workload within a {budget_text(max_slowdown)} slowdown"
         return Recommendation(None, reason, "", max_slowdown, cands, notes)
@@ -188,7 +192,7 @@ def recommend(
 def _on_reproducibility_alone(records, cands, notes, max_slowdown, caveat, cpu) -> Recommendation:
     """The recommendation when speed cannot be judged: the most reproducible setting that
     ran everywhere, ties to the fewest changes from `default`; no price enters."""
-    eligible = [c for c in cands if c.runs_everywhere and not c.max_price_lo > 1 + max_slowdown]
+    eligible = [c for c in cands if c.runs_everywhere and not c.over_budget]
     if not eligible:
         reason = f"no setting ran on every workload without being shown over the {budget_text(max_slowdown)} budget"
         return Recommendation(None, reason, "", max_slowdown, cands, notes, caveat)
@@ -200,10 +204,18 @@ def _on_reproducibility_alone(records, cands, notes, max_slowdown, caveat, cpu) 
 
 
 def _forms(setting: str, records: list[TrialRecord], cpu: bool) -> dict[str, str]:
-    """Every form of the pick's snippet; the plain PyTorch one with the axes' lines, as `snippet`."""
-    forms = snippets(get_setting(setting))
+    """Every form of the pick's snippet; the plain PyTorch one with the axes' lines, as
+    `snippet`, and the `detcost.apply` call with the CPU thread count those lines fix."""
+    forms = snippets(get_setting(setting), threads=fixed_threads(records, cpu))
     forms["pytorch"] = "\n".join([forms["pytorch"], *axis_snippet(records, cpu)])
     return forms
+
+
+def fixed_threads(records: list[TrialRecord], cpu: bool) -> int | None:
+    """The one CPU thread count the run's timed trials used, which the snippet fixes (None
+    on CUDA, or where the run varied it)."""
+    values = {r.spec.axes.get("threads") for r in ok_of(records)} - {None}
+    return next(iter(values)) if cpu and len(values) == 1 else None
 
 
 def _pick(eligible: list[Candidate], noise: float) -> tuple[Candidate, list[Candidate]]:

@@ -19,12 +19,14 @@ from detcost.derive.prices import Verdict
 from detcost.derive.recommend import Recommendation, cpu_note
 from detcost.record import CudnnPlans
 from detcost.report import figures
+from detcost.report.banner import banner
 from detcost.report.explain_text import CPU_RANKING_NOTE, audit_cells, headline
 from detcost.report.fmt import compact, fmt, interval_text, si
 from detcost.report.frameworks_text import frameworks_section, snippet_forms
 from detcost.report.keys_text import models_rows
 from detcost.report.kinds_text import kinds_section, unit_spread_section
 from detcost.report.prices_text import (
+    DETAIL_CAPTION,
     detectable_text,
     host_bound_lines,
     layout_text,
@@ -151,7 +153,7 @@ def _plans_text(p: CudnnPlans) -> str:
     return f"named ({source}): {named or 'no engine'}"
 
 
-def machine_section(m: MachineAnalysis, team: str | None = None) -> dict:
+def machine_section(m: MachineAnalysis, team: str | None = None, ran: dict | None = None) -> dict:
     header, rows, nkeys = price_details(m, team)
     matrix_header, matrix_rows = price_matrix(m, team)
     shown = variance_display(m)
@@ -163,11 +165,13 @@ def machine_section(m: MachineAnalysis, team: str | None = None) -> dict:
         "name": m.machine,
         "cpu": m.cpu,
         "rec": m.recommendation,
+        "banner": banner(m.recommendation, ran),
         "candidates": _candidates(m.recommendation),
         "matrix_header": matrix_header,
         "matrix_keys": len(matrix_header) - (len(matrix_rows[0]["cells"]) if matrix_rows else 0),
         "matrix_rows": matrix_rows,
         "price_header": header,
+        "price_caption": DETAIL_CAPTION,
         "price_rows": rows,
         "price_keys": nkeys,
         "variance_header": list(shown.columns),
@@ -193,9 +197,12 @@ def machine_section(m: MachineAnalysis, team: str | None = None) -> dict:
     }
 
 
-def build_report(analysis: Analysis, out_dir: Path | None, sources: list, team: str | None = None) -> ReportPaths:
+def build_report(
+    analysis: Analysis, out_dir: Path | None, sources: list, team: str | None = None, ran: dict | None = None
+) -> ReportPaths:
     """Write the report of `analysis` to `out_dir` (default: reports/<first run id>), the
-    `team` config's setting marked in its tables."""
+    `team` config's setting marked in its tables; `ran`: how the sweep that made it added
+    rounds (--decide's or --precision's report), for the banner's advice."""
     out_dir = Path(out_dir) if out_dir else Path("reports") / analysis.run_ids[0]
     out_dir.mkdir(parents=True, exist_ok=True)
     context = {
@@ -203,7 +210,7 @@ def build_report(analysis: Analysis, out_dir: Path | None, sources: list, team: 
         "n_records": len(analysis.records),
         "sources": [str(p) for p in sources],
         "generated": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "machines": [machine_section(m, team) for m in analysis.machines],
+        "machines": [machine_section(m, team, ran) for m in analysis.machines],
         "kinds": _kinds(analysis, out_dir),
     }
     html = out_dir / "index.html"
@@ -247,9 +254,9 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 def _md_recommendation(m: dict) -> list[str]:
     rec = m["rec"]
     parts = []
-    if rec.speed_caveat:
-        parts += [f"**This run cannot judge speed:** {rec.speed_caveat}. The recommendation rests on "
-                  "reproducibility alone; read every price as unconfirmed.", ""]  # fmt: skip
+    if m["banner"]:
+        head, rest = m["banner"].split(": ", 1)
+        parts += [f"**{head}:** {rest}", ""]
     if m["busy_note"]:
         parts += [f"**Warning:** {m['busy_note']}", ""]
     parts += ["## Recommendation", ""]
@@ -279,7 +286,8 @@ def markdown_summary(context: dict) -> str:
             parts += [_md_table(m["matrix_header"], cells), ""]
             parts += [m["detectable"], ""] if m["detectable"] else []
             parts += [m["host_bound_note"], ""] if m["host_bound_note"] else []
-            parts += ["### Every price", "", _md_table(m["price_header"], [r["cells"] for r in m["price_rows"]]), ""]
+            parts += ["### Every price", "", _md_table(m["price_header"], [r["cells"] for r in m["price_rows"]]), "",
+                      DETAIL_CAPTION, ""]  # fmt: skip
         if m["unit_spread"]:
             us = m["unit_spread"]
             parts += [f"### {us['title']}", "", us["intro"], "", _md_table(us["header"], us["rows"]), ""]

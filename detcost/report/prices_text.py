@@ -10,7 +10,7 @@ import math
 from detcost.derive.analysis import MachineAnalysis
 from detcost.derive.decide import level_text
 from detcost.derive.keys import AA_LABEL, label_order
-from detcost.derive.prices import Price, Verdict
+from detcost.derive.prices import Price, Verdict, detectable_by_workload
 from detcost.report.fmt import fmt, interval_text, percent_text, ratio_text, si
 from detcost.report.keys_text import axis_values_text, key_cells
 from detcost.settings import REFERENCE
@@ -93,8 +93,20 @@ def price_matrix(m: MachineAnalysis, team: str | None = None, cell=price_cell) -
 
 def detail_header(level: str = "95%") -> list[str]:
     """The full price table's columns; `level` is its intervals' (95%, or --decide's)."""
-    return ["setting", "samples/s", "CV across repeats", f"price vs fastest [{level} CI]",
-            f"time vs default [{level} CI]", "cold start", "peak memory", "achieved FLOP/s"]  # fmt: skip
+    return ["setting", "samples/s", "CV of samples/s across the row's trials", f"price vs fastest [{level} CI]",
+            f"time vs default's own trials [{level} CI]", "cold start", "peak memory", "achieved FLOP/s"]  # fmt: skip
+
+
+# What the full price table's two ratios and its CV measure: the same estimator (within-
+# round ratios of typical step times), against different trials, so where the fastest is a
+# pooled label they differ.
+DETAIL_CAPTION = (
+    "price vs fastest: step time over the group's fastest label's, within rounds (on the CPU that label may be "
+    "default priced as one with the cuDNN-only settings, which run its kernels); time vs default's own trials: "
+    "the same ratio against default's trials alone, so the two agree where the fastest is default by itself; "
+    "CV: the spread of samples/s across the row's trials (a pooled row's mixes its settings; the noise floor line "
+    "gives default's own)."
+)
 
 
 def levels_text(prices: list[Price]) -> str:
@@ -130,10 +142,7 @@ def _vs_default_cell(p: Price) -> str:
 
 def detectable_text(prices: list[Price]) -> str:
     """One sentence: the smallest price each workload's run can tell apart from noise."""
-    per: dict[str, float] = {}
-    for p in prices:
-        d = p.detectable if math.isfinite(p.detectable) else math.inf
-        per[p.key.workload] = max(per.get(p.key.workload, -math.inf), d)
+    per = detectable_by_workload(prices)
     if not per:
         return ""
     parts = [f"{w} {percent_text(d)}" for w, d in per.items()]
@@ -168,7 +177,7 @@ def noise_lines(m: MachineAnalysis) -> list[str]:
         lines.append(
             f"noise floor ({where}): default vs itself {ratio_text(aa.price)}{cv} - differences inside this are noise"
         )
-        if not aa.price.includes_one:
+        if aa.strayed:
             lines.append(
                 f"  warning: on {where} default differed from itself beyond its 95% interval (by chance on 1 "
                 "workload in 20; more often, the machine was not steady): prices there that exclude 1.00 are "

@@ -9,13 +9,12 @@ import numpy as np
 import pandas as pd
 
 from detcost.derive.analysis import Analysis, MachineAnalysis
-from detcost.derive.decide import FAIL, PASS, UNDECIDED, budget_text, decide, level_text
+from detcost.derive.decide import FAIL, PASS, UNDECIDED, budget_text, level_text
 from detcost.estimate import ASSUMED, GOAL_S, MEASURED_HERE, SCALED
+from detcost.report.banner import BANNER_HEAD, banner
 from detcost.report.kinds_text import kinds_json, kinds_text, unit_spread_json, unit_spread_text
 from detcost.report.prices_text import compact_cell, detectable_text, host_bound_lines, noise_lines, price_matrix
 from detcost.report.scaling_text import scaling_json, scaling_text
-from detcost.settings import get_setting
-from detcost.snippets import apply_call
 
 VERDICT_LEGEND = (
     "price = step time over the fastest setting's, [95% interval across rounds], verdict: real (the interval "
@@ -166,11 +165,12 @@ def price_matrix_text(m: MachineAnalysis, team: str | None = None) -> str:
     return frame.to_string()
 
 
-def _machine_lines(m: MachineAnalysis, several: bool, team: str | None = None) -> list[str]:
+def _machine_lines(m: MachineAnalysis, several: bool, team: str | None = None, ran: dict | None = None) -> list[str]:
     rec = m.recommendation
     parts = [f"== machine: {m.machine}"] if several else []
-    if rec.speed_caveat:
-        parts += [f"THIS RUN CANNOT JUDGE SPEED: {rec.speed_caveat}. Read every price below as unconfirmed."]
+    said = banner(rec, ran)
+    if said:  # the report's banner, its head in capitals for a terminal
+        parts += [said.replace(BANNER_HEAD, BANNER_HEAD.upper(), 1)]
     if m.prices:
         parts += ["", VERDICT_LEGEND + ":", price_matrix_text(m, team), *noise_lines(m), detectable_text(m.prices)]
         parts += host_bound_lines(m.prices)
@@ -197,7 +197,8 @@ def run_summary(analysis: Analysis, outcome, wall: float, report=None, team: str
     kind's measured time per trial beside the dry run's figure). The `team` config's setting
     is marked."""
     several = len(analysis.machines) > 1
-    parts = [line for m in analysis.machines for line in _machine_lines(m, several, team)]
+    ran = ran_report(outcome)
+    parts = [line for m in analysis.machines for line in _machine_lines(m, several, team, ran)]
     parts += kinds_text(analysis)
     parts += [f"quiet-machine guard: {e}" for e in outcome.events]
     if getattr(outcome, "ray", None):
@@ -215,7 +216,11 @@ def run_summary(analysis: Analysis, outcome, wall: float, report=None, team: str
     for m in analysis.machines:
         parts += ["", recommendation_text(m.recommendation) + (f" [{m.machine}]" if several else "")]
     ok = sum(1 for r in analysis.records if str(r.spec.kind) == "timed" and r.ok)
-    again = f" ({outcome.reruns} run again after a busy machine)" if outcome.reruns else ""
+    again = ""
+    if outcome.reruns:
+        end = getattr(outcome, "reruns_at_end", 0)
+        split = f": {outcome.reruns - end} at once, {end} at the end" if end else ""
+        again = f" ({outcome.reruns} run again after a busy machine{split})"
     parts += ["", per_trial_text(per_trial, outcome.results)] if per_trial else []
     parts += [
         "",
@@ -228,15 +233,20 @@ def run_summary(analysis: Analysis, outcome, wall: float, report=None, team: str
     return "\n".join(parts)
 
 
-def decisions(d: dict, analysis: Analysis) -> list[dict]:
-    """--decide's end: every price (the A/A control aside) against the budget, by the same
-    rule as `detcost gate`."""
+def ran_report(outcome) -> dict:
+    """How the sweep added rounds, for the banner's advice: --decide's and --precision's reports."""
+    return {"decide": getattr(outcome, "decide", None), "precision": getattr(outcome, "precision", None)}
+
+
+def decisions(analysis: Analysis) -> list[dict]:
+    """Every price (the A/A control aside) against the budget, as the analysis decided it
+    (the decision `detcost gate` and the recommendation read too)."""
     out = []
     for m in analysis.machines:
         for p in m.prices:
             if p.is_aa:
                 continue
-            dec = decide(p, p.label, d["budget"])
+            dec = p.decision
             where = ", ".join(f"{k}={v}" for k, v in p.key.shown(m.fields).items() if k != "workload")
             out.append({"workload": p.key.workload, "group": where or None, "setting": p.label,
                         "priced_as_one": [x for x in p.members if x != p.label], "status": dec.status,
@@ -255,7 +265,7 @@ def decide_text(d: dict, analysis: Analysis) -> str:
         f"{level_text(d['level'])}, the 95% spread over {len(d['looks'])} look(s) at {looks} rounds, so a price "
         "decided at an early look is as sure as it says"
     ]
-    for x in decisions(d, analysis):
+    for x in decisions(analysis):
         label = x["setting"] + (f" (+ {', '.join(x['priced_as_one'])})" if x["priced_as_one"] else "")
         where = f" ({x['group']})" if x["group"] else ""
         lines.append(f"  {_DECIDED[x['status']]}: {label} on {x['workload']}{where} {x['reason']}")
@@ -299,7 +309,8 @@ def recommendation_text(rec) -> str:
         return f"no recommendation: {rec.reason}"
     lines = rec.snippet.splitlines()
     if rec.snippets.get("apply"):  # the one call that does all of the above (the report shows every form)
-        lines.append(f"# or, with detcost installed: {apply_call(get_setting(rec.setting))}")
+        call = rec.snippets["apply"].splitlines()[-1].split("  #")[0]
+        lines.append(f"# or, with detcost installed: {call}")
     return f"recommendation: use {rec.setting} ({rec.reason})\n" + "\n".join("    " + ln for ln in lines)
 
 
@@ -337,7 +348,9 @@ def run_summary_json(analysis: Analysis, outcome, wall: float, report=None, per_
         "busy_trials": sum(m.busy_trials for m in machines),
         "guard": outcome.events,
         "precision": outcome.precision,
-        "decide": {**outcome.decide, "decisions": decisions(outcome.decide, analysis)} if outcome.decide else None,
+        "decide": outcome.decide,
+        "policy": analysis.policy.to_json(),
+        "decisions": decisions(analysis),
         "speed": [row for m in machines for row in records_json(m.price_frame())],
         "failures": [row for m in machines for row in records_json(m.failure_frame())],
         "ddp": [row for m in machines for row in scaling_json(m)],

@@ -20,6 +20,7 @@ from detcost.report.sweep_text import (
     cuda_estimate_lines,
     plan_text,
     precision_text,
+    ran_report,
     recommendation_text,
     records_json,
     run_summary,
@@ -31,5 +32,6 @@ __all__ = [
     "CPU_RANKING_NOTE", "HOST_BOUND_NOTE", "VARIANCE_LEGEND", "audit_cells", "audit_text", "axis_values_text",
     "cuda_estimate_lines", "detectable_text", "divergence_text", "explain_text", "headline", "host_bound_lines",
     "interval_text", "layout_text", "noise_lines", "percent_text", "plan_text", "precision_text", "price_cell",
-    "price_matrix", "recommendation_text", "records_json", "run_summary", "run_summary_json", "variance_display",
+    "price_matrix", "ran_report", "recommendation_text", "records_json", "run_summary", "run_summary_json",
+    "variance_display",
 ]  # fmt: skip
