@@ -7,8 +7,11 @@ checkout (PYTHONPATH)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +93,23 @@ def test_its_options_are_checked_and_explained(tmp_path):
     assert helped.returncode == 0
     assert "detcost selfcheck --device cuda" in helped.stdout and "--estimate-from" in helped.stdout
     assert not out.exists()  # an option error and --help write nothing
+
+
+def test_a_selfcheck_prints_each_check_as_it_is_decided_so_a_stopped_one_keeps_its_lines():
+    """Stopped after its first check (as `timeout` stops it: its whole process group), the
+    selfcheck has already written that check's line into a pipe: nothing waits for the end."""
+    command = [sys.executable, "-m", "detcost", "selfcheck", "--device", "cpu", "--quick"]
+    proc = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True
+    )
+    try:
+        head, first = proc.stdout.readline(), proc.stdout.readline()
+        with contextlib.suppress(ProcessLookupError):  # else it had ended: every line came at once
+            os.killpg(proc.pid, signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "selfcheck on cpu" in head
+    assert re.match(r"  (pass|FAIL|note)  harness overhead: ", first), first
+    assert "checks passed" not in rest and "checks failed" not in rest, rest  # stopped before its end
