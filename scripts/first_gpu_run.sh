@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # detcost's first run on a GPU, in one command from a clone, in about eight minutes:
 #
+#     python -m pip install -e '.[gpu]'        # once: detcost's dependencies (keeps your torch)
 #     scripts/first_gpu_run.sh                 # then paste FOLDER/summary.txt into a bug report
 #
-# It installs nothing (a GPU box without a network will do): it uses the torch already
-# installed (2.2 or newer) and runs detcost from this checkout (PYTHONPATH). In order:
+# It installs nothing (a GPU box without a network will do): it checks that this Python
+# has what pyproject.toml declares for it (torch 2.2 or newer and detcost's dependencies;
+# where one is missing or too old it says which in one line, with the command that
+# installs them and how to do it offline) and runs detcost from this checkout
+# (PYTHONPATH). In order:
 #   1. detcost env and `detcost selfcheck --device cuda`: the CUDA path, one line a check;
 #   2. the default sweep's --dry-run: its plan and the time the assumed figures give;
 #   3. one small real sweep: resnet18 (a classifier) and unet (per-pixel labels, which
@@ -86,26 +90,110 @@ step() {
 left() { echo $((BUDGET - (SECONDS - START))); }
 
 # ---- what is installed: nothing is installed here, so say what is missing --------------
-LABEL="$PYTHON: torch 2.2 or newer, detcost's dependencies, nvidia-ml-py" step python 60 "$PYTHON" -c '
-import importlib, sys
-import torch
-major, minor = (int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
-print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}), {sys.executable}")
-missing = []
-for name in ("numpy", "pandas", "matplotlib", "tqdm", "jinja2", "scipy", "psutil"):
+# What pyproject.toml declares for this Python (markers such as tomli's python_version <
+# '3.11' included), each imported and its version held against its range. Read with
+# tomllib, else tomli, else (Python 3.10 without tomli, which is then named missing) the
+# dependencies array line by line; markers and ranges with packaging (pip's own where
+# packaging is not installed), else python_version markers by hand and no ranges.
+IFS= read -r -d '' CHECK <<'PY' || true
+import importlib
+import importlib.metadata as metadata
+import operator
+import platform
+import re
+import sys
+
+
+def declared(pyproject):
+    with open(pyproject, encoding="utf-8") as f:
+        text = f.read()
     try:
-        importlib.import_module(name)
+        import tomllib
     except ImportError:
-        missing.append(name)
+        try:
+            import tomli as tomllib
+        except ImportError:
+            block = re.search(r"^dependencies = \[$(.*?)^\]$", text, re.M | re.S).group(1)
+            return re.findall(r'^\s*"([^"]+)"', block, re.M)
+    return tomllib.loads(text)["project"]["dependencies"]
+
+
+try:
+    from packaging.requirements import Requirement
+except ImportError:
+    try:
+        from pip._vendor.packaging.requirements import Requirement
+    except ImportError:
+        Requirement = None
+OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
+
+
+def needed(text):
+    """(name, range or None) where the requirement applies to this Python, else None."""
+    if Requirement is not None:
+        req = Requirement(text)
+        return (req.name, req.specifier) if req.marker is None or req.marker.evaluate() else None
+    name, _, marker = text.partition(";")
+    m = re.fullmatch(r"\s*python_version\s*(<=|>=|<|>|==|!=)\s*['\"](\d+)\.(\d+)['\"]\s*", marker)
+    if m and not OPS[m[1]](sys.version_info[:2], (int(m[2]), int(m[3]))):
+        return None
+    return re.match(r"\s*([A-Za-z0-9._-]+)", name)[1], None
+
+
+found, missing = [], []
+for text in declared(sys.argv[1] + "/pyproject.toml"):
+    need = needed(text)
+    if need is None:
+        continue
+    name, spec = need
+    wanted = text.partition(";")[0].strip()
+    module_name = name.lower().replace("-", "_")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # absent, or present but broken (a CUDA build without its libraries)
+        absent = isinstance(exc, ModuleNotFoundError) and exc.name == module_name
+        missing.append((wanted, "not installed" if absent else f"{type(exc).__name__}: {exc}".splitlines()[0]))
+        continue
+    try:
+        version = metadata.version(name)
+    except metadata.PackageNotFoundError:
+        version = str(getattr(module, "__version__", "?"))
+    try:
+        too_old = spec is not None and not spec.contains(version, prereleases=True)
+    except Exception:  # a version packaging cannot read: taken as it is
+        too_old = False
+    if too_old:
+        missing.append((wanted, f"{version} installed"))
+    else:
+        found.append(f"{name} {version}")
+
+torch = sys.modules.get("torch")
+if torch is None:
+    print(f"python {sys.version.split()[0]}, no torch, {sys.executable}")
+else:
+    cuda = getattr(getattr(torch, "version", None), "cuda", None)
+    print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {cuda}), {sys.executable}")
+print("detcost's dependencies (pyproject.toml, for this Python): " + (", ".join(found) or "none found"))
 try:
     import pynvml  # noqa: F401
+
     print("nvidia-ml-py: installed")
 except ImportError:
-    print("nvidia-ml-py: missing (detcost asks nvidia-smi for the GPU'"'"'s other processes instead)")
+    print("nvidia-ml-py: missing (optional: detcost asks nvidia-smi for the GPU's other processes instead)")
 if missing:
-    print("missing (install them where a network is at hand): " + " ".join(missing))
-sys.exit(0 if (major, minor) >= (2, 2) and not missing else 3)
-'
+    wants = " ".join(f"'{wanted}'" for wanted, _ in missing)
+    why = "; ".join(f"{wanted} ({reason})" for wanted, reason in missing)
+    print(f"missing: {why}; install them with: {sys.executable} -m pip install {wants}")
+    here = f"Python {sys.version_info[0]}.{sys.version_info[1]} on {platform.system()} {platform.machine()}"
+    print(
+        f"no network here? on a machine with one and the same {here}: python -m pip download -d detcost-wheels "
+        f"{wants}; copy detcost-wheels here, then: {sys.executable} -m pip install --no-index "
+        f"--find-links detcost-wheels {wants}"
+    )
+sys.exit(3 if missing else 0)
+PY
+LABEL="$PYTHON: what pyproject.toml declares (torch 2.2 or newer, detcost's dependencies), nvidia-ml-py" \
+    step python 120 "$PYTHON" -c "$CHECK" "$ROOT"
 READY=$?
 if command -v nvidia-smi >/dev/null 2>&1; then
     step nvidia-smi 30 nvidia-smi --query-gpu=name,driver_version,memory.total,persistence_mode,clocks.max.sm \

@@ -2,31 +2,61 @@
 at quick sizes (--device cpu --quick) with a small plan: every step runs (the selfcheck,
 the default sweep's dry run, a small real sweep with its profiled trials, the dry run
 again learning from that sweep) and everything lands in the one $OUT folder, with a
-summary.txt to paste into a bug report. It installs nothing and runs detcost from the
-checkout (PYTHONPATH)."""
+summary.txt to paste into a bug report. It installs nothing,
+checks that the Python has what pyproject.toml declares for it (naming what is missing in
+one line, with the command that installs it), and runs detcost from the checkout
+(PYTHONPATH). Stand-ins for Python (a PYTHONPATH folder that hides or fakes a module) show
+the cases a CPU box cannot: Python 3.10 without tomli."""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "first_gpu_run.sh"
 STEPS = ["python", "env", "selfcheck", "dryrun-default", "dryrun-small", "sweep", "dryrun-learned"]
+DECLARED = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
 
 
-def _run(out: Path, *args: str, python: str = sys.executable, timeout: float = 900) -> subprocess.CompletedProcess:
+def _run(
+    out: Path, *args: str, python: str = sys.executable, timeout: float = 900, pythonpath: Path | None = None
+) -> subprocess.CompletedProcess:
     environ = {**os.environ, "OUT": str(out), "PYTHON": python}
-    environ.pop("PYTHONPATH", None)  # the script puts the checkout on it itself
+    environ.pop("PYTHONPATH", None)  # the script puts the checkout on it itself, before this
+    if pythonpath:
+        environ["PYTHONPATH"] = str(pythonpath)
     return subprocess.run(
         ["bash", str(SCRIPT), *args], capture_output=True, text=True, env=environ, timeout=timeout, cwd=out.parent
     )
+
+
+def _wanted(name: str) -> str:
+    """The requirement pyproject.toml declares for `name`, less its marker ('scipy>=1.10')."""
+    return next(r.split(";")[0].strip() for r in DECLARED if re.match(rf"{name}\b", r))
+
+
+def _hiding(folder: Path, *names: str) -> Path:
+    """A PYTHONPATH folder in which `import NAME` fails as it does where NAME is not installed."""
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        (folder / f"{name}.py").write_text(f'raise ModuleNotFoundError("No module named {name!r}", name={name!r})\n')
+    return folder
 
 
 def test_on_the_cpu_every_step_runs_and_one_folder_holds_its_outputs_and_the_summary(tmp_path):
@@ -93,6 +123,89 @@ def test_its_options_are_checked_and_explained(tmp_path):
     assert helped.returncode == 0
     assert "detcost selfcheck --device cuda" in helped.stdout and "--estimate-from" in helped.stdout
     assert not out.exists()  # an option error and --help write nothing
+
+
+# ---- (a) what the Python needs is what pyproject.toml declares for it -----------------------------
+
+
+def _python310() -> str | None:
+    """A Python 3.10 on this machine (on PATH, or pyenv's), where there is one."""
+    candidates = ["python3.10", *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.10*/bin/python3.10")))]
+    for candidate in candidates:
+        path = shutil.which(candidate)
+        if path is None:
+            continue
+        probe = [path, "-c", "import sys; assert sys.version_info[:2] == (3, 10)"]
+        try:
+            if subprocess.run(probe, capture_output=True, timeout=60).returncode == 0:
+                return path
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+    return None
+
+
+def _faking(folder: Path, *names: str) -> Path:
+    """A PYTHONPATH folder in which every name imports as a stand-in module (torch 2.13)."""
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        fake = (
+            "__version__ = '2.13.0'\n\nclass version:\n    cuda = None\n" if name == "torch" else "__version__ = '99'\n"
+        )
+        (folder / f"{name}.py").write_text(fake)
+    return folder
+
+
+@pytest.mark.parametrize("packaging", ["pip's packaging", "no packaging"])
+def test_on_python_3_10_tomli_is_needed_and_named_where_it_is_missing(tmp_path, packaging):
+    """Python 3.10 has no tomllib: detcost.config imports tomli there, in every trial. The
+    check reads the requirement and its marker from pyproject.toml, so it asks for tomli on
+    3.10 (with or without a packaging library to read the marker) and is satisfied by it."""
+    python = _python310()
+    if python is None:
+        pytest.skip("no Python 3.10 on this machine")
+    names = [re.match(r"[A-Za-z0-9_.-]+", r)[0].lower().replace("-", "_") for r in DECLARED]
+    shim = _faking(tmp_path / "shim", *(n for n in names if n != "tomli"))
+    if packaging == "no packaging":
+        _hiding(shim, "packaging", "pip")
+    out = tmp_path / "first-run"
+    proc = _run(out, "--device", "cpu", "--budget", "0", python=python, pythonpath=shim, timeout=300)
+    assert proc.returncode == 1
+    assert (out / "steps.txt").read_text().startswith("python         rc 3")
+    summary = (out / "summary.txt").read_text()
+    missing = [line for line in summary.splitlines() if line.startswith("missing: ")]
+    assert len(missing) == 1 and missing[0].startswith(f"missing: {_wanted('tomli')} (not installed); install them")
+
+    if packaging == "pip's packaging":  # pip vendors a tomli: a stand-in for the installed one
+        (shim / "tomli.py").write_text("from pip._vendor.tomli import *  # noqa: F403\n__version__ = '2.0.1'\n")
+        out = tmp_path / "with-tomli"
+        _run(out, "--device", "cpu", "--budget", "0", python=python, pythonpath=shim, timeout=300)
+        assert (out / "steps.txt").read_text().startswith("python         rc 0")
+        assert "tomli 2.0.1" in (out / "python.txt").read_text()
+
+
+# ---- (b) what is missing: one line, with the command that installs it, online and offline ---------
+
+
+def test_a_missing_dependency_is_named_in_one_line_with_the_commands_that_install_it(tmp_path):
+    shim = _hiding(tmp_path / "shim", "scipy", "psutil")
+    out = tmp_path / "first-run"
+    proc = _run(out, "--device", "cpu", "--quick", pythonpath=shim, timeout=300)
+    assert proc.returncode == 1
+    steps = (out / "steps.txt").read_text()
+    assert steps.startswith("python         rc 3") and "selfcheck" not in steps
+    lines = (out / "summary.txt").read_text().splitlines()
+    scipy, psutil = _wanted("scipy"), _wanted("psutil")
+    missing = [line for line in lines if line.startswith("missing: ")]
+    assert len(missing) == 1  # in pyproject.toml's order, with the range it declares
+    assert missing[0].startswith(f"missing: {scipy} (not installed); {psutil} (not installed); install them with: ")
+    assert missing[0].endswith(f" -m pip install '{scipy}' '{psutil}'")
+    offline = next(line for line in lines if line.startswith("no network here? "))
+    assert f"python -m pip download -d detcost-wheels '{scipy}' '{psutil}'; copy detcost-wheels here" in offline
+    assert offline.endswith(f" -m pip install --no-index --find-links detcost-wheels '{scipy}' '{psutil}'")
+    assert not any(line.startswith("detcost's dependencies") and "torch" not in line for line in lines)
+
+
+# ---- (c) the selfcheck's lines as they are decided ---------------------------------------------
 
 
 def test_a_selfcheck_prints_each_check_as_it_is_decided_so_a_stopped_one_keeps_its_lines():
