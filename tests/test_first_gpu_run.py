@@ -2,11 +2,12 @@
 at quick sizes (--device cpu --quick) with a small plan: every step runs (the selfcheck,
 the default sweep's dry run, a small real sweep with its profiled trials, the dry run
 again learning from that sweep) and everything lands in the one $OUT folder, with a
-summary.txt to paste into a bug report. It installs nothing,
+summary.txt to paste into a bug report, written as the steps end. It installs nothing,
 checks that the Python has what pyproject.toml declares for it (naming what is missing in
 one line, with the command that installs it), and runs detcost from the checkout
-(PYTHONPATH). Stand-ins for Python (a PYTHONPATH folder that hides or fakes a module) show
-the cases a CPU box cannot: Python 3.10 without tomli."""
+(PYTHONPATH). Stand-ins for Python (a PYTHONPATH folder that hides or fakes a module, a
+shell script that fakes detcost) show the cases a CPU box cannot: Python 3.10 without
+tomli, a selfcheck stopped at its share of the budget."""
 
 from __future__ import annotations
 
@@ -62,7 +63,9 @@ def _hiding(folder: Path, *names: str) -> Path:
 def test_on_the_cpu_every_step_runs_and_one_folder_holds_its_outputs_and_the_summary(tmp_path):
     out = tmp_path / "first-run"
     small = ["--workloads", "simple_cnn,unet", "--settings", "default,strict", "--repeats", "1"]
-    proc = _run(out, "--device", "cpu", "--quick", "--allow-busy", "--budget", "600", *small)
+    # the selfcheck's share (the budget less the sweep's half and the dry runs' half minute)
+    # leaves it several times the two minutes it takes on a quiet 2-core CPU
+    proc = _run(out, "--device", "cpu", "--quick", "--allow-busy", "--budget", "800", *small, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"writing everything to {out}" in proc.stderr
     assert f"paste {out}/summary.txt into a bug report" in proc.stderr
@@ -88,7 +91,7 @@ def test_on_the_cpu_every_step_runs_and_one_folder_holds_its_outputs_and_the_sum
     summary = (out / "summary.txt").read_text()
     assert summary.startswith("detcost first GPU run: paste this file into a bug report")
     assert "\n== steps: exit code, seconds, command\n" in summary
-    assert "\n== detcost selfcheck --device cpu\n" in summary and "selfcheck on cpu" in summary
+    assert "\n== detcost selfcheck --device cpu (its share: " in summary and "selfcheck on cpu" in summary
     assert (out / "selfcheck.txt").read_text() in summary
     assert "time per trial, measured here (and as --dry-run assumes it)" in summary
     assert f"results: {out}/results.jsonl" in summary
@@ -99,6 +102,12 @@ def test_on_the_cpu_every_step_runs_and_one_folder_holds_its_outputs_and_the_sum
     assert "timed/scatter/" in (out / "dryrun-default.txt").read_text()  # the default sweep's trial ids ...
     assert "timed/scatter/" not in summary  # ... are left in their file
     assert "\ntorch: " in summary and "\n== python and packages\n" in summary
+    # the sections in the order the steps ran, the steps and the wall time at the end
+    order = ["== python and packages", "== detcost env", "== detcost selfcheck", "== the default sweep's --dry-run",
+             "== the small sweep's --dry-run", "== the small sweep (", "== the default sweep's --dry-run, learnt",
+             "== steps: exit code"]  # fmt: skip
+    assert [summary.index(title) for title in order] == sorted(summary.index(title) for title in order)
+    assert summary.splitlines()[-1].startswith("wall ")
 
 
 def test_a_python_without_torch_or_detcost_dependencies_stops_before_detcost_runs(tmp_path):
@@ -119,6 +128,7 @@ def test_its_options_are_checked_and_explained(tmp_path):
     out = tmp_path / "first-run"
     assert _run(out, "--bogus", timeout=60).returncode == 2
     assert _run(out, "--budget", "soon", timeout=60).returncode == 2
+    assert _run(out, "--selfcheck-s", "0", timeout=60).returncode == 2  # timeout 0 would be no limit at all
     helped = _run(out, "--help", timeout=60)
     assert helped.returncode == 0
     assert "detcost selfcheck --device cuda" in helped.stdout and "--estimate-from" in helped.stdout
@@ -205,7 +215,7 @@ def test_a_missing_dependency_is_named_in_one_line_with_the_commands_that_instal
     assert not any(line.startswith("detcost's dependencies") and "torch" not in line for line in lines)
 
 
-# ---- (c) the selfcheck's lines as they are decided ---------------------------------------------
+# ---- (c) the selfcheck's lines as they are decided, and the sweep's share of the budget ------------
 
 
 def test_a_selfcheck_prints_each_check_as_it_is_decided_so_a_stopped_one_keeps_its_lines():
@@ -226,3 +236,58 @@ def test_a_selfcheck_prints_each_check_as_it_is_decided_so_a_stopped_one_keeps_i
     assert "selfcheck on cpu" in head
     assert re.match(r"  (pass|FAIL|note)  harness overhead: ", first), first
     assert "checks passed" not in rest and "checks failed" not in rest, rest  # stopped before its end
+
+
+STAND_IN = """#!/bin/bash
+# A Python that runs nothing: its selfcheck prints one check, looks for that line in
+# summary.txt (it runs in $OUT) and hangs; everything else prints what it was asked.
+case "$*" in
+    "-m detcost selfcheck"*)
+        echo "detcost selfcheck on cpu (a stand-in):"
+        echo "  pass  harness overhead: 1.00 (target: <= 1.05); a stand-in"
+        sleep 1
+        grep -q "harness overhead: 1.00" summary.txt && echo "  note  summary.txt held the line above already"
+        exec sleep 600 ;;
+    *) echo "stand-in: $*" ;;
+esac
+"""
+
+
+def test_a_selfcheck_stopped_at_its_share_leaves_its_lines_in_the_summary_and_the_sweep_its_half(tmp_path):
+    """The selfcheck's lines reach summary.txt as they come; stopped at its share (here the
+    half-minute floor), it leaves them there and the sweep keeps half the budget."""
+    python = tmp_path / "python"
+    python.write_text(STAND_IN)
+    python.chmod(0o755)
+    out = tmp_path / "first-run"
+    budget = 100
+    proc = _run(out, "--device", "cpu", "--quick", "--budget", str(budget), python=str(python), timeout=300)
+    steps = (out / "steps.txt").read_text()
+    sweep = next(line for line in steps.splitlines() if line.startswith("sweep"))
+    assert int(re.search(r"--max-time (\d+)", sweep)[1]) >= budget // 2, steps
+    summary = (out / "summary.txt").read_text()
+    assert "  pass  harness overhead: 1.00 (target: <= 1.05); a stand-in\n" in summary
+    assert "  note  summary.txt held the line above already\n" in summary  # streamed, not copied at the end
+    assert "-- stopped at its limit of 30 s (rc 124)" in summary
+    selfcheck = next(line for line in steps.splitlines() if line.startswith("selfcheck"))
+    assert selfcheck.split()[2] == "124" and "(its share: 30 s)" in selfcheck, steps
+    assert proc.returncode == 1  # a step that did not run to its end
+
+
+# ---- (e) bash before 4.4 and empty arrays -----------------------------------------------------------
+
+
+def test_no_array_the_script_expands_can_be_empty():
+    """bash before 4.4 (Ubuntu 16.04's, CentOS 7's) takes "${a[@]}" of an empty array for
+    an unbound variable under `set -u` and stops the script. Every array the script expands
+    is either assigned only non-empty or expanded as ${a[@]+"${a[@]}"}."""
+    code = "\n".join(line for line in SCRIPT.read_text().splitlines() if not line.lstrip().startswith("#"))
+    code = re.sub(r"<<'PY'.*?\nPY\n", "\n", code, flags=re.S)  # less the Python of the check
+    unguarded = re.sub(r'\$\{(\w+)\[@\]\+"\$\{\1\[@\]\}"\}', "", code)
+    expanded = set(re.findall(r"\$\{!?(\w+)\[[@*]\]", unguarded))
+    assert expanded, "no array found: the test no longer reads the script"
+    for name in sorted(expanded):
+        assigned = re.findall(rf"(?<![\w$]){name}\+?=\(([^)]*)\)", code)
+        assert assigned, f"{name} is expanded as an array but never assigned one"
+        assert all(value.strip() for value in assigned), f"{name} may be empty: {name}=()"
+        assert not re.search(rf"\b(unset|declare -a|local -a|read -a|mapfile|readarray)\b[^\n]*\b{name}\b", code)
