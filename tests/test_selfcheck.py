@@ -25,6 +25,19 @@ def record(workload="resnet18", setting="default", status="ok", error=None, kind
     return TrialRecord(spec, status=Status(status), error=error, flags=flags, parts=parts)
 
 
+def deciding(checks):
+    """A stand-in for `selfcheck.run_all`: hands each check to `on_check`, as the real one
+    does when a check is decided, and returns them all."""
+
+    def run_all(*args, on_check=None, **kwargs):
+        for check in checks:
+            if on_check:
+                on_check(check)
+        return checks
+
+    return run_all
+
+
 def plans(*tags, chosen=()):
     """A parsed `cudnn_plans` field as detcost.profile writes it."""
     return {"status": "ok", "log": "x.log", "plans": {t: 1 for t in tags}, "chosen": {t: 1 for t in chosen}}
@@ -107,7 +120,7 @@ def test_selfcheck_prints_one_line_per_check_pass_or_fail_with_the_figure(capsys
         Check(selfcheck.OVERHEAD, 1.004, "<= 1.05", True, "median of 7 rounds", figure="1.004"),
         selfcheck.failed(selfcheck.EVENTS, "RuntimeError: CUDA error: an illegal memory access"),
     ]
-    monkeypatch.setattr(selfcheck, "run_all", lambda *args, **kwargs: shown)
+    monkeypatch.setattr(selfcheck, "run_all", deciding(shown))
     assert main(["selfcheck", "--device", "cpu"]) == 4  # a check failed
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == "  pass  harness overhead: 1.004 (target: <= 1.05); median of 7 rounds"
@@ -151,7 +164,7 @@ def test_the_overhead_of_a_cuda_step_is_judged_by_the_gpu_target_on_every_index(
 def test_the_selfcheck_exits_nonzero_exactly_when_a_check_failed(capsys, monkeypatch, oks, code):
     """A reported figure (`ok` None, e.g. repeatability) is no failure; one failed check is."""
     shown = [Check(f"check {i}", 1.0, "t", ok, "d") for i, ok in enumerate(oks)]
-    monkeypatch.setattr(selfcheck, "run_all", lambda *args, **kwargs: shown)
+    monkeypatch.setattr(selfcheck, "run_all", deciding(shown))
     assert main(["selfcheck", "--device", "cpu"]) == code
     last = capsys.readouterr().out.splitlines()[-1]
     assert last == (f"all {len(oks)} checks passed or reported" if code == 0 else f"1 of {len(oks)} checks failed")
@@ -160,9 +173,9 @@ def test_the_selfcheck_exits_nonzero_exactly_when_a_check_failed(capsys, monkeyp
 def test_an_overhead_fed_past_its_target_fails_the_selfcheck(monkeypatch):
     over = selfcheck.judge_overhead([selfcheck.overhead_target("cpu") * 1.01] * 3, "cpu", steps=10)
     fine = selfcheck.judge_overhead([1.0] * 3, "cpu", steps=10)
-    monkeypatch.setattr(selfcheck, "run_all", lambda *args, **kwargs: [over])
+    monkeypatch.setattr(selfcheck, "run_all", deciding([over]))
     assert main(["selfcheck", "--device", "cpu"]) == EXIT_CHECKS_FAILED
-    monkeypatch.setattr(selfcheck, "run_all", lambda *args, **kwargs: [fine])
+    monkeypatch.setattr(selfcheck, "run_all", deciding([fine]))
     assert main(["selfcheck", "--device", "cpu"]) == 0
 
 

@@ -144,15 +144,22 @@ def cmd_selfcheck(args) -> int:
 
     workload = parse_workloads(args.workloads)[0].name
     device = resolve_device(args.device)  # no CUDA, or no such GPU: one line, exit 2
-    checks = selfcheck.run_all(device, workload, "quick" if args.quick else None, progress=not args.json)
-    missed = sum(c.ok is False for c in checks)
+    size = "quick" if args.quick else None
     if args.json:
+        checks = selfcheck.run_all(device, workload, size)
         print_json([asdict(c) for c in checks])
-    else:
-        print(f"detcost {detcost.__version__} selfcheck on {device} (torch {torch.__version__}), workload {workload}:")
-        for c in checks:
-            print(f"  {c.line()}")
-        print(f"{missed} of {len(checks)} checks failed" if missed else f"all {len(checks)} checks passed or reported")
+        return EXIT_CHECKS_FAILED if any(c.ok is False for c in checks) else EXIT_OK
+    # each line flushed as its check is decided: a selfcheck stopped part-way (a first GPU
+    # run's share of its time, output piped into a file) keeps every line it got
+    print(
+        f"detcost {detcost.__version__} selfcheck on {device} (torch {torch.__version__}), workload {workload}:",
+        flush=True,
+    )
+    checks = selfcheck.run_all(
+        device, workload, size, progress=True, on_check=lambda c: print(f"  {c.line()}", flush=True)
+    )
+    missed = sum(c.ok is False for c in checks)
+    print(f"{missed} of {len(checks)} checks failed" if missed else f"all {len(checks)} checks passed or reported")
     return EXIT_CHECKS_FAILED if missed else EXIT_OK
 
 

@@ -10,12 +10,15 @@ in a child process started as the sweep starts its trials (`child.in_child`, thr
 `detcost.isolation`). A child's exception, crash or timeout comes back as a failed check
 (`checks.Check`), as does a step that raises.
 
-`detcost selfcheck` prints the checks; the asv suite tracks them (benchmarks/measurement.py).
+`detcost selfcheck` prints each check as it is decided (`run_all`'s `on_check`), so a
+selfcheck stopped part-way (a first GPU run's share of its time) keeps the lines it got;
+the asv suite tracks them (benchmarks/measurement.py).
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -114,9 +117,11 @@ def run_all(
     size_preset: str | None = None,
     threads: int | None = None,
     progress: bool = False,
+    on_check: Callable[[Check], None] | None = None,
 ) -> list[Check]:
     """The four timing checks and, on CUDA, the acceptance suite, one after another, with a
-    progress bar naming the one running. Every check gives a line, failed or not."""
+    progress bar naming the one running. Every check gives a line, failed or not; each is
+    handed to `on_check` as soon as it is decided (the bar cleared while it prints)."""
     from tqdm import tqdm
 
     size_preset = size_preset or ("gpu" if is_cuda(device) else "cpu")
@@ -130,6 +135,11 @@ def run_all(
         with tqdm(total=len(steps), unit="check", disable=not progress, dynamic_ncols=True) as bar:
             for step in steps:
                 bar.set_description_str(f"selfcheck: {step.label}")
-                checks += guarded(step)
+                decided = guarded(step)
+                if on_check:
+                    with tqdm.external_write_mode():
+                        for check in decided:
+                            on_check(check)
+                checks += decided
                 bar.update(1)
     return checks
