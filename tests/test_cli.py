@@ -157,6 +157,19 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def test_an_interrupted_command_that_keeps_no_results_does_not_speak_of_resuming(monkeypatch, capsys):
+    """A selfcheck stopped by a timeout's SIGTERM (the first GPU run's share) has no results
+    file to resume: its line says only that it was interrupted."""
+    from detcost.cli import args as cli_args
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_args, "cmd_selfcheck", interrupted)
+    assert main(["selfcheck", "--device", "cpu"]) == 130
+    assert capsys.readouterr().err.splitlines() == ["detcost: interrupted"]
+
+
 def test_ctrl_c_stops_the_sweep_quietly_and_keeps_finished_trials(tmp_path):
     """Ctrl-C at a terminal signals the whole process group: the sweep, the forkserver and
     the trial running now. The user sees one line, no child's traceback; the trial that

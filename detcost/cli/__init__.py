@@ -62,6 +62,7 @@ def _warnings_as_lines():
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = None
     try:
         args = build_parser().parse_args(argv)
         with _terminate_as_interrupt(), _warnings_as_lines():
@@ -76,5 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except KeyboardInterrupt:
-        print("detcost: interrupted; finished trials are kept (rerun with --resume)", file=sys.stderr)
+        # only `run` keeps a results file to resume; the selfcheck and the others stop
+        resumable = getattr(args, "command", None) == "run"
+        print("detcost: interrupted" + ("; finished trials are kept (rerun with --resume)" if resumable else ""),
+              file=sys.stderr)  # fmt: skip
         return EXIT_INTERRUPTED
