@@ -70,22 +70,24 @@ def _candidates(rec: Recommendation) -> list[dict]:
 
 def tradeoff_points(m: MachineAnalysis) -> pd.DataFrame:
     """One point per setting: its worst price (the recommendation's figure) against its
-    mean spread between repeats; the Pareto front judged on intervals, as the
-    recommendation judges (a cheaper price must be cheaper beyond its interval)."""
+    mean spread between repeats, marked as the recommendation reads the decisions: the
+    recommended setting, a setting decided over the budget, a price not decided."""
     rec = m.recommendation
-    cands = [c for c in rec.candidates if c.worst is not None]
-    rows = []
-    for c in cands:
-        dominated = any(
-            o is not c
-            and o.spread <= c.spread
-            and (o.max_price_hi < c.max_price_lo or (not c.max_price_hi < o.max_price_lo and o.spread < c.spread))
-            for o in cands
-        )
-        unconfirmed = bool(rec.speed_caveat) or c.worst.verdict == Verdict.UNCONFIRMED
-        rows.append({"setting": c.setting, "price": c.max_price, "rel_l2": c.spread, "pareto": not dominated,
-                     "unconfirmed": unconfirmed})  # fmt: skip
-    return pd.DataFrame(rows, columns=["setting", "price", "rel_l2", "pareto", "unconfirmed"])
+    rows = [
+        {"setting": c.setting, "price": c.max_price, "rel_l2": c.spread, "recommended": c.setting == rec.setting,
+         "over_budget": c.over_budget,
+         "unconfirmed": bool(rec.speed_caveat) or not c.worst.decision_for(c.setting).decided}
+        for c in rec.candidates
+        if c.worst is not None
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=["setting", "price", "rel_l2", "recommended", "over_budget", "unconfirmed"])
+
+
+ALL_IDENTICAL = (
+    "Every setting's repeats ended bitwise identical on every workload: there is no spread to set against the "
+    "price, so the price figure is the whole trade-off."
+)
+NONE_DIVERGE = "No setting's repeats drifted apart at any checkpoint, on any workload: no divergence to draw."
 
 
 def _png(data: bytes | None) -> str | None:
@@ -93,16 +95,20 @@ def _png(data: bytes | None) -> str | None:
 
 
 def _figures(m: MachineAnalysis) -> list[dict]:
-    speed = m.price_frame()
-    caveat = " This run cannot judge speed: hollow points are unconfirmed." if m.recommendation.speed_caveat else ""
+    """The figures, each with its caption; where a figure would show nothing (every repeat
+    bitwise identical), its caption alone says so in one sentence (`png` None)."""
+    speed, points, curves = m.price_frame(), tradeoff_points(m), m.curve_frame()
+    caveat = " This run cannot judge speed: every point is hollow." if m.recommendation.speed_caveat else ""
+    spread = bool(points["rel_l2"].fillna(0).gt(0).any())
+    drifted = bool(not curves.empty and (curves["rel_l2"] > 0).any())
     figs = [
         ("price", figures.price_bars(speed), "Price per setting for each workload, with 95% intervals; the hatched "
          "bar is the A/A control (the noise floor)."),
-        ("tradeoff", figures.variance_vs_price(tradeoff_points(m)), "Variance against worst price: one point per "
-         "setting; ringed points (on the dotted front) are not beaten on both, judged on intervals; hollow "
-         "points' prices are unconfirmed." + caveat),
-        ("divergence", figures.divergence(m.curve_frame()), "How far repeats drift apart as training goes on "
-         "(log-log); identical settings have no line."),
+        ("tradeoff", figures.variance_vs_price(points) if spread else None, "Variance against worst price: one point "
+         "per setting; ringed: the recommendation; crossed: a price decided over the budget; hollow: a price not "
+         "decided (the same decisions the recommendation and the gate read)." + caveat if spread else ALL_IDENTICAL),
+        ("divergence", figures.divergence(curves) if drifted else None, "How far repeats drift apart as training "
+         "goes on (log-log); identical settings have no line." if drifted else NONE_DIVERGE),
         ("cold start", figures.cold_start(speed), "Wall time of the warm-up steps, where cuDNN autotunes."),
     ]  # fmt: skip
     return [{"alt": alt, "png": _png(png), "caption": caption} for alt, png, caption in figs]

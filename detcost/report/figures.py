@@ -146,55 +146,48 @@ def kind_bars(table: pd.DataFrame, kinds: list[str]) -> bytes:
 
 
 def variance_vs_price(points: pd.DataFrame) -> bytes:
+    """`tradeoff_figure` as PNG bytes."""
+    return _png(tradeoff_figure(points))
+
+
+def tradeoff_figure(points: pd.DataFrame):
     """One point per setting: its worst price across workloads against its mean spread
     between repeats (relative L2 of parameters); bitwise-identical settings sit on the
-    floor line. Points on the Pareto front (nothing both cheaper beyond the intervals and
-    more reproducible) are ringed; points whose price is unconfirmed are hollow."""
+    floor line. The marks are the analysis's decisions, as the recommendation reads them:
+    the recommended setting is ringed, a setting decided over the budget is crossed, one
+    whose price is not decided is hollow. Labels are placed apart by adjustText, so
+    settings at the same spread stay readable."""
+    from adjustText import adjust_text
+
     fig, ax = plt.subplots(figsize=(7.0, 4.4))
     pts = points.assign(y=points["rel_l2"].fillna(0).clip(lower=FLOOR)).sort_values(["y", "price"])
-    for i, (_, p) in enumerate(pts.iterrows()):
-        ax.scatter(
-            p["price"],
-            p["y"],
-            s=70,
-            color="white" if p.get("unconfirmed") else color(p["setting"]),
-            edgecolor=color(p["setting"]) if p.get("unconfirmed") and not p["pareto"] else "black",
-            linewidth=1.8 if p["pareto"] else 0.3,
-            zorder=3,
-        )
-        # stagger labels so settings at the same spread do not print over each other
-        ax.annotate(
-            p["setting"], (p["price"], p["y"]), textcoords="offset points", xytext=(5, 5 + 10 * (i % 4)), fontsize=8
-        )
-    front = pts[pts["pareto"]].sort_values("price")
-    ax.step(front["price"], front["y"], where="post", color="black", lw=1, ls=":", zorder=2)
+    texts = []
+    for _, p in pts.iterrows():
+        hollow = bool(p.get("unconfirmed"))
+        ax.scatter(p["price"], p["y"], s=70, color="white" if hollow else color(p["setting"]),
+                   edgecolor=color(p["setting"]) if hollow else "black", linewidth=1.0, zorder=3)  # fmt: skip
+        if p.get("recommended"):
+            ax.scatter(p["price"], p["y"], s=260, facecolor="none", edgecolor="black", linewidth=1.8, zorder=4)
+        if p.get("over_budget"):
+            ax.scatter(p["price"], p["y"], s=90, marker="x", color="firebrick", linewidth=1.6, zorder=5)
+        texts.append(ax.text(p["price"], p["y"], p["setting"], fontsize=8, zorder=6))
     ax.set_yscale("log")
     ax.set_ylim(FLOOR / 10, max(float(pts["y"].max()) * 100, 1e-9))
     ax.axhline(FLOOR, color="grey", lw=0.6)
-    ax.annotate(
-        "bitwise identical",
-        (0.01, FLOOR),
-        xycoords=("axes fraction", "data"),
-        xytext=(0, -11),
-        textcoords="offset points",
-        fontsize=8,
-        color="grey",
-    )
+    ax.annotate("bitwise identical", (0.01, FLOOR), xycoords=("axes fraction", "data"), xytext=(0, -11),
+                textcoords="offset points", fontsize=8, color="grey")  # fmt: skip
     ax.margins(x=0.2)
     ax.set_xlabel("worst price across workloads (step time / fastest)")
     ax.set_ylabel("spread between repeats (rel. L2 of θ)")
-    ax.set_title("What each setting buys against what it costs (ringed: Pareto front)", fontsize=10)
-    return _png(fig)
-
-
-def _empty_panel(ax, message: str) -> None:
-    ax.text(0.5, 0.5, message, transform=ax.transAxes, ha="center", va="center", fontsize=9, color="grey")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set_title("What each setting buys against what it costs (ringed: the recommendation; x: over the budget; "
+                 "hollow: price undecided)", fontsize=9)  # fmt: skip
+    adjust_text(texts, ax=ax, expand=(1.2, 1.4), arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5})
+    return fig
 
 
 def divergence(curves: pd.DataFrame) -> bytes:
-    """Distance between repeats at each checkpoint, log-log, one panel per workload."""
+    """Distance between repeats at each checkpoint, log-log, one panel per workload where
+    some setting's repeats drift apart (the report says in a sentence where none do)."""
     panels = (
         _panels(
             curves.drop(columns=["step", "rel_l2", "max_abs_dtheta"], errors="ignore").join(curves[["step", "rel_l2"]])
@@ -202,14 +195,12 @@ def divergence(curves: pd.DataFrame) -> bytes:
         if not curves.empty
         else []
     )
+    panels = [(title, rows) for title, rows in panels if (rows["rel_l2"] > 0).any()]  # no empty panel
     fig, axes = _grid(len(panels))
     for ax, (title, rows) in zip(axes, panels):
         ax.set_title(title, fontsize=9)
         drawn = rows[rows["rel_l2"] > 0]
         identical = sorted(set(rows["setting"]) - set(drawn["setting"]))
-        if drawn.empty:
-            _empty_panel(ax, "every setting's repeats are\nbitwise identical at every checkpoint")
-            continue
         for s in setting_order(drawn["setting"]):
             line = drawn[drawn["setting"] == s].groupby("step")["rel_l2"].mean()
             ax.plot(line.index, line.values, marker="o", ms=3, color=color(s), label=s)
