@@ -210,6 +210,16 @@ def needed(text):
     return re.match(r"\s*([A-Za-z0-9._-]+)", name)[1], None
 
 
+def canonical(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+# the module an installed distribution provides (adjustText's is adjustText, not adjusttext)
+MODULE_OF = {}
+for mod, dists in metadata.packages_distributions().items():
+    for dist in dists:
+        MODULE_OF.setdefault(canonical(dist), mod)
+
 found, missing = [], []
 for text in declared(sys.argv[1] + "/pyproject.toml"):
     need = needed(text)
@@ -217,7 +227,7 @@ for text in declared(sys.argv[1] + "/pyproject.toml"):
         continue
     name, spec = need
     wanted = text.partition(";")[0].strip()
-    module_name = name.lower().replace("-", "_")
+    module_name = MODULE_OF.get(canonical(name), name.lower().replace("-", "_"))
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # absent, or present but broken (a CUDA build without its libraries)

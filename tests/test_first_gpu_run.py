@@ -197,21 +197,21 @@ def test_on_python_3_10_tomli_is_needed_and_named_where_it_is_missing(tmp_path, 
 
 
 def test_a_missing_dependency_is_named_in_one_line_with_the_commands_that_install_it(tmp_path):
-    shim = _hiding(tmp_path / "shim", "scipy", "psutil")
+    shim = _hiding(tmp_path / "shim", "tqdm", "psutil")  # two that no other dependency imports
     out = tmp_path / "first-run"
     proc = _run(out, "--device", "cpu", "--quick", pythonpath=shim, timeout=300)
     assert proc.returncode == 1
     steps = (out / "steps.txt").read_text()
     assert steps.startswith("python         rc 3") and "selfcheck" not in steps
     lines = (out / "summary.txt").read_text().splitlines()
-    scipy, psutil = _wanted("scipy"), _wanted("psutil")
+    tqdm, psutil = _wanted("tqdm"), _wanted("psutil")
     missing = [line for line in lines if line.startswith("missing: ")]
     assert len(missing) == 1  # in pyproject.toml's order, with the range it declares
-    assert missing[0].startswith(f"missing: {scipy} (not installed); {psutil} (not installed); install them with: ")
-    assert missing[0].endswith(f" -m pip install '{scipy}' '{psutil}'")
+    assert missing[0].startswith(f"missing: {tqdm} (not installed); {psutil} (not installed); install them with: ")
+    assert missing[0].endswith(f" -m pip install '{tqdm}' '{psutil}'")
     offline = next(line for line in lines if line.startswith("no network here? "))
-    assert f"python -m pip download -d detcost-wheels '{scipy}' '{psutil}'; copy detcost-wheels here" in offline
-    assert offline.endswith(f" -m pip install --no-index --find-links detcost-wheels '{scipy}' '{psutil}'")
+    assert f"python -m pip download -d detcost-wheels '{tqdm}' '{psutil}'; copy detcost-wheels here" in offline
+    assert offline.endswith(f" -m pip install --no-index --find-links detcost-wheels '{tqdm}' '{psutil}'")
     assert not any(line.startswith("detcost's dependencies") and "torch" not in line for line in lines)
 
 
