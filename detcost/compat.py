@@ -1,0 +1,60 @@
+"""What differs between the torch releases detcost supports (pyproject's `torch>=` bound
+and up), in one place. Each entry names the torch release that needs it, so that it can go
+when the lower bound moves past it.
+
+Imports torch inside its functions only: it sits at the bottom of the layers.
+"""
+
+from __future__ import annotations
+
+# ---- TF32 (torch < 2.9) -------------------------------------------------------------------
+# torch 2.9 added `torch.backends.cudnn.conv.fp32_precision` and
+# `torch.backends.cuda.matmul.fp32_precision`; before it TF32 is the legacy booleans
+# `torch.backends.cudnn.allow_tf32` and `torch.backends.cuda.matmul.allow_tf32`. Where the new
+# API exists it is the only one used: mixing the two makes the legacy getters raise (2.9+).
+# Both read back as the same words, "tf32" or "ieee" (the new API's own values).
+
+
+def _tf32_holders():
+    """torch's cuDNN module and cuBLAS matmul object, which hold TF32 in either API (one
+    function so that a test can hand in a torch without the new API)."""
+    import torch
+
+    return torch.backends.cudnn, torch.backends.cuda.matmul
+
+
+def _legacy_tf32(matmul) -> bool:
+    return not hasattr(matmul, "fp32_precision")
+
+
+def get_tf32() -> tuple[str, str]:
+    """TF32 in force as (conv, matmul): "tf32" or "ieee" (the new API may say more)."""
+    cudnn, matmul = _tf32_holders()
+    if _legacy_tf32(matmul):
+        return ("tf32" if cudnn.allow_tf32 else "ieee"), ("tf32" if matmul.allow_tf32 else "ieee")
+    return cudnn.conv.fp32_precision, matmul.fp32_precision
+
+
+def set_tf32(conv: str, matmul_precision: str) -> None:
+    """Set TF32 for cuDNN convolutions and matmul: each "tf32" or "ieee" (or, on the new
+    API, any value `get_tf32` read from it, to restore it)."""
+    cudnn, matmul = _tf32_holders()
+    if _legacy_tf32(matmul):
+        cudnn.allow_tf32 = conv == "tf32"
+        matmul.allow_tf32 = matmul_precision == "tf32"
+    else:
+        cudnn.conv.fp32_precision, matmul.fp32_precision = conv, matmul_precision
+
+
+def tf32_snippet(precision: str) -> tuple[str, str]:
+    """The two lines that set TF32 ("tf32" or "ieee") for convolutions and matmul in the
+    user's code, written for the torch installed here."""
+    _, matmul = _tf32_holders()
+    if _legacy_tf32(matmul):
+        on = precision == "tf32"
+        return f"torch.backends.cudnn.allow_tf32 = {on}", f"torch.backends.cuda.matmul.allow_tf32 = {on}"
+    return (
+        f'torch.backends.cudnn.conv.fp32_precision = "{precision}"',
+        f'torch.backends.cuda.matmul.fp32_precision = "{precision}"',
+    )
+
