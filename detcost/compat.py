@@ -58,3 +58,18 @@ def tf32_snippet(precision: str) -> tuple[str, str]:
         f'torch.backends.cuda.matmul.fp32_precision = "{precision}"',
     )
 
+
+# ---- Inductor's deterministic mode (torch < 2.10) -------------------------------------------
+# torch 2.10 added `torch._inductor.config.deterministic`, which use_deterministic_algorithms
+# turns on; before it Inductor asked `torch.are_deterministic_algorithms_enabled()` itself
+# and skipped autotuning when it was on (since torch 2.1), so that is what is in force.
+
+
+def inductor_deterministic() -> bool:
+    """Whether Inductor compiles deterministically (skips autotuning) in this process."""
+    import torch
+    import torch._inductor.config as inductor
+
+    if hasattr(inductor, "deterministic"):
+        return bool(inductor.deterministic)
+    return torch.are_deterministic_algorithms_enabled()

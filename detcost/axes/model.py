@@ -83,9 +83,9 @@ class Compile(Axis):
     def read_back(self, workload) -> str:
         if not hasattr(workload.model, "_orig_mod"):  # torch.compile's OptimizedModule
             return "off"
-        import torch._inductor.config as inductor
+        from detcost import compat
 
-        return f"on (inductor deterministic={bool(inductor.deterministic)})"
+        return f"on (inductor deterministic={compat.inductor_deterministic()})"
 
     def id_part(self, value):
         return None if value == "off" else "compiled"
