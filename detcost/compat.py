@@ -65,11 +65,35 @@ def tf32_snippet(precision: str) -> tuple[str, str]:
 # and skipped autotuning when it was on (since torch 2.1), so that is what is in force.
 
 
+def _inductor_config():
+    import torch._inductor.config as inductor
+
+    return inductor
+
+
 def inductor_deterministic() -> bool:
     """Whether Inductor compiles deterministically (skips autotuning) in this process."""
     import torch
-    import torch._inductor.config as inductor
 
+    inductor = _inductor_config()
     if hasattr(inductor, "deterministic"):
         return bool(inductor.deterministic)
     return torch.are_deterministic_algorithms_enabled()
+
+
+# ---- the DDP launcher's shutdown grace (torch < 2.12) ----------------------------------------
+# torch 2.12 added `LaunchConfig(shutdown_timeout=...)`, how long the launcher lets the other
+# ranks stop after one failed before SIGKILL; before it that grace is a fixed 30 s, and the
+# keyword is a TypeError that failed every DDP trial.
+
+
+def launch_shutdown(seconds: int) -> dict[str, int]:
+    """The keyword arguments of torch's `LaunchConfig` that set the shutdown grace, where
+    this torch takes one."""
+    import dataclasses
+
+    from torch.distributed.launcher.api import LaunchConfig
+
+    if any(f.name == "shutdown_timeout" for f in dataclasses.fields(LaunchConfig)):
+        return {"shutdown_timeout": seconds}
+    return {}

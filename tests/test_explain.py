@@ -217,3 +217,23 @@ def test_the_compile_axis_compiles_in_the_warm_up_and_never_in_a_timed_step(monk
     finally:
         torch._dynamo.reset()
     assert after_warm_up >= 1 and len(graphs) == after_warm_up
+
+
+def test_the_compile_read_back_follows_strict_on_a_torch_without_inductors_deterministic_config(monkeypatch):
+    """Before torch 2.10 Inductor had no `deterministic` config and read
+    use_deterministic_algorithms itself: the read-back says what that flag says."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from detcost import compat
+
+    monkeypatch.setattr(compat, "_inductor_config", SimpleNamespace)  # a config without `deterministic`
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        assert compat.inductor_deterministic() is True
+        torch.use_deterministic_algorithms(False)
+        assert compat.inductor_deterministic() is False
+    finally:
+        torch.use_deterministic_algorithms(before)
