@@ -4,7 +4,7 @@
 #     scripts/first_gpu_run.sh                 # then paste FOLDER/summary.txt into a bug report
 #
 # It installs nothing (a GPU box without a network will do): it uses the torch already
-# installed (2.2 or newer) and runs detcost from this checkout (PYTHONPATH). In order:
+# installed (2.4 or newer) and runs detcost from this checkout (PYTHONPATH). In order:
 #   1. detcost env and `detcost selfcheck --device cuda`: the CUDA path, one line a check;
 #   2. the default sweep's --dry-run: its plan and the time the assumed figures give;
 #   3. one small real sweep: resnet18 (a classifier) and unet (per-pixel labels, which
@@ -86,7 +86,7 @@ step() {
 left() { echo $((BUDGET - (SECONDS - START))); }
 
 # ---- what is installed: nothing is installed here, so say what is missing --------------
-LABEL="$PYTHON: torch 2.2 or newer, detcost's dependencies, nvidia-ml-py" step python 60 "$PYTHON" -c '
+LABEL="$PYTHON: torch 2.4 or newer, detcost's dependencies, nvidia-ml-py" step python 60 "$PYTHON" -c '
 import importlib, sys
 import torch
 major, minor = (int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
@@ -104,7 +104,7 @@ except ImportError:
     print("nvidia-ml-py: missing (detcost asks nvidia-smi for the GPU'"'"'s other processes instead)")
 if missing:
     print("missing (install them where a network is at hand): " + " ".join(missing))
-sys.exit(0 if (major, minor) >= (2, 2) and not missing else 3)
+sys.exit(0 if (major, minor) >= (2, 4) and not missing else 3)
 '
 READY=$?
 if command -v nvidia-smi >/dev/null 2>&1; then
