@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from detcost import compat
 from detcost.cudnn_log import rank_environ
 from detcost.payloads import Distributed
 from detcost.record import TrialParts, TrialSpec, one_line
@@ -90,7 +91,7 @@ def launch(spec: TrialSpec, results_dir: Path | None, prepare: Callable, body: C
             monitor_interval=0.05,
             start_method=START_METHOD,
             logs_specs=DefaultLogsSpecs(log_dir=logs),
-            shutdown_timeout=SHUTDOWN_S,
+            **compat.launch_shutdown(SHUTDOWN_S),  # torch 2.12+; 30 s before it
         )
         try:
             ranks = elastic_launch(config, _rank_main)(spec.to_dict(), results_dir, prepare, body, logs)

@@ -5,7 +5,7 @@
 #     scripts/first_gpu_run.sh                 # then paste FOLDER/summary.txt into a bug report
 #
 # It installs nothing (a GPU box without a network will do): it checks that this Python
-# has what pyproject.toml declares for it (torch 2.2 or newer and detcost's dependencies;
+# has what pyproject.toml declares for it (torch 2.4 or newer and detcost's dependencies;
 # where one is missing or too old it says which in one line, with the command that
 # installs them and how to do it offline) and runs detcost from this checkout
 # (PYTHONPATH). In order:
@@ -272,7 +272,7 @@ if missing:
     )
 sys.exit(3 if missing else 0)
 PY
-LABEL="$PYTHON: what pyproject.toml declares (torch 2.2 or newer, detcost's dependencies), nvidia-ml-py" \
+LABEL="$PYTHON: what pyproject.toml declares (torch 2.4 or newer, detcost's dependencies), nvidia-ml-py" \
     step python 120 "$PYTHON" -c "$CHECK" "$ROOT"
 READY=$RC
 section python "python and packages"

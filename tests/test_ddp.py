@@ -304,3 +304,25 @@ def test_a_run_without_nproc_has_no_ddp_section(tmp_path):
     analysis = analyse(_one_process(_crafted()))
     assert analysis.machines[0].scaling == []
     assert TITLE not in build_report(analysis, tmp_path, []).markdown.read_text()
+
+
+def test_the_launcher_gets_its_shutdown_grace_on_the_torch_installed(monkeypatch):
+    """torch 2.12 added LaunchConfig's shutdown_timeout; an older torch has a fixed grace,
+    and the keyword must not reach it (a TypeError failed every DDP trial there)."""
+    import dataclasses
+
+    from torch.distributed.launcher import api
+
+    from detcost import compat
+
+    config = api.LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, **compat.launch_shutdown(5))
+    assert getattr(config, "shutdown_timeout", 5) == 5
+
+    @dataclasses.dataclass
+    class LaunchConfigBefore212:
+        min_nodes: int
+        max_nodes: int
+        nproc_per_node: int
+
+    monkeypatch.setattr(api, "LaunchConfig", LaunchConfigBefore212)
+    assert compat.launch_shutdown(5) == {}

@@ -89,13 +89,41 @@ def test_channels_last_is_applied_and_read_back():
     assert record["trial_id"].endswith("/channels_last")
 
 
-def test_tf32_is_applied_and_read_back_through_the_fp32_precision_api():
+def test_tf32_is_applied_and_read_back_on_the_torch_installed():
     """On the CPU TF32 changes nothing (same bits), but the state is recorded per trial."""
     on = run_trial(make_spec(run_id="f", steps=2, axes={"threads": 1, "tf32": "on"})).to_json()
     off = run_trial(make_spec(run_id="f", steps=2, axes={"threads": 1, "tf32": "off"})).to_json()
     assert on["tf32_read_back"] == "conv=tf32,matmul=tf32" and on["trial_id"].endswith("/tf32-on")
     assert off["tf32_read_back"] == "conv=ieee,matmul=ieee"
     assert on["params_sha256"] == off["params_sha256"]
+
+
+def test_tf32_before_torch_2_9_is_set_and_read_back_through_allow_tf32(monkeypatch):
+    """torch < 2.9 has no fp32_precision: TF32 goes through the legacy allow_tf32 booleans,
+    reads back in the same words, is restored, and the snippet writes what that torch takes."""
+    from types import SimpleNamespace
+
+    from detcost import axes, compat
+
+    cudnn, matmul = SimpleNamespace(allow_tf32=True), SimpleNamespace(allow_tf32=False)  # torch's defaults
+    monkeypatch.setattr(compat, "_tf32_holders", lambda: (cudnn, matmul))
+    tf32 = axes.REGISTRY["tf32"]
+    assert tf32.read_back(None) == "conv=tf32,matmul=ieee"
+    restore = tf32.apply("on", None)
+    assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True) and tf32.read_back(None) == "conv=tf32,matmul=tf32"
+    restore()
+    assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, False)
+    restore = tf32.apply("off", None)
+    assert (cudnn.allow_tf32, matmul.allow_tf32) == (False, False) and tf32.read_back(None) == "conv=ieee,matmul=ieee"
+    restore()
+    assert tf32.read_back(None) == "conv=tf32,matmul=ieee" and tf32.apply("torch", None) is None
+    assert tf32.snippet(["off"], cpu=False) == [
+        "torch.backends.cudnn.allow_tf32 = False",
+        "torch.backends.cuda.matmul.allow_tf32 = False",
+    ]
+    record = run_trial(make_spec(run_id="f", steps=2, axes={"threads": 1, "tf32": "on"})).to_json()
+    assert record["status"] == "ok" and record["tf32_read_back"] == "conv=tf32,matmul=tf32"
+    assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, False)
 
 
 def test_amp_is_applied_and_read_back_with_a_grad_scaler_for_float16():
@@ -189,3 +217,23 @@ def test_the_compile_axis_compiles_in_the_warm_up_and_never_in_a_timed_step(monk
     finally:
         torch._dynamo.reset()
     assert after_warm_up >= 1 and len(graphs) == after_warm_up
+
+
+def test_the_compile_read_back_follows_strict_on_a_torch_without_inductors_deterministic_config(monkeypatch):
+    """Before torch 2.10 Inductor had no `deterministic` config and read
+    use_deterministic_algorithms itself: the read-back says what that flag says."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from detcost import compat
+
+    monkeypatch.setattr(compat, "_inductor_config", SimpleNamespace)  # a config without `deterministic`
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        assert compat.inductor_deterministic() is True
+        torch.use_deterministic_algorithms(False)
+        assert compat.inductor_deterministic() is False
+    finally:
+        torch.use_deterministic_algorithms(before)

@@ -298,11 +298,12 @@ def test_a_trials_process_state_is_restored_when_it_ends():
     asv) gets its own state back, or the next sweep would plan with the trial's threads."""
     import torch
 
+    from detcost import compat
     from detcost.train import trial_state
 
     threads = torch.get_num_threads()
-    conv = torch.backends.cudnn.conv.fp32_precision
+    tf32 = compat.get_tf32()
     other = 1 if threads != 1 else 2
     with trial_state(spec(axes={"threads": other, "tf32": "on"})):
-        assert torch.get_num_threads() == other and torch.backends.cudnn.conv.fp32_precision == "tf32"
-    assert torch.get_num_threads() == threads and torch.backends.cudnn.conv.fp32_precision == conv
+        assert torch.get_num_threads() == other and compat.get_tf32() == ("tf32", "tf32")
+    assert torch.get_num_threads() == threads and compat.get_tf32() == tf32

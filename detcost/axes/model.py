@@ -60,8 +60,9 @@ MEMORY_FORMAT = MemoryFormat(
 
 # torch.compile (default mode). Compiling happens on the first step, inside the warm-up,
 # so its time is cold start, never step time. Under use_deterministic_algorithms Inductor
-# turns deterministic too (torch._inductor.config.deterministic follows it) and skips
-# autotuning, so determinism's price differs with compile; the read-back shows both.
+# turns deterministic too (torch._inductor.config.deterministic follows it; before torch
+# 2.10 Inductor read the flag itself: detcost.compat) and skips autotuning, so
+# determinism's price differs with compile; the read-back shows both.
 COMPILE_MODES = ("off", "on")
 # What compiling adds to a trial's cold start, for the dry run. On the CPU, measured on a
 # 2-core CPU (torch 2.13, Inductor's C++ backend, quick sizes): 13 s for simple_cnn, 22 s
@@ -83,9 +84,9 @@ class Compile(Axis):
     def read_back(self, workload) -> str:
         if not hasattr(workload.model, "_orig_mod"):  # torch.compile's OptimizedModule
             return "off"
-        import torch._inductor.config as inductor
+        from detcost import compat
 
-        return f"on (inductor deterministic={bool(inductor.deterministic)})"
+        return f"on (inductor deterministic={compat.inductor_deterministic()})"
 
     def id_part(self, value):
         return None if value == "off" else "compiled"

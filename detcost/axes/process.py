@@ -4,6 +4,7 @@ returns what restores it): torch's CPU thread count, and TF32 for convolutions a
 
 from __future__ import annotations
 
+from detcost import compat
 from detcost.axes.registry import Axis, int_at_least
 
 
@@ -64,7 +65,7 @@ THREADS = Threads(
 )
 
 # TF32 for convolutions and matmul together, through the fp32_precision API of torch 2.9+
-# (never the legacy allow_tf32 setters: mixing the two makes the legacy getters raise).
+# and the legacy allow_tf32 booleans before it (detcost.compat: never the two mixed).
 # "torch" leaves torch's defaults (TF32 for cuDNN convolutions, IEEE for matmul).
 TF32_MODES = ("torch", "on", "off")
 _FP32_PRECISION = {"on": "tf32", "off": "ieee"}
@@ -74,23 +75,15 @@ class Tf32(Axis):
     """TF32 for convolutions and matmul, set for the trial's process."""
 
     def apply(self, value, spec):
-        import torch
-
         if value not in _FP32_PRECISION:
             return None
-        conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
-        before = (conv.fp32_precision, matmul.fp32_precision)
-        conv.fp32_precision = matmul.fp32_precision = _FP32_PRECISION[value]
-
-        def restore() -> None:
-            conv.fp32_precision, matmul.fp32_precision = before
-
-        return restore
+        before = compat.get_tf32()
+        compat.set_tf32(_FP32_PRECISION[value], _FP32_PRECISION[value])
+        return lambda: compat.set_tf32(*before)
 
     def read_back(self, workload) -> str:
-        import torch
-
-        return f"conv={torch.backends.cudnn.conv.fp32_precision},matmul={torch.backends.cuda.matmul.fp32_precision}"
+        conv, matmul = compat.get_tf32()
+        return f"conv={conv},matmul={matmul}"
 
     def id_part(self, value):
         return None if value == "torch" else f"tf32-{value}"
@@ -98,12 +91,9 @@ class Tf32(Axis):
     def snippet(self, values, cpu):
         if values not in (["on"], ["off"]):
             return []
-        p = _FP32_PRECISION[values[0]]
+        conv, matmul = compat.tf32_snippet(_FP32_PRECISION[values[0]])
         note = "  # TF32 changes nothing on the CPU" if cpu else ""
-        return [
-            f'torch.backends.cudnn.conv.fp32_precision = "{p}"{note}',
-            f'torch.backends.cuda.matmul.fp32_precision = "{p}"',
-        ]
+        return [conv + note, matmul]
 
 
 TF32 = Tf32(
