@@ -304,3 +304,23 @@ def test_a_run_without_nproc_has_no_ddp_section(tmp_path):
     analysis = analyse(_one_process(_crafted()))
     assert analysis.machines[0].scaling == []
     assert TITLE not in build_report(analysis, tmp_path, []).markdown.read_text()
+
+
+@pytest.mark.dynamo_in_process
+def test_a_compiled_ddp_trial_reads_back_compile_on():
+    """--nproc wraps the model --compile compiled (the axes' order): the read-back looks
+    inside DDP's wrapper, where it used to find no OptimizedModule and say "off"."""
+    from types import SimpleNamespace
+
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = DistributedDataParallel(torch.compile(torch.nn.Linear(2, 2)))
+        assert axes.COMPILE.read_back(SimpleNamespace(model=model)).startswith("on (inductor deterministic=")
+        plain = DistributedDataParallel(torch.nn.Linear(2, 2))
+        assert axes.COMPILE.read_back(SimpleNamespace(model=plain)) == "off"
+    finally:
+        dist.destroy_process_group()
