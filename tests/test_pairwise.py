@@ -47,9 +47,10 @@ that names the pair (exit 2). On the CPU every row runs at quick sizes with `--d
 (the device column is the GPU box's alone), once, in the session fixture `cpu_rows`: each
 trial it plans ends with an `ok` record that reads back the axis values asked for, or the
 row is refused in one line before any trial; a row with --resume then runs again with
---resume on the same results file and finds nothing left to run. The CPU rows cost about 4
-minutes of CPU time on 2 cores (simple_cnn under `default`, one round; most of it goes to
-compiling, to Ray's start and to DDP's ranks).
+--resume on the same results file and finds nothing left to run. The CPU rows (simple_cnn
+under `default`, one round, five under --decide) cost about 5 minutes of CPU time on 2
+cores, most of it compiling, starting Ray and DDP's ranks, and forkservers for --decide's
+rounds; two rows run at once.
 """
 
 from __future__ import annotations
@@ -59,8 +60,10 @@ import functools
 import io
 import itertools
 import json
+import multiprocessing
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from functools import cache
 from pathlib import Path
 
@@ -219,7 +222,7 @@ def refused_pairs(row: Mapping[str, str], on_gpus: bool) -> set[Pair]:
 # ---- a row as `detcost run`'s options ----------------------------------------------------
 
 # The smallest sweep each row allows: the smallest workload, one setting (the A/A control
-# and the seed yardstick run under it), one round (--decide and --precision add a second).
+# and the seed yardstick run under it), one round (--decide and --precision add rounds).
 SWEEP = ["--workloads", "simple_cnn", "--settings", "default", "--repeats", "1"]
 AXES = ("vary", "data", "workers", "threads", "amp", "tf32", "nproc", "memory_format", "compile")
 NO_KIND = {"aa": "--no-aa", "audit": "--no-audit", "explain": "--no-explain"}
@@ -232,10 +235,9 @@ def options(row: Mapping[str, str]) -> list[str]:
         if row[axis] != "-":
             argv += ["--" + axis.replace("_", "-"), row[axis]]
     argv += ["--ray"] if row["ray"] == "on" else []
-    argv += ["--decide"] if row["decide"] == "on" else []
-    argv += ["--precision", "1%"] if row["precision"] == "on" else []
-    if "on" in (row["decide"], row["precision"]):
-        argv += ["--max-repeats", "2"]  # the first round, and one added
+    # --decide judges a price on 5 rounds at least (its first look); --precision adds one round
+    argv += ["--decide", "--max-repeats", "5"] if row["decide"] == "on" else []
+    argv += ["--precision", "1%", "--max-repeats", "2"] if row["precision"] == "on" else []
     return argv
 
 
@@ -385,22 +387,41 @@ def _planned(argv: list[str]) -> list[str]:
     return [s.trial_id for s in plan(sweep_options(build_parser().parse_args(["run", *argv])))]
 
 
+def _run_row(index: int, folder: Path) -> dict:
+    """One row run on the CPU at quick sizes: its exit code, stderr, planned trials and
+    records (a line each); with --resume, its second run and the file after it."""
+    results = folder / f"row{index}.jsonl"
+    argv = [*QUICK, "--no-report", *options(ROWS[index][1]), "--results", str(results)]
+    code, err = _run(argv)
+    ran = {"code": code, "err": err, "written": results.exists()}
+    if code == 0:
+        ran |= {"planned": _planned(argv), "lines": results.read_text().splitlines()}
+        if ROWS[index][1]["resume"] == "on":
+            ran |= {"resumed": _run([*argv, "--resume"]), "after": results.read_text().splitlines()}
+    return ran
+
+
+def _run_rows(indexes: list[int], folder: Path) -> dict[int, dict]:
+    return {index: _run_row(index, folder) for index in indexes}
+
+
+# Rows run two at a time, each in a worker process of its own: most of a row is one core's
+# work (starting a forkserver, compiling, starting Ray or DDP's ranks), so on 2 cores a
+# second row takes the other. The --ray rows run one after another in one worker: two
+# local Ray clusters would wait on each other's cores.
+AT_ONCE = 2
+
+
 @pytest.fixture(scope="session")
 def cpu_rows(tmp_path_factory) -> dict[int, dict]:
-    """Every row run on the CPU at quick sizes: its exit code, stderr, planned trials and
-    records (a line each); a --resume row's second run and the file after it."""
+    """Every row's run on the CPU (`_run_row`), by row number."""
     folder = tmp_path_factory.mktemp("pairwise")
-    ran = {}
-    for index, row in ROWS:
-        results = folder / f"row{index}.jsonl"
-        argv = [*QUICK, "--no-report", *options(row), "--results", str(results)]
-        code, err = _run(argv)
-        ran[index] = {"code": code, "err": err, "written": results.exists()}
-        if code == 0:
-            ran[index] |= {"planned": _planned(argv), "lines": results.read_text().splitlines()}
-            if row["resume"] == "on":
-                ran[index] |= {"resumed": _run([*argv, "--resume"]), "after": results.read_text().splitlines()}
-    return ran
+    on_ray = [i for i, row in ROWS if row["ray"] == "on"]
+    jobs = [on_ray, *([i] for i, row in ROWS if row["ray"] != "on")]
+    jobs.sort(key=lambda job: -sum(_cost(ROWS[i][1]) for i in job))  # the longest first
+    with ProcessPoolExecutor(AT_ONCE, mp_context=multiprocessing.get_context("spawn")) as pool:
+        done = [pool.submit(_run_rows, job, folder) for job in jobs]
+        return {index: ran for future in done for index, ran in future.result().items()}
 
 
 def _ran(cpu_rows: dict, index: int) -> tuple[dict, dict[str, dict]]:
