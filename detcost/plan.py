@@ -77,6 +77,11 @@ class SweepOptions:
             raise UsageError(f"unknown layout {self.layout!r}; valid: {', '.join(LAYOUTS)}")
         if self.decide is not None and self.precision is not None:
             raise UsageError("--decide and --precision both add rounds, to different ends: give one of them")
+        if self.decide is not None and self.max_repeats < self.min_rounds:  # its first look would pass the cap
+            raise UsageError(
+                f"--decide judges a price on {self.min_rounds} rounds at least, and --max-repeats "
+                f"{self.max_repeats} stops before: give --max-repeats {self.min_rounds} or more"
+            )
         if self.decide is not None and not self.looks:
             self.looks = tuple(decide_looks(max(self.repeats, self.min_rounds), self.max_repeats))
         given = dict(self.axes)

@@ -260,7 +260,10 @@ class _Runner:
         return [latest[s.trial_id] for s in planned if s.trial_id in latest]
 
     def run(self, specs: list[TrialSpec]) -> bool:
-        """Run `specs`; True if --max-time stopped it first."""
+        """Run `specs`; True if --max-time stopped it first. Nothing to run starts nothing
+        (a --resume of a finished sweep joins no Ray cluster)."""
+        if not specs:
+            return False
         self.bar.total += len(specs)
         self.bar.refresh()
         if self.opts.ray is not None:

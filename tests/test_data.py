@@ -157,3 +157,18 @@ def test_digits_reports_test_accuracy_and_its_per_class_spread_across_seeds(tmp_
     assert seeds["class_accuracy_range"] >= seeds["accuracy_range"]
     repeats = variance_of(path).set_index("setting").loc["default"]
     assert repeats["bitwise_identical"] and repeats["class_accuracy_range"] == 0
+
+
+def test_a_loader_beside_ddp_is_refused_in_one_line_before_any_trial(tmp_path, capsys):
+    """--nproc shards the staged batches over its ranks and a DataLoader's not yet: refused
+    up front, where every rank used to fail at its first batch; each alone still plans."""
+    values = {"data": ["staged", "loader"], "nproc": [None, 2]}
+    problem = axes.first_problem(values, "cpu", [])
+    assert problem.startswith("--data loader with --nproc 2:")
+    assert axes.first_problem({"data": ["loader"], "nproc": [None]}, "cpu", []) is None
+    assert axes.first_problem({"data": ["staged"], "nproc": [2]}, "cpu", []) is None
+    results = tmp_path / "r.jsonl"
+    argv = ["--workloads", "simple_cnn", "--data", "loader-unseeded", "--nproc", "1", "--results", str(results)]
+    assert run_cli(*TIMED_ONLY, *argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--data loader-unseeded with --nproc 1" in err and not results.exists()

@@ -326,3 +326,23 @@ def test_the_launcher_gets_its_shutdown_grace_on_the_torch_installed(monkeypatch
 
     monkeypatch.setattr(api, "LaunchConfig", LaunchConfigBefore212)
     assert compat.launch_shutdown(5) == {}
+
+
+@pytest.mark.dynamo_in_process
+def test_a_compiled_ddp_trial_reads_back_compile_on():
+    """--nproc wraps the model --compile compiled (the axes' order): the read-back looks
+    inside DDP's wrapper, where it used to find no OptimizedModule and say "off"."""
+    from types import SimpleNamespace
+
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = DistributedDataParallel(torch.compile(torch.nn.Linear(2, 2)))
+        assert axes.COMPILE.read_back(SimpleNamespace(model=model)).startswith("on (inductor deterministic=")
+        plain = DistributedDataParallel(torch.nn.Linear(2, 2))
+        assert axes.COMPILE.read_back(SimpleNamespace(model=plain)) == "off"
+    finally:
+        dist.destroy_process_group()

@@ -154,3 +154,15 @@ def test_run_decide_prints_a_decision_for_every_price(tmp_path, monkeypatch, qui
     d = json.loads(capsys.readouterr().out)
     assert {x["setting"]: x["status"] for x in d["decisions"]} == {"default": PASS, "strict": FAIL,
                                                                  "strict_nofill": UNDECIDED}  # fmt: skip
+
+
+def test_decide_with_a_cap_below_the_least_rounds_of_a_verdict_is_refused_in_one_line(tmp_path, capsys):
+    """--decide's first look is at the least rounds a price is judged on (5): a --max-repeats
+    below it ran those rounds anyway, past the cap, and said it stopped by the cap."""
+    argv = ["run", "--device", "cpu", "--quick", "--workloads", "simple_cnn", "--decide", "--max-repeats", "2"]
+    results = tmp_path / "r.jsonl"
+    assert main([*argv, "--dry-run", "--results", str(results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--max-repeats 2 stops before: give --max-repeats 5 or more" in err
+    assert main([*argv[:-1], "5", "--dry-run", "--allow-busy", "--results", str(results)]) == 0
+    assert not results.exists()

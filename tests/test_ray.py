@@ -360,3 +360,21 @@ def test_precision_adds_as_many_rounds_as_run_at_once(tmp_path, monkeypatch):
     assert out.precision["rounds"] == 7 and not out.precision["reached"]
     # 2 rounds asked, then 2 more, 2 more and the last 1 (3 labels a round)
     assert steps == [6, 12, 18, 21]
+
+
+def test_resuming_a_finished_sweep_on_ray_runs_nothing_and_starts_no_cluster(tmp_path, monkeypatch):
+    """Every trial already ok: --resume --ray has no round to give Ray, so it neither
+    starts a local cluster (seconds) nor joins a remote one."""
+    path = tmp_path / "r.jsonl"
+    argv = [*QUICK, *TIMED_ONLY, "--no-report", "--workloads", "simple_cnn", "--settings", "default"]
+    argv += ["--repeats", "1", "--threads", "1", "--results", str(path)]
+    assert main(["run", *argv]) == 0
+    before = path.read_text()
+
+    def connect(cls, address, device):
+        raise AssertionError("a Ray cluster was started with no trial to run")
+
+    monkeypatch.setattr(cluster.importlib.util, "find_spec", lambda name: object())  # as if Ray were installed
+    monkeypatch.setattr(cluster.Cluster, "connect", classmethod(connect))
+    assert main(["run", *argv, "--ray", "--resume"]) == 0
+    assert path.read_text() == before

@@ -70,6 +70,16 @@ class Data(Axis):
             "size; leave it out of --workloads (the default workloads include it)"
         )
 
+    def check_axes(self, value, others):
+        """A DDP trial (--nproc) shards the staged batches over its ranks; a DataLoader's
+        batches are not sharded yet, and each rank would fail at its first batch."""
+        if value == "staged" or others.get("nproc") is None:
+            return None
+        return (
+            f"--data {value} with --nproc {others['nproc']}: a DDP trial shards the staged batches over its "
+            "ranks, and a DataLoader's are not sharded yet; use --data staged with --nproc"
+        )
+
 
 DATA = Data(
     name="data",

@@ -82,7 +82,12 @@ class Compile(Axis):
         return torch.compile(model) if value == "on" else model
 
     def read_back(self, workload) -> str:
-        if not hasattr(workload.model, "_orig_mod"):  # torch.compile's OptimizedModule
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = workload.model
+        if isinstance(model, DistributedDataParallel):  # --nproc wraps the compiled model (the axes' order)
+            model = model.module
+        if not hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
             return "off"
         from detcost import compat
 

@@ -18,11 +18,13 @@ the trial's spec where it needs one:
   echo the one asked for;
 - in the parent: `id_part(value)`, `estimate(value, spec)` (a `Cost`, for the dry run),
   `describe(value)` (a table's words), `snippet(values, cpu)` (the recommendation's
-  lines), `check(value, device)` and `check_workload(value, workload)` (why a value
-  cannot run, one line), `applies(others)` (whether the axis matters, given the other
-  axes' values), `varies_seed(value, purpose)`, `host_threads(value, device)` and
-  `processes(value)` (the processes a trial runs, `nproc`'s ranks: for the busy guard)
-  and `defaults_for(device)` (a sweep's values when none are given).
+  lines), `check(value, device)`, `check_workload(value, workload)` and
+  `check_axes(value, others)` (why a value cannot run: on that device, with that
+  workload, or beside the other axes' values of one trial; one line), `applies(others)`
+  (whether the axis matters, given the other axes' values), `varies_seed(value,
+  purpose)`, `host_threads(value, device)` and `processes(value)` (the processes a trial
+  runs, `nproc`'s ranks: for the busy guard) and `defaults_for(device)` (a sweep's
+  values when none are given).
 
 The hooks import torch in the trial process, not at import: the axes sit below the record
 and load without the training stack.
@@ -121,6 +123,9 @@ class Axis:
         return None
 
     def check_workload(self, value, workload) -> str | None:
+        return None
+
+    def check_axes(self, value, others: Mapping[str, Any]) -> str | None:
         return None
 
     def applies(self, others: Mapping[str, Any]) -> bool:
@@ -234,12 +239,19 @@ def combinations(values: Mapping[str, list]) -> list[dict]:
 
 
 def first_problem(values: Mapping[str, list], device: str, workloads: list) -> str | None:
-    """Why some axis value cannot run on `device` or one of `workloads` (WorkloadSpecs), one line."""
+    """Why some axis value cannot run on `device`, on one of `workloads` (WorkloadSpecs) or
+    beside another axis's value in one of the combinations a sweep runs, one line."""
     for axis, _ in each({}):
         for value in values.get(axis.name, []):
             problems = [axis.check(value, device), *(axis.check_workload(value, w) for w in workloads)]
             if any(problems):
                 return next(p for p in problems if p)
+    for combo in combinations(values):
+        for name, value in combo.items():
+            axis = REGISTRY.get(name)
+            problem = axis and axis.check_axes(value, {k: v for k, v in combo.items() if k != name})
+            if problem:
+                return problem
     return None
 
 

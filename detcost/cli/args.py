@@ -221,8 +221,8 @@ def _add_run_trust(g) -> None:
         "--decide",
         action="store_true",
         help="add rounds only to the prices whose interval still straddles the budget (--max-slowdown), until "
-        "each is within or over it, or --max-repeats or --max-time; the sweep looks at 3, 6, 12, ... rounds and "
-        "spreads the intervals' 95%% over the looks, so stopping early does not overstate them",
+        "each is within or over it, or --max-repeats (at least 5) or --max-time; the sweep looks at 5, 10, 20, "
+        "... rounds and spreads the intervals' 95%% over the looks, so stopping early does not overstate them",
     )
     g.add_argument(
         "--max-repeats",
