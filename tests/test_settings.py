@@ -45,7 +45,8 @@ TABLE = {
     "strict_nofill": (True, False, True, True, False),
 }
 
-# The frameworks' switches as their sources set them (README's settings table), a line each:
+# The frameworks' switches as their sources set them (docs/settings.md, "The frameworks'
+# switches"), a line each:
 # cudnn.benchmark, cudnn.deterministic, use_deterministic_algorithms, warn_only,
 # CUBLAS_WORKSPACE_CONFIG, CUDA_LAUNCH_BLOCKING (cudnn.enabled and the fill: torch's defaults)
 SWITCHES = {

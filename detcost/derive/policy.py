@@ -19,8 +19,8 @@ DEFAULT_MAX_SLOWDOWN = 0.10
 # The least rounds a price may be judged on (within or over budget, a gate pass): fewer
 # and the price "cannot decide". Two rounds give a t interval one degree of freedom; when
 # they happen to agree, the spread is estimated near zero and the interval is narrow by
-# luck. How the number was chosen, on this project's measurements: README, "How much
-# evidence a verdict needs" (scripts/min_rounds.py).
+# luck. How the number was chosen, on this project's measurements: docs/statistics.md,
+# "How much evidence a verdict needs" (scripts/min_rounds.py).
 MIN_ROUNDS = 5
 _FIND = object()  # resolve(): look for the team config from the working directory
 

@@ -45,10 +45,10 @@ def frameworks_table(m: MachineAnalysis) -> tuple[list[str], list[list[str]]]:
 def frameworks_intro(m: MachineAnalysis) -> str:
     """What the table shows, and on the CPU which switches run the same kernels as strict."""
     text = (
-        "Each framework switch this run priced, with the flags and environment its source sets (the README's "
-        "settings table cites the version read), beside detcost's own setting that is at least as reproducible "
-        "(bitwise identical repeats where the switch's were) for the lowest price; prices whose intervals overlap "
-        "tie, and fewer changes from default win."
+        "Each framework switch this run priced, with the flags and environment its source sets (the table of "
+        "framework switches in detcost's docs/settings.md cites the version read), beside detcost's own setting "
+        "that is at least as reproducible (bitwise identical repeats where the switch's were) for the lowest "
+        "price; prices whose intervals overlap tie, and fewer changes from default win."
     )
     if m.cpu:
         same = sorted({v.switch for v in m.frameworks if FRAMEWORKS[v.switch].deterministic_algorithms})
