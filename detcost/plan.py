@@ -119,6 +119,19 @@ class SweepOptions:
         return axes.combinations(self.axes)
 
 
+# The default run's rounds, by device: the least a verdict rests on (MIN_ROUNDS) on a GPU;
+# on a CPU, whose trials vary more from one fresh process to the next, rounds enough for
+# the A/A control of the default workloads to resolve the default budget at the noise
+# measured on a 2-core machine, with room for a neighbour (docs/statistics.md, "The
+# default run").
+DEFAULT_ROUNDS = {"cuda": MIN_ROUNDS, "cpu": 8}
+
+
+def default_rounds(device: str) -> int:
+    """`detcost run`'s rounds where --repeats is not given."""
+    return DEFAULT_ROUNDS["cuda" if is_cuda(device) else "cpu"]
+
+
 def size_preset(device: str, quick: bool = False) -> str:
     """The size preset a run uses: --quick's, else the device's (gpu on CUDA, cpu)."""
     return "quick" if quick else ("gpu" if is_cuda(device) else "cpu")

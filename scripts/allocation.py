@@ -54,12 +54,27 @@ def one(workload: str, name: str, rounds: int, folder: Path, seed: int) -> dict:
     finite = aa.price.rounds >= 2 and aa.price.lo > 0 and math.isfinite(aa.price.hi)
     half = math.log(aa.price.hi / aa.price.lo) / 2 if finite else math.inf  # on the log scale
     busy = sum(1 for r in out.records if r.is_busy)
+    trial_sd = _trial_sd(out.records)
     return {
         "workload": workload, "allocation": name, "steps": steps, "threads": threads, "rounds": aa.price.rounds,
         "wall_s": wall, "aa": aa.price.ratio, "aa_lo": aa.price.lo, "aa_hi": aa.price.hi,
         "half_width": math.expm1(half), "half_width_per_minute": math.expm1(half * math.sqrt(wall / 60)),
-        "busy_trials": busy,
+        "busy_trials": busy, "trial_sd": trial_sd,
     }  # fmt: skip
+
+
+def _trial_sd(records) -> float:
+    """The per-trial noise: the sd of the log of each timed trial's median step time around
+    its label's mean (default's and the A/A control's trials, pooled)."""
+    import numpy as np
+
+    by_label: dict[str, list[float]] = {}
+    for r in records:
+        if r.timing and r.spec.kind.value in ("timed", "aa"):
+            by_label.setdefault(r.spec.kind.value, []).append(math.log(float(np.median(r.timing.step_times_s))))
+    devs = [x - float(np.mean(v)) for v in by_label.values() if len(v) > 1 for x in v]
+    dof = sum(len(v) - 1 for v in by_label.values() if len(v) > 1)
+    return math.sqrt(sum(d * d for d in devs) / dof) if dof else math.nan
 
 
 def main() -> int:
@@ -80,7 +95,7 @@ def main() -> int:
                     rows.append(row)
                     print(f"{w:12} {name:10} steps {row['steps']:>3}  {row['rounds']} rounds  {row['wall_s']:6.1f} s  "
                           f"A/A ±{row['half_width']:.1%}  per minute ±{row['half_width_per_minute']:.1%}  "
-                          f"busy {row['busy_trials']}", flush=True)  # fmt: skip
+                          f"trial sd {row['trial_sd']:.3f}  busy {row['busy_trials']}", flush=True)  # fmt: skip
     if args.out:
         args.out.with_suffix(".json").write_text(json.dumps({"rounds": args.rounds, "rows": rows}, indent=1))
     return 0

@@ -54,7 +54,7 @@ def one_line_error(capsys, argv) -> str:
         (["run", "--input", "3x32x32"], "give --model too"),
         (["run", "--data", "stream"], "unknown value 'stream'; valid: staged, loader, loader-unseeded"),
         (["run", "--workers", "-1"], "must be at least 0"),
-        (["run", "--data", "loader"], "multiscale changes its input size every step"),
+        (["run", "--workloads", "all", "--data", "loader"], "multiscale changes its input size every step"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, argv, expected):

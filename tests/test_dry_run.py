@@ -21,7 +21,7 @@ import torch
 from detcost import axes, env, estimate, isolation, plan, results
 from detcost.cli import main
 from detcost.settings import DEFAULT_SETTINGS
-from detcost.workloads import BUILTIN, data
+from detcost.workloads import BUILTIN, DEFAULT_WORKLOADS, data
 from tests.conftest import run_cli
 from tests.test_gpu_sizes import _meta_batch
 
@@ -85,7 +85,8 @@ def test_the_default_gpu_sweep_is_estimated_within_15_minutes_with_its_assumptio
                     + trim[1].split()) == 0  # fmt: skip
         trimmed = float(re.search(r"rough estimate ([\d.]+) min", capsys.readouterr().out)[1])
         assert trimmed <= TARGET_MIN and trimmed == pytest.approx(float(trim[2]), abs=0.3)
-    assert planned == len(plan.plan(_options("cuda:0")))
+    default = _options("cuda:0", workloads=list(DEFAULT_WORKLOADS), repeats=plan.DEFAULT_ROUNDS["cuda"])
+    assert planned == len(plan.plan(default))
     assert "no GPU was available to measure these figures" in out
     for figure in estimate.CUDA_FIGURES.values():  # each assumed figure, with where it comes from
         assert figure.basis in out
@@ -130,7 +131,8 @@ def test_on_the_cpu_the_estimate_is_per_trial_as_measured_and_assumes_nothing_of
     out = capsys.readouterr().out
     planned = int(re.search(r"(\d+) trials planned", out)[1])
     minutes = float(re.search(r"rough estimate ([\d.]+) min", out)[1])
-    assert minutes == pytest.approx(planned * estimate.ESTIMATED_TRIAL_S["cpu"] / 60, abs=0.05)
+    servers = (plan.DEFAULT_ROUNDS["cpu"] - 1) * estimate.CPU_SERVER_S  # a new forkserver each later round
+    assert minutes == pytest.approx((planned * estimate.ESTIMATED_TRIAL_S["cpu"] + servers) / 60, abs=0.05)
     assert "no GPU was available" not in out and "GPU:" not in out
 
 

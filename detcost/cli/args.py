@@ -100,13 +100,15 @@ def _add_run(sub) -> None:
 
 
 def _add_run_what(g) -> None:
-    from detcost.workloads import BUILTIN
+    from detcost.derive.policy import MIN_ROUNDS
+    from detcost.plan import DEFAULT_ROUNDS
+    from detcost.workloads import DEFAULT_WORKLOADS
 
     g.add_argument(
         "--workloads",
         default=None,
-        help=f"comma list of workloads (default: the team config's, else the built-in {','.join(BUILTIN)}, or "
-        "only --model's); also package.module:factory",
+        help=f"comma list of workloads; all: the nine built-in ones (default: the team config's, else "
+        f"{','.join(DEFAULT_WORKLOADS)}, or only --model's); also package.module:factory",
     )
     _add_model(g)
     g.add_argument(
@@ -119,7 +121,8 @@ def _add_run_what(g) -> None:
         "--repeats",
         type=_positive_int,
         default=None,
-        help="repeats per workload x setting (default: 3 on CUDA, 2 on CPU)",
+        help=f"rounds: repeats per workload x setting (default: {DEFAULT_ROUNDS['cuda']} on CUDA, "
+        f"{DEFAULT_ROUNDS['cpu']} on the CPU; a verdict needs {MIN_ROUNDS})",
     )
     g.add_argument(
         "--seed", type=_non_negative_int, default=None, help="trial seed (default: the team config's, else 0)"

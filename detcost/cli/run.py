@@ -14,13 +14,13 @@ from detcost.errors import UsageError
 
 def _workload_names(args) -> list[str]:
     """--workloads and --model as workload names; a broken --model is a UsageError now,
-    before any trial starts. Without --workloads: the built-in ones, or only the model."""
-    from detcost.workloads import BUILTIN, parse_workloads
+    before any trial starts. Without --workloads: the default ones, or only the model."""
+    from detcost.workloads import DEFAULT_WORKLOADS, parse_workloads
     from detcost.workloads.model import resolve
 
     if args.model is None and (args.input or args.classes):
         raise UsageError("--input and --classes describe --model; give --model too")
-    given = args.workloads or ("" if args.model else ",".join(BUILTIN))
+    given = args.workloads or ("" if args.model else ",".join(DEFAULT_WORKLOADS))
     names = [w.name for w in parse_workloads(given)] if given else []
     return names + ([resolve(args.model, args.input, args.classes).name] if args.model else [])
 
@@ -56,26 +56,24 @@ def sweep_options(args, team=None, notes: list[str] | None = None):
     from detcost import axes
     from detcost.derive.policy import resolve
     from detcost.env import resolve_device
-    from detcost.plan import SweepOptions, new_run_id, size_preset
+    from detcost.plan import SweepOptions, default_rounds, new_run_id, size_preset
     from detcost.settings import DEFAULT_SETTINGS, parse_settings
-    from detcost.timing import is_cuda
 
     policy = resolve(args.max_slowdown, team=team)
     args = with_team(args, team)
+    device = resolve_device(args.device)
     workloads = _workload_names(args)
     settings = [s.name for s in parse_settings(args.settings or ",".join(DEFAULT_SETTINGS))]
     if team is not None and team.setting and team.setting not in settings:
         settings.append(team.setting)
         if notes is not None:
             notes.append(f"note: {team.setting} added to the settings: the team config ({team.path}) names it")
-    device = resolve_device(args.device)
-    cuda = is_cuda(device)
     run_id = new_run_id()
     results = _results_path(args.results, run_id)
     return SweepOptions(
         workloads=workloads,
         settings=settings,
-        repeats=args.repeats or (3 if cuda else 2),
+        repeats=args.repeats or default_rounds(device),
         seed=args.seed,
         device=device,
         axes={name: getattr(args, f"axis_{name}") for name in axes.names() if getattr(args, f"axis_{name}")},

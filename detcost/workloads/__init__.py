@@ -22,7 +22,9 @@ from detcost.workloads import (
 from detcost.workloads.base import Batch, Factory, Size, Workload, WorkloadConfig
 
 __all__ = [
+    "ALL",
     "BUILTIN",
+    "DEFAULT_WORKLOADS",
     "REGISTRY",
     "SIZE_PRESETS",
     "Batch",
@@ -72,7 +74,17 @@ REGISTRY: dict[str, WorkloadSpec] = {
         WorkloadSpec("scatter", scatter.build, scatter.SIZES, scatter.DESCRIPTION),
     )
 }
-BUILTIN = tuple(REGISTRY)  # the default workloads of a sweep
+BUILTIN = tuple(REGISTRY)  # every built-in workload of the sweep: `--workloads all`
+# The default run's workloads, on a GPU and on the CPU alike: a classifier, per-pixel labels
+# (which strict cannot run on CUDA) and the dilated convolutions cudnn.deterministic slows
+# most. On a 2-core CPU they are also the three of the nine whose steps were steadiest from
+# one fresh process to the next (per-trial noise 0.9-4.3%, against 5-12% for simple_cnn,
+# mobilenet, transposed and scatter), so a few rounds resolve the budget there
+# (docs/statistics.md, "The default run"). `--workloads all` runs the nine.
+DEFAULT_WORKLOADS = ("resnet18", "unet", "dilated")
+ALL = "all"  # --workloads all: every built-in workload
+
+
 # Built in, not in the default sweep: they need an optional extra.
 REGISTRY["digits"] = WorkloadSpec(
     "digits", digits.build, digits.SIZES, digits.DESCRIPTION, requires=(digits.REQUIRES, digits.EXTRA)
@@ -122,11 +134,14 @@ def get_workload(name: str) -> WorkloadSpec:
         return WorkloadSpec(name, spec.build, spec.sizes(), f"user model {spec.target}")
     if ":" in name:
         return _from_import_path(name)
-    raise UsageError(f"unknown workload {name!r}; valid workloads: {', '.join(REGISTRY)} (or package.module:factory)")
+    raise UsageError(
+        f"unknown workload {name!r}; valid workloads: {', '.join(REGISTRY)}, {ALL} (the built-in ones) "
+        "(or package.module:factory)"
+    )
 
 
 def parse_workloads(text: str) -> list[WorkloadSpec]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    names = [m for n in text.split(",") if n.strip() for m in (BUILTIN if n.strip() == ALL else (n.strip(),))]
     if not names:
         raise UsageError(f"no workloads given; valid workloads: {', '.join(REGISTRY)}")
     return [get_workload(n) for n in dict.fromkeys(names)]
