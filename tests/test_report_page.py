@@ -1,0 +1,66 @@
+"""The report as a page a team reads to choose its flags: a pooled group marked once, the
+CPU note written once, a worst price that is the decided one and says so, an explanation
+of what a reader can act on, and a page that ends (measured in Chromium, folds closed)."""
+
+from __future__ import annotations
+
+import math
+
+from detcost.derive.decide import decided
+from detcost.derive.keys import AA_LABEL, GroupKey
+from detcost.derive.policy import Policy
+from detcost.derive.prices import Price, Verdict, prices
+from detcost.derive.recommend import candidates
+from detcost.record import TrialRecord
+from detcost.stats import PairedRatio
+from tests.conftest import make_spec
+from tests.test_report import _golden_with
+
+
+def _row(workload: str, label: str, ratio: float, lo: float, hi: float, members=None, fastest="default") -> Price:
+    """A price row of 6 rounds against `fastest`, with a 1% noise floor."""
+    nan = math.nan
+    verdict = Verdict.NOISE_FLOOR if label == AA_LABEL else Verdict.WITHIN_NOISE
+    return Price(GroupKey(workload, ()), label, members or (label,), 5, 100.0, nan, 0.01,
+                 PairedRatio(ratio, lo, hi, 6), fastest, None, nan, nan, nan, 0.0, 0, 0, detectable=0.01,
+                 verdict=verdict)  # fmt: skip
+
+
+def test_a_settings_worst_price_is_the_one_decided_over_the_budget_not_a_higher_undecided_point():
+    """strict costs 1.30 [0.80, 2.10] on one workload (straddles the budget: cannot decide)
+    and 1.15 [1.12, 1.18] on another (over it): its worst price is the one over the budget,
+    the one the recommendation reads."""
+    rows = [
+        _row("a", "default", 1.0, 1.0, 1.0), _row("a", "strict", 1.30, 0.80, 2.10), _row("a", AA_LABEL, 1.0, .99, 1.01),
+        _row("b", "default", 1.0, 1.0, 1.0), _row("b", "strict", 1.15, 1.12, 1.18), _row("b", AA_LABEL, 1.0, .99, 1.01),
+    ]  # fmt: skip
+    rows = decided(rows, Policy(max_slowdown=0.10))
+    records = [TrialRecord(make_spec(setting=s, workload=w)) for s in ("default", "strict") for w in "ab"]
+    cands = {c.setting: c for c in candidates(records, rows, [])}
+    strict = cands["strict"]
+    assert strict.worst.key.workload == "b" and strict.over_budget
+
+
+def test_a_price_stands_apart_beyond_noise_only_when_further_from_one_than_the_noise_floor():
+    """beyond_noise is set with the verdict: strict 20% slower in each of 3 rounds (too few
+    for a verdict, unconfirmed) stands apart; 6% under an A/A control that strays by 30%
+    does not; a price whose interval takes in 1.00 never does."""
+
+    def step(slower: float, aa: float):
+        def of(r):
+            if r["kind"] == "aa":
+                return 0.010 * (aa if r["repeat"] == 1 else 1.0)
+            return 0.010 * (slower if r["setting"] == "strict" else 1.0) * (1 + 0.001 * r["repeat"])
+
+        return of
+
+    def strict(slower, aa):
+        rows = prices(_golden_with(step(slower, aa)), cpu=True)
+        return next(p for p in rows if p.key.workload == "simple_cnn" and p.label == "strict")
+
+    far = strict(1.2, 1.0)
+    assert far.verdict == Verdict.UNCONFIRMED and far.beyond_noise
+    near = strict(1.06, 1.3)
+    assert near.verdict == Verdict.UNCONFIRMED and not near.beyond_noise
+    assert not any(p.beyond_noise for p in prices(_golden_with(step(1.0, 1.0)), cpu=True) if
+                   p.verdict in (Verdict.WITHIN_NOISE, Verdict.FASTEST, Verdict.NOISE_FLOOR))  # fmt: skip
