@@ -19,6 +19,7 @@ from detcost.derive.prices import Price, Verdict, prices
 from detcost.derive.recommend import candidates
 from detcost.record import TrialRecord
 from detcost.report.build import _worst_cell, build_report, machine_section, worst_caption
+from detcost.report.explain_text import explain_groups
 from detcost.stats import PairedRatio
 from tests.conftest import make_spec
 from tests.test_report import _golden_with
@@ -100,6 +101,27 @@ def test_a_setting_priced_as_one_with_default_shows_its_worst_price_once():
     cands = {c.setting: c for c in candidates(records, rows, [])}
     assert _worst_cell(cands["default"], cands, []) == "1.25 [1.15, 1.35] on a, over budget"
     assert _worst_cell(cands["benchmark"], cands, []) == "= default"
+
+
+def test_the_explanation_shows_op_tables_only_where_a_price_stands_apart_beyond_noise(golden, golden_html):
+    """The golden run: benchmark_deterministic on diag_price (1.18 [1.11, 1.26], further from
+    1.00 than its 7% noise floor) gets a table; the settings the CPU prices as one with
+    default get one line, not a table; every other profiled pair is folded."""
+    section = explain_groups(golden)
+    shown = [(s["setting"], g["workload"]) for s in section["shown"] for g in s["workloads"]]
+    assert shown == [("benchmark_deterministic", "diag_price")]
+    table = section["shown"][0]["workloads"][0]
+    assert table["price"] == "1.18 [1.11, 1.26] x strict's step, unconfirmed" and 1 <= len(table["ops"]) <= 3
+    assert section["same_kernels"].startswith(
+        "benchmark, benchmark_deterministic on simple_cnn; deterministic, "
+        "no_cudnn on every workload: their flags change no kernel on the CPU"
+    )
+    titles = [g["title"] for g in section["folded"]]
+    assert len(titles) == 5 and not any(t.startswith(("deterministic ", "no_cudnn ")) for t in titles)
+    html = golden_html.read_text()
+    explanation = html[html.index('id="explanation"') : html.index('id="failures"')]
+    assert explanation.count("<h3") == 1 and explanation.count('<details class="folded">') == 1
+    assert "cuDNN execution plans: skipped" in explanation and "<h3>cuDNN execution plans</h3>" not in explanation
 
 
 def test_a_price_stands_apart_beyond_noise_only_when_further_from_one_than_the_noise_floor():

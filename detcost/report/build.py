@@ -15,7 +15,6 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup, escape
 
 from detcost.derive.analysis import Analysis, MachineAnalysis
-from detcost.derive.attribution import TOP_OPS
 from detcost.derive.decide import FAIL, PASS, UNDECIDED, budget_text
 from detcost.derive.prices import Verdict
 from detcost.derive.recommend import Candidate
@@ -23,8 +22,15 @@ from detcost.derive.verdict import RUN_CAUSES
 from detcost.record import CudnnPlans
 from detcost.report import figures
 from detcost.report.banner import banner
-from detcost.report.explain_text import CPU_RANKING_NOTE, audit_cells, headline
-from detcost.report.fmt import compact, fmt, ratio_text, si
+from detcost.report.explain_text import (
+    CPU_RANKING_NOTE,
+    ONE_TRIAL,
+    SHOWN_OPS,
+    audit_cells,
+    audit_line,
+    explain_groups,
+)
+from detcost.report.fmt import compact, fmt, ratio_text
 from detcost.report.frameworks_text import frameworks_section, snippet_forms
 from detcost.report.keys_text import axis_values_text, models_rows, workload_text
 from detcost.report.kinds_text import kinds_section, unit_spread_section
@@ -144,25 +150,27 @@ def _figures(m: MachineAnalysis) -> list[dict]:
 
 
 def _explain_section(m: MachineAnalysis) -> dict | None:
-    """Ranked op changes per workload x setting, a bar chart, and the cuDNN plans."""
-    attr = m.attribution
-    if attr.empty:
+    """The explanation (`explain_groups`), a bar chart of the ops it shows where it shows
+    more than one workload x setting, and the cuDNN plans: one line where every trial
+    skipped the log for one reason."""
+    section = explain_groups(m)
+    if section is None:
         return None
-    attr = attr.groupby(["workload", "setting"], sort=False).head(TOP_OPS)
-    if attr.empty:
-        return None
-    groups = []
-    for _, rows in attr.groupby(["workload", "setting"], sort=False):
-        shown = rows.dropna(subset=["op"])
-        groups.append({"headline": headline(rows, cuda=not m.cpu), "rows": [
-            [r.op, r.kind, f"{r.delta_calls:+.1f}", f"{r.delta_self_cpu_ms:+.3f}", f"{r.delta_self_device_ms:+.3f}",
-             si(r.delta_cpu_memory_bytes, "B")] for r in shown.itertuples()]})  # fmt: skip
-    png = figures.explain_bars(attr, cuda=not m.cpu) if attr["op"].notna().any() else None
+    pairs = {g["pair"] for s in section["shown"] for g in s["workloads"]}
+    attr = m.attribution.groupby(["workload", "setting"], sort=False).head(SHOWN_OPS)
+    shown = attr[[(w, s) in pairs for w, s in zip(attr["workload"], attr["setting"])]].dropna(subset=["op"])
+    metric = "delta_calls" if m.cpu else "delta_ms"
+    # one pair's chart would only redraw its table; a chart of nothing (no call changed) says nothing
+    png = figures.explain_bars(shown, cuda=not m.cpu) if len(pairs) > 1 and shown[metric].any() else None
+    plans = cudnn_rows(m.cudnn_plans)
+    skipped = len(plans) == 1 and plans[0][:2] == ["all", "all"]
     return {
+        **section,
         "note": CPU_RANKING_NOTE if m.cpu else "Ops and kernels ranked by the change in self device time.",
-        "groups": groups,
+        "one_trial": ONE_TRIAL,
         "figure": _png(png),
-        "plans": cudnn_rows(m.cudnn_plans),
+        "plans": [] if skipped else plans,
+        "plans_line": f"cuDNN execution plans: {plans[0][2]}." if skipped else "",
     }
 
 
@@ -217,6 +225,7 @@ def machine_section(m: MachineAnalysis, team: str | None = None, ran: dict | Non
         "failure_header": list(failed.columns),
         "failures": failed.astype(str).values.tolist(),
         "audit": [dict(zip(("alerts", "strict"), audit_cells(a)), workload=a.workload) for a in m.audits if a.ok],
+        "audit_line": audit_line(m.audits),
         "explain": _explain_section(m),
         "busy_note": f"{busy} trial(s) ran while other processes used {m.busy_used}; their times are suspect."
         if busy
