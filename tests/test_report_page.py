@@ -22,9 +22,12 @@ from detcost.report.build import _worst_cell, build_report, machine_section, wor
 from detcost.report.explain_text import explain_groups
 from detcost.stats import PairedRatio
 from tests.conftest import make_spec
-from tests.test_report import _golden_with
+from tests.test_report import _golden_with, _opened, needs_chromium
 
 GOLDEN = Path(__file__).parent / "data" / "golden.jsonl"
+# The tallest a report may be with its folds closed, in CSS px at a 1280 px wide window:
+# about seven screens, so the page ends (a default CPU run's report was 14,000-16,000 px).
+MAX_PAGE_PX = 6000
 CPU_NOTE = "On the CPU the cuDNN flags do nothing"
 
 
@@ -147,6 +150,30 @@ def test_a_price_stands_apart_beyond_noise_only_when_further_from_one_than_the_n
     assert near.verdict == Verdict.UNCONFIRMED and not near.beyond_noise
     assert not any(p.beyond_noise for p in prices(_golden_with(step(1.0, 1.0)), cpu=True) if
                    p.verdict in (Verdict.WITHIN_NOISE, Verdict.FASTEST, Verdict.NOISE_FLOOR))  # fmt: skip
+
+
+# ---- a page that ends, measured in Chromium ------------------------------------------------
+
+
+def _page_height(html: Path) -> int:
+    """The page's full height in CSS px at a 1280 px wide window, every fold closed."""
+    with _opened(html) as (page, errors):
+        page.set_viewport_size({"width": 1280, "height": 900})
+        page.eval_on_selector_all("details", "ds => ds.forEach(d => d.open = false)")
+        height = page.evaluate("document.documentElement.scrollHeight")
+    assert errors == []
+    return height
+
+
+@needs_chromium
+def test_the_golden_report_ends_within_six_thousand_px_with_its_folds_closed(golden_html):
+    assert _page_height(golden_html) <= MAX_PAGE_PX
+
+
+@needs_chromium
+def test_a_two_workload_quick_runs_report_ends_within_six_thousand_px_with_its_folds_closed(small_sweep):
+    html = small_sweep.parent / "report" / "index.html"
+    assert _page_height(html) <= MAX_PAGE_PX
 
 
 def test_the_pooled_mark_and_the_cpu_note_appear_once_in_the_markdown_too(tmp_path):
