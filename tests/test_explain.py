@@ -55,7 +55,7 @@ def test_the_cudnn_plan_record_is_skipped_with_a_reason_on_cpu(explain_sweep):
 def test_the_report_has_an_explanation_section(explain_sweep, tmp_path):
     assert main(["report", str(explain_sweep), "--out", str(tmp_path)]) == 0
     html = (tmp_path / "index.html").read_text()
-    assert 'id="explanation"' in html and "aten::fill_" in html and "strict_nofill vs default" in html
+    assert 'id="explanation"' in html and "aten::fill_" in html and "strict_nofill on simple_cnn: " in html
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,9 @@ from detcost.derive.recommend import recommend
 from detcost.derive.variance import Spread
 from detcost.record import Status, TrialRecord
 from detcost.report.build import ALL_IDENTICAL, NONE_DIVERGE
+from detcost.report.explain_text import explain_groups
 from detcost.stats import PairedRatio
-from tests.conftest import V1_SAMPLE, make_spec
+from tests.conftest import V1_SAMPLE, analysis_of, make_spec
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [
@@ -54,16 +55,25 @@ def test_run_writes_the_html_report_and_markdown_summary(report):
         'id="method"',
     ):
         assert section in text
-    for figure in ("price", "cold start", "what changed"):
+    for figure in ("price", "cold start"):
         assert f'alt="{figure}"' in text, figure
     # a CPU run's repeats are bitwise identical: the spread's two figures give way to a sentence each
     assert str(escape(ALL_IDENTICAL)) in text and str(escape(NONE_DIVERGE)) in text
     assert 'alt="tradeoff"' not in text and 'alt="divergence"' not in text
-    assert text.count('<img src="data:image/png;base64,') == 3  # two figures and the explanation's chart
+    # the explanation's chart only where it shows more than one workload x setting (else its table says it)
+    chart = explained_pairs(report[0].parent.parent / "r.jsonl") > 1
+    assert ('alt="what changed"' in text) == chart
+    assert text.count('<img src="data:image/png;base64,') == 2 + chart
     assert "cuDNN flags do nothing" in text  # a CPU run says so
     assert AA_LABEL in text and SEED_LABEL in text
     summary = md.read_text()  # what is recommended depends on this sweep's noisy timings; that it is said does not
     assert "## Recommendation" in summary and ("torch.set_num_threads(" in summary or "No recommendation" in summary)
+
+
+def explained_pairs(path) -> int:
+    """How many workload x setting pairs the report's explanation shows an op table for."""
+    section = explain_groups(analysis_of(path))
+    return sum(len(s["workloads"]) for s in section["shown"]) if section else 0
 
 
 def test_the_report_is_self_contained(report):
@@ -283,7 +293,8 @@ def test_the_report_opens_in_headless_chromium_without_errors(report):
         heading = page.inner_text("#recommendation")
         recommendation = page.inner_text(".rec")
     assert errors == []
-    assert len(images) == 3 and all(images)  # price, cold start, what changed: the CPU repeats are identical
+    # price, cold start (the CPU repeats are identical), and the explanation's chart where it compares
+    assert len(images) == 2 + (explained_pairs(report[0].parent.parent / "r.jsonl") > 1) and all(images)
     assert heading == "Recommendation" and recommendation.startswith(("Use ", "No recommendation"))
 
 

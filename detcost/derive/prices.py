@@ -63,6 +63,12 @@ class Price:
     detectable: float = math.nan  # the group's smallest detectable price
     verdict: Verdict = Verdict.UNCONFIRMED
     why: str = ""  # the verdict's reason where it is not the interval alone
+    # Told apart from the group's fastest by more than noise: the interval excludes 1.00 and
+    # the point is further from it than the group's smallest detectable price. Set with the
+    # verdict (`_judged`): a real price, or one unconfirmed for the run's reasons (too few
+    # rounds, busy trials, a strayed A/A control) rather than for its size. What the
+    # report's explanation shows an op table for.
+    beyond_noise: bool = False
     flag_reacts: bool = False  # a cuDNN-only setting that the CPU data says is not free
     # the CV of samples/s across default's own trials in the group (the noise floor's
     # yardstick; a pooled row's own CV mixes settings)
@@ -344,6 +350,7 @@ def _judged(p: Price, rows: list[Price]) -> Price:
         return replace(p, verdict=Verdict.UNCONFIRMED, why=f"no spread across its {r.rounds} rounds: no interval")
     if r.includes_one:
         return replace(p, verdict=Verdict.WITHIN_NOISE)
+    p = replace(p, beyond_noise=not (math.isfinite(p.detectable) and abs(r.ratio - 1) < p.detectable))
     if r.rounds < MIN_ROUNDS:
         why = f"{r.rounds} rounds, fewer than the {MIN_ROUNDS} a verdict rests on: a narrow interval may be luck"
         return replace(p, verdict=Verdict.UNCONFIRMED, why=why)

@@ -22,10 +22,15 @@ from detcost.derive.keys import is_cpu, ok_of, setting_order
 from detcost.derive.policy import Policy
 from detcost.derive.prices import Price, detectable_by_workload, noise_floor
 from detcost.derive.variance import Spread
-from detcost.derive.verdict import BUSY, FAIL, NOISY, RUN_CAUSES, TOO_FEW_ROUNDS, UNPAIRED
+from detcost.derive.verdict import BUSY, FAIL, NOISY, PASS, RUN_CAUSES, TOO_FEW_ROUNDS, UNDECIDED, UNPAIRED
 from detcost.record import Kind, Status, TrialRecord
 from detcost.settings import REFERENCE, SETTINGS, get_setting
 from detcost.snippets import snippet, snippets
+
+# Which price of a setting is its worst: one decided over the budget before one not decided,
+# that before one within it; then the higher point. So the worst price a table shows is the
+# one the recommendation's "over budget" read, never a higher point that was not decided.
+SEVERITY = {FAIL: 2, UNDECIDED: 1, PASS: 0}
 
 # Two spreads this close are the same spread (float noise of a mean): ties go to fewer changes.
 SPREAD_TIE = 1.0001
@@ -38,7 +43,7 @@ class Candidate:
     setting: str
     runs_everywhere: bool
     failures: str
-    worst: Price | None  # its highest price across the groups (the row that prices it)
+    worst: Price | None  # its worst price across the groups (`SEVERITY`, then the highest point)
     over_budget: bool  # a price of it decided over the budget (`Price.decision_for`)
     bitwise_workloads: int
     groups: int
@@ -98,7 +103,7 @@ def candidates(records: list[TrialRecord], prices: list[Price], spreads: list[Sp
                 setting=s,
                 runs_everywhere=not failed and {r.spec.workload for r in trials} == workloads,
                 failures="; ".join(sorted({f"{r.spec.workload}: {r.status}" for r in failed})),
-                worst=max(rows, key=lambda p: p.price.ratio) if rows else None,
+                worst=max(rows, key=lambda p: (SEVERITY[p.decision_for(s).status], p.price.ratio)) if rows else None,
                 over_budget=any(p.decision_for(s).status == FAIL for p in rows),
                 bitwise_workloads=sum(v.all_identical for v in same),
                 groups=len(same),
@@ -228,11 +233,8 @@ def _pick(eligible: list[Candidate], noise: float) -> tuple[Candidate, list[Cand
 
 
 def _reason(pick: Candidate, tied: list[Candidate], budget: float, noise: float) -> str:
-    where = (
-        f"within the {budget:.2f}x budget"
-        if pick.max_price <= budget
-        else f"its interval reaches into the {budget:.2f}x budget"
-    )
+    within = pick.worst is not None and pick.worst.decision_for(pick.setting).status == PASS
+    where = f"within the {budget:.2f}x budget" if within else f"its interval reaches into the {budget:.2f}x budget"
     if not math.isfinite(pick.max_price_hi):
         bracket = "[one round: no interval]"
     elif pick.max_price_lo == pick.max_price_hi:
@@ -244,8 +246,6 @@ def _reason(pick: Candidate, tied: list[Candidate], budget: float, noise: float)
         f"{bracket}, {where} "
         f"(this run detects prices above {noise:.0%})"
     )
-    if pick.worst is not None and pick.worst.pooled:
-        reason += f" (on the CPU {', '.join(pick.worst.members)} run the same kernels and are priced as one)"
     if len(tied) > 1:
         others = ", ".join(t.setting for t in tied if t.setting != pick.setting)
         change = "changes no flag" if pick.changes == 0 else f"changes {pick.changes} flag(s) from default"

@@ -12,18 +12,27 @@ from pathlib import Path
 import matplotlib.colors as mcolors
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup, escape
 
 from detcost.derive.analysis import Analysis, MachineAnalysis
-from detcost.derive.attribution import TOP_OPS
+from detcost.derive.decide import FAIL, PASS, UNDECIDED, budget_text
 from detcost.derive.prices import Verdict
-from detcost.derive.recommend import Recommendation, cpu_note
+from detcost.derive.recommend import Candidate
+from detcost.derive.verdict import RUN_CAUSES
 from detcost.record import CudnnPlans
 from detcost.report import figures
 from detcost.report.banner import banner
-from detcost.report.explain_text import CPU_RANKING_NOTE, audit_cells, headline
-from detcost.report.fmt import compact, fmt, interval_text, si
+from detcost.report.explain_text import (
+    CPU_RANKING_NOTE,
+    ONE_TRIAL,
+    SHOWN_OPS,
+    audit_cells,
+    audit_line,
+    explain_groups,
+)
+from detcost.report.fmt import compact, fmt, ratio_text
 from detcost.report.frameworks_text import frameworks_section, snippet_forms
-from detcost.report.keys_text import models_rows
+from detcost.report.keys_text import axis_values_text, models_rows, workload_text
 from detcost.report.kinds_text import kinds_section, unit_spread_section
 from detcost.report.prices_text import (
     DETAIL_CAPTION,
@@ -32,7 +41,7 @@ from detcost.report.prices_text import (
     layout_text,
     levels_text,
     price_details,
-    price_matrix,
+    report_matrix,
 )
 from detcost.report.scaling_text import scaling_section
 from detcost.report.variance_text import variance_display
@@ -44,27 +53,53 @@ class ReportPaths:
     markdown: Path
 
 
-def _candidates(rec: Recommendation) -> list[dict]:
+# A budget decision (`derive.decide`) in the words of the recommendation's table.
+DECISION_WORDS = {PASS: "within budget", FAIL: "over budget", UNDECIDED: "cannot decide"}
+
+
+def worst_caption(budget: float) -> str:
+    """What the recommendation's "worst price" column is, said once under it."""
+    return (
+        "Worst price: of a setting's prices across the workloads (each its step time over that workload's fastest "
+        "setting's, as in the Price table), the one decided over the budget if there is one, else the highest; "
+        f"the workload it is on; and its decision against the {budget_text(budget)} budget (within budget, over "
+        "budget, cannot decide), the one the recommendation, the trade-off figure and detcost gate read. Two "
+        "worst prices whose intervals overlap do not rank their settings. = default: the very price of "
+        "default's row, which prices this setting as one with default."
+    )
+
+
+def _worst_cell(c: Candidate, heads: dict[str, Candidate], fields: list[str]) -> str:
+    """`1.16 [0.91, 1.48] on scatter, cannot decide`; `= default` where the worst price is
+    the very row default's cell shows (the settings the CPU prices as one with it)."""
+    p = c.worst
+    if p is None:
+        return "-"
+    head = heads.get(p.label)
+    if p.pooled and c.setting != p.label and head is not None and head.worst is p:
+        return f"= {p.label}"
+    price = "1.00 (fastest)" if p.verdict == Verdict.FASTEST else ratio_text(p.price)
+    axes = axis_values_text(p.key.shown(fields))
+    where = workload_text(p.key.workload) + ("" if axes == "-" else f" ({axes})")
+    d = p.decision_for(c.setting)
+    cause = f" ({d.cause})" if d.cause and d.cause not in RUN_CAUSES else ""
+    pooled = f", as one with {p.label}" if p.pooled and c.setting != p.label else ""
+    return f"{price} on {where}{pooled}, {DECISION_WORDS[d.status]}{cause}"
+
+
+def _candidates(m: MachineAnalysis) -> list[dict]:
+    heads = {c.setting: c for c in m.recommendation.candidates}
     return [
         {
             "setting": c.setting,
             "color": mcolors.to_hex(figures.color(c.setting)),
             "runs": "yes" if c.runs_everywhere else f"no ({c.failures})",
-            "price": (
-                (
-                    "1.00 (fastest)"
-                    if c.worst.verdict == Verdict.FASTEST
-                    else f"{interval_text(c.max_price, c.max_price_lo, c.max_price_hi)} {c.worst.verdict}"
-                )
-                + (f" (as one with {c.worst.label})" if c.worst.pooled and c.setting != c.worst.label else "")
-                if c.worst
-                else "-"
-            ),
+            "price": _worst_cell(c, heads, m.fields),
             "bitwise": f"{c.bitwise_workloads}/{c.groups}",
             "spread": "0" if c.spread == 0 else compact(c.spread),
             "changes": str(c.changes),
         }
-        for c in rec.candidates
+        for c in m.recommendation.candidates
     ]
 
 
@@ -115,25 +150,27 @@ def _figures(m: MachineAnalysis) -> list[dict]:
 
 
 def _explain_section(m: MachineAnalysis) -> dict | None:
-    """Ranked op changes per workload x setting, a bar chart, and the cuDNN plans."""
-    attr = m.attribution
-    if attr.empty:
+    """The explanation (`explain_groups`), a bar chart of the ops it shows where it shows
+    more than one workload x setting, and the cuDNN plans: one line where every trial
+    skipped the log for one reason."""
+    section = explain_groups(m)
+    if section is None:
         return None
-    attr = attr.groupby(["workload", "setting"], sort=False).head(TOP_OPS)
-    if attr.empty:
-        return None
-    groups = []
-    for _, rows in attr.groupby(["workload", "setting"], sort=False):
-        shown = rows.dropna(subset=["op"])
-        groups.append({"headline": headline(rows, cuda=not m.cpu), "rows": [
-            [r.op, r.kind, f"{r.delta_calls:+.1f}", f"{r.delta_self_cpu_ms:+.3f}", f"{r.delta_self_device_ms:+.3f}",
-             si(r.delta_cpu_memory_bytes, "B")] for r in shown.itertuples()]})  # fmt: skip
-    png = figures.explain_bars(attr, cuda=not m.cpu) if attr["op"].notna().any() else None
+    pairs = {g["pair"] for s in section["shown"] for g in s["workloads"]}
+    attr = m.attribution.groupby(["workload", "setting"], sort=False).head(SHOWN_OPS)
+    shown = attr[[(w, s) in pairs for w, s in zip(attr["workload"], attr["setting"])]].dropna(subset=["op"])
+    metric = "delta_calls" if m.cpu else "delta_ms"
+    # one pair's chart would only redraw its table; a chart of nothing (no call changed) says nothing
+    png = figures.explain_bars(shown, cuda=not m.cpu) if len(pairs) > 1 and shown[metric].any() else None
+    plans = cudnn_rows(m.cudnn_plans)
+    skipped = len(plans) == 1 and plans[0][:2] == ["all", "all"]
     return {
+        **section,
         "note": CPU_RANKING_NOTE if m.cpu else "Ops and kernels ranked by the change in self device time.",
-        "groups": groups,
+        "one_trial": ONE_TRIAL,
         "figure": _png(png),
-        "plans": cudnn_rows(m.cudnn_plans),
+        "plans": [] if skipped else plans,
+        "plans_line": f"cuDNN execution plans: {plans[0][2]}." if skipped else "",
     }
 
 
@@ -161,7 +198,7 @@ def _plans_text(p: CudnnPlans) -> str:
 
 def machine_section(m: MachineAnalysis, team: str | None = None, ran: dict | None = None) -> dict:
     header, rows, nkeys = price_details(m, team)
-    matrix_header, matrix_rows = price_matrix(m, team)
+    matrix_header, matrix_rows, matrix_notes = report_matrix(m, team)
     shown = variance_display(m)
     failed = m.failure_frame()
     if not failed.empty:
@@ -172,10 +209,12 @@ def machine_section(m: MachineAnalysis, team: str | None = None, ran: dict | Non
         "cpu": m.cpu,
         "rec": m.recommendation,
         "banner": banner(m.recommendation, ran),
-        "candidates": _candidates(m.recommendation),
+        "candidates": _candidates(m),
+        "worst_caption": worst_caption(m.recommendation.max_slowdown),
         "matrix_header": matrix_header,
         "matrix_keys": len(matrix_header) - (len(matrix_rows[0]["cells"]) if matrix_rows else 0),
         "matrix_rows": matrix_rows,
+        "matrix_notes": matrix_notes,
         "price_header": header,
         "price_caption": DETAIL_CAPTION,
         "price_rows": rows,
@@ -186,6 +225,7 @@ def machine_section(m: MachineAnalysis, team: str | None = None, ran: dict | Non
         "failure_header": list(failed.columns),
         "failures": failed.astype(str).values.tolist(),
         "audit": [dict(zip(("alerts", "strict"), audit_cells(a)), workload=a.workload) for a in m.audits if a.ok],
+        "audit_line": audit_line(m.audits),
         "explain": _explain_section(m),
         "busy_note": f"{busy} trial(s) ran while other processes used {m.busy_used}; their times are suspect."
         if busy
@@ -194,7 +234,6 @@ def machine_section(m: MachineAnalysis, team: str | None = None, ran: dict | Non
         "level": levels_text(m.prices),
         "host_bound_note": " ".join(host_bound_lines(m.prices)),
         "environment": m.environment + models_rows(p.key.workload for p in m.prices),
-        "cpu_note": cpu_note(m.priced_settings),
         "layout": layout_text(m.layout_varied),
         "frameworks": frameworks_section(m),
         "scaling": scaling_section(m),
@@ -244,7 +283,10 @@ def _kinds(analysis: Analysis, out_dir: Path) -> dict | None:
 
 def template_env() -> Environment:
     # autoescape: every string from results (workload names, errors, a user model's name) is escaped
-    return Environment(loader=PackageLoader("detcost.report", "templates"), autoescape=select_autoescape(["j2"]))
+    env = Environment(loader=PackageLoader("detcost.report", "templates"), autoescape=select_autoescape(["j2"]))
+    # a setting's name in a narrow column breaks after an underscore, not inside a word
+    env.filters["wbr"] = lambda text: Markup(str(escape(text)).replace("_", "_<wbr>"))
+    return env
 
 
 def _template():
@@ -290,6 +332,7 @@ def markdown_summary(context: dict) -> str:
             parts += ["## Price", "", f"Step time over the fastest setting's, {m['level']} interval across rounds, "
                       "verdict.", ""]  # fmt: skip
             parts += [_md_table(m["matrix_header"], cells), ""]
+            parts += [line for note in m["matrix_notes"] for line in (note, "")]
             parts += [m["detectable"], ""] if m["detectable"] else []
             parts += [m["host_bound_note"], ""] if m["host_bound_note"] else []
             parts += ["### Every price", "", _md_table(m["price_header"], [r["cells"] for r in m["price_rows"]]), "",

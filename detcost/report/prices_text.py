@@ -25,15 +25,16 @@ def team_name(setting: str, team: str | None) -> str:
     return setting + TEAM_MARK if team and setting == team else setting
 
 
-def price_cell(p: Price, setting: str | None = None) -> str:
-    """One cell: `1.05 [1.02, 1.08] real`, `1.00 (fastest)`, and what else the row says."""
+def price_cell(p: Price, setting: str | None = None, pooled: bool = True) -> str:
+    """One cell: `1.05 [1.02, 1.08] real`, `1.00 (fastest)`, and what else the row says
+    (`pooled`: which settings it prices as one, where no other column says so)."""
     setting = setting or p.label
     if p.verdict == Verdict.FASTEST:
         text = "1.00 (fastest)"
     else:
         interval = ratio_text(p.price)
         text = f"{interval} {p.verdict}" + (f" ({p.why})" if p.why and p.why not in interval else "")
-    if p.pooled:
+    if p.pooled and pooled:
         text += f"; {len(p.members)} settings priced as one" if setting == p.label else f"; as one with {p.label}"
     if p.flag_reacts:
         text += "; the CPU reacts to this cuDNN flag"
@@ -66,6 +67,50 @@ def compact_cell(p: Price, setting: str | None = None) -> str:
     if p.host_bound and not p.is_aa:
         text += " (host-bound)"
     return text
+
+
+def matrix_cell(p: Price, setting: str, notes: list[str]) -> str:
+    """The report's matrix cell: the price, its interval and verdict in the cell of the row's
+    label; `= default` in the cells of the settings it prices as one with it (the legend
+    says what that means, once); the verdict's reason a numbered note under the table, each
+    reason written once (`notes`, appended to here); `!` where the CPU reacts to a cuDNN flag."""
+    if p.pooled and setting != p.label:
+        return f"= {p.label}"
+    if p.verdict == Verdict.FASTEST:
+        text = "1.00 (fastest)"
+    else:
+        interval = ratio_text(p.price)
+        text = f"{interval} {p.verdict}"
+        if p.why and p.why not in interval:
+            if p.why not in notes:
+                notes.append(p.why)
+            text += f" [{notes.index(p.why) + 1}]"
+    if p.flag_reacts:
+        text += " !"
+    if p.host_bound and not p.is_aa:
+        text += " (host-bound)"
+    return text
+
+
+def report_matrix(m: MachineAnalysis, team: str | None = None) -> tuple[list[str], list[dict], list[str]]:
+    """The report's price matrix (`price_matrix` with `matrix_cell`s) and what is written
+    once under it: the marks' legend, then the verdicts' reasons, numbered."""
+    notes: list[str] = []
+    header, rows = price_matrix(m, team, cell=lambda p, s: matrix_cell(p, s, notes))
+    return header, rows, matrix_marks(m.prices) + [f"[{i}] {why}" for i, why in enumerate(notes, 1)]
+
+
+def matrix_marks(prices: list[Price]) -> list[str]:
+    """What the matrix's marks mean, each said once: `= default`, `!`."""
+    marks = [
+        f"= {head}: priced as one with {head}, in {head}'s cell (on the CPU these settings' cuDNN flags change no "
+        "kernel: the note under the recommendation)"
+        for head in dict.fromkeys(p.label for p in prices if p.pooled)
+    ]
+    if any(p.flag_reacts for p in prices):
+        marks.append("!: a cuDNN-only setting the CPU reacts to, priced on its own as measured (the note under the "
+                     "recommendation gives its ratio to default)")  # fmt: skip
+    return marks
 
 
 def matrix_columns(prices: list[Price]) -> list[str]:
@@ -128,7 +173,7 @@ def price_details(m: MachineAnalysis, team: str | None = None) -> tuple[list[str
         label = team_name(p.label, team) + (f" (+ {others})" if p.pooled else "")
         cells = [
             *key_cells(p.key, m.fields), label, f"{p.samples_per_s:,.1f}{busy}", fmt(p.samples_per_s_cv, ".1%"),
-            price_cell(p), _vs_default_cell(p), fmt(p.cold_start_s, ".3f") + " s",
+            price_cell(p, pooled=False), _vs_default_cell(p), fmt(p.cold_start_s, ".3f") + " s",
             si(p.peak_memory_bytes, "B"), si(p.achieved_flops, "FLOP/s"),
         ]  # fmt: skip
         rows.append({"cls": "aa" if p.is_aa else "", "cells": cells, "verdict": str(p.verdict)})

@@ -20,7 +20,7 @@ VERDICT_LEGEND = (
     "price = step time over the fastest setting's, [95% interval across rounds], verdict: real (the interval "
     "excludes 1.00), ~ within noise (it includes 1.00), ? unconfirmed (excludes 1.00, but the run cannot stand "
     "behind it), A/A the noise floor; '= default': priced as one with default (the same kernels on the CPU); "
-    "! the CPU reacts to this cuDNN flag. summary.md and the report spell each cell out"
+    "! the CPU reacts to this cuDNN flag. summary.md and the report write each verdict out"
 )
 
 
