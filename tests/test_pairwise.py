@@ -72,7 +72,7 @@ import torch
 
 from detcost.cli import main
 from tests.conftest import QUICK
-from tests.test_dry_run import CUDA_ENTRY_POINTS, H100, cuda_build, fake_h100  # noqa: F401 - fixtures
+from tests.test_dry_run import H100, cuda_build, cuda_calls, fake_h100  # noqa: F401 - fixtures
 
 # Each factor's values, the plainest (and cheapest to run) first: the greedy generator
 # takes the first value wherever more pairs would not be covered by another.
@@ -298,25 +298,11 @@ def two_gpus(monkeypatch, request):
 
 
 @pytest.fixture
-def cuda_starts(two_gpus, monkeypatch) -> Counter:
-    """Every call into CUDA's entry points (`test_dry_run.CUDA_ENTRY_POINTS`, faked or real)
-    while CUDA has not started in this process: each is a call that would start it."""
-    calls: Counter = Counter()
-    started = torch.cuda.is_initialized
-
-    def counted(name, real):
-        def call(*args, **kwargs):
-            if not started():
-                calls[name] += 1
-            return real(*args, **kwargs)
-
-        return call
-
-    for owner, names in CUDA_ENTRY_POINTS.items():
-        for name in names:
-            if hasattr(owner, name):
-                monkeypatch.setattr(owner, name, counted(name, getattr(owner, name)))
-    return calls
+def cuda_starts(two_gpus, cuda_calls) -> Counter:  # noqa: F811 - the fixture imported above
+    """Every call into CUDA's entry points (`test_dry_run.cuda_calls`, counting the faked
+    ones too: it wraps them after `two_gpus` made them) while CUDA has not started in this
+    process: each is a call that would start it."""
+    return cuda_calls
 
 
 def _one_line(err: str) -> str:
