@@ -113,3 +113,12 @@ def test_at_the_measured_noise_the_default_cpu_rounds_judge_the_budget(tmp_path,
 def test_below_the_least_rounds_no_price_is_judged_at_any_noise(tmp_path, monkeypatch, rounds):
     for r in _judged(tmp_path, monkeypatch, rounds, sweeps=2):
         assert all(not d.decided for d in r["decisions"].values())
+
+
+def test_decide_starts_at_its_first_look_and_precision_within_its_cap(tmp_path):
+    """--decide and --precision add rounds: without --repeats they start at --decide's first
+    look (the least a verdict rests on) or within --max-repeats, not past them."""
+    assert _options(["--device", "cpu", "--decide"], tmp_path).repeats == MIN_ROUNDS
+    assert _options(["--device", "cpu", "--precision", "5%", "--max-repeats", "6"], tmp_path).repeats == 6
+    opts = _options(["--device", "cpu", "--decide", "--max-repeats", "6"], tmp_path)
+    assert opts.repeats == MIN_ROUNDS and opts.looks[0] == MIN_ROUNDS and opts.looks[-1] == 6

@@ -66,3 +66,18 @@ def test_a_cpu_cudnn_setting_the_data_says_is_not_free_is_shown_as_measured(rend
     assert "reacts to the flag" in rendered["summary.txt"] and "reacts to the flag" in rendered["summary.md"]
     assert ("simple_cnn", "benchmark") not in rows  # there it is priced as one with default
     assert "benchmark" in rows["simple_cnn", "default"]["priced_as_one"]
+
+
+def test_the_summary_of_a_run_without_decide_gives_every_price_its_decision_once(rendered):
+    """Every price the terminal shows carries its decision against the budget, read from
+    the analysis (the JSON's decisions), or the rounds that would reach one."""
+    decisions = json.loads(rendered["summary.json"])["decisions"]
+    block = rendered["summary.txt"].split("against the 10% budget", 1)[1].split("\n\n", 1)[0]
+    within = next((line for line in block.splitlines() if line.startswith("  within budget: ")), "")
+    for d in decisions:
+        if d["status"] == "pass":
+            assert f"{d['workload']}: " in within and d["setting"] in within, d
+        else:
+            assert block.count(d["reason"]) == 1 and d["status"] in block, d
+            if d["rounds"] < 5:
+                assert "round" in d["reason"], d

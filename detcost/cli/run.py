@@ -56,7 +56,7 @@ def sweep_options(args, team=None, notes: list[str] | None = None):
     from detcost import axes
     from detcost.derive.policy import resolve
     from detcost.env import resolve_device
-    from detcost.plan import SweepOptions, default_rounds, new_run_id, size_preset
+    from detcost.plan import SweepOptions, new_run_id, size_preset
     from detcost.settings import DEFAULT_SETTINGS, parse_settings
 
     policy = resolve(args.max_slowdown, team=team)
@@ -73,7 +73,7 @@ def sweep_options(args, team=None, notes: list[str] | None = None):
     return SweepOptions(
         workloads=workloads,
         settings=settings,
-        repeats=args.repeats or default_rounds(device),
+        repeats=args.repeats or _first_rounds(args, device),
         seed=args.seed,
         device=device,
         axes={name: getattr(args, f"axis_{name}") for name in axes.names() if getattr(args, f"axis_{name}")},
@@ -99,6 +99,17 @@ def sweep_options(args, team=None, notes: list[str] | None = None):
         max_repeats=max(args.max_repeats, args.repeats or 0),
         ray=_ray(args.ray, args),
     )
+
+
+def _first_rounds(args, device: str) -> int:
+    """The rounds a run starts with where --repeats is not given: --decide's first look
+    (the least a verdict rests on), else the device's default rounds; --precision and
+    --decide add rounds from there, so they start within --max-repeats."""
+    from detcost.derive.policy import MIN_ROUNDS
+    from detcost.plan import default_rounds
+
+    rounds = MIN_ROUNDS if args.decide else default_rounds(device)
+    return min(rounds, args.max_repeats) if args.decide or args.precision is not None else rounds
 
 
 def _ray(address: str | None, args) -> str | None:

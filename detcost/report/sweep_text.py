@@ -211,6 +211,8 @@ def run_summary(analysis: Analysis, outcome, wall: float, report=None, team: str
         parts += ["", precision_text(outcome.precision)]
     if outcome.decide:
         parts += ["", decide_text(outcome.decide, analysis)]
+    else:
+        parts += budget_lines(analysis)
     if outcome.stopped_early:
         parts += ["", f"stopped by --max-time; rerun with --resume --results {outcome.results} to finish"]
     for m in analysis.machines:
@@ -266,13 +268,42 @@ def decide_text(d: dict, analysis: Analysis) -> str:
         "decided at an early look is as sure as it says"
     ]
     for x in decisions(analysis):
-        label = x["setting"] + (f" (+ {', '.join(x['priced_as_one'])})" if x["priced_as_one"] else "")
-        where = f" ({x['group']})" if x["group"] else ""
-        lines.append(f"  {_DECIDED[x['status']]}: {label} on {x['workload']}{where} {x['reason']}")
+        lines.append(f"  {_DECIDED[x['status']]}: {_priced(x)} {x['reason']}")
     if d["stopped_by"]:
         lines.append(f"  {d['undecided']} price(s) still undecided after {d['rounds']} rounds: stopped by "
                      f"{d['stopped_by']}")  # fmt: skip
     return "\n".join(lines)
+
+
+def _priced(x: dict) -> str:
+    """A decision's price: its setting (and those priced as one with it) on its workload."""
+    label = x["setting"] + (f" (+ {', '.join(x['priced_as_one'])})" if x["priced_as_one"] else "")
+    return f"{label} on {x['workload']}" + (f" ({x['group']})" if x["group"] else "")
+
+
+def budget_lines(analysis: Analysis) -> list[str]:
+    """Every price's decision against the budget, for a run without --decide (whose lines
+    list them one by one): the prices within it on one line, the others grouped by their
+    reason, which says what would decide them. Read from the analysis, never judged here."""
+    xs = decisions(analysis)
+    if not xs:
+        return []
+    lines = ["", f"against the {budget_text(analysis.policy.max_slowdown)} budget (each price's decision, which the "
+             "recommendation and detcost gate read):"]  # fmt: skip
+    within: dict[str, list[str]] = {}  # workload (and group): its settings within the budget
+    for x in xs:
+        if x["status"] == PASS:
+            pooled = f" (+ {len(x['priced_as_one'])} priced as one)" if x["priced_as_one"] else ""
+            where = x["workload"] + (f" ({x['group']})" if x["group"] else "")
+            within.setdefault(where, []).append(x["setting"] + pooled)
+    if within:
+        lines.append("  within budget: " + "; ".join(f"{w}: " + ", ".join(v) for w, v in within.items()))
+    by_reason: dict[tuple, list[str]] = {}
+    for x in xs:
+        if x["status"] != PASS:
+            by_reason.setdefault((x["status"], x["reason"]), []).append(_priced(x))
+    lines += [f"  {_DECIDED[status]}: {'; '.join(priced)}: {reason}" for (status, reason), priced in by_reason.items()]
+    return lines
 
 
 def per_trial_text(per_trial, results) -> str:
