@@ -43,7 +43,8 @@ from detcost import axes
 from detcost import env as envmod
 from detcost.errors import HarnessError, UsageError
 from detcost.isolation import Layout, new_server, run_isolated, start_method, stop_server
-from detcost.record import ROUND_KINDS, Status, TrialRecord, TrialSpec, flops_key
+from detcost.record import Status, TrialRecord, TrialSpec, flops_key
+from detcost.rounds import Round
 from detcost.timing import is_cuda, usable_cpus
 from detcost.trial import failure_record
 
@@ -75,11 +76,12 @@ def check_options(device: str, nproc: list[int]) -> None:
 
 
 def task_key(spec: TrialSpec) -> tuple:
-    """The task a trial runs in: a round's trials (same repeat, workload, axis values and
+    """The task a trial runs in: a round's trials of one group (workload, axis values and
     sizes) share one; the audit, profiled and seed trials share one per kind and workload."""
-    if spec.kind in ROUND_KINDS:
+    rnd = Round.of(spec)
+    if rnd is not None:
         sizes = (spec.batch_size, spec.image_size, spec.steps, spec.warmup)
-        return ("round", spec.repeat, spec.workload, json.dumps(spec.axes, sort_keys=True, default=str), sizes)
+        return (rnd, spec.workload, json.dumps(spec.axes, sort_keys=True, default=str), sizes)
     return (str(spec.kind), spec.workload)
 
 

@@ -19,6 +19,7 @@ from detcost import axes, guard
 from detcost.audit import AUDIT_STEPS
 from detcost.measure import flops_per_step
 from detcost.record import ROUND_KINDS, Kind, TrialRecord, TrialSpec
+from detcost.rounds import rounds_in
 from detcost.settings import get_setting
 from detcost.timing import is_cuda
 from detcost.trial import spawned_for_cudnn_log
@@ -219,7 +220,7 @@ def estimate(
     server_s = CUDA_FIGURES["server_s"].value if cuda else CPU_SERVER_S
     once = CUDA_FIGURES["server_s"].value + guard.SAMPLE_S if cuda and specs else 0.0
     once += max(new_servers - 1, 0) * server_s if specs else 0.0
-    rounds = len({s.repeat for s in specs if s.kind in ROUND_KINDS})
+    rounds = len(rounds_in(specs))
     round_s = in_rounds / rounds + (server_s if new_servers else 0.0) if rounds else 0.0
     total = once + sum(t for _, t in by_kind.values())
     return Estimate(total, by_kind, cuda, once, tuple(figures), learned, sources, round_s, rounds)

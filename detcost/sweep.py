@@ -25,6 +25,7 @@ from detcost.payloads import BusyReport
 from detcost.plan import SweepOptions, plan
 from detcost.record import ROUND_KINDS, Kind, TrialRecord, TrialSpec, flops_key
 from detcost.results import ResultsWriter, open_for_sweep
+from detcost.rounds import RoundServers
 from detcost.settings import REFERENCE
 from detcost.timing import is_cuda
 from detcost.train import spec_at_preset
@@ -222,8 +223,7 @@ class _Runner:
         self.method = start_method(opts.start_method, opts.device)
         # the layouts' draws: from the sweep, so a sweep's layouts can be drawn again
         self.layout_rng = random.Random(f"{opts.run_id}:{opts.seed}:layout")
-        self.round: int | None = None  # the round whose forkserver is running
-        self.started = False  # whether this sweep has started a forkserver of its own
+        self.servers = RoundServers(opts.layout_varied, self.method)  # a new forkserver each round
         self.threads = axes.host_threads(opts.axes, opts.device)
         self.new: list[TrialRecord] = []
         self.events: list[str] = []
@@ -344,7 +344,7 @@ class _Runner:
         from detcost.cluster import Task, task_threads
 
         specs = [replace(s, known_flops=self.flops.get(flops_key(s))) for s in specs]
-        varied = self.opts.layout != "fixed"
+        varied = self.opts.layout_varied
         self.tasks += 1
         left = None if self.opts.max_time is None else max(0.0, self.opts.max_time - (time.monotonic() - self.t0))
         return Task(
@@ -360,17 +360,12 @@ class _Runner:
         )
 
     def _layout_for(self, spec: TrialSpec) -> Layout | None:
-        """The trial's layout pads; with the forkserver, a server of this sweep's own for its
-        first trial and a new one at each later round, so the labels of one round share a
-        layout and the next round draws another."""
-        if self.opts.layout == "fixed":
+        """The trial's layout pads, after a new forkserver where the trial opens a round
+        (`rounds.RoundServers`)."""
+        if not self.opts.layout_varied:
             return None
-        if self.method == "forkserver":
-            later_round = spec.kind in ROUND_KINDS and self.round not in (None, spec.repeat)
-            if not self.started or later_round:
-                new_server(self.layout_rng)
-            self.started = True
-            self.round = spec.repeat if spec.kind in ROUND_KINDS else self.round
+        if self.servers.starts(spec):
+            new_server(self.layout_rng)
         return Layout.draw(self.layout_rng)
 
     def out_of_time(self) -> bool:

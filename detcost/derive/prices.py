@@ -21,6 +21,7 @@ from detcost.derive.keys import AA_LABEL, GroupKey, by_key, cudnn_only, is_busy,
 from detcost.derive.policy import MIN_ROUNDS
 from detcost.derive.verdict import BudgetDecision
 from detcost.record import ROUND_KINDS, Kind, TrialRecord
+from detcost.rounds import Round
 from detcost.settings import REFERENCE, SETTINGS
 from detcost.stats import LEVEL, PairedRatio, fastest, label_bias_var, paired_ratio, per_round, unpaired_ratio
 
@@ -142,12 +143,11 @@ class Price:
 # ---- per label ----------------------------------------------------------------------
 
 
-def rounds_of(records: list[TrialRecord]) -> dict:
-    """{round: typical step time} of one label's trials; a round is a repeat of one run on
-    one unit (GPU, or host on the CPU): where two units of a machine kind ran under one run
-    id, their trials never pair as one round."""
+def rounds_of(records: list[TrialRecord]) -> dict[Round, float]:
+    """{round: typical step time} of one label's trials, each in the round it ran in
+    (`Round.ran`: its run, its repeat and its unit)."""
     kept = [r.timing.kept for r in records]
-    pairs = [((r.spec.run_id, r.spec.repeat, r.unit), times) for r, (times, _) in zip(records, kept)]
+    pairs = [(Round.ran(r), times) for r, (times, _) in zip(records, kept)]
     return per_round(pairs, kept[0][1] if kept else None)
 
 
