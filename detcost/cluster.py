@@ -36,14 +36,14 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from detcost import axes
 from detcost import env as envmod
 from detcost.errors import HarnessError, UsageError
 from detcost.isolation import Layout, new_server, run_isolated, start_method, stop_server
-from detcost.record import Status, TrialRecord, TrialSpec, flops_key
+from detcost.record import FlopsCache, Status, TrialRecord, TrialSpec
 from detcost.rounds import Round
 from detcost.timing import is_cuda, usable_cpus
 from detcost.trial import failure_record
@@ -180,16 +180,15 @@ def run_task(task: dict, ray_context: dict | None = None) -> Iterator[dict]:
         if method == "forkserver":  # a server of this task's own, started after the pinning
             new_server(random.Random(t.server_seed)) if t.server_seed is not None else stop_server()
         results_dir = _results_dir(t.results_dir)
-        flops: dict[tuple, float] = {}  # counted once per task, as the serial sweep counts once per sweep
+        flops = FlopsCache()  # counted once per task, as the serial sweep counts once per sweep
         for spec, layout in zip(t.specs, t.layouts):
             if t.seconds_left is not None and time.monotonic() - started > t.seconds_left:
                 return  # --max-time: the parent records nothing for these; --resume runs them
-            spec = replace(spec, known_flops=spec.known_flops or flops.get(flops_key(spec)))
+            spec = flops.given(spec)
             record = run_isolated(
                 spec, method=method, timeout=t.timeout, results_dir=results_dir, machine=machine, layout=layout
             )
-            if record.timing and record.timing.flops_per_step:
-                flops[flops_key(spec)] = record.timing.flops_per_step
+            flops.learn(record)
             record.placement = placement
             yield record.to_json()
 

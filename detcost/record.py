@@ -14,7 +14,7 @@ modules of their own and imported from here.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from detcost import axes as axes_mod
 
@@ -151,6 +151,25 @@ def flops_key(spec: TrialSpec) -> tuple:
     computation (layout), not on the setting or the machine's threads."""
     model_axes = tuple(v for a, v in axes_mod.each(spec.axes) if a.affects_flops)
     return (spec.workload, spec.batch_size, spec.image_size, spec.total_steps, spec.device, *model_axes)
+
+
+class FlopsCache:
+    """FLOPs per step already counted (by `flops_key`), handed to the trials that come
+    after as `known_flops`: a sweep learns them from the records in its file and from each
+    record as it arrives; a Ray task from its own trials."""
+
+    def __init__(self, records: list[TrialRecord] = ()) -> None:
+        self.known: dict[tuple, float] = {}
+        for r in records:
+            self.learn(r)
+
+    def given(self, spec: TrialSpec) -> TrialSpec:
+        """`spec` with the FLOPs counted for its key (where it carries none of its own)."""
+        return replace(spec, known_flops=spec.known_flops or self.known.get(flops_key(spec)))
+
+    def learn(self, record: TrialRecord) -> None:
+        if record.timing and record.timing.flops_per_step:
+            self.known[flops_key(record.spec)] = record.timing.flops_per_step
 
 
 # The machine's fingerprint fields a report shows, in this order (detcost.env.fingerprint).

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from detcost import guard, sweep
+from detcost import executors, guard
 from detcost.cli import main
 from detcost.derive.decide import FAIL, PASS, UNDECIDED, against, decide
 from detcost.derive.policy import Policy
@@ -52,7 +52,7 @@ def quiet_machine(monkeypatch):
 
 def _decide(tmp_path, monkeypatch, step_s=STEP_S, noise=0.01, **kw):
     trials = Trials(step_s, noise)
-    monkeypatch.setattr(sweep, "_run_one", trials)
+    monkeypatch.setattr(executors, "_run_one", trials)
     opts = options(tmp_path, settings=list(step_s), decide=0.10, max_repeats=12, **kw)
     return run_sweep(opts, progress=False), trials
 
@@ -140,7 +140,7 @@ def test_the_records_interval_level_round_trips_and_older_records_read_as_95(tmp
 
 
 def test_run_decide_prints_a_decision_for_every_price(tmp_path, monkeypatch, quiet_machine, capsys):
-    monkeypatch.setattr(sweep, "_run_one", Trials(STEP_S, 0.01))
+    monkeypatch.setattr(executors, "_run_one", Trials(STEP_S, 0.01))
     monkeypatch.chdir(tmp_path)
     args = ["run", "--device", "cpu", "--quick", "--workloads", "simple_cnn", "--settings", ",".join(STEP_S),
             "--threads", "1", "--decide", "--max-repeats", "6", "--seeds", "0", "--no-audit", "--no-explain",

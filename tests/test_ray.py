@@ -346,16 +346,16 @@ def test_a_gpu_round_is_given_its_gpu_and_pinned_to_its_share_of_cores(monkeypat
 def test_precision_adds_as_many_rounds_as_run_at_once(tmp_path, monkeypatch):
     """--precision on Ray: each step adds a round per slot of the cluster (here two), never
     past --max-repeats; synthetic trials, the serial runner told it holds two."""
-    from detcost import guard, sweep
+    from detcost import executors, guard, sweep
     from detcost.payloads import BusyReport
     from tests.test_trust import SyntheticTrials, options
 
     trials = SyntheticTrials(noise=0.3)
-    monkeypatch.setattr(sweep, "_run_one", trials)
+    monkeypatch.setattr(executors, "_run_one", trials)
     monkeypatch.setattr(guard, "sample", lambda device, threads: BusyReport(0.0, 0.25))
-    monkeypatch.setattr(sweep._Runner, "rounds_at_once", lambda self: 2)
+    monkeypatch.setattr(executors.Serial, "rounds_at_once", lambda self: 2)
     steps = []
-    monkeypatch.setattr(sweep._Runner, "note_widest", lambda self, widest: steps.append(len(trials.attempts)))
+    monkeypatch.setattr(executors.Progress, "note_widest", lambda self, *widest: steps.append(len(trials.attempts)))
     out = sweep.run_sweep(options(tmp_path, precision=0.0001, max_repeats=7), progress=False)
     assert out.precision["rounds"] == 7 and not out.precision["reached"]
     # 2 rounds asked, then 2 more, 2 more and the last 1 (3 labels a round)
