@@ -282,6 +282,20 @@ def _results_dir(path: str) -> str | None:
 # ---- in the sweep's parent ------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RaySummary:
+    """Where a sweep's rounds ran on Ray: the cluster's address, the tasks submitted, the
+    most that ran at once, and the cluster's nodes alive at the end (None: not known)."""
+
+    address: str
+    tasks: int
+    at_once: int
+    nodes: int | None
+
+    def to_json(self) -> dict:
+        return {"address": self.address, "tasks": self.tasks, "at_once": self.at_once, "nodes": self.nodes}
+
+
 @dataclass
 class Cluster:
     """The Ray cluster a sweep runs its rounds on: connected (or started, for `LOCAL`) when
@@ -397,12 +411,12 @@ class Cluster:
                 ray.cancel(gen)
         self.running.clear()
 
-    def summary(self) -> dict:
+    def summary(self) -> RaySummary:
         """What the sweep's summary says of the cluster: where, how many tasks, how wide."""
         import ray
 
         nodes = sum(1 for n in ray.nodes() if n.get("Alive", True)) if ray.is_initialized() else None
-        return {"address": self.address, "tasks": self.submitted, "at_once": self.width, "nodes": nodes}
+        return RaySummary(self.address, self.submitted, self.width, nodes)
 
     def close(self) -> None:
         import ray

@@ -24,7 +24,7 @@ from detcost.rounds import RoundServers
 from detcost.trial import CUDA_AT_START
 
 if TYPE_CHECKING:
-    from detcost.cluster import Cluster, Task
+    from detcost.cluster import Cluster, RaySummary, Task
 
 
 class Clock:
@@ -133,7 +133,7 @@ class Executor:
         """How many rounds run at once (what --precision adds at each step)."""
         return 1
 
-    def summary(self) -> dict | None:
+    def summary(self) -> RaySummary | None:
         """What the sweep's summary says of where the rounds ran (on Ray)."""
         return None
 
@@ -218,7 +218,7 @@ class OnRay(Executor):
             threads=task_threads(specs, self.opts.device),
         )
 
-    def summary(self) -> dict | None:
+    def summary(self) -> RaySummary | None:
         return self.cluster.summary() if self.cluster is not None else None
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from detcost import axes
 from detcost import env as envmod
+from detcost.cluster import RaySummary
 from detcost.derive.keys import AA_LABEL, GroupKey
 from detcost.errors import UsageError
 from detcost.executors import Clock, OnRay, Progress, Serial
@@ -28,6 +29,41 @@ from detcost.results import ResultsWriter, open_for_sweep
 from detcost.settings import REFERENCE
 from detcost.timing import is_cuda
 from detcost.train import spec_at_preset
+
+
+@dataclass(frozen=True)
+class PrecisionReport:
+    """--precision: the target half-width, the rounds run, whether every price reached it,
+    the widest interval, the prices that did not reach it (with what they reached), and
+    what stopped the sweep short of it."""
+
+    target: float
+    rounds: int
+    reached: bool
+    widest: float
+    unmet: dict[str, float]
+    stopped_by: str | None
+
+    def to_json(self) -> dict:
+        return {"target": self.target, "rounds": self.rounds, "reached": self.reached, "widest": self.widest,
+                "unmet": dict(self.unmet), "stopped_by": self.stopped_by}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DecideReport:
+    """--decide: the budget, the looks and their interval level, the rounds run, how many
+    prices stayed undecided, and what stopped the sweep before they were."""
+
+    budget: float
+    looks: tuple[int, ...]
+    level: float
+    rounds: int
+    undecided: int
+    stopped_by: str | None
+
+    def to_json(self) -> dict:
+        return {"budget": self.budget, "looks": list(self.looks), "level": self.level, "rounds": self.rounds,
+                "undecided": self.undecided, "stopped_by": self.stopped_by}  # fmt: skip
 
 
 @dataclass
@@ -43,9 +79,9 @@ class SweepResult:
     events: list[str] = field(default_factory=list)  # what the quiet-machine guard did
     reruns: int = 0  # trials run a second time because the machine was busy the first
     reruns_at_end: int = 0  # of those, the ones run again after the planned trials (`rerun_busy`)
-    precision: dict | None = None  # --precision: reached or not, and what each price reached
-    decide: dict | None = None  # --decide: the budget, the looks, the level, why it stopped
-    ray: dict | None = None  # --ray: the cluster's address, the tasks, how many ran at once, its nodes
+    precision: PrecisionReport | None = None  # --precision: reached or not, and what each price reached
+    decide: DecideReport | None = None  # --decide: the budget, the looks, the level, why it stopped
+    ray: RaySummary | None = None  # --ray: the cluster's address, the tasks, how many ran at once, its nodes
 
 
 def _check_same_options(existing: list[TrialRecord], planned: list[TrialSpec], path: Path) -> None:
@@ -178,29 +214,29 @@ def _beside(rows: list, undecided: list) -> set[tuple]:
     return wanted | {(p.key.without_machine(), REFERENCE) for p in undecided}
 
 
-def _decide_report(opts: SweepOptions, undecided: list, stopped_by: str | None) -> dict:
+def _decide_report(opts: SweepOptions, undecided: list, stopped_by: str | None) -> DecideReport:
     """The budget, the looks and their level, the rounds run, and why prices stayed open."""
-    return {
-        "budget": opts.decide,
-        "looks": list(opts.looks),
-        "level": opts.interval_level,
-        "rounds": opts.repeats,
-        "undecided": len(undecided),
-        "stopped_by": None if not undecided else (stopped_by or f"the last look (--max-repeats {opts.max_repeats})"),
-    }
+    return DecideReport(
+        budget=opts.decide,
+        looks=tuple(opts.looks),
+        level=opts.interval_level,
+        rounds=opts.repeats,
+        undecided=len(undecided),
+        stopped_by=None if not undecided else (stopped_by or f"the last look (--max-repeats {opts.max_repeats})"),
+    )
 
 
-def _precision_report(opts: SweepOptions, widths: dict, stopped_by: str | None) -> dict:
+def _precision_report(opts: SweepOptions, widths: dict, stopped_by: str | None) -> PrecisionReport:
     """Whether every price reached the precision; the ones that did not, with what they reached."""
     unmet = {k: w for k, w in widths.items() if not w <= opts.precision}
-    return {
-        "target": opts.precision,
-        "rounds": opts.repeats,
-        "reached": not unmet,
-        "widest": max(widths.values(), default=0.0),
-        "unmet": unmet,
-        "stopped_by": None if not unmet else (stopped_by or f"--max-repeats {opts.max_repeats}"),
-    }
+    return PrecisionReport(
+        target=opts.precision,
+        rounds=opts.repeats,
+        reached=not unmet,
+        widest=max(widths.values(), default=0.0),
+        unmet=unmet,
+        stopped_by=None if not unmet else (stopped_by or f"--max-repeats {opts.max_repeats}"),
+    )
 
 
 class _Runner:

@@ -357,7 +357,7 @@ def test_precision_adds_as_many_rounds_as_run_at_once(tmp_path, monkeypatch):
     steps = []
     monkeypatch.setattr(executors.Progress, "note_widest", lambda self, *widest: steps.append(len(trials.attempts)))
     out = sweep.run_sweep(options(tmp_path, precision=0.0001, max_repeats=7), progress=False)
-    assert out.precision["rounds"] == 7 and not out.precision["reached"]
+    assert out.precision.rounds == 7 and not out.precision.reached
     # 2 rounds asked, then 2 more, 2 more and the last 1 (3 labels a round)
     assert steps == [6, 12, 18, 21]
 

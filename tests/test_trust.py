@@ -62,8 +62,8 @@ def options(tmp_path, **kw) -> SweepOptions:
 def test_precision_adds_rounds_until_every_price_is_that_precise(tmp_path, monkeypatch, quiet_machine):
     monkeypatch.setattr(executors, "_run_one", SyntheticTrials(noise=0.003))
     out = run_sweep(options(tmp_path, precision=0.02, max_repeats=20), progress=False)
-    assert out.precision["reached"] and not out.precision["unmet"]
-    assert 3 <= out.precision["rounds"] < 20  # more than the 2 asked for, far fewer than allowed
+    assert out.precision.reached and not out.precision.unmet
+    assert 3 <= out.precision.rounds < 20  # more than the 2 asked for, far fewer than allowed
     strict = next(p for p in prices(out.records, cpu=False) if p.label == "strict").price
     assert strict.ratio == pytest.approx(1.2, rel=0.01) and strict.half_width <= 0.02
 
@@ -79,8 +79,8 @@ def test_precision_not_reached_says_which_prices_and_what_they_reached(tmp_path,
     monkeypatch.setattr(executors, "_run_one", SyntheticTrials(noise=0.3))
     out = run_sweep(options(tmp_path, precision=0.01, max_repeats=4), progress=False)
     p = out.precision
-    assert not p["reached"] and p["rounds"] == 4 and p["stopped_by"] == "--max-repeats 4"
-    assert "simple_cnn: strict" in p["unmet"] and all(w > 0.01 for w in p["unmet"].values())
+    assert not p.reached and p.rounds == 4 and p.stopped_by == "--max-repeats 4"
+    assert "simple_cnn: strict" in p.unmet and all(w > 0.01 for w in p.unmet.values())
 
 
 def test_a_busy_trial_is_run_again_once_the_machine_is_quiet(tmp_path, monkeypatch):
