@@ -3,7 +3,7 @@
 A price is the ratio of two labels' step times within each round, its interval drawn from
 the spread across rounds (DESIGN: Intervals). So the round is what the plan lays out (each
 repeat a round, its labels in an order from a Williams design, `plan.round_order`), what
-the prices pair (`derive.prices.rounds_of`), what a Ray task keeps on one GPU or one set
+the prices pair (`derive.pairing.rounds_of`), what a Ray task keeps on one GPU or one set
 of cores (`cluster.task_key`: a round's trials of one group), and what the random layout
 gives a forkserver of its own (`RoundServers`, docs/layout-bias.md). Each of them asks
 `Round` which round a trial is in, so the rule is written once.
