@@ -168,7 +168,7 @@ def run_task(task: dict, ray_context: dict | None = None) -> Iterator[dict]:
     with place(t.device, t.threads, ray_context or {}) as placement:
         machine = envmod.fingerprint(t.device, gpu_properties=False)  # this node's, not the parent's
         method = start_method(t.start_method, t.device)
-        if method == "forkserver":  # a server of this task's own, started after the pinning
+        if method == "forkserver":  # a server of this task's own (its pad: `executors.Layouts`), after the pinning
             new_server(random.Random(t.server_seed)) if t.server_seed is not None else stop_server()
         results_dir = _results_dir(t.results_dir)
         flops = FlopsCache()  # counted once per task, as the serial sweep counts once per sweep

@@ -1,9 +1,9 @@
 """How a sweep's trials run, behind one interface (`Executor`): one after another here, each
 forked from a forkserver of this sweep's (`Serial`), or a round per Ray task on a Ray
 cluster (`OnRay`, `detcost.cluster`). Either hands each record to the sweep as it arrives
-(`keep`), learns nothing past --max-time (`Clock`), shows its progress (`Progress`) and
-gives each trial its memory layout (`Layouts`); the sweep's runner (`detcost.sweep`) holds
-one of them and does not ask which.
+(`keep`), gives each trial the FLOPs counted so far (`record.FlopsCache`) and its memory
+layout (`Layouts`), starts nothing past --max-time (`Clock`) and shows its progress
+(`Progress`); the sweep's runner (`detcost.sweep`) holds one of them and does not ask which.
 """
 
 from __future__ import annotations

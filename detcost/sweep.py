@@ -245,17 +245,17 @@ class _Runner:
     arrives and its FLOPs learned, a busy one run again once the machine is quiet."""
 
     def __init__(self, opts: SweepOptions, existing: list[TrialRecord], progress: bool, on_record) -> None:
-        self.opts, self.existing, self.on_record = opts, existing, on_record
+        self.existing, self.on_record = existing, on_record
         self.done_before = ok_trial_ids(existing)
         self.new: list[TrialRecord] = []
         self.flops = FlopsCache(existing)
+        # once per sweep, without touching CUDA; each trial adds its own part
+        machine = envmod.fingerprint(opts.device, gpu_properties=False)
         self.clock = Clock(opts.max_time)
         self.progress = Progress(progress)
         threads = axes.host_threads(opts.axes, opts.device)
         self.guard = SweepGuard(opts.device, threads, opts.wait_quiet, opts.allow_busy, self.clock.left,
                                 self.progress.paused, self.progress.resumed)  # fmt: skip
-        # once per sweep, without touching CUDA; each trial adds its own part
-        machine = envmod.fingerprint(opts.device, gpu_properties=False)
         self.writer = ResultsWriter(opts.results)
         executor = Serial if opts.ray is None else OnRay
         self.executor = executor(opts, machine, self._keep, self.flops, self.guard, self.clock, self.progress)
