@@ -8,13 +8,8 @@ the GPUs of a box or the nodes of a cluster; detcost schedules nothing itself.
 
 Inside the task every trial is still a fresh process, forked from a forkserver the task
 starts anew (`isolation`), so a task that lands on a reused Ray worker inherits nothing.
-Before its first trial the task checks what Ray gave it, since users report both going
-wrong: on CUDA, that `CUDA_VISIBLE_DEVICES` names the GPU Ray assigned (a stale value is
-replaced before the forkserver starts); and that its cores are its own, by taking a lock
-per core on the node and pinning itself (and so its forkserver and trials) to the cores it
-holds (on the CPU its trials' threads; on CUDA its GPU's share of the node's cores), so
-parallel rounds never share a core and no trial's busy check takes a sibling round for
-another job. Each record streams back to the
+Before its first trial the task checks what Ray gave it and takes its place (`placement`:
+the GPU Ray assigned, cores of its own it pins itself to). Each record streams back to the
 sweep's parent as its trial ends (a Ray streaming generator) and is appended to the one
 results file there, so a parent killed mid-sweep loses only the trials still running, and
 `--resume` runs those. A task that dies (its worker or node lost) has its remaining trials
@@ -27,31 +22,28 @@ level, so the rest of detcost, and this module's checks, run without it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.util
 import json
-import os
 import random
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from detcost import axes
 from detcost import env as envmod
-from detcost.errors import HarnessError, UsageError
+from detcost.errors import UsageError
 from detcost.isolation import Layout, new_server, run_isolated, start_method, stop_server
-from detcost.record import ROUND_KINDS, Status, TrialRecord, TrialSpec, flops_key
+from detcost.placement import place
+from detcost.record import FlopsCache, Status, TrialRecord, TrialSpec
+from detcost.rounds import Round
 from detcost.timing import is_cuda, usable_cpus
 from detcost.trial import failure_record
 
 LOCAL = "local"  # `--ray` with no address: a Ray cluster of this machine, started for the sweep
 RAY_MISSING = "--ray needs Ray: pip install 'detcost[ray]'"
 LOCAL_OBJECT_STORE_BYTES = 200 * 1024**2  # records are small; Ray's default takes 30% of RAM
-CORE_LOCKS = Path(tempfile.gettempdir()) / "detcost-cores"  # one lock file per core, per node
-CORE_WAIT_S = 60.0  # how long a task waits for cores a finishing task still holds
 
 
 def check_available() -> None:
@@ -75,11 +67,12 @@ def check_options(device: str, nproc: list[int]) -> None:
 
 
 def task_key(spec: TrialSpec) -> tuple:
-    """The task a trial runs in: a round's trials (same repeat, workload, axis values and
+    """The task a trial runs in: a round's trials of one group (workload, axis values and
     sizes) share one; the audit, profiled and seed trials share one per kind and workload."""
-    if spec.kind in ROUND_KINDS:
+    rnd = Round.of(spec)
+    if rnd is not None:
         sizes = (spec.batch_size, spec.image_size, spec.steps, spec.warmup)
-        return ("round", spec.repeat, spec.workload, json.dumps(spec.axes, sort_keys=True, default=str), sizes)
+        return (rnd, spec.workload, json.dumps(spec.axes, sort_keys=True, default=str), sizes)
     return (str(spec.kind), spec.workload)
 
 
@@ -172,100 +165,23 @@ def run_task(task: dict, ray_context: dict | None = None) -> Iterator[dict]:
     test), the task runs where it is called."""
     t = Task.from_json(task)
     started = time.monotonic()
-    with _place(t, ray_context or {}) as placement:
+    with place(t.device, t.threads, ray_context or {}) as placement:
         machine = envmod.fingerprint(t.device, gpu_properties=False)  # this node's, not the parent's
         method = start_method(t.start_method, t.device)
-        if method == "forkserver":  # a server of this task's own, started after the pinning
+        if method == "forkserver":  # a server of this task's own (its pad: `executors.Layouts`), after the pinning
             new_server(random.Random(t.server_seed)) if t.server_seed is not None else stop_server()
         results_dir = _results_dir(t.results_dir)
-        flops: dict[tuple, float] = {}  # counted once per task, as the serial sweep counts once per sweep
+        flops = FlopsCache()  # counted once per task, as the serial sweep counts once per sweep
         for spec, layout in zip(t.specs, t.layouts):
             if t.seconds_left is not None and time.monotonic() - started > t.seconds_left:
                 return  # --max-time: the parent records nothing for these; --resume runs them
-            spec = replace(spec, known_flops=spec.known_flops or flops.get(flops_key(spec)))
+            spec = flops.given(spec)
             record = run_isolated(
                 spec, method=method, timeout=t.timeout, results_dir=results_dir, machine=machine, layout=layout
             )
-            if record.timing and record.timing.flops_per_step:
-                flops[flops_key(spec)] = record.timing.flops_per_step
+            flops.learn(record)
             record.placement = placement
             yield record.to_json()
-
-
-@contextlib.contextmanager
-def _place(task: Task, ray_context: dict):
-    """The task's place, checked: on CUDA the GPU Ray assigned, made the only visible one;
-    and `task.threads` cores of the node held by this task alone (on CUDA its GPU's share of
-    the node's cores), this process pinned to them. So a round's neighbours, the sweep's
-    other rounds, never run on its cores, and each trial's busy check (which looks at the
-    cores it may use) does not take them for other jobs. Yields what a record stores."""
-    placement = {"host": socket.gethostname(), **{k: v for k, v in ray_context.items() if k != "gpu_ids"}}
-    near = None
-    if is_cuda(task.device):
-        placement.update(_check_gpu(ray_context.get("gpu_ids")))
-        near = envmod.gpu_local_cpus(task.device)  # the GPU's NUMA node, taken first
-    with _hold_cores(task.threads, prefer=near) as cores:
-        os.sched_setaffinity(0, cores)
-        if set(os.sched_getaffinity(0)) != set(cores):
-            raise HarnessError(f"could not pin the round to cores {sorted(cores)}")
-        yield {**placement, "cores": sorted(cores)}
-
-
-def _check_gpu(gpu_ids) -> dict:
-    """The one GPU Ray gave the task, as `CUDA_VISIBLE_DEVICES` names it for the trials
-    (replacing a stale value, before the forkserver that passes it on starts)."""
-    if gpu_ids is None:
-        return {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
-    ids = [str(i) for i in gpu_ids]
-    if len(ids) != 1:
-        raise HarnessError(f"Ray gave the round {len(ids)} GPUs ({', '.join(ids) or 'none'}); a round needs one")
-    out = {"ray_gpu": ids[0]}
-    if os.environ.get("CUDA_VISIBLE_DEVICES") != ids[0]:
-        out["stale_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
-        os.environ["CUDA_VISIBLE_DEVICES"] = ids[0]
-    out["cuda_visible_devices"] = ids[0]
-    return out
-
-
-@contextlib.contextmanager
-def _hold_cores(n: int, wait_s: float = CORE_WAIT_S, lock_dir: Path = CORE_LOCKS, prefer: set[int] | None = None):
-    """`n` of this process's usable cores that no other task on the node holds, those in
-    `prefer` (a GPU's NUMA node) first: an exclusive lock on one file per core, held until
-    the task ends (the kernel drops it if the task dies). Waits up to `wait_s` for a
-    finishing task's cores; refuses after."""
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(OSError):  # shared by every user's sweeps on the node, as /tmp is
-        lock_dir.chmod(0o1777)
-    cores = sorted(usable_cpus(), key=lambda core: (core not in (prefer or ()), core))
-    if n > len(cores):
-        raise HarnessError(f"the round needs {n} cores and this node lets it use {len(cores)}")
-    deadline = time.monotonic() + wait_s
-    held: dict[int, int] = {}
-    try:
-        while True:
-            for core in cores:
-                if len(held) == n:
-                    break
-                if core not in held:
-                    # read-only: a lock file another user's sweep made is still ours to lock
-                    fd = os.open(lock_dir / f"core-{core}.lock", os.O_CREAT | os.O_RDONLY, 0o644)
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        held[core] = fd
-                    except BlockingIOError:
-                        os.close(fd)
-            if len(held) == n:
-                break
-            if time.monotonic() > deadline:
-                raise HarnessError(
-                    f"the round needs {n} cores of its own and other rounds hold the rest of {len(cores)} "
-                    f"after {wait_s:g} s (does Ray advertise more CPUs than the node has?)"
-                )
-            time.sleep(0.2)
-        yield set(held)
-    finally:
-        for fd in held.values():
-            os.close(fd)
 
 
 def _results_dir(path: str) -> str | None:
@@ -279,6 +195,20 @@ def _results_dir(path: str) -> str | None:
 
 
 # ---- in the sweep's parent ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RaySummary:
+    """Where a sweep's rounds ran on Ray: the cluster's address, the tasks submitted, the
+    most that ran at once, and the cluster's nodes alive at the end (None: not known)."""
+
+    address: str
+    tasks: int
+    at_once: int
+    nodes: int | None
+
+    def to_json(self) -> dict:
+        return {"address": self.address, "tasks": self.tasks, "at_once": self.at_once, "nodes": self.nodes}
 
 
 @dataclass
@@ -396,12 +326,12 @@ class Cluster:
                 ray.cancel(gen)
         self.running.clear()
 
-    def summary(self) -> dict:
+    def summary(self) -> RaySummary:
         """What the sweep's summary says of the cluster: where, how many tasks, how wide."""
         import ray
 
         nodes = sum(1 for n in ray.nodes() if n.get("Alive", True)) if ray.is_initialized() else None
-        return {"address": self.address, "tasks": self.submitted, "at_once": self.width, "nodes": nodes}
+        return RaySummary(self.address, self.submitted, self.width, nodes)
 
     def close(self) -> None:
         import ray

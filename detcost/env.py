@@ -1,7 +1,7 @@
 """The environment fingerprint: what a result depends on besides the code.
 
 The CUDA queries are in `_gpu_properties` (a trial's, once CUDA is up) and NVML's
-(`nvml_facts`, which need no CUDA call); the sweep's parent never initialises CUDA
+(`nvml.nvml_facts`, which need no CUDA call); the sweep's parent never initialises CUDA
 (`cudnn_version` asks the library, not a device).
 """
 
@@ -21,6 +21,7 @@ import torch
 
 import detcost
 from detcost.errors import UsageError
+from detcost.nvml import nvml_facts
 
 # Environment variables that change what a run computes or how fast.
 RELEVANT_ENV_PREFIXES = ("CUBLAS_", "CUDNN_", "CUDA_", "PYTORCH_", "TORCH_", "NVIDIA_TF32", "OMP_", "MKL_", "KMP_")
@@ -354,59 +355,3 @@ def _nvidia_smi_rows(index: int) -> list[tuple[str, str]]:
         if len(parts) == 3 and uuid in (None, parts[2].lower().removeprefix("gpu-")):
             rows.append((parts[0], f"process {parts[0]} uses {parts[1]}" + ("" if uuid else f" on GPU {parts[2]}")))
     return rows
-
-
-# ---- NVML: facts about the GPU that no CUDA call is needed for ----------------------
-
-
-def _nvml_index(device: str) -> int | None:
-    """NVML's index of `device`: NVML numbers every GPU of the machine, CUDA only the
-    visible ones (CUDA_VISIBLE_DEVICES, as integers; other forms: None)."""
-    index = torch.device(device).index or 0
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        return index
-    ids = [v.strip() for v in visible.split(",") if v.strip()]
-    return int(ids[index]) if index < len(ids) and ids[index].isdigit() else None
-
-
-def nvml_facts(device: str, current: bool = False) -> dict:
-    """The GPU's UUID, clocks, power limit and persistence mode from NVML (the optional
-    `nvidia-ml-py`; `gpu` extra), without a CUDA context; {} where NVML is missing or
-    fails. `current`: the SM clock now, as a trial ends (the clocks it ran at)."""
-    try:
-        import pynvml as nv
-
-        nv.nvmlInit()
-    except Exception:  # noqa: BLE001 - no NVML: the fingerprint goes without these facts
-        return {}
-    try:
-        index = _nvml_index(device)
-        return {} if index is None else _nvml_read(nv, nv.nvmlDeviceGetHandleByIndex(index), current)
-    except Exception:  # noqa: BLE001 - a GPU or driver that refuses a query
-        return {}
-    finally:
-        nv.nvmlShutdown()
-
-
-def _nvml_read(nv, handle, current: bool) -> dict:
-    def ask(fn, *args):
-        try:
-            return fn(handle, *args)
-        except Exception:  # noqa: BLE001 - one fact a GPU does not report
-            return None
-
-    if current:
-        return {"gpu_sm_clock_mhz": ask(nv.nvmlDeviceGetClockInfo, nv.NVML_CLOCK_SM)}
-    limit = ask(nv.nvmlDeviceGetEnforcedPowerLimit)
-    persistence = ask(nv.nvmlDeviceGetPersistenceMode)
-    name = ask(nv.nvmlDeviceGetName)
-    return {
-        "gpu": name.decode() if isinstance(name, bytes) else name,
-        "gpu_uuid": ask(nv.nvmlDeviceGetUUID),
-        "gpu_sm_clock_max_mhz": ask(nv.nvmlDeviceGetMaxClockInfo, nv.NVML_CLOCK_SM),
-        "gpu_sm_clock_app_mhz": ask(nv.nvmlDeviceGetApplicationsClock, nv.NVML_CLOCK_SM),
-        "gpu_mem_clock_max_mhz": ask(nv.nvmlDeviceGetMaxClockInfo, nv.NVML_CLOCK_MEM),
-        "gpu_power_limit_w": None if limit is None else limit / 1000,
-        "gpu_persistence_mode": None if persistence is None else bool(persistence == nv.NVML_FEATURE_ENABLED),
-    }

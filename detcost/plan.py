@@ -19,7 +19,8 @@ from detcost.derive.policy import DEFAULT_MAX_SLOWDOWN, MIN_ROUNDS, Policy
 from detcost.errors import UsageError
 from detcost.isolation import LAYOUTS, TRIAL_TIMEOUT_S, start_method
 from detcost.profile import PROFILE_STEPS
-from detcost.record import ROUND_KINDS, Kind, TrialSpec, derive_seed
+from detcost.record import Kind, TrialSpec, derive_seed
+from detcost.rounds import RoundServers
 from detcost.settings import REFERENCE, get_setting
 from detcost.stats import LEVEL, decide_looks, level_over_looks
 from detcost.timing import is_cuda
@@ -104,6 +105,11 @@ class SweepOptions:
         """What --decide judges each price by: its budget and the least rounds a verdict needs."""
         return Policy(max_slowdown=self.decide if self.decide is not None else DEFAULT_MAX_SLOWDOWN,
                       min_rounds=self.min_rounds)  # fmt: skip
+
+    @property
+    def layout_varied(self) -> bool:
+        """Whether trials get random pads and each round a forkserver of its own (`random`)."""
+        return self.layout != "fixed"
 
     @property
     def interval_level(self) -> float:
@@ -260,8 +266,6 @@ def _fill_variant(name: str, settings: list[str]) -> bool:
 
 
 def new_servers(opts: SweepOptions, specs: list[TrialSpec]) -> int:
-    """How many forkservers running `specs` starts: one a round under the random layout
-    (`sweep._Runner._layout_for`), none with a fixed layout or spawned trials."""
-    if opts.layout == "fixed" or start_method(opts.start_method, opts.device) != "forkserver":
-        return 0
-    return len({s.repeat for s in specs if s.kind in ROUND_KINDS})
+    """How many forkservers running `specs` starts: one a round under the random layout,
+    none with a fixed layout or spawned trials (`rounds.RoundServers`, the sweep's rule)."""
+    return RoundServers(opts.layout_varied, start_method(opts.start_method, opts.device)).count(specs)

@@ -7,143 +7,35 @@ first release; later additions are new fields that older readers ignore). In mem
 parts are typed (`parts`): `StepTiming` keeps the raw step times and derives its
 statistics from them, `Outcome` the fingerprints of what training produced, and a
 per-kind `payload` (`payloads`: the audit, the profiled trial's host-bound measure and
-cuDNN plans, the busy guard's report). The parts and the vocabularies are defined in
-modules of their own and imported from here.
+cuDNN plans, the busy guard's report). The spec, the parts and the vocabularies are
+defined in modules of their own (`spec`, `parts`, `vocabulary`) and imported from here.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from detcost import axes as axes_mod
 
-# The typed parts, the vocabularies and the payload types are the record's (defined apart,
-# see detcost.parts, detcost.vocabulary and detcost.payloads): import them from here.
+# The spec, the typed parts, the vocabularies and the payload types are the record's (defined
+# apart, see detcost.spec, detcost.parts, detcost.vocabulary and detcost.payloads): import
+# them from here.
 from detcost.parts import Outcome as Outcome
 from detcost.parts import StepTiming as StepTiming
 from detcost.parts import TrialParts as TrialParts
 from detcost.payloads import HOST_BOUND_BELOW as HOST_BOUND_BELOW
 from detcost.payloads import Alert as Alert
 from detcost.payloads import Audit, CudnnPlans, Distributed, HostBound, Profile
-from detcost.stats import LEVEL
+from detcost.spec import SCHEMA_VERSION as SCHEMA_VERSION
+from detcost.spec import SIZE_FIELDS as SIZE_FIELDS
+from detcost.spec import TrialSpec as TrialSpec
+from detcost.spec import derive_seed as derive_seed
 from detcost.vocabulary import MEASURED as MEASURED
 from detcost.vocabulary import ROUND_KINDS as ROUND_KINDS
 from detcost.vocabulary import Kind as Kind
 from detcost.vocabulary import Status as Status
 
-SCHEMA_VERSION = 1
 ERROR_CHARS = 300
-
-# Sizes: two runs of one workload at different sizes do not compare.
-SIZE_FIELDS = ("batch_size", "image_size", "steps")
-
-
-def derive_seed(seed: int, purpose: str, index: int = 0) -> int:
-    """A seed for one purpose ("init", "data", ...) derived stably from a trial seed.
-
-    Stable across Python processes and versions (not `hash()`, which is salted). The one
-    rule: `detcost.seeding.derive_seed` is this function.
-    """
-    digest = hashlib.sha256(f"{seed}:{purpose}:{index}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
-
-
-@dataclass(frozen=True)
-class TrialSpec:
-    """What identifies and configures one trial; decided by the parent, sent to the child."""
-
-    run_id: str
-    kind: Kind
-    workload: str
-    setting: str
-    repeat: int
-    seed: int
-    device: str
-    steps: int
-    warmup: int
-    batch_size: int
-    image_size: int
-    axes: dict = field(default_factory=dict)  # every registered axis with its value
-    sidecar: str | None = None  # path relative to the results file's directory
-    keep_params: bool = False
-    # FLOPs per step already counted by an earlier trial of the same workload and sizes
-    # (they do not depend on the setting): saves ~0.2 s of counting per trial.
-    known_flops: float | None = None
-    # The confidence of the intervals drawn from this trial's sweep: 0.95, or under
-    # --decide, which may stop at any of several looks, 0.95 spread over the looks
-    # (`stats.level_over_looks`). Carried in every record so any later reading of the
-    # results draws the same intervals the sweep decided on.
-    interval_level: float = LEVEL
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", Kind(self.kind))
-        object.__setattr__(self, "axes", axes_mod.complete(self.axes))
-
-    @property
-    def trial_id(self) -> str:
-        head = [str(self.kind), self.workload, self.setting, f"r{self.repeat}", f"s{self.seed}"]
-        return "/".join(head + axes_mod.id_parts(self.axes))
-
-    def _seed_for(self, purpose: str) -> int:
-        varies = any(a.varies_seed and a.varies_seed(v, purpose) for a, v in axes_mod.each(self.axes))
-        return derive_seed(self.seed, purpose, self.repeat if varies else 0)
-
-    @property
-    def init_seed(self) -> int:
-        return self._seed_for("init")
-
-    @property
-    def data_seed(self) -> int:
-        return self._seed_for("data")
-
-    @property
-    def total_steps(self) -> int:
-        return self.warmup + self.steps
-
-    def sizes(self) -> dict:
-        """What must match for two trials' step times to be compared (resume checks it)."""
-        return {"device": self.device, "steps": self.steps, "warmup": self.warmup, **self._shape()}
-
-    def _shape(self) -> dict:
-        return {"batch_size": self.batch_size, "image_size": self.image_size}
-
-    def identity(self) -> dict:
-        """The fields every record has, whatever happened to the trial."""
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "run_id": self.run_id,
-            "trial_id": self.trial_id,
-            "kind": str(self.kind),
-            "workload": self.workload,
-            "setting": self.setting,
-            "repeat": self.repeat,
-            "seed": self.seed,
-            "init_seed": self.init_seed,
-            "data_seed": self.data_seed,
-            "interval_level": self.interval_level,
-            **self.axes,
-            **self.sizes(),
-        }
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrialSpec:
-        return cls(**d)
-
-    @classmethod
-    def from_json(cls, record: dict) -> TrialSpec:
-        """The spec a stored record was made from (axes it predates get their defaults)."""
-        names = ("run_id", "kind", "workload", "setting", "repeat", "seed", "device", "steps", "warmup")
-        return cls(
-            **{k: record[k] for k in names},
-            **{k: record[k] for k in ("batch_size", "image_size")},
-            axes={a: record[a] for a in axes_mod.names() if a in record},
-            sidecar=record.get("sidecar"),
-            interval_level=record.get("interval_level") or LEVEL,
-        )
 
 
 def flops_key(spec: TrialSpec) -> tuple:
@@ -151,6 +43,25 @@ def flops_key(spec: TrialSpec) -> tuple:
     computation (layout), not on the setting or the machine's threads."""
     model_axes = tuple(v for a, v in axes_mod.each(spec.axes) if a.affects_flops)
     return (spec.workload, spec.batch_size, spec.image_size, spec.total_steps, spec.device, *model_axes)
+
+
+class FlopsCache:
+    """FLOPs per step already counted (by `flops_key`), handed to the trials that come
+    after as `known_flops`: a sweep learns them from the records in its file and from each
+    record as it arrives; a Ray task from its own trials."""
+
+    def __init__(self, records: list[TrialRecord] = ()) -> None:
+        self.known: dict[tuple, float] = {}
+        for r in records:
+            self.learn(r)
+
+    def given(self, spec: TrialSpec) -> TrialSpec:
+        """`spec` with the FLOPs counted for its key (where it carries none of its own)."""
+        return replace(spec, known_flops=spec.known_flops or self.known.get(flops_key(spec)))
+
+    def learn(self, record: TrialRecord) -> None:
+        if record.timing and record.timing.flops_per_step:
+            self.known[flops_key(record.spec)] = record.timing.flops_per_step
 
 
 # The machine's fingerprint fields a report shows, in this order (detcost.env.fingerprint).

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detcost import results, sweep
+from detcost import executors, results
 from detcost.payloads import BusyReport
 from detcost.record import Kind, Outcome, Status, StepTiming, TrialParts, TrialRecord
 from detcost.stats import label_bias_var, paired_ratio
@@ -60,12 +60,12 @@ class PlantedBias:
 
 
 def _cell(tmp_path, monkeypatch, layout: str, sweeps: int = 20, rounds: int = 10, decide=None, **planted) -> dict:
-    monkeypatch.setattr(sweep, "start_method", lambda method, device: "forkserver")
+    monkeypatch.setattr(executors, "start_method", lambda method, device: "forkserver")
     rng, rows = np.random.default_rng(0), []
     for k in range(sweeps):
         trials = PlantedBias(rng, **planted)
-        monkeypatch.setattr(sweep, "new_server", trials.new_server)
-        monkeypatch.setattr(sweep, "_run_one", trials)
+        monkeypatch.setattr(executors, "new_server", trials.new_server)
+        monkeypatch.setattr(executors, "_run_one", trials)
         rows.append(calibrate.one_sweep(tmp_path, k, "tight", rounds, layout, allow_busy=True, decide=decide))
     return calibrate.summary(pd.DataFrame(rows))
 
@@ -183,11 +183,11 @@ def test_judge_reads_a_real_sweeps_file(small_sweep):
 def test_only_prices_between_two_labels_are_widened_not_default_against_itself(tmp_path, monkeypatch):
     from detcost.derive.prices import prices
 
-    monkeypatch.setattr(sweep, "start_method", lambda method, device: "forkserver")
+    monkeypatch.setattr(executors, "start_method", lambda method, device: "forkserver")
     trials = PlantedBias(np.random.default_rng(3), bias_sd=0.0, noise_sd=0.01)
     trials.sweep_bias.update(default=0.0, benchmark=0.0, aa=0.06)  # the A/A control strays 6%
-    monkeypatch.setattr(sweep, "new_server", trials.new_server)
-    monkeypatch.setattr(sweep, "_run_one", trials)
+    monkeypatch.setattr(executors, "new_server", trials.new_server)
+    monkeypatch.setattr(executors, "_run_one", trials)
     calibrate.one_sweep(tmp_path, 0, "tight", 10, "random", allow_busy=True)
     rows = {p.label: p for p in prices(results.load_records(tmp_path / "tight-10-0.jsonl"), cpu=False)}
     assert rows["default"].label_bias == pytest.approx(0.06, abs=0.015)

@@ -280,7 +280,7 @@ def test_sigterm_stops_detcost_as_ctrl_c_does_and_the_handler_is_restored():
 
 
 def test_a_trial_that_starts_with_cuda_in_use_stops_the_sweep_in_one_line(capsys, monkeypatch, tmp_path):
-    from detcost import sweep
+    from detcost import executors
     from detcost.record import Status
     from detcost.trial import CUDA_AT_START, failure_record
 
@@ -290,7 +290,7 @@ def test_a_trial_that_starts_with_cuda_in_use_stops_the_sweep_in_one_line(capsys
         ran.append(spec.trial_id)
         return failure_record(spec, Status.ERROR, CUDA_AT_START, machine)
 
-    monkeypatch.setattr(sweep, "_run_one", tainted)
+    monkeypatch.setattr(executors, "_run_one", tainted)
     assert run_cli("--workloads", "simple_cnn", "--results", str(tmp_path / "r.jsonl")) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and CUDA_AT_START in err and "the sweep stopped" in err

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from detcost import guard, sweep
+from detcost import executors, guard
 from detcost.cli import main
 from detcost.derive.decide import FAIL, PASS, UNDECIDED, against, decide
 from detcost.derive.policy import Policy
@@ -52,7 +52,7 @@ def quiet_machine(monkeypatch):
 
 def _decide(tmp_path, monkeypatch, step_s=STEP_S, noise=0.01, **kw):
     trials = Trials(step_s, noise)
-    monkeypatch.setattr(sweep, "_run_one", trials)
+    monkeypatch.setattr(executors, "_run_one", trials)
     opts = options(tmp_path, settings=list(step_s), decide=0.10, max_repeats=12, **kw)
     return run_sweep(opts, progress=False), trials
 
@@ -102,10 +102,10 @@ def test_decide_adds_rounds_only_to_the_prices_the_budget_does_not_decide(tmp_pa
     assert trials.rounds_of("strict_nofill") == 12  # on the line: to the last look
     assert trials.rounds_of("default") == 12 and trials.rounds_of("default", Kind.AA) == 12  # beside it
     d = out.decide
-    assert d["looks"] == [5, 10, 12] and d["rounds"] == 12 and d["undecided"] == 1
-    assert d["stopped_by"] == "the last look (--max-repeats 12)"
-    assert d["level"] == pytest.approx(1 - 0.05 / 3)
-    assert {r.spec.interval_level for r in out.records} == {d["level"]}
+    assert d.looks == (5, 10, 12) and d.rounds == 12 and d.undecided == 1
+    assert d.stopped_by == "the last look (--max-repeats 12)"
+    assert d.level == pytest.approx(1 - 0.05 / 3)
+    assert {r.spec.interval_level for r in out.records} == {d.level}
     rows = {p.label: p for p in prices(out.records, cpu=True) if not p.is_aa}
     policy = Policy(max_slowdown=0.10)
     assert decide(rows["strict"], "strict", policy).status == FAIL
@@ -117,7 +117,7 @@ def test_decide_adds_rounds_only_to_the_prices_the_budget_does_not_decide(tmp_pa
 def test_decide_stops_at_the_look_where_every_price_is_decided(tmp_path, monkeypatch, quiet_machine):
     out, trials = _decide(tmp_path, monkeypatch, {"default": 0.010, "strict": 0.0125, "strict_nofill": 0.0101},
                           noise=0.005)  # fmt: skip
-    assert out.decide["rounds"] == 5 and out.decide["stopped_by"] is None and out.decide["undecided"] == 0
+    assert out.decide.rounds == 5 and out.decide.stopped_by is None and out.decide.undecided == 0
     assert {trials.rounds_of(s) for s in ("default", "strict", "strict_nofill")} == {5}
 
 
@@ -140,7 +140,7 @@ def test_the_records_interval_level_round_trips_and_older_records_read_as_95(tmp
 
 
 def test_run_decide_prints_a_decision_for_every_price(tmp_path, monkeypatch, quiet_machine, capsys):
-    monkeypatch.setattr(sweep, "_run_one", Trials(STEP_S, 0.01))
+    monkeypatch.setattr(executors, "_run_one", Trials(STEP_S, 0.01))
     monkeypatch.chdir(tmp_path)
     args = ["run", "--device", "cpu", "--quick", "--workloads", "simple_cnn", "--settings", ",".join(STEP_S),
             "--threads", "1", "--decide", "--max-repeats", "6", "--seeds", "0", "--no-audit", "--no-explain",

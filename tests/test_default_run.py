@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from detcost import env, sweep
+from detcost import env, executors, sweep
 from detcost.cli.args import build_parser
 from detcost.cli.run import sweep_options
 from detcost.derive.analysis import analyse
@@ -75,11 +75,11 @@ class MeasuredNoise:
 def _judged(tmp_path, monkeypatch, rounds: int, sweeps: int) -> list[dict]:
     """`sweeps` default CPU sweeps at `rounds` on synthetic trials: each's smallest
     detectable price per workload and its decisions."""
-    monkeypatch.setattr(sweep, "start_method", lambda method, device: "forkserver")
-    monkeypatch.setattr(sweep, "new_server", lambda rng: True)
+    monkeypatch.setattr(executors, "start_method", lambda method, device: "forkserver")
+    monkeypatch.setattr(executors, "new_server", lambda rng: True)
     rng, out = np.random.default_rng(0), []
     for k in range(sweeps):
-        monkeypatch.setattr(sweep, "_run_one", MeasuredNoise(rng))
+        monkeypatch.setattr(executors, "_run_one", MeasuredNoise(rng))
         opts = SweepOptions(
             workloads=list(DEFAULT_WORKLOADS), settings=list(DEFAULT_SETTINGS), repeats=rounds, seed=k,
             device="cpu", size_preset="cpu", results=tmp_path / f"{rounds}-{k}.jsonl", run_id=f"s{k}",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from detcost import env, estimate, plan
+from detcost import cuda_figures, env, estimate, plan
 from detcost.cli import main
 from detcost.parts import StepTiming, TrialParts
 from detcost.payloads import BusyReport
@@ -172,12 +172,12 @@ def test_the_revised_cuda_figures_are_in_the_model(fake_h100, monkeypatch):
     timed = next(s for s in specs if s.kind == Kind.TIMED and s.setting == "default")
     bench = next(s for s in specs if s.kind == Kind.TIMED and s.setting == "benchmark")
     profiled = next(s for s in specs if s.kind == Kind.PROFILED and s.setting == "default")
-    figures = estimate.CUDA_FIGURES
+    figures = cuda_figures.CUDA_FIGURES
 
     def moved(name: str, spec, value: float = 10.0) -> float:
-        before = estimate._cuda_trial_s(spec)
+        before = cuda_figures.cuda_trial_s(spec)
         monkeypatch.setitem(figures, name, replace(figures[name], value=figures[name].value + value))
-        after = estimate._cuda_trial_s(spec)
+        after = cuda_figures.cuda_trial_s(spec)
         monkeypatch.setitem(figures, name, replace(figures[name], value=figures[name].value - value))
         return after - before
 
@@ -186,7 +186,7 @@ def test_the_revised_cuda_figures_are_in_the_model(fake_h100, monkeypatch):
     assert moved("runtime_compile_s", timed) == 0 and moved("runtime_compile_s", bench) == pytest.approx(10.0)
     assert moved("profiler_s", timed) == 0 and moved("profiler_s", profiled) == pytest.approx(10.0)
     for has_nvml, added in ((True, 0.0), (False, 10.0)):
-        monkeypatch.setattr(estimate, "_has_nvml", lambda has_nvml=has_nvml: has_nvml)
+        monkeypatch.setattr(cuda_figures, "_has_nvml", lambda has_nvml=has_nvml: has_nvml)
         assert moved("nvidia_smi_s", timed) == pytest.approx(added) and moved("nvidia_smi_s", profiled) == 0
 
 
@@ -245,6 +245,6 @@ def test_a_profiled_cuda_trial_spawned_for_cudnn_s_api_log_is_estimated_the_inte
         # the estimate's rule is the one run_isolated spawns by
         assert spawned_for_cudnn_log(spec) == bool(start_environ(trial_environ(spec, tmp_path)))
     assert spawned_for_cudnn_log(profiled) and not spawned_for_cudnn_log(replace(profiled, setting="no_cudnn"))
-    spawned = estimate._cuda_trial_s(profiled)
-    monkeypatch.setattr(estimate, "spawned_for_cudnn_log", lambda spec: False)
-    assert spawned - estimate._cuda_trial_s(profiled) == pytest.approx(estimate.CUDA_FIGURES["spawn_s"].value)
+    spawned = cuda_figures.cuda_trial_s(profiled)
+    monkeypatch.setattr(cuda_figures, "spawned_for_cudnn_log", lambda spec: False)
+    assert spawned - cuda_figures.cuda_trial_s(profiled) == pytest.approx(cuda_figures.CUDA_FIGURES["spawn_s"].value)

@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-from detcost import estimate, measure
+from detcost import cuda_figures, measure
 from detcost.workloads import BUILTIN, WorkloadConfig, data, get_workload
 
 ABOUT_A_TFLOP = 0.95e12
@@ -65,5 +65,5 @@ def test_the_dry_run_counts_the_flops_a_gpu_trial_counts(name, meta_data):
     matmuls are linear in it): the same figure as a trial's count at the full batch."""
     wl, size = gpu_workload(name)
     flops = measure.flops_per_step(wl.model, wl.loss_fn, wl.batches[: size.warmup + size.steps])
-    per_sample = estimate._work(name, size.image, size.warmup + size.steps).flops_per_sample
+    per_sample = cuda_figures.work_of(name, size.image, size.warmup + size.steps).flops_per_sample
     assert per_sample * size.batch == pytest.approx(flops, rel=1e-6)

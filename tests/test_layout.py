@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from detcost import isolation, plan, sweep
+from detcost import executors, isolation, plan, sweep
 from detcost.isolation import run_isolated
 from detcost.plan import round_order, williams_rows
 from detcost.record import ROUND_KINDS
@@ -69,9 +69,9 @@ def _sweep(tmp_path, monkeypatch, **kw):
         seen.append((spec, layout, servers.starts))
         return trials(opts, spec, machine, layout)
 
-    monkeypatch.setattr(sweep, "new_server", servers.new_server)
-    monkeypatch.setattr(sweep, "_run_one", run_one)
-    monkeypatch.setattr(sweep, "start_method", lambda method, device: "forkserver")
+    monkeypatch.setattr(executors, "new_server", servers.new_server)
+    monkeypatch.setattr(executors, "_run_one", run_one)
+    monkeypatch.setattr(executors, "start_method", lambda method, device: "forkserver")
     sweep.run_sweep(options(tmp_path, allow_busy=True, **kw), progress=False)
     return servers, seen
 

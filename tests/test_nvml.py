@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from detcost import env
+from detcost.nvml import nvml_facts
 
 
 def fake_nvml(refuse=(), init_fails=False):
@@ -54,7 +55,7 @@ def nvml(monkeypatch):
 
 def test_the_fingerprint_takes_uuid_clocks_power_and_persistence_from_nvml(nvml):
     nvml()
-    assert env.nvml_facts("cuda:0") == {
+    assert nvml_facts("cuda:0") == {
         "gpu": "NVIDIA H100 80GB HBM3",
         "gpu_uuid": "GPU-1234",
         "gpu_sm_clock_max_mhz": 1980,
@@ -63,25 +64,25 @@ def test_the_fingerprint_takes_uuid_clocks_power_and_persistence_from_nvml(nvml)
         "gpu_power_limit_w": 700.0,
         "gpu_persistence_mode": True,
     }
-    assert env.nvml_facts("cuda:0", current=True) == {"gpu_sm_clock_mhz": 1410}
+    assert nvml_facts("cuda:0", current=True) == {"gpu_sm_clock_mhz": 1410}
 
 
 def test_a_fact_the_gpu_refuses_is_none_and_a_missing_nvml_is_no_facts(nvml):
     nvml(refuse=("app", "persistence"))
-    facts = env.nvml_facts("cuda")
+    facts = nvml_facts("cuda")
     assert facts["gpu_sm_clock_app_mhz"] is None and facts["gpu_persistence_mode"] is None
     assert facts["gpu_uuid"] == "GPU-1234"
     nvml(init_fails=True)
-    assert env.nvml_facts("cuda") == {}
+    assert nvml_facts("cuda") == {}
 
 
 def test_nvml_counts_all_gpus_and_cuda_only_the_visible_ones(nvml, monkeypatch):
     nv = nvml()
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
-    env.nvml_facts("cuda:1")
+    nvml_facts("cuda:1")
     assert nv.asked == [3]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-abcd")  # by UUID: not mapped, no facts
-    assert env.nvml_facts("cuda:0") == {}
+    assert nvml_facts("cuda:0") == {}
 
 
 def fake_nvidia_smi(tmp_path, monkeypatch) -> None:

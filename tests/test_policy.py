@@ -110,12 +110,13 @@ def _outcome(path: Path):
 def test_the_banner_advises_lifting_the_cap_that_stopped_decide():
     from detcost.derive.recommend import Recommendation
     from detcost.report.banner import banner
+    from detcost.sweep import DecideReport, PrecisionReport
 
     rec = Recommendation("default", "", "", 0.1, [], speed_caveat="too noisy", rounds_to_judge=38)
-    stopped = {"decide": {"rounds": 20, "stopped_by": "the last look (--max-repeats 20)"}}
+    stopped = {"decide": DecideReport(0.1, (5, 10, 20), 0.98, 20, 1, "the last look (--max-repeats 20)")}
     said = banner(rec, stopped)
     assert "--decide stopped at 20 rounds" in said and "--max-repeats 38" in said and "--precision" not in said
-    capped = {"precision": {"rounds": 20, "stopped_by": "--max-repeats 20"}}
+    capped = {"precision": PrecisionReport(0.01, 20, False, 0.02, {"simple_cnn: strict": 0.02}, "--max-repeats 20")}
     assert "--precision stopped at 20 rounds (--max-repeats 20)" in banner(rec, capped)
     assert "--max-repeats 38" in banner(rec, capped)
 

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from detcost import cluster
+from detcost import cluster, placement
 from detcost.cli import main
 from detcost.errors import HarnessError, UsageError
 from detcost.plan import SweepOptions, plan
@@ -193,28 +193,27 @@ def test_slots_are_the_gpus_or_each_nodes_cores_over_a_rounds_threads():
 
 def test_rounds_hold_cores_apart_and_a_round_with_none_left_is_refused(tmp_path):
     locks = tmp_path / "locks"
-    cores = sorted(cluster.usable_cpus())
-    with cluster._hold_cores(1, lock_dir=locks) as first:
+    cores = sorted(placement.usable_cpus())
+    with placement.hold_cores(1, lock_dir=locks) as first:
         if len(cores) > 1:
-            with cluster._hold_cores(len(cores) - 1, lock_dir=locks) as rest:
+            with placement.hold_cores(len(cores) - 1, lock_dir=locks) as rest:
                 assert not first & rest and first | rest == set(cores)
         refused = pytest.raises(HarnessError, match="other rounds hold the rest")
-        with refused, cluster._hold_cores(len(cores), wait_s=0.2, lock_dir=locks):
+        with refused, placement.hold_cores(len(cores), wait_s=0.2, lock_dir=locks):
             pass
-    with cluster._hold_cores(len(cores), lock_dir=locks) as everything:  # released when a round ends
+    with placement.hold_cores(len(cores), lock_dir=locks) as everything:  # released when a round ends
         assert everything == set(cores)
 
 
 def test_a_gpu_round_takes_the_cores_of_its_gpus_numa_node_first(tmp_path, monkeypatch):
-    cores = sorted(cluster.usable_cpus())
-    with cluster._hold_cores(1, lock_dir=tmp_path / "locks", prefer={cores[-1]}) as held:
+    cores = sorted(placement.usable_cpus())
+    with placement.hold_cores(1, lock_dir=tmp_path / "locks", prefer={cores[-1]}) as held:
         assert held == {cores[-1]}  # not the first core by index
-    monkeypatch.setattr(cluster.envmod, "gpu_local_cpus", lambda device: {cores[-1]})
+    monkeypatch.setattr(placement.envmod, "gpu_local_cpus", lambda device: {cores[-1]})
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # restored after: the task sets the GPU Ray gave it
-    task = cluster.Task([make_spec(device="cuda")], [None], None, "cuda", "auto", 60.0, str(tmp_path), None, 1)
     before = os.sched_getaffinity(0)
     try:
-        with cluster._place(task, {"gpu_ids": [0]}) as placed:
+        with placement.place("cuda", 1, {"gpu_ids": [0]}) as placed:
             assert placed["cores"] == [cores[-1]]
     finally:
         os.sched_setaffinity(0, before)
@@ -222,11 +221,11 @@ def test_a_gpu_round_takes_the_cores_of_its_gpus_numa_node_first(tmp_path, monke
 
 def test_a_stale_cuda_visible_devices_is_replaced_by_the_gpu_ray_assigned(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    placed = cluster._check_gpu([3])
+    placed = placement.check_gpu([3])
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
     assert placed == {"ray_gpu": "3", "stale_visible_devices": "0", "cuda_visible_devices": "3"}
     with pytest.raises(HarnessError, match="2 GPUs"):
-        cluster._check_gpu([1, 2])
+        placement.check_gpu([1, 2])
 
 
 def test_tasks_are_rounds_of_one_group_and_a_task_per_kind_otherwise():
@@ -330,12 +329,11 @@ def test_an_address_where_no_cluster_answers_is_one_line_before_any_trial(tmp_pa
     assert len(err) == 1 and f"--ray 127.0.0.1:{port}: no Ray cluster answers there" in err[0]
 
 
-def test_a_gpu_round_is_given_its_gpu_and_pinned_to_its_share_of_cores(monkeypatch, tmp_path):
+def test_a_gpu_round_is_given_its_gpu_and_pinned_to_its_share_of_cores(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")  # what a reused worker may still carry
-    task = cluster.Task([make_spec(device="cuda")], [None], None, "cuda", "auto", 60.0, str(tmp_path), None, 1)
     before = os.sched_getaffinity(0)
     try:
-        with cluster._place(task, {"ray_node": "n1", "ray_task": "t1", "gpu_ids": [2]}) as placed:
+        with placement.place("cuda", 1, {"ray_node": "n1", "ray_task": "t1", "gpu_ids": [2]}) as placed:
             assert os.environ["CUDA_VISIBLE_DEVICES"] == "2" and len(os.sched_getaffinity(0)) == 1
             assert placed["ray_gpu"] == "2" and placed["stale_visible_devices"] == "0,1,2,3"
             assert placed["cores"] == sorted(os.sched_getaffinity(0)) and placed["ray_node"] == "n1"
@@ -346,18 +344,18 @@ def test_a_gpu_round_is_given_its_gpu_and_pinned_to_its_share_of_cores(monkeypat
 def test_precision_adds_as_many_rounds_as_run_at_once(tmp_path, monkeypatch):
     """--precision on Ray: each step adds a round per slot of the cluster (here two), never
     past --max-repeats; synthetic trials, the serial runner told it holds two."""
-    from detcost import guard, sweep
+    from detcost import executors, guard, sweep
     from detcost.payloads import BusyReport
     from tests.test_trust import SyntheticTrials, options
 
     trials = SyntheticTrials(noise=0.3)
-    monkeypatch.setattr(sweep, "_run_one", trials)
+    monkeypatch.setattr(executors, "_run_one", trials)
     monkeypatch.setattr(guard, "sample", lambda device, threads: BusyReport(0.0, 0.25))
-    monkeypatch.setattr(sweep._Runner, "rounds_at_once", lambda self: 2)
+    monkeypatch.setattr(executors.Serial, "rounds_at_once", lambda self: 2)
     steps = []
-    monkeypatch.setattr(sweep._Runner, "note_widest", lambda self, widest: steps.append(len(trials.attempts)))
+    monkeypatch.setattr(executors.Progress, "note_widest", lambda self, *widest: steps.append(len(trials.attempts)))
     out = sweep.run_sweep(options(tmp_path, precision=0.0001, max_repeats=7), progress=False)
-    assert out.precision["rounds"] == 7 and not out.precision["reached"]
+    assert out.precision.rounds == 7 and not out.precision.reached
     # 2 rounds asked, then 2 more, 2 more and the last 1 (3 labels a round)
     assert steps == [6, 12, 18, 21]
 

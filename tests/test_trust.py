@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from detcost import guard, results, sweep
+from detcost import executors, guard, results
 from detcost.derive.analysis import analyse
 from detcost.derive.prices import prices
 from detcost.payloads import BusyReport
@@ -60,32 +60,32 @@ def options(tmp_path, **kw) -> SweepOptions:
 
 
 def test_precision_adds_rounds_until_every_price_is_that_precise(tmp_path, monkeypatch, quiet_machine):
-    monkeypatch.setattr(sweep, "_run_one", SyntheticTrials(noise=0.003))
+    monkeypatch.setattr(executors, "_run_one", SyntheticTrials(noise=0.003))
     out = run_sweep(options(tmp_path, precision=0.02, max_repeats=20), progress=False)
-    assert out.precision["reached"] and not out.precision["unmet"]
-    assert 3 <= out.precision["rounds"] < 20  # more than the 2 asked for, far fewer than allowed
+    assert out.precision.reached and not out.precision.unmet
+    assert 3 <= out.precision.rounds < 20  # more than the 2 asked for, far fewer than allowed
     strict = next(p for p in prices(out.records, cpu=False) if p.label == "strict").price
     assert strict.ratio == pytest.approx(1.2, rel=0.01) and strict.half_width <= 0.02
 
 
 def test_added_rounds_keep_moving_each_settings_place_in_the_round(tmp_path, monkeypatch, quiet_machine):
-    monkeypatch.setattr(sweep, "_run_one", SyntheticTrials(noise=0.3))
+    monkeypatch.setattr(executors, "_run_one", SyntheticTrials(noise=0.3))
     out = run_sweep(options(tmp_path, precision=0.001, max_repeats=8), progress=False)
     firsts = [[s for s in out.planned if s.repeat == r and s.kind in ("timed", "aa")][0] for r in range(8)]
     assert len({(s.kind, s.setting) for s in firsts}) == 3  # every label opens some round
 
 
 def test_precision_not_reached_says_which_prices_and_what_they_reached(tmp_path, monkeypatch, quiet_machine):
-    monkeypatch.setattr(sweep, "_run_one", SyntheticTrials(noise=0.3))
+    monkeypatch.setattr(executors, "_run_one", SyntheticTrials(noise=0.3))
     out = run_sweep(options(tmp_path, precision=0.01, max_repeats=4), progress=False)
     p = out.precision
-    assert not p["reached"] and p["rounds"] == 4 and p["stopped_by"] == "--max-repeats 4"
-    assert "simple_cnn: strict" in p["unmet"] and all(w > 0.01 for w in p["unmet"].values())
+    assert not p.reached and p.rounds == 4 and p.stopped_by == "--max-repeats 4"
+    assert "simple_cnn: strict" in p.unmet and all(w > 0.01 for w in p.unmet.values())
 
 
 def test_a_busy_trial_is_run_again_once_the_machine_is_quiet(tmp_path, monkeypatch):
     trials = SyntheticTrials(noise=0.01, busy=lambda spec, attempt: spec.setting == "strict" and attempt == 1)
-    monkeypatch.setattr(sweep, "_run_one", trials)
+    monkeypatch.setattr(executors, "_run_one", trials)
     loads = iter([BusyReport(0.0, 0.25)] + [BusyReport(1.5, 0.25, cpu_busy=True), BusyReport(0.0, 0.25)] * 10)
     monkeypatch.setattr(guard, "sample", lambda device, threads: next(loads))
     out = run_sweep(options(tmp_path), progress=False)
@@ -99,7 +99,7 @@ def test_trials_left_busy_when_the_guard_gave_up_run_again_at_the_end_once_it_is
     """The machine stays busy through both rounds (the guard gives up waiting), then its
     neighbour leaves: the busy trials run once more before the sweep ends."""
     trials = SyntheticTrials(noise=0.01, busy=lambda spec, attempt: spec.setting == "strict" and attempt == 1)
-    monkeypatch.setattr(sweep, "_run_one", trials)
+    monkeypatch.setattr(executors, "_run_one", trials)
     quiet, busy = BusyReport(0.0, 0.25), BusyReport(1.5, 0.25, cpu_busy=True)
     loads = iter([quiet, busy, busy] + [quiet] * 10)  # before the sweep, after each busy trial, at the end
     monkeypatch.setattr(guard, "sample", lambda device, threads: next(loads))
@@ -112,14 +112,14 @@ def test_trials_left_busy_when_the_guard_gave_up_run_again_at_the_end_once_it_is
 
 def test_allow_busy_neither_waits_nor_runs_again(tmp_path, monkeypatch):
     trials = SyntheticTrials(noise=0.01, busy=lambda spec, attempt: True)
-    monkeypatch.setattr(sweep, "_run_one", trials)
+    monkeypatch.setattr(executors, "_run_one", trials)
     monkeypatch.setattr(guard, "sample", lambda *a: pytest.fail("the guard looked at the machine"))
     out = run_sweep(options(tmp_path, allow_busy=True), progress=False)
     assert set(trials.attempts.values()) == {1} and not out.events
 
 
 def test_a_sweep_on_a_busy_machine_waits_then_says_it_went_on(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep, "_run_one", SyntheticTrials(noise=0.01))
+    monkeypatch.setattr(executors, "_run_one", SyntheticTrials(noise=0.01))
     monkeypatch.setattr(guard, "sample", lambda device, threads: BusyReport(1.8, 0.25, cpu_busy=True))
     out = run_sweep(options(tmp_path, wait_quiet=0.0), progress=False)
     assert out.events and "still busy" in out.events[0] and "before the sweep" in out.events[0]
@@ -133,7 +133,7 @@ def _records(tmp_path, noise: float, repeats: int, busy=lambda spec, attempt: Fa
     judged as a GPU run: no CPU pooling of settings."""
     sweep_run = SyntheticTrials(noise=noise, busy=busy)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sweep, "_run_one", sweep_run)
+        mp.setattr(executors, "_run_one", sweep_run)
         out = run_sweep(options(tmp_path, repeats=repeats, allow_busy=True), progress=False)
     records = results.load_records(out.results)
     for r in records:

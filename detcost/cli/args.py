@@ -10,6 +10,7 @@ from detcost.axes import int_at_least
 from detcost.cli.gate import add_gate
 from detcost.cli.run import cmd_audit, cmd_rank, cmd_run
 from detcost.cli.show import cmd_compare, cmd_config, cmd_env, cmd_explain, cmd_report, cmd_selfcheck, cmd_variance
+from detcost.cli.values import fraction, non_negative_float, non_negative_int, positive_float, positive_int, precision
 from detcost.errors import UsageError
 
 
@@ -18,48 +19,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UsageError(message)
-
-
-# ---- argument types -----------------------------------------------------------------
-
-
-def _positive_int(text: str) -> int:
-    return _int_at_least(text, 1)
-
-
-def _int_at_least(text: str, low: int) -> int:
-    try:
-        return int_at_least(text, low)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _non_negative_int(text: str) -> int:
-    return _int_at_least(text, 0)
-
-
-def _precision(text: str) -> float:
-    """`2%` or `0.02`: a relative half-width between 0 and 1."""
-    value = _fraction(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"give a fraction below 1 or a percentage (2%), got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    if text.strip() in ("0", "0.0"):
-        return 0.0
-    return _positive_float(text)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 # ---- commands -----------------------------------------------------------------------
@@ -119,17 +78,17 @@ def _add_run_what(g) -> None:
     )
     g.add_argument(
         "--repeats",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help=f"rounds: repeats per workload x setting (default: {DEFAULT_ROUNDS['cuda']} on CUDA, "
         f"{DEFAULT_ROUNDS['cpu']} on the CPU; a verdict needs {MIN_ROUNDS})",
     )
     g.add_argument(
-        "--seed", type=_non_negative_int, default=None, help="trial seed (default: the team config's, else 0)"
+        "--seed", type=non_negative_int, default=None, help="trial seed (default: the team config's, else 0)"
     )
     g.add_argument(
         "--seeds",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=3,
         help="seed yardstick: trials of the reference setting with this many other seeds "
         "(default: %(default)s; 0 skips)",
@@ -148,32 +107,32 @@ def _add_model(g) -> None:
     g.add_argument(
         "--input", default=None, help="--model's input, CxHxW (default: its first conv's channels x 32 x 32)"
     )
-    g.add_argument("--classes", type=_positive_int, default=None, help="--model's classes (default: its output width)")
+    g.add_argument("--classes", type=positive_int, default=None, help="--model's classes (default: its output width)")
 
 
 def _add_run_trials(g) -> None:
     g.add_argument("--quick", action="store_true", help="small sizes and few steps: a smoke run")
     g.add_argument(
-        "--steps", type=_positive_int, default=None, help="timed steps per trial (default: per workload and device)"
+        "--steps", type=positive_int, default=None, help="timed steps per trial (default: per workload and device)"
     )
     g.add_argument(
-        "--warmup", type=_non_negative_int, default=None, help="warm-up steps before timing (default: per workload)"
+        "--warmup", type=non_negative_int, default=None, help="warm-up steps before timing (default: per workload)"
     )
     g.add_argument(
         "--batch",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="batch size of every workload, --model's too (default: per workload and device; the tables show it)",
     )
     g.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=positive_float,
         default=600.0,
         help="seconds per trial before it is killed (default: %(default)g)",
     )
     g.add_argument(
         "--max-time",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         help="stop starting trials after this many seconds (--resume continues)",
     )
@@ -215,7 +174,7 @@ def _add_run_trust(g) -> None:
 
     g.add_argument(
         "--precision",
-        type=_precision,
+        type=precision,
         default=None,
         help="add rounds until every price's 95%% interval is within this (2%% or 0.02), "
         "or until --max-repeats or --max-time",
@@ -229,13 +188,13 @@ def _add_run_trust(g) -> None:
     )
     g.add_argument(
         "--max-repeats",
-        type=_positive_int,
+        type=positive_int,
         default=20,
         help="most rounds --precision or --decide may run (default: %(default)s)",
     )
     g.add_argument(
         "--wait-quiet",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=DEFAULT_WAIT_S,
         help="seconds to wait for a busy machine to go quiet, before the sweep and before running a busy trial "
         "again (default: %(default)g)",
@@ -292,16 +251,6 @@ def _add_variance(sub) -> None:
     p.set_defaults(func=cmd_variance)
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 0.1 or 10%)") from None
-    if not 0 <= value <= 10:
-        raise argparse.ArgumentTypeError(f"{text} is out of range; give a fraction such as 0.1 (10%)")
-    return value
-
-
 def add_max_slowdown(p) -> None:
     """--max-slowdown, the one definition every command that judges prices shares: unset
     unless given, so that `derive.policy.resolve` takes the team config's, else the default."""
@@ -309,7 +258,7 @@ def add_max_slowdown(p) -> None:
 
     p.add_argument(
         "--max-slowdown",
-        type=_fraction,
+        type=fraction,
         default=None,
         help="speed budget, relative to the fastest setting: 10%% or 0.1 (default: the team config's, else "
         f"{DEFAULT_MAX_SLOWDOWN * 100:g}%%)",
@@ -353,7 +302,7 @@ def _add_explain(sub) -> None:
     p = sub.add_parser("explain", help="which ops got slower: the profiled trials of a results file, diffed")
     p.add_argument("results", type=Path, nargs="+", help="results JSONL file(s)")
     p.add_argument("--workloads", default=None, help="comma list (default: all in the results)")
-    p.add_argument("--top", type=_positive_int, default=8, help="ops per workload x setting (default: %(default)s)")
+    p.add_argument("--top", type=positive_int, default=8, help="ops per workload x setting (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the same as JSON (NaN as null)")
     p.set_defaults(func=cmd_explain)
 

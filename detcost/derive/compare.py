@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from detcost import axes
 from detcost.derive.keys import GroupKey, by_key, ok_of
-from detcost.derive.prices import Price, rounds_of, without_busy
+from detcost.derive.pairing import rounds_of, without_busy
+from detcost.derive.prices import Price
 from detcost.record import TrialRecord
 from detcost.settings import REFERENCE
 from detcost.stats import PairedRatio, unpaired_ratio

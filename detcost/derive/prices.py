@@ -18,11 +18,12 @@ from enum import Enum
 import numpy as np
 
 from detcost.derive.keys import AA_LABEL, GroupKey, by_key, cudnn_only, is_busy, label_order, ok_of, varying_fields
+from detcost.derive.pairing import interval_level, ratio, rounds_of, without_busy
 from detcost.derive.policy import MIN_ROUNDS
 from detcost.derive.verdict import BudgetDecision
 from detcost.record import ROUND_KINDS, Kind, TrialRecord
 from detcost.settings import REFERENCE, SETTINGS
-from detcost.stats import LEVEL, PairedRatio, fastest, label_bias_var, paired_ratio, per_round, unpaired_ratio
+from detcost.stats import LEVEL, PairedRatio, fastest, label_bias_var
 
 
 class Verdict(str, Enum):
@@ -148,39 +149,9 @@ class Price:
 # ---- per label ----------------------------------------------------------------------
 
 
-def rounds_of(records: list[TrialRecord]) -> dict:
-    """{round: typical step time} of one label's trials; a round is a repeat of one run on
-    one unit (GPU, or host on the CPU): where two units of a machine kind ran under one run
-    id, their trials never pair as one round."""
-    kept = [r.timing.kept for r in records]
-    pairs = [((r.spec.run_id, r.spec.repeat, r.unit), times) for r, (times, _) in zip(records, kept)]
-    return per_round(pairs, kept[0][1] if kept else None)
-
-
-def without_busy(records: list[TrialRecord]) -> list[TrialRecord]:
-    """Trials run while other processes took the CPU are left out of prices (they stay in
-    the results and are counted), unless no other trial of the label is left."""
-    quiet = [r for r in records if not is_busy(r)]
-    return quiet or records
-
-
 def _median(values) -> float:
     values = [v for v in values if v is not None and np.isfinite(v)]
     return float(np.median(values)) if values else math.nan
-
-
-def _ratio(a: dict, b: dict, bias_var: float = 0.0, level: float = LEVEL) -> PairedRatio:
-    """Paired within rounds, the labels' fixed effect `bias_var` included; where busy
-    trials left the two labels no round in common, unpaired (drift then does not cancel,
-    and the interval is wider for it)."""
-    paired = paired_ratio(a, b, level=level, bias_var=bias_var)
-    return paired if paired.rounds else unpaired_ratio(a, b, level=level)
-
-
-def interval_level(records: list[TrialRecord]) -> float:
-    """The level a group's intervals are drawn at: the one its sweep decided on, and where
-    records of sweeps with other levels meet (a resumed run), the most cautious."""
-    return min((r.spec.interval_level for r in records), default=LEVEL)
 
 
 def _sps(records: list[TrialRecord]) -> tuple[float, float]:
@@ -214,9 +185,9 @@ def _group(key: GroupKey, per_label: dict[str, list[TrialRecord]], members: dict
         if label == best:
             price = PairedRatio.identity(len(rounds[label]))
         else:
-            price = _ratio(rounds[label], default if ref == REFERENCE and is_aa and default else rounds[ref], extra,
-                           level)  # fmt: skip
-        vs = None if not default else PairedRatio.identity(len(default)) if label == REFERENCE else _ratio(
+            price = ratio(rounds[label], default if ref == REFERENCE and is_aa and default else rounds[ref], extra,
+                          level)  # fmt: skip
+        vs = None if not default else PairedRatio.identity(len(default)) if label == REFERENCE else ratio(
             rounds[label], default, extra, level)  # fmt: skip
         sps, cv = _sps(recs)
         timings = [r.timing for r in recs]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from detcost.derive.keys import GroupKey, by_key, group_fields, label_order, ok_of
-from detcost.derive.prices import interval_level, rounds_of, without_busy
+from detcost.derive.pairing import interval_level, rounds_of, without_busy
 from detcost.derive.variance import Spread
 from detcost.record import ROUND_KINDS, Kind, TrialRecord
 from detcost.stats import PairedRatio, paired_ratio, unpaired_ratio

@@ -14,18 +14,19 @@ BANNER_HEAD = "This run cannot judge speed"
 
 def advice(rec: Recommendation, ran: dict | None = None) -> str:
     """What would let a run like this one judge speed. `ran` is how the sweep added rounds,
-    where it did (`decide`: --decide's report; `precision`: --precision's), else None."""
+    where it did (`decide`: --decide's `sweep.DecideReport`; `precision`: --precision's
+    `sweep.PrecisionReport`), else None."""
     need = rec.rounds_to_judge
     ran = ran or {}
     decide, precision = ran.get("decide"), ran.get("precision")
     if need is None:
         return ("more rounds alone would not settle it at this spread: run on a quiet machine (detcost waits for one "
                 "unless --allow-busy), and with the A/A control (no --no-aa)")  # fmt: skip
-    if decide and decide.get("stopped_by"):
-        return (f"--decide stopped at {decide['rounds']} rounds ({decide['stopped_by']}); about {need} rounds in all "
+    if decide and decide.stopped_by:
+        return (f"--decide stopped at {decide.rounds} rounds ({decide.stopped_by}); about {need} rounds in all "
                 f"would judge it: rerun with --resume --decide --max-repeats {need}")  # fmt: skip
-    if precision and precision.get("stopped_by"):
-        return (f"--precision stopped at {precision['rounds']} rounds ({precision['stopped_by']}); about {need} rounds "
+    if precision and precision.stopped_by:
+        return (f"--precision stopped at {precision.rounds} rounds ({precision.stopped_by}); about {need} rounds "
                 f"in all would judge it: rerun with --resume --decide --max-repeats {need}, which adds rounds only to "
                 "the prices still open")  # fmt: skip
     return (f"about {need} rounds in all would judge it: rerun with --resume --decide --max-repeats {max(need, 20)} "

@@ -203,10 +203,7 @@ def run_summary(analysis: Analysis, outcome, wall: float, report=None, team: str
     parts += [f"quiet-machine guard: {e}" for e in outcome.events]
     if getattr(outcome, "ray", None):
         r = outcome.ray
-        parts += [
-            "",
-            f"on Ray ({r['address']}): {r['tasks']} task(s), up to {r['at_once']} at once, on {r['nodes']} node(s)",
-        ]
+        parts += ["", f"on Ray ({r.address}): {r.tasks} task(s), up to {r.at_once} at once, on {r.nodes} node(s)"]
     if outcome.precision:
         parts += ["", precision_text(outcome.precision)]
     if outcome.decide:
@@ -259,19 +256,19 @@ def decisions(analysis: Analysis) -> list[dict]:
 _DECIDED = {PASS: "within budget", FAIL: "over budget", UNDECIDED: "cannot decide"}
 
 
-def decide_text(d: dict, analysis: Analysis) -> str:
-    """What --decide decided for each price, and why any stayed open."""
-    looks = ", ".join(map(str, d["looks"]))
+def decide_text(d, analysis: Analysis) -> str:
+    """What --decide decided for each price (`d`: the sweep's `DecideReport`), and why any
+    stayed open."""
+    looks = ", ".join(map(str, d.looks))
     lines = [
-        f"--decide against the {budget_text(d['budget'])} budget (over the fastest setting): each interval at "
-        f"{level_text(d['level'])}, the 95% spread over {len(d['looks'])} look(s) at {looks} rounds, so a price "
+        f"--decide against the {budget_text(d.budget)} budget (over the fastest setting): each interval at "
+        f"{level_text(d.level)}, the 95% spread over {len(d.looks)} look(s) at {looks} rounds, so a price "
         "decided at an early look is as sure as it says"
     ]
     for x in decisions(analysis):
         lines.append(f"  {_DECIDED[x['status']]}: {_priced(x)} {x['reason']}")
-    if d["stopped_by"]:
-        lines.append(f"  {d['undecided']} price(s) still undecided after {d['rounds']} rounds: stopped by "
-                     f"{d['stopped_by']}")  # fmt: skip
+    if d.stopped_by:
+        lines.append(f"  {d.undecided} price(s) still undecided after {d.rounds} rounds: stopped by {d.stopped_by}")
     return "\n".join(lines)
 
 
@@ -320,19 +317,16 @@ def per_trial_text(per_trial, results) -> str:
     )
 
 
-def precision_text(p: dict) -> str:
-    """Whether --precision was reached, and where not, what each price reached."""
-    if p["reached"]:
+def precision_text(p) -> str:
+    """Whether --precision was reached (`p`: the sweep's `PrecisionReport`), and where
+    not, what each price reached."""
+    if p.reached:
         return (
-            f"precision: every price's interval within ±{p['target']:.1%} after {p['rounds']} rounds (the width of "
+            f"precision: every price's interval within ±{p.target:.1%} after {p.rounds} rounds (the width of "
             "each interval; the smallest detectable price above is how far the A/A control strays, a separate figure)"
         )
-    unmet = ", ".join(
-        f"{k} ±{w:.1%}" if np.isfinite(w) else f"{k} (no interval)" for k, w in sorted(p["unmet"].items())
-    )
-    return (
-        f"precision ±{p['target']:.1%} NOT reached after {p['rounds']} rounds (stopped by {p['stopped_by']}): {unmet}"
-    )
+    unmet = ", ".join(f"{k} ±{w:.1%}" if np.isfinite(w) else f"{k} (no interval)" for k, w in sorted(p.unmet.items()))
+    return f"precision ±{p.target:.1%} NOT reached after {p.rounds} rounds (stopped by {p.stopped_by}): {unmet}"
 
 
 def recommendation_text(rec) -> str:
@@ -368,7 +362,7 @@ def run_summary_json(analysis: Analysis, outcome, wall: float, report=None, per_
     machines = analysis.machines
     extra = {"per_trial": [p.to_json() for p in per_trial]} if per_trial else {}
     if getattr(outcome, "ray", None):  # --ray: where the rounds ran
-        extra["ray"] = outcome.ray
+        extra["ray"] = outcome.ray.to_json()
     return {
         "results": str(outcome.results),
         "wall_s": wall,
@@ -378,8 +372,8 @@ def run_summary_json(analysis: Analysis, outcome, wall: float, report=None, per_
         "timed_ok": sum(1 for r in analysis.records if str(r.spec.kind) == "timed" and r.ok),
         "busy_trials": sum(m.busy_trials for m in machines),
         "guard": outcome.events,
-        "precision": outcome.precision,
-        "decide": outcome.decide,
+        "precision": outcome.precision.to_json() if outcome.precision else None,
+        "decide": outcome.decide.to_json() if outcome.decide else None,
         "policy": analysis.policy.to_json(),
         "decisions": decisions(analysis),
         "speed": [row for m in machines for row in records_json(m.price_frame())],
