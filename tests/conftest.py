@@ -19,7 +19,9 @@ from detcost.settings import SETTINGS, applied, get_setting  # noqa: E402
 V1_SAMPLE = Path(__file__).parent / "data" / "v1-sample.jsonl"  # written by the released detcost
 # --allow-busy: a test never waits on, or depends on, how quiet the machine is.
 # --device cpu: the CPU suite stays on the CPU on a GPU box too (auto would pick cuda:0).
-QUICK = ["--quick", "--steps", "4", "--warmup", "1", "-q", "--allow-busy", "--device", "cpu"]
+# --repeats 2: two rounds are enough for what a test checks (the default run's rounds are
+# tested in test_default_run.py); a later --repeats wins.
+QUICK = ["--quick", "--steps", "4", "--warmup", "1", "-q", "--allow-busy", "--device", "cpu", "--repeats", "2"]
 # Only the timed trials: no seed yardstick, A/A control, audit or profiled trials.
 TIMED_ONLY = ["--seeds", "0", "--no-aa", "--no-audit", "--no-explain"]
 

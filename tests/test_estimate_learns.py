@@ -97,8 +97,8 @@ def test_a_measured_trial_takes_its_measured_time_and_one_of_a_measured_kind_the
 
 def test_the_dry_run_says_which_figures_are_measured_and_which_assumed(fake_h100, capsys, tmp_path):
     earlier = _write(tmp_path / "earlier.jsonl", _earlier_run())
-    argv = ["run", "--device", "cuda", "--workloads", "resnet18,simple_cnn", "--dry-run", "--allow-busy"]
-    argv += ["--results", str(tmp_path / "r.jsonl")]
+    argv = ["run", "--device", "cuda", "--workloads", "resnet18,simple_cnn", "--repeats", "3", "--dry-run"]
+    argv += ["--allow-busy", "--results", str(tmp_path / "r.jsonl")]
     assert main([*argv, "--estimate-from", str(earlier)]) == 0
     out = capsys.readouterr().out
     assert f"learned from {earlier}: 6 record(s) of this machine\n" in out

@@ -308,7 +308,7 @@ def test_on_cuda_each_round_asks_ray_for_one_gpu_and_rounds_fill_the_gpus(monkey
 def test_the_dry_run_counts_the_ray_tasks_without_starting_ray(capsys, monkeypatch):
     monkeypatch.setattr(cluster.importlib.util, "find_spec", lambda name: object())  # as if Ray were installed
     args = [*QUICK, "--workloads", "simple_cnn,resnet18", "--settings", "default,strict", "--threads", "1"]
-    assert main(["run", *args, "--ray", "--dry-run", "--json"]) == 0
+    assert main(["run", *args, "--repeats", "2", "--ray", "--dry-run", "--json"]) == 0
     dry = json.loads(capsys.readouterr().out)
     # 2 repeats x 2 workloads of rounds, and per workload its audit, profiled and seed trials
     assert dry["ray_tasks"] == 2 * 2 + 3 * 2
