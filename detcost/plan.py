@@ -130,7 +130,7 @@ class SweepOptions:
 # the A/A control of the default workloads to resolve the default budget at the noise
 # measured on a 2-core machine, with room for a neighbour (docs/statistics.md, "The
 # default run").
-DEFAULT_ROUNDS = {"cuda": MIN_ROUNDS, "cpu": 8}
+DEFAULT_ROUNDS = {"cuda": MIN_ROUNDS, "cpu": 10}
 
 
 def default_rounds(device: str) -> int:

@@ -249,7 +249,8 @@ def _reason(pick: Candidate, tied: list[Candidate], budget: float, noise: float)
     if len(tied) > 1:
         others = ", ".join(t.setting for t in tied if t.setting != pick.setting)
         change = "changes no flag" if pick.changes == 0 else f"changes {pick.changes} flag(s) from default"
-        reason += f"; {others} tie with it within the noise floor, and {pick.setting} {change}"
+        reason += (f"; {others} tie with it in price (their worst prices' intervals overlap, or differ by less "
+                   f"than the noise floor), and {pick.setting} {change}")  # fmt: skip
     return reason
 
 
