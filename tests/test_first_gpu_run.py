@@ -99,8 +99,8 @@ def test_on_the_cpu_every_step_runs_and_one_folder_holds_its_outputs_and_the_sum
     small = next(line for line in summary.splitlines() if line.startswith("12 trials planned; rough estimate"))
     assert small in (out / "dryrun-small.txt").read_text()  # 2 x (2 settings + A/A) + 2 audits + 4 profiled
     assert f"learned from {out}/results.jsonl: " in summary
-    assert "timed/scatter/" in (out / "dryrun-default.txt").read_text()  # the default sweep's trial ids ...
-    assert "timed/scatter/" not in summary  # ... are left in their file
+    assert "timed/dilated/" in (out / "dryrun-default.txt").read_text()  # the default sweep's trial ids ...
+    assert "timed/dilated/" not in summary  # ... are left in their file
     assert "\ntorch: " in summary and "\n== python and packages\n" in summary
     # the sections in the order the steps ran, the steps and the wall time at the end
     order = ["== python and packages", "== detcost env", "== detcost selfcheck", "== the default sweep's --dry-run",
