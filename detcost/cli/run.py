@@ -49,7 +49,7 @@ def with_team(args, team):
     return argparse.Namespace(**values)
 
 
-def sweep_options(args, team=None, notes: list[str] | None = None):
+def sweep_options(args, team=None, notes: list[str] | None = None, policy=None):
     """`detcost run`'s options as the sweep's, the team config's where no flag was given,
     and the team's setting among the settings (a line in `notes` where it was added); bad
     input is a UsageError here, before any trial."""
@@ -59,7 +59,7 @@ def sweep_options(args, team=None, notes: list[str] | None = None):
     from detcost.plan import SweepOptions, new_run_id, size_preset
     from detcost.settings import DEFAULT_SETTINGS, parse_settings
 
-    policy = resolve(args.max_slowdown, team=team)
+    policy = policy or resolve(args.max_slowdown, team=team)  # the command's own, where it resolved it
     args = with_team(args, team)
     device = resolve_device(args.device)
     workloads = _workload_names(args)
@@ -136,8 +136,8 @@ def cmd_run(args) -> int:
     from detcost.sweep import run_sweep
 
     team, notes = config.find(), []
-    opts = sweep_options(args, team, notes)
     policy = resolve(args.max_slowdown, team=team)
+    opts = sweep_options(args, team, notes, policy)
     args = with_team(args, team)
     team_setting = policy.setting
     for note in notes:
